@@ -1,0 +1,1 @@
+"""neuron-assets: explain a language model's neurons with another language model, and score the explanations."""

@@ -1,0 +1,48 @@
+"""The code location: ``dagster dev`` and the daemon load ``defs`` from here.
+
+Loading must stay cheap: layer partitions come from model metadata (no weights), heavy
+libraries are imported inside the assets, and the results database is not opened.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from neuron_assets.defs.assets import build_assets
+from neuron_assets.defs.checks import CHECKS
+from neuron_assets.defs.resources import (
+    LLMResource,
+    ResultStoreIOManager,
+    ResultStoreResource,
+    SubjectModelResource,
+)
+from neuron_assets.settings import Settings
+from neuron_assets.subject_model import model_shape
+
+
+def layer_partitions(n_layers: int) -> dg.StaticPartitionsDefinition:
+    """One partition per layer of the subject model, keyed "0", "1", ..."""
+    return dg.StaticPartitionsDefinition([str(layer) for layer in range(n_layers)])
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    partitions = layer_partitions(model_shape(settings.subject_model).n_layers)
+    results = ResultStoreResource(data_dir=str(settings.data_dir))
+    return dg.Definitions(
+        assets=build_assets(partitions),
+        asset_checks=CHECKS,
+        resources={
+            "results": results,
+            "io_manager": ResultStoreIOManager(results=results),
+            "subject_model": SubjectModelResource(name=settings.subject_model),
+            "llm": LLMResource(
+                base_url=settings.llm_base_url,
+                explainer_model=settings.explainer_model,
+                simulator_model=settings.simulator_model,
+            ),
+        },
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_definitions(Settings.from_environment())

@@ -1,0 +1,155 @@
+"""Dagster resources: the subject model, the LLM backend, and the Parquet/DuckDB IO manager."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import dagster as dg
+import polars as pl
+from pydantic import PrivateAttr
+
+from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL
+
+PACKAGED_LLM = "packaged SmolLM2-135M-Instruct on a local llama.cpp server"
+
+
+class SubjectModelResource(dg.ConfigurableResource):
+    """The network whose neurons we explain, booted once per process when first used."""
+
+    name: str = PACKAGED_SUBJECT_MODEL
+    device: str = "cpu"
+    cache_dir: Optional[str] = None
+
+    _model: Any = PrivateAttr(default=None)
+
+    def load(self) -> Any:
+        if self._model is None:
+            from pathlib import Path
+
+            from neuron_assets.subject_model import load_subject_model
+
+            cache = Path(self.cache_dir) if self.cache_dir else None
+            self._model = load_subject_model(self.name, cache, self.device)
+        return self._model
+
+
+class LLMResource(dg.ConfigurableResource):
+    """Explainer and simulator behind the openai SDK.
+
+    With no ``base_url`` the packaged SmolLM2 GGUF is served by a llama.cpp server on a
+    free loopback port, started on first use and stopped when the run ends. Otherwise any
+    OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp). The API key is read from
+    the environment variable named by ``api_key_env`` at call time and stored nowhere.
+    """
+
+    base_url: Optional[str] = None
+    explainer_model: Optional[str] = None
+    simulator_model: Optional[str] = None
+    api_key_env: str = "OPENAI_API_KEY"
+    prompt_logprobs_shift: int = 0
+    timeout_s: float = 300.0
+
+    _server: Any = PrivateAttr(default=None)
+    _client: Any = PrivateAttr(default=None)
+
+    def client(self) -> Any:
+        """An ``openai.OpenAI`` client for the backend, checked reachable before first use."""
+        if self._client is None:
+            import openai
+
+            base_url = self.base_url
+            if base_url is None:
+                from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+
+                self._server = LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS).__enter__()
+                base_url = self._server.base_url
+            client = openai.OpenAI(
+                base_url=base_url,
+                api_key=os.environ.get(self.api_key_env) or "not-needed",
+                timeout=self.timeout_s,
+                max_retries=2,
+            )
+            try:
+                client.models.list()
+            except openai.APIConnectionError as error:
+                raise ConnectionError(f"cannot reach the LLM server at {base_url}: {error}") from error
+            self._client = client
+        return self._client
+
+    def model_names(self) -> tuple[str, str]:
+        """(explainer model, simulator model); both default to the packaged model's alias."""
+        from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS
+
+        if self.base_url is not None and not (self.explainer_model and self.simulator_model):
+            raise ValueError("with a base_url, set explainer_model and simulator_model too")
+        return (self.explainer_model or PACKAGED_MODEL_ALIAS, self.simulator_model or PACKAGED_MODEL_ALIAS)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._server is not None:
+            self._server.__exit__(None, None, None)
+            self._server = None
+        self._client = None
+
+
+class ResultStoreResource(dg.ConfigurableResource):
+    """Where results live: Parquet files per table and partition, views in results.duckdb."""
+
+    data_dir: str
+
+    def store(self) -> Any:
+        from neuron_assets.storage import ResultStore
+
+        return ResultStore(self.data_dir)
+
+
+class ResultStoreIOManager(dg.ConfigurableIOManager):
+    """Stores each asset as validated Parquet, one file per layer partition (see ``storage``)."""
+
+    results: ResultStoreResource
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        table = context.asset_key.path[-1]
+        store = self.results.store()
+        if context.has_asset_partitions:
+            paths = [
+                store.write(table, obj.filter(pl.col("partition") == key), key)
+                for key in context.asset_partition_keys
+            ]
+        else:
+            paths = [store.write(table, obj)]
+        self._refresh_views(context, store)
+        context.add_output_metadata(
+            {
+                "dagster/row_count": len(obj),
+                "dagster/column_schema": column_schema(table),
+                "files": [str(p) for p in paths],
+                "duckdb": str(store.database),
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        table = context.upstream_output.asset_key.path[-1]
+        partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
+        return self.results.store().read(table, partitions)
+
+    @staticmethod
+    def _refresh_views(context: dg.OutputContext, store: Any) -> None:
+        import duckdb
+
+        try:
+            store.refresh_views()
+        except duckdb.IOException as error:
+            context.log.warning(
+                f"DuckDB views not refreshed ({error}); the data is on disk and existing views read it"
+            )
+
+
+def column_schema(table: str) -> dg.TableSchema:
+    """The table's columns for the Dagster UI, derived from its pandera model."""
+    from neuron_assets.schemas import TABLES
+
+    columns = TABLES[table].to_schema().columns
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name, str(column.dtype)) for name, column in columns.items()]
+    )

@@ -1,0 +1,76 @@
+"""``make demo``: materialize the default pipeline for a few layers, then print the results.
+
+Runs through the same Dagster definitions the UI loads, as one single-run backfill over a
+layer range, recorded in the Dagster instance of ``DAGSTER_HOME`` so it shows in the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import dagster as dg
+
+from neuron_assets.storage import ResultStore
+
+EXAMPLE_QUERY = (
+    "SELECT layer, neuron, explanation, top_and_random_score, random_only_score "
+    "FROM neuron_scores ORDER BY top_and_random_score DESC NULLS LAST LIMIT 5"
+)
+
+
+def materialize_layers(
+    defs: dg.Definitions,
+    first_layer: int,
+    last_layer: int,
+    run_config: dict[str, Any] | None = None,
+    instance: dg.DagsterInstance | None = None,
+) -> dg.ExecuteInJobResult:
+    """Materialize every asset for layers first..last in one run (one forward pass, one server)."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        run_config=run_config or {},
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": str(first_layer),
+            "dagster/asset_partition_range_end": str(last_layer),
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--first-layer", type=int, default=0)
+    parser.add_argument("--last-layer", type=int, default=1)
+    parser.add_argument("--neurons", type=int, default=3, help="random neurons per layer")
+    args = parser.parse_args(argv)
+
+    from neuron_assets.defs.definitions import defs
+    from neuron_assets.settings import Settings
+
+    config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
+    result = materialize_layers(defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get())
+    if not result.success:
+        print("the demo run failed; see the errors above", file=sys.stderr)
+        return 1
+    store = ResultStore(Settings.from_environment().data_dir)
+    print_results(store)
+    return 0
+
+
+def print_results(store: ResultStore) -> None:
+    import duckdb
+
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        table = connection.sql(
+            "SELECT layer, neuron, explanation, round(top_and_random_score, 3) AS top_and_random, "
+            "round(random_only_score, 3) AS random_only FROM neuron_scores ORDER BY layer, neuron"
+        )
+        print(table.pl().to_pandas().to_string(index=False, max_colwidth=70))
+    print(f"\nResults database: {store.database}")
+    print(f"Example query:\n  duckdb -readonly {store.database} \"{EXAMPLE_QUERY}\"")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

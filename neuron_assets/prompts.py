@@ -1,0 +1,209 @@
+"""Explainer and simulator prompts (method.md §3 and §4), and parsing of what comes back.
+
+Both prompts show excerpts one token per line as ``token<TAB>activation`` between
+``<start>`` and ``<end>``. The few-shot neurons below are our own, written by hand.
+Bump the version strings whenever a prompt's text changes: they are stored with every
+explanation and simulation so lineage can tell results of different prompts apart.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EXPLAINER_PROMPT_VERSION = "explainer-v1"
+SIMULATOR_PROMPT_VERSION = "simulator-all-at-once-v1"
+EXPLANATION_PREFIX = "the main thing this neuron does is find"
+MAX_NORMALIZED = 10
+REPEAT_NONZERO_BELOW = 0.2
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One excerpt with one neuron's per-token activations."""
+
+    tokens: Sequence[str]
+    activations: Sequence[float]
+
+
+@dataclass(frozen=True)
+class ExampleNeuron:
+    records: Sequence[Record]
+    explanation: str
+
+
+class ExplanationParseError(ValueError):
+    """The explainer's reply holds no usable explanation."""
+
+
+def normalize(activations: Sequence[float], max_activation: float) -> list[int]:
+    """Map activations to integers 0..10: negatives to 0, ``max_activation`` to 10."""
+    if max_activation <= 0:
+        return [0] * len(activations)
+    return [
+        min(MAX_NORMALIZED, math.floor(MAX_NORMALIZED * max(a, 0.0) / max_activation))
+        for a in activations
+    ]
+
+
+def display_token(token: str) -> str:
+    """Escape the characters that would break the one-token-per-line format."""
+    return token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+def format_records(records: Sequence[Record]) -> str:
+    """The explainer's view of a neuron: normalized listings, plus the sparse-neuron repeat.
+
+    When fewer than 20% of shown tokens are non-zero after normalization, each record's
+    non-zero (token, activation) pairs are listed again after the full listing.
+    """
+    max_activation = max((max(r.activations, default=0.0) for r in records), default=0.0)
+    normalized = [normalize(r.activations, max_activation) for r in records]
+    n_tokens = sum(len(n) for n in normalized)
+    n_nonzero = sum(1 for n in normalized for v in n if v > 0)
+    repeat = n_tokens > 0 and n_nonzero / n_tokens < REPEAT_NONZERO_BELOW
+    parts = []
+    for record, values in zip(records, normalized, strict=True):
+        parts.append(_listing(record.tokens, values, keep_zeros=True))
+        if repeat:
+            parts.append("Same activations, but with all zeros filtered out:")
+            parts.append(_listing(record.tokens, values, keep_zeros=False))
+    return "\n".join(parts)
+
+
+def _listing(tokens: Sequence[str], values: Sequence[int | str], keep_zeros: bool) -> str:
+    lines = ["<start>"]
+    lines += [
+        f"{display_token(t)}\t{v}" for t, v in zip(tokens, values, strict=True) if keep_zeros or v != 0
+    ]
+    lines.append("<end>")
+    return "\n".join(lines)
+
+
+EXPLAINER_SYSTEM = (
+    "We study neurons of a language model. Each neuron responds to some particular thing in "
+    "text. You will see text excerpts, one token per line as token<tab>activation, between "
+    "<start> and <end>. Activations run from 0 to 10: 0 means the neuron is silent, and "
+    "higher numbers mean a stronger response. Say in one short phrase what the neuron "
+    "responds to. Describe the pattern; do not just list the tokens."
+)
+
+
+def explainer_messages(records: Sequence[Record]) -> list[dict[str, str]]:
+    """Chat messages asking for the completion of "the main thing this neuron does is find"."""
+    messages = [{"role": "system", "content": EXPLAINER_SYSTEM}]
+    for i, example in enumerate(EXAMPLE_NEURONS, start=1):
+        messages.append({"role": "user", "content": _explainer_question(i, example.records)})
+        messages.append({"role": "assistant", "content": f"{example.explanation}."})
+    messages.append(
+        {"role": "user", "content": _explainer_question(len(EXAMPLE_NEURONS) + 1, records)}
+    )
+    return messages
+
+
+def _explainer_question(number: int, records: Sequence[Record]) -> str:
+    return (
+        f"Neuron {number}\nActivations:\n{format_records(records)}\n\n"
+        f"Complete the sentence. Explanation of neuron {number}: {EXPLANATION_PREFIX}"
+    )
+
+
+def parse_explanation(raw: str) -> str:
+    """Clean a reply into an explanation: no prefix, one line, no quotes, no trailing period."""
+    text = raw.strip()
+    # Models often echo the end of the question before answering.
+    echoed = re.search(re.escape(EXPLANATION_PREFIX), text, flags=re.IGNORECASE)
+    if echoed is not None and echoed.start() < 60:
+        text = text[echoed.end() :]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    text = text.strip("\"'`:").strip().rstrip(".").strip()
+    if not text:
+        raise ExplanationParseError(f"explainer reply holds no explanation: {raw!r}")
+    return text
+
+
+SIMULATOR_PREAMBLE = (
+    "We study neurons of a language model. Each neuron responds to some particular thing in "
+    "text. Given an explanation of what a neuron does, predict its activation on each token. "
+    "The format is token<tab>activation; activations run from 0 to 10, most are 0, and "
+    f'"{UNKNOWN}" marks an activation still to be predicted.\n\n'
+)
+
+
+@dataclass(frozen=True)
+class SimulatorPrompt:
+    """A completions prompt and the character offset of each target token's placeholder."""
+
+    text: str
+    placeholder_offsets: list[int]
+
+
+def simulator_prompt(explanation: str, tokens: Sequence[str], seed: int = 0) -> SimulatorPrompt:
+    """All-at-once prompt: few-shot neurons, then the target excerpt with every activation unknown.
+
+    Few-shot listings switch from "unknown" to real values at a random position, so the
+    model learns that a number may follow a tab at any point, including after "unknown".
+    """
+    rng = random.Random(seed)
+    text = SIMULATOR_PREAMBLE
+    for i, example in enumerate(EXAMPLE_NEURONS, start=1):
+        text += _simulator_header(i, example.explanation)
+        for record in example.records:
+            values: list[int | str] = list(normalize(record.activations, _max(example.records)))
+            switch = rng.randrange(len(values))
+            values = [UNKNOWN if j < switch else v for j, v in enumerate(values)]
+            text += _listing(record.tokens, values, keep_zeros=True) + "\n\n"
+    text += _simulator_header(len(EXAMPLE_NEURONS) + 1, explanation) + "<start>\n"
+    offsets = []
+    for token in tokens:
+        text += f"{display_token(token)}\t"
+        offsets.append(len(text))
+        text += f"{UNKNOWN}\n"
+    text += "<end>\n"
+    return SimulatorPrompt(text, offsets)
+
+
+def _simulator_header(number: int, explanation: str) -> str:
+    return (
+        f"Neuron {number}\nExplanation of neuron {number} behavior: "
+        f"{EXPLANATION_PREFIX} {explanation}.\nActivations:\n"
+    )
+
+
+def _max(records: Sequence[Record]) -> float:
+    return max(max(r.activations) for r in records)
+
+
+def _record(pairs: Sequence[tuple[str, float]]) -> Record:
+    return Record([t for t, _ in pairs], [a for _, a in pairs])
+
+
+EXAMPLE_NEURONS: tuple[ExampleNeuron, ...] = (
+    ExampleNeuron(
+        records=(
+            _record([("The", 0), (" meeting", 0), (" moved", 0), (" from", 0), (" Monday", 9.1),
+                     (" to", 0), (" Friday", 8.7), (" because", 0), (" of", 0), (" the", 0),
+                     (" holiday", 1.2), (".", 0)]),
+            _record([("Shops", 0), (" close", 0), (" early", 0), (" on", 0), (" Sunday", 9.5),
+                     (" and", 0), (" open", 0), (" late", 0), (" on", 0), (" Thursday", 8.0),
+                     (" nights", 0.4), (".", 0)]),
+        ),
+        explanation="names of the days of the week",
+    ),
+    ExampleNeuron(
+        records=(
+            _record([("She", 0), (" said", 0), (",", 0), (' "', 0.3), ("I", 2.0), (" will", 3.1),
+                     (" not", 4.0), (" go", 3.5), ('."', 1.0), (" Then", 0), (" she", 0),
+                     (" left", 0)]),
+            _record([("The", 0), (" sign", 0), (" read", 0), (' "', 0), ("Keep", 3.2), (" off", 4.1),
+                     (" the", 3.8), (" grass", 3.0), ('"', 0.5), (" in", 0), (" red", 0),
+                     (" paint", 0)]),
+        ),
+        explanation="words inside quotation marks",
+    ),
+)

@@ -1,0 +1,264 @@
+"""Streaming activation recording (method.md §2).
+
+One forward pass over the corpus serves every requested layer: a hook on each layer's
+``blocks.{L}.mlp.hook_post`` folds the batch into that layer's ``LayerRecorder`` and the
+pass stops after the deepest requested layer. A recorder keeps, per selected neuron,
+the top-k excerpts of each pool by maximum activation (with their per-token
+activations), the activations on a fixed random sample of scoring excerpts, and running
+sums for the statistics, so memory grows with neurons x k, never with the corpus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import torch
+
+from neuron_assets.excerpts import EXPLANATION_POOL, SCORING_POOL
+
+POOLS = (EXPLANATION_POOL, SCORING_POOL)
+HOOK_NAME = "blocks.{layer}.mlp.hook_post"
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    top_k: int = 20
+    quantile_bins: tuple[tuple[float, float], ...] = ((0.5, 0.9), (0.9, 0.99))
+    per_bin: int = 5
+
+
+class LayerRecorder:
+    """Folds batches of one layer's activations into top-k, random-sample and statistics state."""
+
+    def __init__(
+        self,
+        layer: int,
+        neurons: Sequence[int],
+        random_excerpt_ids: Sequence[int],
+        excerpt_length: int,
+        top_k: int,
+    ) -> None:
+        self.layer = layer
+        self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
+        n = len(self.neurons)
+        self.top_k = top_k
+        self.top_values = {p: torch.empty(0, n) for p in POOLS}
+        self.top_ids = {p: torch.empty(0, n, dtype=torch.long) for p in POOLS}
+        self.top_acts = {p: torch.empty(0, n, excerpt_length) for p in POOLS}
+        self.random_ids = list(random_excerpt_ids)
+        self._random_slot = {e: i for i, e in enumerate(self.random_ids)}
+        self.random_acts = torch.full((len(self.random_ids), n, excerpt_length), float("nan"))
+        self.total = torch.zeros(n, dtype=torch.float64)
+        self.total_sq = torch.zeros(n, dtype=torch.float64)
+        self.maximum = torch.full((n,), float("-inf"))
+        self.minimum = torch.full((n,), float("inf"))
+        self.firing = torch.zeros(n, dtype=torch.long)
+        self.n_tokens = 0
+
+    def update(self, activations: torch.Tensor, excerpt_ids: torch.Tensor, is_scoring: torch.Tensor) -> None:
+        """Fold a batch: ``activations`` [batch, tokens, d_mlp], ids and pool flags [batch]."""
+        acts = activations.index_select(-1, self.neurons).float()  # [b, t, n]
+        flat = acts.reshape(-1, acts.shape[-1])
+        self.total += flat.sum(0, dtype=torch.float64)
+        self.total_sq += (flat.double() ** 2).sum(0)
+        self.maximum = torch.maximum(self.maximum, flat.max(0).values)
+        self.minimum = torch.minimum(self.minimum, flat.min(0).values)
+        self.firing += (flat > 0).sum(0)
+        self.n_tokens += flat.shape[0]
+        per_neuron = acts.transpose(1, 2)  # [b, n, t]
+        for pool, rows in ((SCORING_POOL, is_scoring), (EXPLANATION_POOL, ~is_scoring)):
+            if rows.any():
+                self._merge_top(pool, per_neuron[rows], excerpt_ids[rows])
+        for row, excerpt_id in enumerate(excerpt_ids.tolist()):
+            slot = self._random_slot.get(excerpt_id)
+            if slot is not None:
+                self.random_acts[slot] = per_neuron[row]
+
+    def _merge_top(self, pool: str, acts: torch.Tensor, ids: torch.Tensor) -> None:
+        values = torch.cat([self.top_values[pool], acts.amax(-1)])  # [k' + b, n]
+        k = min(self.top_k, values.shape[0])
+        best = values.topk(k, dim=0).indices  # [k, n]
+        all_ids = torch.cat([self.top_ids[pool], ids[:, None].expand(-1, acts.shape[1])])
+        all_acts = torch.cat([self.top_acts[pool], acts])
+        self.top_values[pool] = values.gather(0, best)
+        self.top_ids[pool] = all_ids.gather(0, best)
+        self.top_acts[pool] = all_acts.gather(0, best[:, :, None].expand(-1, -1, acts.shape[-1]))
+
+    def records(self, settings: RecordingSettings) -> pl.DataFrame:
+        """Top, random and quantile-bin records as rows of the ``activation_records`` table."""
+        if torch.isnan(self.random_acts).any():
+            raise RuntimeError(f"layer {self.layer}: some random-sample excerpts were never seen")
+        frames = [
+            _rows(self.layer, self.neurons, pool, "top", None, self.top_ids[pool], self.top_acts[pool])
+            for pool in POOLS
+        ]
+        random_ids = torch.as_tensor(self.random_ids, dtype=torch.long)[:, None].expand(
+            -1, len(self.neurons)
+        )
+        frames.append(_rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, self.random_acts))
+        frames += self._quantile_records(settings, random_ids)
+        return pl.concat([f for f in frames if not f.is_empty()], how="vertical")
+
+    def _quantile_records(self, settings: RecordingSettings, random_ids: torch.Tensor) -> list[pl.DataFrame]:
+        """Bins of the per-excerpt maximum, estimated from the random sample (for viewing only)."""
+        if not self.random_ids:
+            return []
+        maxima = self.random_acts.amax(-1).numpy()  # [r, n]
+        frames = []
+        for lo, hi in settings.quantile_bins:
+            bounds = np.quantile(maxima, [lo, hi], axis=0)  # [2, n]
+            inside = (maxima >= bounds[0]) & (maxima <= bounds[1])
+            for column, neuron in enumerate(self.neurons.tolist()):
+                rows = np.flatnonzero(inside[:, column])[: settings.per_bin]
+                if len(rows) == 0:
+                    continue
+                index = torch.as_tensor(rows)
+                frames.append(
+                    _rows(
+                        self.layer,
+                        torch.as_tensor([neuron]),
+                        SCORING_POOL,
+                        "quantile",
+                        f"{lo}-{hi}",
+                        random_ids[index, column : column + 1],
+                        self.random_acts[index, column : column + 1],
+                    )
+                )
+        return frames
+
+    def stats(self) -> pl.DataFrame:
+        """Mean, variance, max, min and firing fraction over every recorded token."""
+        n = self.n_tokens
+        mean = self.total / n
+        variance = (self.total_sq / n - mean**2).clamp(min=0.0)
+        return pl.DataFrame(
+            {
+                "layer": pl.Series([self.layer] * len(self.neurons), dtype=pl.Int64),
+                "neuron": pl.Series(self.neurons.tolist(), dtype=pl.Int64),
+                "mean": mean.numpy(),
+                "variance": variance.numpy(),
+                "max": self.maximum.double().numpy(),
+                "min": self.minimum.double().numpy(),
+                "frac_firing": (self.firing.double() / n).numpy(),
+                "n_tokens": pl.Series([n] * len(self.neurons), dtype=pl.Int64),
+            }
+        )
+
+
+def _rows(
+    layer: int,
+    neurons: torch.Tensor,
+    pool: str,
+    kind: str,
+    quantile_bin: str | None,
+    ids: torch.Tensor,
+    acts: torch.Tensor,
+) -> pl.DataFrame:
+    """Flatten [rank, neuron] ids and [rank, neuron, token] activations into table rows."""
+    ranks, n = ids.shape
+    return pl.DataFrame(
+        {
+            "layer": pl.Series([layer] * (ranks * n), dtype=pl.Int64),
+            "neuron": pl.Series(neurons.repeat(ranks).tolist(), dtype=pl.Int64),
+            "pool": [pool] * (ranks * n),
+            "kind": [kind] * (ranks * n),
+            "quantile_bin": pl.Series([quantile_bin] * (ranks * n), dtype=pl.String),
+            "rank": pl.Series(np.repeat(np.arange(ranks), n), dtype=pl.Int64),
+            "excerpt_id": pl.Series(ids.reshape(-1).tolist(), dtype=pl.Int64),
+            "max_activation": acts.amax(-1).reshape(-1).double().numpy(),
+            "activations": pl.Series(acts.reshape(ranks * n, -1).double().numpy(), dtype=pl.List(pl.Float64)),
+        }
+    ).sort("neuron", "rank")
+
+
+RunModel = Callable[[torch.Tensor, dict[int, Callable[[torch.Tensor], None]], int], None]
+
+
+def record(
+    run_model: RunModel,
+    excerpts: pl.DataFrame,
+    neurons: dict[int, Sequence[int]],
+    random_excerpt_ids: Sequence[int],
+    *,
+    bos_token_id: int | None,
+    batch_size: int = 16,
+    top_k: int = 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[int, LayerRecorder]:
+    """Run the subject model once over all excerpts and fold every requested layer.
+
+    ``run_model(tokens, hooks, stop_at_layer)`` runs a forward pass calling ``hooks[layer]``
+    with that layer's post-nonlinearity activations. With ``bos_token_id`` each excerpt is
+    preceded by BOS, as the model saw text in training; its position is not recorded.
+    """
+    length = len(excerpts["token_ids"][0])
+    recorders = {
+        layer: LayerRecorder(layer, selected, random_excerpt_ids, length, top_k)
+        for layer, selected in neurons.items()
+    }
+    stop_at = max(neurons) + 1
+    offset = 0 if bos_token_id is None else 1
+    for start in range(0, len(excerpts), batch_size):
+        batch = excerpts.slice(start, batch_size)
+        tokens = torch.as_tensor(np.stack(batch["token_ids"].to_numpy()), dtype=torch.long)
+        if bos_token_id is not None:
+            tokens = torch.cat([torch.full((len(tokens), 1), bos_token_id), tokens], dim=1)
+        ids = torch.tensor(batch["excerpt_id"].to_list(), dtype=torch.long)
+        is_scoring = torch.tensor((batch["pool"] == SCORING_POOL).to_list())
+        hooks = {
+            layer: (lambda acts, r=recorder: r.update(acts[:, offset:], ids, is_scoring))
+            for layer, recorder in recorders.items()
+        }
+        run_model(tokens, hooks, stop_at)
+        if progress is not None:
+            progress(min(start + batch_size, len(excerpts)), len(excerpts))
+    return recorders
+
+
+@dataclass(frozen=True)
+class NeuronSelection:
+    """Which neurons of each layer to record: ``all``, ``first`` N, ``random`` N (seeded) or a ``list``."""
+
+    mode: str = "random"
+    n: int = 4
+    seed: int = 0
+    indices: tuple[int, ...] = ()
+
+    def resolve(self, d_mlp: int, layer: int) -> list[int]:
+        if self.mode == "all":
+            return list(range(d_mlp))
+        if self.mode == "list":
+            bad = [i for i in self.indices if not 0 <= i < d_mlp]
+            if bad or not self.indices:
+                raise ValueError(
+                    f"neuron indices {bad or '(none given)'} invalid: layer {layer} has neurons 0..{d_mlp - 1}"
+                )
+            return sorted(set(self.indices))
+        if self.mode not in ("first", "random"):
+            raise ValueError(f"neuron selection mode {self.mode!r} is not one of all, first, random, list")
+        if not 0 < self.n <= d_mlp:
+            raise ValueError(f"cannot select {self.n} neurons: layer {layer} has {d_mlp}")
+        if self.mode == "first":
+            return list(range(self.n))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + layer)
+        return sorted(torch.randperm(d_mlp, generator=generator)[: self.n].tolist())
+
+
+def random_sample(excerpts: pl.DataFrame, n: int, seed: int) -> list[int]:
+    """Uniform sample of scoring-pool excerpt ids, the same for every neuron of a run."""
+    pool = excerpts.filter(pl.col("pool") == SCORING_POOL)["excerpt_id"]
+    if len(pool) < n:
+        raise ValueError(f"the scoring pool has {len(pool)} excerpts; {n} random excerpts were asked for")
+    return sorted(pool.sample(n, seed=seed).to_list())
+
+
+def record_tables(
+    recorders: dict[int, LayerRecorder], settings: RecordingSettings
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The ``activation_records`` and ``neuron_stats`` rows of every recorded layer."""
+    records = pl.concat([r.records(settings) for r in recorders.values()], how="vertical")
+    stats = pl.concat([r.stats() for r in recorders.values()], how="vertical")
+    return records, stats

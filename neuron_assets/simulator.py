@@ -1,0 +1,173 @@
+"""The all-at-once simulator (method.md §4): one completions call per excerpt.
+
+The prompt lists the target excerpt with ``unknown`` in place of every activation; the
+server echoes the prompt with log-probabilities, and at each ``unknown`` position the
+probabilities of the strings "0".."10" give an expected activation in [0, 10].
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from neuron_assets.excerpts import SCORING_POOL
+from neuron_assets.prompts import SIMULATOR_PROMPT_VERSION, SimulatorPrompt, simulator_prompt
+
+DIGIT_VALUES = {str(i): i for i in range(11)}
+TOP_LOGPROBS = 20
+
+
+class SimulationError(RuntimeError):
+    """The server's reply cannot be read as a simulation."""
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """Expected activations for one excerpt; ``None`` where no digit was among the top log-probabilities."""
+
+    expected: list[float | None]
+    prompt_tokens: int
+
+    @property
+    def n_unsimulated(self) -> int:
+        return sum(1 for v in self.expected if v is None)
+
+
+def expected_value(top_logprobs: Mapping[str, float] | None) -> float | None:
+    """Expected activation from the log-probabilities of the digit strings.
+
+    Keys are compared after stripping whitespace, so " 7" and "7" both count as 7.
+    Digits missing from the top list are taken as probability 0 and the listed digits
+    renormalized: when the listed ones carry almost no mass the estimate is still the
+    best available. With no digit at all the value is unknown, so ``None``.
+    """
+    mass = {value: 0.0 for value in DIGIT_VALUES.values()}
+    for token, logprob in (top_logprobs or {}).items():
+        value = DIGIT_VALUES.get(token.strip())
+        if value is not None:
+            mass[value] += math.exp(logprob)
+    total = sum(mass.values())
+    if total == 0.0:
+        return None
+    return sum(value * p for value, p in mass.items()) / total
+
+
+def read_placeholders(
+    prompt: SimulatorPrompt,
+    text_offsets: Sequence[int],
+    top_logprobs: Sequence[Mapping[str, float] | None],
+    distribution_shift: int,
+) -> list[float | None]:
+    """Expected value at each placeholder, found by character offset in the echoed tokens.
+
+    ``distribution_shift`` says where a server puts the distribution that predicted token j:
+    0 when ``top_logprobs[j]`` is it (OpenAI and vLLM semantics), -1 when it sits one entry
+    earlier, at ``top_logprobs[j - 1]``, as llama-cpp-python reports echoed prompts.
+    """
+    if len(text_offsets) != len(top_logprobs):
+        raise SimulationError("server returned text offsets and log-probabilities of different lengths")
+    values: list[float | None] = []
+    for offset in prompt.placeholder_offsets:
+        j = bisect.bisect_right(text_offsets, offset) - 1
+        k = j + distribution_shift
+        if j < 0 or not 0 <= k < len(top_logprobs):
+            raise SimulationError(f"no echoed token covers prompt offset {offset}")
+        values.append(expected_value(top_logprobs[k]))
+    return values
+
+
+def simulate(
+    client: Any,
+    model: str,
+    explanation: str,
+    tokens: Sequence[str],
+    *,
+    distribution_shift: int,
+    seed: int = 0,
+) -> Simulation:
+    """Simulate one excerpt with one completions call that echoes the prompt's log-probabilities."""
+    prompt = simulator_prompt(explanation, tokens, seed=seed)
+    response = client.completions.create(
+        model=model,
+        prompt=prompt.text,
+        max_tokens=1,
+        temperature=0.0,
+        echo=True,
+        logprobs=TOP_LOGPROBS,
+    )
+    choice = response.choices[0]
+    logprobs = choice.logprobs
+    if logprobs is None or not logprobs.top_logprobs or not logprobs.text_offset:
+        raise SimulationError(
+            f"model {model!r} returned no prompt log-probabilities; the all-at-once simulator "
+            "needs a completions endpoint with echo and logprobs (vLLM, llama.cpp with --logits_all)"
+        )
+    expected = read_placeholders(
+        prompt, logprobs.text_offset, logprobs.top_logprobs, distribution_shift
+    )
+    usage = getattr(response, "usage", None)
+    return Simulation(expected, int(getattr(usage, "prompt_tokens", 0) or 0))
+
+
+def scoring_excerpts(records: pl.DataFrame, n_top: int, n_random: int) -> pl.DataFrame:
+    """Each neuron's scoring excerpts: its top ``n_top`` and the first ``n_random`` random ones.
+
+    Both come from the scoring pool, whose documents the explainer never saw.
+    """
+    top = records.filter(
+        (pl.col("kind") == "top") & (pl.col("pool") == SCORING_POOL) & (pl.col("rank") < n_top)
+    )
+    random = records.filter((pl.col("kind") == "random") & (pl.col("rank") < n_random))
+    return pl.concat([top, random]).select(
+        "layer", "neuron", "excerpt_id", pl.col("kind").alias("excerpt_kind"), "activations"
+    )
+
+
+def simulate_neurons(
+    client: Any,
+    model: str,
+    explanations: pl.DataFrame,
+    records: pl.DataFrame,
+    excerpts: pl.DataFrame,
+    *,
+    n_top: int = 5,
+    n_random: int = 5,
+    distribution_shift: int = 0,
+    on_neuron: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """Simulate every explanation on its neuron's scoring excerpts, one call per excerpt."""
+    jobs = (
+        explanations.select("layer", "neuron", "sample", "explanation")
+        .join(scoring_excerpts(records, n_top, n_random), on=["layer", "neuron"])
+        .join(excerpts.select("excerpt_id", "tokens"), on="excerpt_id")
+        .sort("layer", "neuron", "sample", "excerpt_kind", "excerpt_id", descending=[False, False, False, True, False])
+    )
+    rows = []
+    current = None
+    for layer, neuron, sample, explanation, excerpt_id, kind, true, tokens in jobs.iter_rows():
+        simulation = simulate(
+            client, model, explanation, tokens, distribution_shift=distribution_shift, seed=excerpt_id
+        )
+        rows.append(
+            (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
+             simulation.n_unsimulated, simulation.prompt_tokens)
+        )  # fmt: skip
+        if on_neuron is not None and current not in (None, (layer, neuron)):
+            on_neuron(*current)
+        current = (layer, neuron)
+    if on_neuron is not None and current is not None:
+        on_neuron(*current)
+    return pl.DataFrame(
+        rows,
+        schema={
+            "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "excerpt_id": pl.Int64,
+            "excerpt_kind": pl.String, "simulated": pl.List(pl.Float64),
+            "true_activations": pl.List(pl.Float64), "n_unsimulated": pl.Int64, "prompt_tokens": pl.Int64,
+        },
+        orient="row",
+    ).with_columns(simulator_model=pl.lit(model), prompt_version=pl.lit(SIMULATOR_PROMPT_VERSION))  # fmt: skip

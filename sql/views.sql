@@ -1,0 +1,70 @@
+-- Derived views over the per-table views (documents, excerpts, activation_records,
+-- neuron_stats, explanations, simulations, scores) that neuron_assets creates in
+-- results.duckdb. Each statement ends with a semicolon; comments start with "--".
+
+-- One row per scored simulation set: what the simulator saw and which models ran.
+CREATE OR REPLACE VIEW simulation_sets AS
+SELECT
+    layer, neuron, sample,
+    any_value(simulator_model) AS simulator_model,
+    any_value(prompt_version) AS simulator_prompt_version,
+    any_value(run_id) AS simulation_run_id,
+    list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) AS scoring_excerpt_ids,
+    sum(n_unsimulated) AS n_unsimulated,
+    sum(prompt_tokens) AS prompt_tokens
+FROM simulations
+GROUP BY layer, neuron, sample;
+
+-- Every explanation sample with both of its scores.
+CREATE OR REPLACE VIEW explanation_scores AS
+SELECT
+    st.subject_model, st.corpus,
+    e.layer, e.neuron, e.sample, e.explanation,
+    e.explainer_model, s.simulator_model,
+    tr.correlation AS top_and_random_score,
+    ro.correlation AS random_only_score,
+    tr.explained_variance AS top_and_random_explained_variance,
+    ro.explained_variance AS random_only_explained_variance,
+    tr.undefined_reason AS top_and_random_undefined_reason,
+    ro.undefined_reason AS random_only_undefined_reason
+FROM explanations e
+JOIN neuron_stats st USING (layer, neuron)
+LEFT JOIN simulation_sets s USING (layer, neuron, sample)
+LEFT JOIN scores tr ON tr.layer = e.layer AND tr.neuron = e.neuron AND tr.sample = e.sample
+    AND tr.scoring_set = 'top_and_random'
+LEFT JOIN scores ro ON ro.layer = e.layer AND ro.neuron = e.neuron AND ro.sample = e.sample
+    AND ro.scoring_set = 'random_only';
+
+-- The best explanation of each neuron (by top-and-random score; undefined scores last).
+CREATE OR REPLACE VIEW neuron_scores AS
+SELECT * EXCLUDE (sample)
+FROM explanation_scores
+QUALIFY row_number() OVER (
+    PARTITION BY subject_model, layer, neuron
+    ORDER BY top_and_random_score DESC NULLS LAST, sample
+) = 1;
+
+-- For any score: which explanation, prompts, models, excerpts, subject model, corpus
+-- and Dagster runs produced it.
+CREATE OR REPLACE VIEW score_lineage AS
+SELECT
+    sc.layer, sc.neuron, sc.sample, sc.scoring_set, sc.correlation, sc.undefined_reason,
+    e.explanation,
+    e.prompt_version AS explainer_prompt_version,
+    e.explainer_model,
+    e.temperature AS explainer_temperature,
+    e.excerpt_ids AS explanation_excerpt_ids,
+    s.simulator_model,
+    s.simulator_prompt_version,
+    s.scoring_excerpt_ids,
+    st.subject_model,
+    st.corpus,
+    st.run_id AS recording_run_id,
+    e.run_id AS explanation_run_id,
+    s.simulation_run_id,
+    sc.run_id AS score_run_id,
+    sc.partition
+FROM scores sc
+JOIN explanations e USING (layer, neuron, sample)
+JOIN simulation_sets s USING (layer, neuron, sample)
+JOIN neuron_stats st USING (layer, neuron);

@@ -1,0 +1,137 @@
+import polars as pl
+import pytest
+import torch
+
+from neuron_assets.recording import (
+    NeuronSelection,
+    RecordingSettings,
+    random_sample,
+    record,
+    record_tables,
+)
+
+N_EXCERPTS, LENGTH, D_MLP = 37, 6, 10
+
+
+@pytest.fixture
+def corpus():
+    """Excerpts with known activations for two layers; half the excerpts in each pool."""
+    generator = torch.Generator().manual_seed(0)
+    activations = {layer: torch.randn(N_EXCERPTS, LENGTH, D_MLP, generator=generator) for layer in (1, 3)}
+    excerpts = pl.DataFrame(
+        {
+            "excerpt_id": list(range(100, 100 + N_EXCERPTS)),
+            "pool": ["scoring" if i % 2 else "explanation" for i in range(N_EXCERPTS)],
+            "token_ids": [[i] * LENGTH for i in range(N_EXCERPTS)],
+        }
+    )
+    return excerpts, activations
+
+
+def fake_model(activations, calls):
+    """Stands in for the subject model: looks activations up by the excerpt's first token id."""
+
+    def run(tokens, hooks, stop_at_layer):
+        calls.append(stop_at_layer)
+        rows = tokens[:, 0]
+        for layer, hook in hooks.items():
+            hook(activations[layer][rows])
+
+    return run
+
+
+def test_streaming_top_k_equals_brute_force_top_k(corpus):
+    excerpts, activations = corpus
+    neurons = {1: [0, 4, 9], 3: [2]}
+    calls = []
+    recorders = record(fake_model(activations, calls), excerpts, neurons, [101, 103], bos_token_id=None, batch_size=5, top_k=4)
+    for layer, selected in neurons.items():
+        for pool in ("explanation", "scoring"):
+            rows = torch.as_tensor((excerpts["pool"] == pool).to_numpy())
+            ids = torch.as_tensor(excerpts["excerpt_id"].to_numpy())[rows]
+            acts = activations[layer][rows][:, :, selected]  # [e, t, n]
+            best = acts.amax(1).topk(4, dim=0)
+            recorder = recorders[layer]
+            assert torch.equal(recorder.top_ids[pool], ids[best.indices])
+            assert torch.allclose(recorder.top_values[pool], best.values)
+            for column in range(len(selected)):
+                expected = acts[best.indices[:, column], :, column]
+                assert torch.allclose(recorder.top_acts[pool][:, column], expected)
+
+
+def test_one_forward_pass_per_batch_serves_every_layer_and_stops_after_the_deepest(corpus):
+    excerpts, activations = corpus
+    calls = []
+    record(fake_model(activations, calls), excerpts, {1: [0], 3: [0]}, [101], bos_token_id=None, batch_size=10)
+    assert calls == [4, 4, 4, 4]  # ceil(37 / 10) passes, none per layer
+
+
+def test_statistics_match_the_whole_corpus(corpus):
+    excerpts, activations = corpus
+    recorders = record(fake_model(activations, []), excerpts, {1: [0, 5]}, [101], bos_token_id=None, batch_size=7)
+    stats = recorders[1].stats()
+    flat = activations[1][:, :, [0, 5]].reshape(-1, 2).double()
+    assert stats["mean"].to_list() == pytest.approx(flat.mean(0).tolist())
+    assert stats["variance"].to_list() == pytest.approx(flat.var(0, unbiased=False).tolist())
+    assert stats["max"].to_list() == pytest.approx(flat.max(0).values.tolist())
+    assert stats["frac_firing"].to_list() == pytest.approx((flat > 0).double().mean(0).tolist())
+    assert stats["n_tokens"].to_list() == [N_EXCERPTS * LENGTH] * 2
+
+
+def test_bos_position_is_fed_to_the_model_but_not_recorded(corpus):
+    excerpts, activations = corpus
+    seen = []
+
+    def run(tokens, hooks, stop_at_layer):
+        seen.append(tokens.shape[1])
+        padded = torch.cat([torch.full((len(tokens), 1, D_MLP), 99.0), activations[1][tokens[:, 1]]], dim=1)
+        hooks[1](padded)
+
+    recorders = record(run, excerpts, {1: [0]}, [101], bos_token_id=7, batch_size=50)
+    assert seen == [LENGTH + 1]
+    assert recorders[1].maximum.item() < 99.0
+
+
+def test_record_tables_hold_top_random_and_quantile_rows(corpus):
+    excerpts, activations = corpus
+    random_ids = random_sample(excerpts, 10, seed=0)
+    recorders = record(fake_model(activations, []), excerpts, {1: [0, 1]}, random_ids, bos_token_id=None, top_k=3)
+    records, stats = record_tables(recorders, RecordingSettings(top_k=3, per_bin=2))
+    counts = dict(records.group_by("kind").len().iter_rows())
+    assert counts["top"] == 2 * 2 * 3 and counts["random"] == 2 * 10 and counts["quantile"] > 0
+    random_rows = records.filter(pl.col("kind") == "random", pl.col("neuron") == 1).sort("rank")
+    expected = activations[1][torch.as_tensor(random_ids) - 100][:, :, 1]
+    assert torch.allclose(torch.tensor(random_rows["activations"].to_list(), dtype=torch.float64), expected.double())
+    assert set(records.filter(pl.col("kind") == "random")["pool"]) == {"scoring"}
+    assert len(stats) == 2
+
+
+def test_random_sample_comes_from_the_scoring_pool_only(corpus):
+    excerpts, _ = corpus
+    ids = random_sample(excerpts, 5, seed=3)
+    pools = excerpts.filter(pl.col("excerpt_id").is_in(ids))["pool"]
+    assert set(pools) == {"scoring"} and len(ids) == 5
+    with pytest.raises(ValueError, match="scoring pool has 18 excerpts"):
+        random_sample(excerpts, 100, seed=0)
+
+
+def test_neuron_selection_modes():
+    assert NeuronSelection("all").resolve(4, layer=0) == [0, 1, 2, 3]
+    assert NeuronSelection("first", n=2).resolve(4, layer=0) == [0, 1]
+    assert NeuronSelection("list", indices=(3, 1, 3)).resolve(4, layer=0) == [1, 3]
+    chosen = NeuronSelection("random", n=3, seed=5).resolve(100, layer=2)
+    assert chosen == NeuronSelection("random", n=3, seed=5).resolve(100, layer=2)
+    assert len(set(chosen)) == 3 and all(0 <= n < 100 for n in chosen)
+
+
+@pytest.mark.parametrize(
+    "selection, message",
+    [
+        (NeuronSelection("list", indices=(4,)), "layer 0 has neurons 0..3"),
+        (NeuronSelection("first", n=9), "layer 0 has 4"),
+        (NeuronSelection("best"), "not one of"),
+    ],
+)
+def test_bad_neuron_selections_name_the_problem(selection, message):
+    with pytest.raises(ValueError, match=message):
+        selection.resolve(4, layer=0)

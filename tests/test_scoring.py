@@ -1,0 +1,78 @@
+import math
+
+import polars as pl
+import pytest
+
+from neuron_assets.scoring import score, score_simulations
+
+
+def test_correlation_and_calibration_match_hand_computed_values():
+    result = score([[1, 2], [3, 4]], [[1, 3], [2, 4]])
+    # deviations s: -1.5 -.5 .5 1.5 ; a: -1.5 .5 -.5 1.5 -> cov 4/4, var 5/4 each
+    assert result.correlation == pytest.approx(0.8)
+    assert result.calibration_slope == pytest.approx(0.8)
+    assert result.calibration_intercept == pytest.approx(0.5)
+    assert result.explained_variance == pytest.approx(0.64)
+    assert result.n_tokens == 4 and result.undefined_reason is None
+
+
+def test_best_linear_calibration_gives_explained_variance_equal_to_rho_squared():
+    result = score([[0.0, 3.0, 1.0, 7.0, 2.0]], [[0.2, 1.0, 0.1, 2.5, 0.3]])
+    assert result.explained_variance == pytest.approx(result.correlation**2)
+
+
+def test_scores_pool_tokens_across_excerpts_instead_of_averaging_per_excerpt():
+    simulated = [[0, 1], [5, 6]]
+    true = [[1, 0], [10, 9]]
+    # each excerpt alone is perfectly anti-correlated; pooled, the big excerpt dominates
+    assert score(simulated, true).correlation > 0.9
+
+
+def test_constant_true_activations_give_an_undefined_score_with_reason():
+    result = score([[1, 2, 3]], [[0, 0, 0]])
+    assert result.correlation is None and result.explained_variance is None
+    assert "true activations are constant" in result.undefined_reason
+
+
+def test_constant_simulation_gives_an_undefined_score_with_reason():
+    result = score([[4, 4, 4]], [[0, 1, 0]])
+    assert result.correlation is None
+    assert "simulated activations are constant" in result.undefined_reason
+
+
+def test_unsimulated_tokens_are_dropped_and_counted():
+    result = score([[None, 1, 2, 3]], [[100, 1, 2, 3]])
+    assert result.correlation == pytest.approx(1.0)
+    assert result.n_tokens == 3 and result.n_unsimulated == 1
+
+
+def test_too_few_tokens_is_undefined():
+    assert "at least 2" in score([[None, 1]], [[0, 1]]).undefined_reason
+
+
+def test_mismatched_lengths_are_a_bug_not_a_score():
+    with pytest.raises(ValueError, match="excerpt 0"):
+        score([[1, 2]], [[1]])
+
+
+def _simulations():
+    rows = [
+        (0, 7, 0, 1, "top", [0.0, 9.0], [0.0, 5.0]),
+        (0, 7, 0, 2, "random", [1.0, 0.0], [0.0, 0.0]),
+        (0, 7, 0, 3, "random", [0.0, 2.0], [0.0, 0.0]),
+    ]
+    return pl.DataFrame(
+        rows,
+        schema=["layer", "neuron", "sample", "excerpt_id", "excerpt_kind", "simulated", "true_activations"],
+        orient="row",
+    )
+
+
+def test_score_table_has_top_and_random_and_random_only_rows():
+    table = score_simulations(_simulations())
+    assert table["scoring_set"].to_list() == ["top_and_random", "random_only"]
+    top_and_random, random_only = table.iter_rows(named=True)
+    assert top_and_random["n_tokens"] == 6 and not math.isnan(top_and_random["correlation"])
+    # random excerpts alone never fire: undefined, stored as null with its reason
+    assert random_only["correlation"] is None
+    assert "constant" in random_only["undefined_reason"]

@@ -1,0 +1,65 @@
+import math
+
+import pytest
+
+from neuron_assets.prompts import simulator_prompt
+from neuron_assets.simulator import SimulationError, expected_value, read_placeholders
+
+
+def lp(p):
+    return math.log(p)
+
+
+def test_expected_value_weights_each_digit_by_its_probability():
+    assert expected_value({"0": lp(0.5), "10": lp(0.5)}) == pytest.approx(5.0)
+
+
+def test_expected_value_renormalizes_over_listed_digits_and_ignores_other_tokens():
+    value = expected_value({"2": lp(0.2), "4": lp(0.2), "\n": lp(0.5), "unknown": lp(0.1)})
+    assert value == pytest.approx(3.0)
+
+
+def test_expected_value_merges_digits_written_with_and_without_whitespace():
+    assert expected_value({" 8": lp(0.3), "8": lp(0.1), "0": lp(0.4)}) == pytest.approx(8 * 0.4 / 0.8)
+
+
+def test_expected_value_is_none_when_no_digit_is_listed():
+    assert expected_value({"\n": lp(0.9)}) is None
+    assert expected_value(None) is None
+
+
+def test_numbers_outside_zero_to_ten_are_not_digits():
+    assert expected_value({"11": lp(0.9), "-1": lp(0.05), "3": lp(0.05)}) == pytest.approx(3.0)
+
+
+def _echo(prompt_text, pieces, distributions):
+    """Offsets and top_logprobs for the given tokenization of prompt_text."""
+    assert "".join(pieces) == prompt_text
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+    return offsets, distributions
+
+
+def test_placeholders_read_the_distribution_of_the_token_at_their_offset():
+    prompt = simulator_prompt("x", ["a", "b"])
+    first, second = prompt.placeholder_offsets
+    pieces = [prompt.text[:first], "unknown", prompt.text[first + 7 : second], "unknown", prompt.text[second + 7 :]]
+    dists = [None, {"3": 0.0}, {"x": 0.0}, {"7": 0.0}, None]
+    offsets, tops = _echo(prompt.text, pieces, dists)
+    assert read_placeholders(prompt, offsets, tops, distribution_shift=0) == [3.0, 7.0]
+
+
+def test_a_shift_of_minus_one_reads_distributions_filed_one_token_early():
+    prompt = simulator_prompt("x", ["a"])
+    (first,) = prompt.placeholder_offsets
+    pieces = [prompt.text[:first], "unknown", prompt.text[first + 7 :]]
+    offsets, tops = _echo(prompt.text, pieces, [{"6": 0.0}, {"1": 0.0}, None])
+    assert read_placeholders(prompt, offsets, tops, distribution_shift=-1) == [6.0]
+
+
+def test_mismatched_echo_lengths_are_an_error():
+    prompt = simulator_prompt("x", ["a"])
+    with pytest.raises(SimulationError, match="different lengths"):
+        read_placeholders(prompt, [0, 1], [None], distribution_shift=0)
