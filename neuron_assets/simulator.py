@@ -88,10 +88,13 @@ def simulate(
     tokens: Sequence[str],
     *,
     distribution_shift: int,
-    seed: int = 0,
 ) -> Simulation:
-    """Simulate one excerpt with one completions call that echoes the prompt's log-probabilities."""
-    prompt = simulator_prompt(explanation, tokens, seed=seed)
+    """Simulate one excerpt with one completions call that echoes the prompt's log-probabilities.
+
+    Every call shares the same few-shot prefix, so servers with prefix caching (llama.cpp,
+    vLLM) evaluate only the explanation and the excerpt.
+    """
+    prompt = simulator_prompt(explanation, tokens)
     response = client.completions.create(
         model=model,
         prompt=prompt.text,
@@ -150,9 +153,7 @@ def simulate_neurons(
     rows = []
     current = None
     for layer, neuron, sample, explanation, excerpt_id, kind, true, tokens in jobs.iter_rows():
-        simulation = simulate(
-            client, model, explanation, tokens, distribution_shift=distribution_shift, seed=excerpt_id
-        )
+        simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
         rows.append(
             (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
              simulation.n_unsimulated, simulation.prompt_tokens)

@@ -1,0 +1,145 @@
+"""The whole pipeline through Dagster, with the packaged subject model and a real llama.cpp server."""
+
+import math
+
+import dagster as dg
+import duckdb
+import pytest
+
+from neuron_assets.defs.definitions import build_definitions
+from neuron_assets.demo import materialize_layers
+from neuron_assets.settings import Settings
+from neuron_assets.storage import ResultStore
+from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "ops": {
+        "activation_records": {"config": {"n_neurons": 1, "n_random": 4, "batch_size": 32}},
+        "explanations": {"config": {"n_examples": 2, "max_tokens": 30}},
+        "simulations": {"config": {"n_top": 2, "n_random": 2}},
+    }
+}
+
+
+def settings(data_dir, **overrides):
+    values = dict(
+        subject_model=PACKAGED_SUBJECT_MODEL, corpus="lee", data_dir=data_dir,
+        llm_base_url=None, explainer_model=None, simulator_model=None,
+    )  # fmt: skip
+    return Settings(**{**values, **overrides})
+
+
+def query(store, sql):
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+@pytest.fixture(scope="module")
+def backfill(tmp_path_factory):
+    """One single-run backfill of layers 0-1, counting the subject model's forward passes."""
+    data_dir = tmp_path_factory.mktemp("results")
+    passes = []
+    original = SubjectModel.run_with_mlp_hooks
+
+    def counting(self, tokens, hooks, stop_at_layer):
+        passes.append((sorted(hooks), stop_at_layer))
+        return original(self, tokens, hooks, stop_at_layer)
+
+    SubjectModel.run_with_mlp_hooks = counting
+    try:
+        with dg.instance_for_test() as instance:
+            result = materialize_layers(build_definitions(settings(data_dir)), 0, 1, TINY, instance)
+    finally:
+        SubjectModel.run_with_mlp_hooks = original
+    assert result.success
+    return result, ResultStore(data_dir), passes
+
+
+def test_a_two_layer_backfill_runs_the_subject_model_over_the_corpus_once(backfill):
+    _, store, passes = backfill
+    n_excerpts = query(store, "SELECT count(*) FROM excerpts")[0][0]
+    assert len(passes) == math.ceil(n_excerpts / 32)
+    assert {(tuple(layers), stop) for layers, stop in passes} == {((0, 1), 2)}
+
+
+def test_neuron_scores_view_lists_every_scored_neuron_with_its_models(backfill):
+    _, store, _ = backfill
+    rows = query(
+        store,
+        "SELECT subject_model, layer, explanation, explainer_model, simulator_model, "
+        "top_and_random_score, random_only_score, top_and_random_undefined_reason FROM neuron_scores ORDER BY layer",
+    )
+    assert [r[1] for r in rows] == [0, 1]
+    for subject, _, explanation, explainer, simulator, top_and_random, _, reason in rows:
+        assert subject == PACKAGED_SUBJECT_MODEL and explanation
+        assert explainer == simulator == "SmolLM2-135M-Instruct-Q4_1"
+        assert (top_and_random is None) == (reason is not None)
+        assert top_and_random is None or -1.0 <= top_and_random <= 1.0
+
+
+def test_lineage_view_traces_every_score_to_its_run_prompts_models_and_excerpts(backfill):
+    result, store, _ = backfill
+    rows = query(
+        store,
+        "SELECT explainer_prompt_version, simulator_prompt_version, explanation_excerpt_ids, "
+        "scoring_excerpt_ids, corpus, recording_run_id, explanation_run_id, simulation_run_id, score_run_id "
+        "FROM score_lineage",
+    )
+    assert len(rows) == 4  # 2 neurons x 2 scoring sets
+    for explainer_v, simulator_v, shown, scored, corpus, *runs in rows:
+        assert explainer_v.startswith("explainer-") and simulator_v.startswith("simulator-")
+        assert len(shown) == 2 and len(scored) == 4 and not set(shown) & set(scored)
+        assert corpus == "lee" and set(runs) == {result.run_id}
+
+
+def test_explanation_and_scoring_excerpts_come_from_different_documents(backfill):
+    _, store, _ = backfill
+    shared = query(
+        store,
+        """
+        WITH shown AS (SELECT unnest(explanation_excerpt_ids) AS excerpt_id FROM score_lineage),
+             scored AS (SELECT unnest(scoring_excerpt_ids) AS excerpt_id FROM score_lineage)
+        SELECT count(*) FROM (SELECT doc_id FROM excerpts JOIN shown USING (excerpt_id)
+                              INTERSECT SELECT doc_id FROM excerpts JOIN scored USING (excerpt_id))
+        """,
+    )
+    assert shared == [(0,)]
+
+
+def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill):
+    first, store, _ = backfill
+    before = query(store, "SELECT layer, count(*) FROM scores GROUP BY layer ORDER BY layer")
+    definitions = build_definitions(settings(store.root))
+    with dg.instance_for_test() as instance:
+        job = definitions.resolve_implicit_global_asset_job_def()
+        second = job.execute_in_process(run_config=TINY, instance=instance, partition_key="1")
+    assert second.success
+    assert query(store, "SELECT layer, count(*) FROM scores GROUP BY layer ORDER BY layer") == before
+    runs = dict(query(store, "SELECT layer, any_value(run_id) FROM scores GROUP BY layer"))
+    assert runs == {0: first.run_id, 1: second.run_id}
+
+
+def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(backfill):
+    _, store, _ = backfill
+    stored = store.path("explanations", "0").read_bytes()
+    unreachable = settings(
+        store.root, llm_base_url="http://127.0.0.1:9/v1", explainer_model="m", simulator_model="m"
+    )
+    job = build_definitions(unreachable).resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            run_config=TINY, instance=instance, partition_key="0", raise_on_error=False,
+            asset_selection=[dg.AssetKey("explanations")],
+        )  # fmt: skip
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "cannot reach the LLM server at http://127.0.0.1:9/v1" in str(failure.step_failure_data.error)
+    assert store.path("explanations", "0").read_bytes() == stored
+
+
+def test_stored_scores_pass_the_asset_check(backfill):
+    result, _, _ = backfill
+    evaluations = result.get_asset_check_evaluations()
+    assert evaluations and all(e.passed for e in evaluations)

