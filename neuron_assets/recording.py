@@ -44,10 +44,13 @@ class LayerRecorder:
         self.layer = layer
         self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
         n = len(self.neurons)
+        # A selection that is a prefix of the layer is a view, not a copy, of each batch.
+        self._prefix = bool(torch.equal(self.neurons, torch.arange(n)))
         self.top_k = top_k
-        self.top_values = {p: torch.empty(0, n) for p in POOLS}
-        self.top_ids = {p: torch.empty(0, n, dtype=torch.long) for p in POOLS}
-        self.top_acts = {p: torch.empty(0, n, excerpt_length) for p in POOLS}
+        # k unordered slots per neuron; -inf marks a slot not filled yet.
+        self.top_values = {p: torch.full((top_k, n), float("-inf")) for p in POOLS}
+        self.top_ids = {p: torch.full((top_k, n), -1, dtype=torch.long) for p in POOLS}
+        self.top_acts = {p: torch.zeros(top_k, excerpt_length, n) for p in POOLS}
         self.random_ids = list(random_excerpt_ids)
         self._random_slot = {e: i for i, e in enumerate(self.random_ids)}
         self.random_acts = torch.full((len(self.random_ids), n, excerpt_length), float("nan"))
@@ -60,39 +63,66 @@ class LayerRecorder:
 
     def update(self, activations: torch.Tensor, excerpt_ids: torch.Tensor, is_scoring: torch.Tensor) -> None:
         """Fold a batch: ``activations`` [batch, tokens, d_mlp], ids and pool flags [batch]."""
-        acts = activations.index_select(-1, self.neurons).float()  # [b, t, n]
-        flat = acts.reshape(-1, acts.shape[-1])
-        self.total += flat.sum(0, dtype=torch.float64)
-        self.total_sq += (flat.double() ** 2).sum(0)
-        self.maximum = torch.maximum(self.maximum, flat.max(0).values)
-        self.minimum = torch.minimum(self.minimum, flat.min(0).values)
+        n = len(self.neurons)
+        acts = activations[..., :n] if self._prefix else activations.index_select(-1, self.neurons)
+        acts = acts.float()  # [b, t, n]
+        flat = acts.reshape(-1, n)
+        self.total += flat.sum(0).double()
+        self.total_sq += (flat * flat).sum(0).double()
+        self.minimum = torch.minimum(self.minimum, flat.amin(0))
         self.firing += (flat > 0).sum(0)
         self.n_tokens += flat.shape[0]
-        per_neuron = acts.transpose(1, 2)  # [b, n, t]
+        maxima = acts.amax(1)  # [b, n]
+        self.maximum = torch.maximum(self.maximum, maxima.amax(0))
         for pool, rows in ((SCORING_POOL, is_scoring), (EXPLANATION_POOL, ~is_scoring)):
             if rows.any():
-                self._merge_top(pool, per_neuron[rows], excerpt_ids[rows])
+                self._merge_top(pool, maxima.masked_fill(~rows[:, None], float("-inf")), acts, excerpt_ids)
         for row, excerpt_id in enumerate(excerpt_ids.tolist()):
             slot = self._random_slot.get(excerpt_id)
             if slot is not None:
-                self.random_acts[slot] = per_neuron[row]
+                self.random_acts[slot] = acts[row].T
 
-    def _merge_top(self, pool: str, acts: torch.Tensor, ids: torch.Tensor) -> None:
-        values = torch.cat([self.top_values[pool], acts.amax(-1)])  # [k' + b, n]
-        k = min(self.top_k, values.shape[0])
-        best = values.topk(k, dim=0).indices  # [k, n]
-        all_ids = torch.cat([self.top_ids[pool], ids[:, None].expand(-1, acts.shape[1])])
-        all_acts = torch.cat([self.top_acts[pool], acts])
-        self.top_values[pool] = values.gather(0, best)
-        self.top_ids[pool] = all_ids.gather(0, best)
-        self.top_acts[pool] = all_acts.gather(0, best[:, :, None].expand(-1, -1, acts.shape[-1]))
+    def _merge_top(self, pool: str, maxima: torch.Tensor, acts: torch.Tensor, ids: torch.Tensor) -> None:
+        """Merge a batch (other-pool rows masked to -inf) into the pool's top-k slots.
+
+        Only the slots whose excerpt is pushed out are rewritten, so the data moved per
+        batch is the number of changes, which shrinks as the stream goes on.
+        """
+        held = self.top_values[pool]
+        k = held.shape[0]
+        # Only neurons whose weakest held excerpt is beaten by this batch can change.
+        columns = (maxima > held.amin(0)).any(0).nonzero().squeeze(1)
+        if len(columns) == 0:
+            return
+        candidates = maxima[:, columns]
+        best = torch.cat([held[:, columns], candidates]).topk(k, dim=0).indices  # [k, c]
+        is_new = best >= k
+        kept = torch.zeros(k, len(columns), dtype=torch.uint8)
+        kept.scatter_reduce_(0, best.clamp(max=k - 1), (~is_new).to(torch.uint8), reduce="amax")
+        free_slots = kept.argsort(dim=0, stable=True)  # per neuron: dropped slots first
+        new_rows = torch.where(is_new, best - k, maxima.shape[0]).sort(dim=0).values  # batch rows first
+        pair, column = (torch.arange(k)[:, None] < is_new.sum(0)[None, :]).nonzero(as_tuple=True)
+        slot, row, neuron = free_slots[pair, column], new_rows[pair, column], columns[column]
+        held[slot, neuron] = maxima[row, neuron]
+        self.top_ids[pool][slot, neuron] = ids[row]
+        self.top_acts[pool][slot, :, neuron] = acts[row, :, neuron]
+
+    def top(self, pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first.
+
+        Slots never filled (a pool with fewer than k excerpts) have id -1.
+        """
+        values, order = self.top_values[pool].sort(dim=0, descending=True)
+        ids = self.top_ids[pool].gather(0, order).masked_fill(values == float("-inf"), -1)
+        acts = self.top_acts[pool].gather(0, order[:, None, :].expand(-1, self.top_acts[pool].shape[1], -1))
+        return values, ids, acts.transpose(1, 2)
 
     def records(self, settings: RecordingSettings) -> pl.DataFrame:
         """Top, random and quantile-bin records as rows of the ``activation_records`` table."""
         if torch.isnan(self.random_acts).any():
             raise RuntimeError(f"layer {self.layer}: some random-sample excerpts were never seen")
         frames = [
-            _rows(self.layer, self.neurons, pool, "top", None, self.top_ids[pool], self.top_acts[pool])
+            _rows(self.layer, self.neurons, pool, "top", None, *self.top(pool)[1:]).filter(pl.col("excerpt_id") >= 0)
             for pool in POOLS
         ]
         random_ids = torch.as_tensor(self.random_ids, dtype=torch.long)[:, None].expand(
@@ -169,7 +199,7 @@ def _rows(
             "rank": pl.Series(np.repeat(np.arange(ranks), n), dtype=pl.Int64),
             "excerpt_id": pl.Series(ids.reshape(-1).tolist(), dtype=pl.Int64),
             "max_activation": acts.amax(-1).reshape(-1).double().numpy(),
-            "activations": pl.Series(acts.reshape(ranks * n, -1).double().numpy(), dtype=pl.List(pl.Float64)),
+            "activations": pl.Series(acts.reshape(ranks * n, acts.shape[-1]).double().numpy(), dtype=pl.List(pl.Float64)),
         }
     ).sort("neuron", "rank")
 

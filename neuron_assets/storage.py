@@ -90,15 +90,16 @@ class ResultStore:
         return created
 
 
+def sql_statements(file_name: str) -> list[str]:
+    """The semicolon-separated statements of ``sql/<file_name>``, comment lines removed."""
+    lines = (SQL_DIR / file_name).read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.strip().startswith("--"))
+    return [chunk.strip() for chunk in text.split(";") if chunk.strip()]
+
+
 def view_statements() -> list[tuple[str, str]]:
     """The derived views of ``sql/views.sql``, as (view name, statement), in file order."""
-    lines = (SQL_DIR / "views.sql").read_text(encoding="utf-8").splitlines()
-    text = "\n".join(line for line in lines if not line.strip().startswith("--"))
-    statements = []
-    for body in (chunk.strip() for chunk in text.split(";")):
-        if body:
-            statements.append((body.split("VIEW", 1)[1].split()[0], body))
-    return statements
+    return [(body.split("VIEW", 1)[1].split()[0], body) for body in sql_statements("views.sql")]
 
 
 def _relations_used(statement: str, names: list[str], defined: str) -> list[str]:

@@ -143,3 +143,13 @@ def test_stored_scores_pass_the_asset_check(backfill):
     result, _, _ = backfill
     evaluations = result.get_asset_check_evaluations()
     assert evaluations and all(e.passed for e in evaluations)
+
+
+def test_every_example_query_runs_on_the_results(backfill):
+    _, store, _ = backfill
+    from neuron_assets.storage import sql_statements
+
+    statements = sql_statements("examples.sql")
+    assert len(statements) >= 5
+    for statement in statements:
+        query(store, statement)

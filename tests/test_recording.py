@@ -51,12 +51,21 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
             ids = torch.as_tensor(excerpts["excerpt_id"].to_numpy())[rows]
             acts = activations[layer][rows][:, :, selected]  # [e, t, n]
             best = acts.amax(1).topk(4, dim=0)
-            recorder = recorders[layer]
-            assert torch.equal(recorder.top_ids[pool], ids[best.indices])
-            assert torch.allclose(recorder.top_values[pool], best.values)
+            values, top_ids, top_acts = recorders[layer].top(pool)
+            assert torch.equal(top_ids, ids[best.indices])
+            assert torch.allclose(values, best.values)
             for column in range(len(selected)):
                 expected = acts[best.indices[:, column], :, column]
-                assert torch.allclose(recorder.top_acts[pool][:, column], expected)
+                assert torch.allclose(top_acts[:, column], expected)
+
+
+def test_a_pool_smaller_than_k_keeps_only_real_excerpts(corpus):
+    excerpts, activations = corpus
+    recorders = record(fake_model(activations, []), excerpts.head(5), {1: [0]}, [], bos_token_id=None, top_k=4)
+    records, _ = record_tables(recorders, RecordingSettings(top_k=4))
+    by_pool = dict(records.filter(pl.col("kind") == "top").group_by("pool").len().iter_rows())
+    assert by_pool == {"explanation": 3, "scoring": 2}
+    assert set(records["excerpt_id"]) <= set(excerpts.head(5)["excerpt_id"])
 
 
 def test_one_forward_pass_per_batch_serves_every_layer_and_stops_after_the_deepest(corpus):
