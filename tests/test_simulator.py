@@ -63,3 +63,31 @@ def test_mismatched_echo_lengths_are_an_error():
     prompt = simulator_prompt("x", ["a"])
     with pytest.raises(SimulationError, match="different lengths"):
         read_placeholders(prompt, [0, 1], [None], distribution_shift=0)
+
+
+def test_a_backend_without_prompt_logprobs_is_named_in_the_error():
+    from types import SimpleNamespace
+
+    from neuron_assets.simulator import simulate
+
+    reply = SimpleNamespace(choices=[SimpleNamespace(logprobs=None)], usage=None)
+    client = SimpleNamespace(completions=SimpleNamespace(create=lambda **_: reply))
+    with pytest.raises(SimulationError, match="model 'gpt-x' returned no prompt log-probabilities"):
+        simulate(client, "gpt-x", "cats", ["a"], distribution_shift=0)
+
+
+def test_scoring_excerpts_are_scoring_pool_top_ranks_and_random_ranks():
+    import polars as pl
+
+    from neuron_assets.simulator import scoring_excerpts
+
+    records = pl.DataFrame(
+        {
+            "layer": [0] * 6, "neuron": [1] * 6,
+            "pool": ["explanation", "scoring", "scoring", "scoring", "scoring", "scoring"],
+            "kind": ["top", "top", "top", "random", "random", "quantile"],
+            "rank": [0, 0, 1, 0, 1, 0], "excerpt_id": [1, 2, 3, 4, 5, 6], "activations": [[0.0]] * 6,
+        }
+    )  # fmt: skip
+    chosen = scoring_excerpts(records, n_top=1, n_random=2)
+    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"])) == [(2, "top"), (4, "random"), (5, "random")]

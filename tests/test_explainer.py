@@ -1,0 +1,68 @@
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+
+from neuron_assets.explainer import explain, explain_neurons
+from neuron_assets.prompts import EXPLAINER_PROMPT_VERSION, ExplanationParseError, Record
+
+
+class ScriptedChat:
+    """Stands in for an OpenAI-compatible server: replies with the given texts in turn."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.requests = []
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self._create))
+
+    def _create(self, **request):
+        self.requests.append(request)
+        message = SimpleNamespace(content=self.replies.pop(0))
+        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+
+
+RECORDS = [Record(["a", "b"], [0.0, 1.0])]
+
+
+def test_each_sample_is_one_chat_call_with_its_own_seed():
+    client = ScriptedChat(["cats.", "dogs."])
+    explanations = explain(client, "m", RECORDS, n_samples=2, temperature=0.7)
+    assert [e.text for e in explanations] == ["cats", "dogs"]
+    assert [r["seed"] for r in client.requests] == [0, 1000]
+    assert all(r["temperature"] == 0.7 and r["model"] == "m" for r in client.requests)
+
+
+def test_an_empty_reply_is_sampled_again():
+    client = ScriptedChat(["", "commas."])
+    assert [e.text for e in explain(client, "m", RECORDS)] == ["commas"]
+    assert len(client.requests) == 2
+
+
+def test_unparseable_replies_end_in_an_error_that_names_the_neuron_and_the_reply():
+    client = ScriptedChat(["   ", ".", "the main thing this neuron does is find"])
+    records = pl.DataFrame(
+        {
+            "layer": [3], "neuron": [42], "pool": ["explanation"], "kind": ["top"], "rank": [0],
+            "excerpt_id": [7], "activations": [[0.0, 1.0]],
+        }
+    )  # fmt: skip
+    excerpts = pl.DataFrame({"excerpt_id": [7], "tokens": [["a", "b"]]})
+    with pytest.raises(ExplanationParseError, match=r"layer 3 neuron 42: 3 replies from 'm' held no explanation"):
+        explain_neurons(client, "m", records, excerpts)
+
+
+def test_explanation_rows_record_model_prompt_version_and_excerpts_shown():
+    client = ScriptedChat(["vowels."])
+    records = pl.DataFrame(
+        {
+            "layer": [0, 0, 0], "neuron": [1, 1, 1], "pool": ["explanation", "explanation", "scoring"],
+            "kind": ["top", "top", "top"], "rank": [1, 0, 0], "excerpt_id": [8, 7, 9],
+            "activations": [[0.0, 2.0], [1.0, 0.0], [5.0, 5.0]],
+        }
+    )  # fmt: skip
+    excerpts = pl.DataFrame({"excerpt_id": [7, 8, 9], "tokens": [["a", "b"], ["c", "d"], ["e", "f"]]})
+    row = explain_neurons(client, "m", records, excerpts).row(0, named=True)
+    assert row["explanation"] == "vowels" and row["excerpt_ids"] == [7, 8]
+    assert row["explainer_model"] == "m" and row["prompt_version"] == EXPLAINER_PROMPT_VERSION
+    shown = client.requests[0]["messages"][-1]["content"]
+    assert "a\t5" in shown and "d\t10" in shown and "e\t" not in shown  # ranks 0,1 of the explanation pool only
