@@ -30,7 +30,7 @@ def _timed(run: Callable[[], object]) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=PACKAGED_SUBJECT_MODEL)
-    parser.add_argument("--excerpts", type=int, default=160)
+    parser.add_argument("--excerpts", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--early-layer", type=int, default=2)
@@ -50,17 +50,24 @@ def main(argv: list[str] | None = None) -> None:
         for tokens in batches:
             model.bare_forward(tokens)
 
-    def recording(layers: list[int]) -> Callable[[], object]:
-        neurons = {layer: all_neurons for layer in layers}
+    def bridge() -> None:
+        for tokens in batches:
+            model.run_with_mlp_hooks(tokens, {}, model.n_layers)
+
+    def recording(layers: list[int], selected: list[int]) -> Callable[[], object]:
+        neurons = {layer: selected for layer in layers}
         return lambda: record(
             model.run_with_mlp_hooks, excerpts, neurons, randoms,
             bos_token_id=model.bos_token_id, batch_size=args.batch_size,
         )  # fmt: skip
 
+    every_layer = list(range(model.n_layers))
     variants = {
         "bare forward (body, no LM head)": bare,
-        f"record all {model.n_layers} layers x {model.d_mlp} neurons": recording(list(range(model.n_layers))),
-        f"record layer {args.early_layer} x {model.d_mlp} neurons": recording([args.early_layer]),
+        "bridge forward, no hooks": bridge,
+        f"record all {model.n_layers} layers x {model.d_mlp} neurons": recording(every_layer, all_neurons),
+        f"record all {model.n_layers} layers x 3 neurons": recording(every_layer, [0, 1, 2]),
+        f"record layer {args.early_layer} x {model.d_mlp} neurons": recording([args.early_layer], all_neurons),
     }
     torch.set_grad_enabled(False)
     for run in variants.values():  # warm-up: allocator, kernels, caches

@@ -20,12 +20,12 @@ import torch
 from neuron_assets.excerpts import EXPLANATION_POOL, SCORING_POOL
 
 POOLS = (EXPLANATION_POOL, SCORING_POOL)
-HOOK_NAME = "blocks.{layer}.mlp.hook_post"
 
 
 @dataclass(frozen=True)
 class RecordingSettings:
-    top_k: int = 20
+    """How the quantile-bin records for viewing are drawn from the random sample."""
+
     quantile_bins: tuple[tuple[float, float], ...] = ((0.5, 0.9), (0.9, 0.99))
     per_bin: int = 5
 

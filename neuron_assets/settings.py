@@ -11,14 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuron_assets.corpus import DEFAULT_CORPUS
 from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL
 
 
 @dataclass(frozen=True)
 class Settings:
     subject_model: str
-    corpus: str
     data_dir: Path
     llm_base_url: str | None
     explainer_model: str | None
@@ -29,7 +27,6 @@ class Settings:
         env = os.environ
         return cls(
             subject_model=env.get("NEURON_ASSETS_SUBJECT_MODEL", PACKAGED_SUBJECT_MODEL),
-            corpus=env.get("NEURON_ASSETS_CORPUS", DEFAULT_CORPUS),
             data_dir=Path(env.get("NEURON_ASSETS_DATA_DIR", "data")).resolve(),
             llm_base_url=env.get("NEURON_ASSETS_LLM_BASE_URL") or None,
             explainer_model=env.get("NEURON_ASSETS_EXPLAINER_MODEL") or None,

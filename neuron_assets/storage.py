@@ -45,6 +45,7 @@ class ResultStore:
         os.close(handle)
         try:
             frame.write_parquet(temporary)
+            os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
             os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

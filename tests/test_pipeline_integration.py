@@ -25,7 +25,7 @@ TINY = {
 
 def settings(data_dir, **overrides):
     values = dict(
-        subject_model=PACKAGED_SUBJECT_MODEL, corpus="lee", data_dir=data_dir,
+        subject_model=PACKAGED_SUBJECT_MODEL, data_dir=data_dir,
         llm_base_url=None, explainer_model=None, simulator_model=None,
     )  # fmt: skip
     return Settings(**{**values, **overrides})

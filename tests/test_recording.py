@@ -62,7 +62,7 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
 def test_a_pool_smaller_than_k_keeps_only_real_excerpts(corpus):
     excerpts, activations = corpus
     recorders = record(fake_model(activations, []), excerpts.head(5), {1: [0]}, [], bos_token_id=None, top_k=4)
-    records, _ = record_tables(recorders, RecordingSettings(top_k=4))
+    records, _ = record_tables(recorders, RecordingSettings())
     by_pool = dict(records.filter(pl.col("kind") == "top").group_by("pool").len().iter_rows())
     assert by_pool == {"explanation": 3, "scoring": 2}
     assert set(records["excerpt_id"]) <= set(excerpts.head(5)["excerpt_id"])
@@ -105,7 +105,7 @@ def test_record_tables_hold_top_random_and_quantile_rows(corpus):
     excerpts, activations = corpus
     random_ids = random_sample(excerpts, 10, seed=0)
     recorders = record(fake_model(activations, []), excerpts, {1: [0, 1]}, random_ids, bos_token_id=None, top_k=3)
-    records, stats = record_tables(recorders, RecordingSettings(top_k=3, per_bin=2))
+    records, stats = record_tables(recorders, RecordingSettings(per_bin=2))
     counts = dict(records.group_by("kind").len().iter_rows())
     assert counts["top"] == 2 * 2 * 3 and counts["random"] == 2 * 10 and counts["quantile"] > 0
     random_rows = records.filter(pl.col("kind") == "random", pl.col("neuron") == 1).sort("rank")

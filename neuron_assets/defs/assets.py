@@ -12,6 +12,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from neuron_assets.corpus import DEFAULT_CORPUS
 from neuron_assets.defs.resources import LLMResource, SubjectModelResource
 
 GROUP = "neurons"
@@ -20,7 +21,7 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 class CorpusConfig(dg.Config):
     source: str = Field(
-        default="lee",
+        default=DEFAULT_CORPUS,
         description="'lee' (embedded news corpus), a folder of .txt/.jsonl/.parquet, or 'hf:NAME[:SPLIT]'",
     )
 
@@ -154,7 +155,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             top_k=config.top_k,
             progress=_every_quarter(lambda done, total: context.log.info(f"recorded {done}/{total} excerpts")),
         )
-        records, stats = record_tables(recorders, RecordingSettings(top_k=config.top_k))
+        records, stats = record_tables(recorders, RecordingSettings())
         provenance = [pl.lit(model.name).alias("subject_model"), pl.lit(excerpts["corpus"][0]).alias("corpus")]
         records = with_lineage(records.with_columns(provenance), context)
         stats = with_lineage(stats.with_columns(provenance), context)
