@@ -52,7 +52,7 @@ def explain(
                 max_tokens=max_tokens,
                 seed=seed + 1000 * sample + attempt,
             )
-            raw = response.choices[0].message.content or ""
+            raw = response["choices"][0]["message"]["content"] or ""
             try:
                 explanations.append(Explanation(parse_explanation(raw), raw))
                 break

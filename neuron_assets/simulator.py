@@ -103,18 +103,17 @@ def simulate(
         echo=True,
         logprobs=TOP_LOGPROBS,
     )
-    choice = response.choices[0]
-    logprobs = choice.logprobs
-    if logprobs is None or not logprobs.top_logprobs or not logprobs.text_offset:
+    logprobs = response["choices"][0].get("logprobs")
+    if not logprobs or not logprobs.get("top_logprobs") or not logprobs.get("text_offset"):
         raise SimulationError(
             f"model {model!r} returned no prompt log-probabilities; the all-at-once simulator "
             "needs a completions endpoint with echo and logprobs (vLLM, llama.cpp with --logits_all)"
         )
     expected = read_placeholders(
-        prompt, logprobs.text_offset, logprobs.top_logprobs, distribution_shift
+        prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift
     )
-    usage = getattr(response, "usage", None)
-    return Simulation(expected, int(getattr(usage, "prompt_tokens", 0) or 0))
+    usage = response.get("usage") or {}
+    return Simulation(expected, int(usage.get("prompt_tokens") or 0))
 
 
 def scoring_excerpts(records: pl.DataFrame, n_top: int, n_random: int) -> pl.DataFrame:

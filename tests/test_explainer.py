@@ -8,7 +8,7 @@ from neuron_assets.prompts import EXPLAINER_PROMPT_VERSION, ExplanationParseErro
 
 
 class ScriptedChat:
-    """Stands in for an OpenAI-compatible server: replies with the given texts in turn."""
+    """Stands in for CachingClient: answers chat requests with the given texts, as JSON."""
 
     def __init__(self, replies):
         self.replies = list(replies)
@@ -17,8 +17,7 @@ class ScriptedChat:
 
     def _create(self, **request):
         self.requests.append(request)
-        message = SimpleNamespace(content=self.replies.pop(0))
-        return SimpleNamespace(choices=[SimpleNamespace(message=message)])
+        return {"choices": [{"message": {"content": self.replies.pop(0)}}]}
 
 
 RECORDS = [Record(["a", "b"], [0.0, 1.0])]

@@ -119,6 +119,10 @@ def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill
     assert query(store, "SELECT layer, count(*) FROM scores GROUP BY layer ORDER BY layer") == before
     runs = dict(query(store, "SELECT layer, any_value(run_id) FROM scores GROUP BY layer"))
     assert runs == {0: first.run_id, 1: second.run_id}
+    for step in ("explanations", "simulations"):  # unchanged work: every response from the cache
+        (materialization,) = second.asset_materializations_for_node(step)
+        assert materialization.metadata["llm_calls"].value == 0
+        assert materialization.metadata["llm_cache_hits"].value > 0
 
 
 def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(backfill):

@@ -70,7 +70,7 @@ def test_a_backend_without_prompt_logprobs_is_named_in_the_error():
 
     from neuron_assets.simulator import simulate
 
-    reply = SimpleNamespace(choices=[SimpleNamespace(logprobs=None)], usage=None)
+    reply = {"choices": [{"text": "", "logprobs": None}], "usage": None}
     client = SimpleNamespace(completions=SimpleNamespace(create=lambda **_: reply))
     with pytest.raises(SimulationError, match="model 'gpt-x' returned no prompt log-probabilities"):
         simulate(client, "gpt-x", "cats", ["a"], distribution_shift=0)

@@ -178,8 +178,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         from neuron_assets.explainer import explain_neurons
 
         explainer, _ = llm.model_names()
+        client = llm.client()
         frame = explain_neurons(
-            llm.client(), explainer, activation_records, excerpts,
+            client, explainer, activation_records, excerpts,
             n_examples=config.n_examples, n_samples=config.n_samples,
             temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed,
             on_neuron=lambda layer, neuron: context.log.info(f"explained layer {layer} neuron {neuron}"),
@@ -192,6 +193,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             {
                 "explanations": len(frame),
                 "explainer_model": explainer,
+                **client.stats.as_metadata(),
                 "preview_by_max_activation": dg.MetadataValue.md(_preview(shown, "max_activation")),
             }
         )
@@ -210,8 +212,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         from neuron_assets.simulator import simulate_neurons
 
         _, simulator = llm.model_names()
+        client = llm.client()
         frame = simulate_neurons(
-            llm.client(), simulator, explanations, activation_records, excerpts,
+            client, simulator, explanations, activation_records, excerpts,
             n_top=config.n_top, n_random=config.n_random,
             distribution_shift=llm.prompt_logprobs_shift,
             on_neuron=lambda layer, neuron: context.log.info(f"simulated layer {layer} neuron {neuron}"),
@@ -221,7 +224,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 "simulated_excerpts": len(frame),
                 "simulator_model": simulator,
                 "tokens_without_digit_logprobs": int(frame["n_unsimulated"].sum()),
-                "prompt_tokens": int(frame["prompt_tokens"].sum()),
+                **client.stats.as_metadata(),
             }
         )
         return with_lineage(frame, context)

@@ -36,6 +36,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "io_manager": ResultStoreIOManager(results=results),
             "subject_model": SubjectModelResource(name=settings.subject_model),
             "llm": LLMResource(
+                results=results,
                 base_url=settings.llm_base_url,
                 explainer_model=settings.explainer_model,
                 simulator_model=settings.simulator_model,

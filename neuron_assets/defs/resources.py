@@ -34,48 +34,76 @@ class SubjectModelResource(dg.ConfigurableResource):
         return self._model
 
 
+class ResultStoreResource(dg.ConfigurableResource):
+    """Where results live: Parquet files per table and partition, views in results.duckdb."""
+
+    data_dir: str
+
+    def store(self) -> Any:
+        from neuron_assets.storage import ResultStore
+
+        return ResultStore(self.data_dir)
+
+
 class LLMResource(dg.ConfigurableResource):
-    """Explainer and simulator behind the openai SDK.
+    """Explainer and simulator behind the openai SDK, with a response cache and retries.
 
     With no ``base_url`` the packaged SmolLM2 GGUF is served by a llama.cpp server on a
     free loopback port, started on first use and stopped when the run ends. Otherwise any
     OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp). The API key is read from
     the environment variable named by ``api_key_env`` at call time and stored nowhere.
+    Responses are cached under the results folder (``llm_cache/``), so re-materializing
+    unchanged work makes no LLM call.
     """
 
+    results: ResultStoreResource
     base_url: Optional[str] = None
     explainer_model: Optional[str] = None
     simulator_model: Optional[str] = None
     api_key_env: str = "OPENAI_API_KEY"
     prompt_logprobs_shift: int = 0
     timeout_s: float = 300.0
+    max_attempts: int = 5
+    cache: bool = True
 
     _server: Any = PrivateAttr(default=None)
-    _client: Any = PrivateAttr(default=None)
+    _openai: Any = PrivateAttr(default=None)
 
     def client(self) -> Any:
-        """An ``openai.OpenAI`` client for the backend, checked reachable before first use."""
-        if self._client is None:
-            import openai
+        """A ``CachingClient`` with fresh call counts; the backend is checked reachable once."""
+        from neuron_assets.llm_client import CachingClient, ResponseCache, RetryPolicy
 
-            base_url = self.base_url
-            if base_url is None:
-                from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+        if self._openai is None:
+            self._openai = self._connect()
+        cache = ResponseCache(self.results.store().root / "llm_cache") if self.cache else None
+        return CachingClient(self._openai, self.backend(), cache, RetryPolicy(max_attempts=self.max_attempts))
 
-                self._server = LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS).__enter__()
-                base_url = self._server.base_url
-            client = openai.OpenAI(
-                base_url=base_url,
-                api_key=os.environ.get(self.api_key_env) or "not-needed",
-                timeout=self.timeout_s,
-                max_retries=2,
-            )
-            try:
-                client.models.list()
-            except openai.APIConnectionError as error:
-                raise ConnectionError(f"cannot reach the LLM server at {base_url}: {error}") from error
-            self._client = client
-        return self._client
+    def backend(self) -> str:
+        """What the cache keys on: the base URL, or the packaged model (its port changes per run)."""
+        from neuron_assets.llama_server import PACKAGED_GGUF
+
+        return self.base_url or f"local llama.cpp: {PACKAGED_GGUF}"
+
+    def _connect(self) -> Any:
+        import openai
+
+        base_url = self.base_url
+        if base_url is None:
+            from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+
+            self._server = LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS).__enter__()
+            base_url = self._server.base_url
+        client = openai.OpenAI(
+            base_url=base_url,
+            api_key=os.environ.get(self.api_key_env) or "not-needed",
+            timeout=self.timeout_s,
+            max_retries=0,  # CachingClient retries, with its own policy
+        )
+        try:
+            client.models.list()
+        except openai.APIConnectionError as error:
+            raise ConnectionError(f"cannot reach the LLM server at {base_url}: {error}") from error
+        return client
 
     def model_names(self) -> tuple[str, str]:
         """(explainer model, simulator model); both default to the packaged model's alias."""
@@ -89,18 +117,7 @@ class LLMResource(dg.ConfigurableResource):
         if self._server is not None:
             self._server.__exit__(None, None, None)
             self._server = None
-        self._client = None
-
-
-class ResultStoreResource(dg.ConfigurableResource):
-    """Where results live: Parquet files per table and partition, views in results.duckdb."""
-
-    data_dir: str
-
-    def store(self) -> Any:
-        from neuron_assets.storage import ResultStore
-
-        return ResultStore(self.data_dir)
+        self._openai = None
 
 
 class ResultStoreIOManager(dg.ConfigurableIOManager):

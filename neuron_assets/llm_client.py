@@ -1,0 +1,183 @@
+"""The LLM layer under the explainer and simulator: response cache, retries, accounting.
+
+``CachingClient`` offers the two calls the core makes, ``chat.completions.create`` and
+``completions.create``, with the openai SDK's arguments; it returns each response as
+plain JSON (a dict, exactly what the cache stores) and adds:
+
+- a response cache: one JSON file per request under the results folder, keyed by the
+  backend URL, the endpoint and the full request (model, prompt, sampling parameters,
+  seed). A re-run of unchanged work makes no call; a changed prompt, model or sampling
+  parameter misses. Sampled requests carry their own seed, so a temperature > 0 run with
+  several samples replays exactly. The API key is never part of a key or an entry.
+- retries with exponential backoff and jitter on 429, 5xx, connection errors and
+  timeouts, honouring ``Retry-After``; any other 4xx fails at once with the server's
+  own message (bad key, unknown model, context too long).
+- counts of calls, cache hits and prompt/completion tokens, for asset metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+
+class LLMError(RuntimeError):
+    """A request the backend refused, or that still failed after every retry."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int, retry_after_s: float | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``: Retry-After if given, else jittered backoff."""
+        if retry_after_s is not None:
+            return min(self.max_delay_s, retry_after_s)
+        backoff = min(self.max_delay_s, self.base_delay_s * 2**attempt)
+        return backoff * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_metadata(self) -> dict[str, int]:
+        return {
+            "llm_calls": self.calls,
+            "llm_cache_hits": self.cache_hits,
+            "llm_retries": self.retries,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+
+class ResponseCache:
+    """One JSON file per request; written atomically, so concurrent runs never see half an entry."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def key(backend: str, endpoint: str, request: dict[str, Any]) -> str:
+        text = json.dumps({"backend": backend, "endpoint": endpoint, "request": request}, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def put(self, key: str, response: dict[str, Any]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(response, out)
+        os.replace(temporary, path)
+
+
+class _Endpoint:
+    def __init__(self, owner: CachingClient, endpoint: str, call: Callable[..., Any]) -> None:
+        self._owner, self._endpoint, self._call = owner, endpoint, call
+
+    def create(self, **request: Any) -> dict[str, Any]:
+        return self._owner.request(self._endpoint, self._call, request)
+
+
+class CachingClient:
+    """Wraps an ``openai.OpenAI`` client (created with ``max_retries=0``) as described above."""
+
+    def __init__(self, client: Any, backend: str, cache: ResponseCache | None, retry: RetryPolicy | None = None) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.retry = retry or RetryPolicy()
+        self.stats = CallStats()
+        self.chat = type("Chat", (), {})()
+        self.chat.completions = _Endpoint(self, "chat", client.chat.completions.create)
+        self.completions = _Endpoint(self, "completions", client.completions.create)
+
+    def request(self, endpoint: str, call: Callable[..., Any], request: dict[str, Any]) -> dict[str, Any]:
+        """The response to ``request``, from the cache or from the backend (then cached)."""
+        key = ResponseCache.key(self.backend, endpoint, request)
+        if self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.stats.add(cache_hits=1)
+                return cached
+        response = self._call_with_retries(call, request).model_dump(mode="json")
+        usage = response.get("usage") or {}
+        self.stats.add(
+            calls=1,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+        if self.cache is not None:
+            self.cache.put(key, response)
+        return response
+
+    def _call_with_retries(self, call: Callable[..., Any], request: dict[str, Any]) -> Any:
+        import openai
+
+        for attempt in range(self.retry.max_attempts):
+            try:
+                return call(**request)
+            except openai.APIStatusError as error:
+                if error.status_code not in RETRYABLE_STATUS:
+                    raise LLMError(
+                        f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
+                    ) from error
+                failure: Exception = error
+                retry_after = _retry_after_s(error)
+            except (openai.APIConnectionError, openai.APITimeoutError) as error:
+                failure, retry_after = error, None
+            if attempt + 1 < self.retry.max_attempts:
+                self.stats.add(retries=1)
+                time.sleep(self.retry.delay(attempt, retry_after))
+        raise LLMError(f"{self.backend}: still failing after {self.retry.max_attempts} attempts: {failure}") from failure
+
+
+def _server_message(error: Any) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return str(getattr(error, "message", error))
+
+
+def _retry_after_s(error: Any) -> float | None:
+    response = getattr(error, "response", None)
+    value = response.headers.get("retry-after") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,125 @@
+"""The LLM layer against a scripted OpenAI-compatible HTTP server on loopback."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+import pytest
+
+from neuron_assets.llm_client import CachingClient, LLMError, ResponseCache, RetryPolicy
+
+CHAT_OK = {
+    "id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "commas."}}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
+}  # fmt: skip
+
+
+class ScriptedServer:
+    """Answers each POST with the next (status, headers, body) of its script; repeats the last."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers["Content-Length"])
+                owner.requests.append((self.headers.get("Authorization"), json.loads(self.rfile.read(length))))
+                status, headers, body = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture
+def server_with(tmp_path):
+    servers = []
+
+    def make(*script, api_key="not-needed", max_attempts=3):
+        server = ScriptedServer(script)
+        servers.append(server)
+        raw = openai.OpenAI(base_url=server.url, api_key=api_key, max_retries=0, timeout=5)
+        policy = RetryPolicy(max_attempts=max_attempts, base_delay_s=0.01, max_delay_s=0.05)
+        return server, CachingClient(raw, server.url, ResponseCache(tmp_path / "cache"), policy)
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def ask(client, temperature=1.0, seed=0):
+    return client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], temperature=temperature, seed=seed
+    )
+
+
+def test_a_repeated_request_is_answered_from_the_cache(server_with):
+    server, client = server_with((200, {}, CHAT_OK))
+    assert ask(client)["choices"][0]["message"]["content"] == "commas."
+    assert ask(client)["choices"][0]["message"]["content"] == "commas."
+    assert len(server.requests) == 1
+    assert client.stats.as_metadata() == {
+        "llm_calls": 1, "llm_cache_hits": 1, "llm_retries": 0, "prompt_tokens": 11, "completion_tokens": 2,
+    }  # fmt: skip
+
+
+def test_changing_a_sampling_parameter_or_seed_misses_the_cache(server_with):
+    server, client = server_with((200, {}, CHAT_OK))
+    ask(client, temperature=1.0)
+    ask(client, temperature=0.5)
+    ask(client, temperature=1.0, seed=1)
+    assert len(server.requests) == 3
+
+
+def test_cache_entries_survive_a_new_client_so_a_rerun_makes_no_call(server_with, tmp_path):
+    server, client = server_with((200, {}, CHAT_OK))
+    ask(client)
+    raw = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
+    again = CachingClient(raw, server.url, ResponseCache(tmp_path / "cache"))
+    ask(again)
+    assert len(server.requests) == 1 and again.stats.calls == 0 and again.stats.cache_hits == 1
+
+
+def test_429_is_retried_after_the_servers_retry_after(server_with):
+    server, client = server_with((429, {"Retry-After": "0"}, {"error": {"message": "slow down"}}), (200, {}, CHAT_OK))
+    assert ask(client)["choices"][0]["message"]["content"] == "commas."
+    assert len(server.requests) == 2 and client.stats.retries == 1
+
+
+def test_5xx_is_retried_and_gives_up_with_a_clear_error(server_with):
+    server, client = server_with((500, {}, {"error": {"message": "boom"}}), max_attempts=3)
+    with pytest.raises(LLMError, match="still failing after 3 attempts"):
+        ask(client)
+    assert len(server.requests) == 3
+
+
+def test_other_4xx_fail_at_once_with_the_servers_message(server_with):
+    server, client = server_with((404, {}, {"error": {"message": "model 'm' not found"}}))
+    with pytest.raises(LLMError, match=r"refused the request \(404\): model 'm' not found"):
+        ask(client)
+    assert len(server.requests) == 1
+
+
+def test_the_api_key_is_sent_but_never_cached(server_with, tmp_path):
+    server, client = server_with((200, {}, CHAT_OK), api_key="sk-secret-0123456789")
+    ask(client)
+    assert server.requests[0][0] == "Bearer sk-secret-0123456789"
+    stored = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
+    assert stored and "sk-secret-0123456789" not in stored
