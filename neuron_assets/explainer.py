@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import EXPLANATION_POOL
+from neuron_assets.llm_client import LLMError, NeuronFailures
 from neuron_assets.prompts import (
     EXPLAINER_PROMPT_VERSION,
     ExplanationParseError,
@@ -80,6 +81,9 @@ def explain_neurons(
 ) -> pl.DataFrame:
     """Explain every neuron in ``records`` from its top ``n_examples`` explanation-pool excerpts.
 
+    A neuron whose explanation fails does not stop the others; the failures are raised
+    together at the end as ``NeuronFailures``.
+
     Returns rows (layer, neuron, sample, explanation, raw_reply, explainer_model,
     prompt_version, temperature, excerpt_ids).
     """
@@ -91,6 +95,7 @@ def explain_neurons(
         .agg("excerpt_id", "tokens", "activations")
     )
     rows = []
+    failures: dict[tuple[int, int], str] = {}
     for layer, neuron, ids, tokens, activations in shown.iter_rows():
         shown_records = [Record(t, a) for t, a in zip(tokens, activations, strict=True)]
         try:
@@ -98,12 +103,15 @@ def explain_neurons(
                 client, model, shown_records, n_samples=n_samples, temperature=temperature,
                 max_tokens=max_tokens, seed=seed,
             )  # fmt: skip
-        except ExplanationParseError as error:
-            raise ExplanationParseError(f"layer {layer} neuron {neuron}: {error}") from error
+        except (ExplanationParseError, LLMError) as error:
+            failures[(layer, neuron)] = str(error)
+            continue
         for sample, explanation in enumerate(samples):
             rows.append((layer, neuron, sample, explanation.text, explanation.raw_reply, ids))
         if on_neuron is not None:
             on_neuron(layer, neuron)
+    if failures:
+        raise NeuronFailures("explanation", failures)
     return pl.DataFrame(
         rows,
         schema={

@@ -36,6 +36,16 @@ class LLMError(RuntimeError):
     """A request the backend refused, or that still failed after every retry."""
 
 
+class NeuronFailures(RuntimeError):
+    """Some neurons' LLM work failed. The others finished, and their responses are cached,
+    so running the step again redoes only the failed neurons."""
+
+    def __init__(self, stage: str, failures: dict[tuple[int, int], str]) -> None:
+        self.failures = failures
+        lines = [f"  layer {layer} neuron {neuron}: {message}" for (layer, neuron), message in sorted(failures.items())]
+        super().__init__(f"{stage} failed for {len(failures)} neuron(s):\n" + "\n".join(lines))
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 5

@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import SCORING_POOL
+from neuron_assets.llm_client import LLMError, NeuronFailures
 from neuron_assets.prompts import SIMULATOR_PROMPT_VERSION, SimulatorPrompt, simulator_prompt
 
 DIGIT_VALUES = {str(i): i for i in range(11)}
@@ -142,7 +143,11 @@ def simulate_neurons(
     distribution_shift: int = 0,
     on_neuron: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
-    """Simulate every explanation on its neuron's scoring excerpts, one call per excerpt."""
+    """Simulate every explanation on its neuron's scoring excerpts, one call per excerpt.
+
+    A neuron whose simulation fails is skipped and the others go on; the failures are
+    raised together at the end as ``NeuronFailures``.
+    """
     jobs = (
         explanations.select("layer", "neuron", "sample", "explanation")
         .join(scoring_excerpts(records, n_top, n_random), on=["layer", "neuron"])
@@ -150,9 +155,16 @@ def simulate_neurons(
         .sort("layer", "neuron", "sample", "excerpt_kind", "excerpt_id", descending=[False, False, False, True, False])
     )
     rows = []
+    failures: dict[tuple[int, int], str] = {}
     current = None
     for layer, neuron, sample, explanation, excerpt_id, kind, true, tokens in jobs.iter_rows():
-        simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
+        if (layer, neuron) in failures:
+            continue
+        try:
+            simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
+        except (SimulationError, LLMError) as error:
+            failures[(layer, neuron)] = f"excerpt {excerpt_id}: {error}"
+            continue
         rows.append(
             (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
              simulation.n_unsimulated, simulation.prompt_tokens)
@@ -162,6 +174,8 @@ def simulate_neurons(
         current = (layer, neuron)
     if on_neuron is not None and current is not None:
         on_neuron(*current)
+    if failures:
+        raise NeuronFailures("simulation", failures)
     return pl.DataFrame(
         rows,
         schema={

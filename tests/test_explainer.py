@@ -4,7 +4,8 @@ import polars as pl
 import pytest
 
 from neuron_assets.explainer import explain, explain_neurons
-from neuron_assets.prompts import EXPLAINER_PROMPT_VERSION, ExplanationParseError, Record
+from neuron_assets.llm_client import LLMError, NeuronFailures
+from neuron_assets.prompts import EXPLAINER_PROMPT_VERSION, Record
 
 
 class ScriptedChat:
@@ -46,7 +47,7 @@ def test_unparseable_replies_end_in_an_error_that_names_the_neuron_and_the_reply
         }
     )  # fmt: skip
     excerpts = pl.DataFrame({"excerpt_id": [7], "tokens": [["a", "b"]]})
-    with pytest.raises(ExplanationParseError, match=r"layer 3 neuron 42: 3 replies from 'm' held no explanation"):
+    with pytest.raises(NeuronFailures, match=r"layer 3 neuron 42: 3 replies from 'm' held no explanation"):
         explain_neurons(client, "m", records, excerpts)
 
 
@@ -65,3 +66,26 @@ def test_explanation_rows_record_model_prompt_version_and_excerpts_shown():
     assert row["explainer_model"] == "m" and row["prompt_version"] == EXPLAINER_PROMPT_VERSION
     shown = client.requests[0]["messages"][-1]["content"]
     assert "a\t5" in shown and "d\t10" in shown and "e\t" not in shown  # ranks 0,1 of the explanation pool only
+
+
+def test_a_failing_neuron_is_reported_by_name_after_the_others_are_explained():
+    class FailsForNeuronOne(ScriptedChat):
+        def _create(self, **request):
+            if "x\t10" in request["messages"][-1]["content"]:
+                self.requests.append(request)
+                raise LLMError("backend refused the request (400): context too long")
+            return super()._create(**request)
+
+    client = FailsForNeuronOne(["commas."])
+    records = pl.DataFrame(
+        {
+            "layer": [0, 0], "neuron": [1, 2], "pool": ["explanation"] * 2, "kind": ["top"] * 2,
+            "rank": [0, 0], "excerpt_id": [7, 8], "activations": [[1.0], [1.0]],
+        }
+    )  # fmt: skip
+    excerpts = pl.DataFrame({"excerpt_id": [7, 8], "tokens": [["x"], ["y"]]})
+    with pytest.raises(NeuronFailures) as failure:
+        explain_neurons(client, "m", records, excerpts)
+    assert list(failure.value.failures) == [(0, 1)]
+    assert "context too long" in str(failure.value)
+    assert len(client.requests) == 2  # neuron 2 was still explained

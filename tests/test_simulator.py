@@ -91,3 +91,37 @@ def test_scoring_excerpts_are_scoring_pool_top_ranks_and_random_ranks():
     )  # fmt: skip
     chosen = scoring_excerpts(records, n_top=1, n_random=2)
     assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"])) == [(2, "top"), (4, "random"), (5, "random")]
+
+
+def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    from neuron_assets.llm_client import LLMError, NeuronFailures
+    from neuron_assets.simulator import simulate_neurons
+
+    prompts = []
+
+    def create(**request):
+        prompts.append(request["prompt"])
+        if "find broken." in request["prompt"]:
+            raise LLMError("still failing after 5 attempts: 503")
+        return {"choices": [{"logprobs": {"text_offset": [0], "top_logprobs": [None]}}], "usage": {}}
+
+    client = SimpleNamespace(completions=SimpleNamespace(create=create))
+    explanations = pl.DataFrame({"layer": [0, 0], "neuron": [1, 2], "sample": [0, 0], "explanation": ["broken", "fine"]})
+    records = pl.DataFrame(
+        {
+            "layer": [0, 0, 0, 0], "neuron": [1, 1, 2, 2], "pool": ["scoring"] * 4,
+            "kind": ["top", "top", "top", "top"], "rank": [0, 1, 0, 1], "excerpt_id": [5, 6, 5, 6],
+            "activations": [[1.0]] * 4,
+        }
+    )  # fmt: skip
+    excerpts = pl.DataFrame({"excerpt_id": [5, 6], "tokens": [["a"], ["b"]]})
+    with pytest.raises(NeuronFailures) as failure:
+        simulate_neurons(client, "m", explanations, records, excerpts, n_top=2, n_random=0)
+    assert list(failure.value.failures) == [(0, 1)]
+    assert "503" in str(failure.value)
+    assert sum("find fine." in p for p in prompts) == 2  # both excerpts of neuron 2 were simulated
+    assert sum("find broken." in p for p in prompts) == 1  # neuron 1 stopped at its first failure
