@@ -1,6 +1,7 @@
 """The whole pipeline through Dagster, with the packaged subject model and a real llama.cpp server."""
 
 import math
+import os
 
 import dagster as dg
 import duckdb
@@ -13,6 +14,7 @@ from neuron_assets.storage import ResultStore
 from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
 
 pytestmark = pytest.mark.slow
+SECRET = "sk-neuron-assets-test-0123456789"
 
 TINY = {
     "ops": {
@@ -48,11 +50,13 @@ def backfill(tmp_path_factory):
         return original(self, tokens, hooks, stop_at_layer)
 
     SubjectModel.run_with_mlp_hooks = counting
+    os.environ["OPENAI_API_KEY"] = SECRET  # sent to the server on every call
     try:
         with dg.instance_for_test() as instance:
             result = materialize_layers(build_definitions(settings(data_dir)), 0, 1, TINY, instance)
     finally:
         SubjectModel.run_with_mlp_hooks = original
+        del os.environ["OPENAI_API_KEY"]
     assert result.success
     return result, ResultStore(data_dir), passes
 
@@ -157,3 +161,11 @@ def test_every_example_query_runs_on_the_results(backfill):
     assert len(statements) >= 5
     for statement in statements:
         query(store, statement)
+
+
+def test_the_api_key_is_stored_nowhere_neither_in_results_cache_logs_nor_metadata(backfill):
+    result, store, _ = backfill
+    for path in store.root.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in "".join(str(event) for event in result.all_events)

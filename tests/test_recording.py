@@ -48,7 +48,7 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
     for layer, selected in neurons.items():
         for pool in ("explanation", "scoring"):
             rows = torch.as_tensor((excerpts["pool"] == pool).to_numpy())
-            ids = torch.as_tensor(excerpts["excerpt_id"].to_numpy())[rows]
+            ids = torch.tensor(excerpts["excerpt_id"].to_list())[rows]
             acts = activations[layer][rows][:, :, selected]  # [e, t, n]
             best = acts.amax(1).topk(4, dim=0)
             values, top_ids, top_acts = recorders[layer].top(pool)
