@@ -156,24 +156,20 @@ def simulate_neurons(
     )
     rows = []
     failures: dict[tuple[int, int], str] = {}
-    current = None
-    for layer, neuron, sample, explanation, excerpt_id, kind, true, tokens in jobs.iter_rows():
-        if (layer, neuron) in failures:
-            continue
-        try:
-            simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
-        except (SimulationError, LLMError) as error:
-            failures[(layer, neuron)] = f"excerpt {excerpt_id}: {error}"
-            continue
-        rows.append(
-            (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
-             simulation.n_unsimulated, simulation.prompt_tokens)
-        )  # fmt: skip
-        if on_neuron is not None and current not in (None, (layer, neuron)):
-            on_neuron(*current)
-        current = (layer, neuron)
-    if on_neuron is not None and current is not None:
-        on_neuron(*current)
+    for (layer, neuron), neuron_jobs in jobs.group_by("layer", "neuron", maintain_order=True):
+        for sample, explanation, excerpt_id, kind, true, tokens in neuron_jobs.drop("layer", "neuron").iter_rows():
+            try:
+                simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
+            except (SimulationError, LLMError) as error:
+                failures[(layer, neuron)] = f"excerpt {excerpt_id}: {error}"
+                break
+            rows.append(
+                (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
+                 simulation.n_unsimulated, simulation.prompt_tokens)
+            )  # fmt: skip
+        else:
+            if on_neuron is not None:
+                on_neuron(layer, neuron)
     if failures:
         raise NeuronFailures("simulation", failures)
     return pl.DataFrame(

@@ -80,7 +80,7 @@ def _preview(frame: pl.DataFrame, score_column: str, n: int = 3) -> str:
 def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
     """All assets, partitioned by the subject model's layers."""
 
-    @dg.asset(group_name=GROUP, io_manager_key="io_manager")
+    @dg.asset(group_name=GROUP)
     def documents(context: dg.AssetExecutionContext, config: CorpusConfig) -> pl.DataFrame:
         """Corpus documents: the embedded Lee news corpus by default."""
         from neuron_assets.corpus import load_documents
@@ -89,7 +89,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         context.add_output_metadata({"documents": len(frame), "corpus": config.source})
         return frame
 
-    @dg.asset(group_name=GROUP, io_manager_key="io_manager")
+    @dg.asset(group_name=GROUP)
     def excerpts(
         context: dg.AssetExecutionContext,
         config: ExcerptConfig,
@@ -115,8 +115,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
 
     @dg.multi_asset(
         outs={
-            "activation_records": dg.AssetOut(group_name=GROUP, io_manager_key="io_manager"),
-            "neuron_stats": dg.AssetOut(group_name=GROUP, io_manager_key="io_manager"),
+            "activation_records": dg.AssetOut(group_name=GROUP),
+            "neuron_stats": dg.AssetOut(group_name=GROUP),
         },
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
@@ -166,7 +166,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             metadata={"neurons": len(stats), "dead_neurons": int((stats["frac_firing"] == 0).sum())},
         )
 
-    @dg.asset(group_name=GROUP, io_manager_key="io_manager", partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
     def explanations(
         context: dg.AssetExecutionContext,
         config: ExplanationConfig,
@@ -199,7 +199,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         )
         return with_lineage(frame, context)
 
-    @dg.asset(group_name=GROUP, io_manager_key="io_manager", partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
     def simulations(
         context: dg.AssetExecutionContext,
         config: SimulationConfig,
@@ -229,7 +229,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         )
         return with_lineage(frame, context)
 
-    @dg.asset(group_name=GROUP, io_manager_key="io_manager", partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
     def scores(
         context: dg.AssetExecutionContext, simulations: pl.DataFrame, explanations: pl.DataFrame
     ) -> pl.DataFrame:
