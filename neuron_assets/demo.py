@@ -69,7 +69,12 @@ def print_results(store: ResultStore) -> None:
         )
         print(table.pl().to_pandas().to_string(index=False, max_colwidth=70))
     print(f"\nResults database: {store.database}")
-    print(f"Example query:\n  duckdb -readonly {store.database} \"{EXAMPLE_QUERY}\"")
+    print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")
+    print(f'  duckdb -readonly {store.database} "{EXAMPLE_QUERY}"')
+    print(
+        f"  .venv/bin/python -c \"import duckdb; "
+        f"duckdb.connect('{store.database}', read_only=True).sql('{EXAMPLE_QUERY}').show()\""
+    )
 
 
 if __name__ == "__main__":
