@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import EXPLANATION_POOL
-from neuron_assets.llm_client import LLMError, NeuronFailures
+from neuron_assets.llm_client import LLMError, map_neurons
 from neuron_assets.prompts import (
     EXPLAINER_PROMPT_VERSION,
     ExplanationParseError,
@@ -77,12 +77,13 @@ def explain_neurons(
     temperature: float = 1.0,
     max_tokens: int = 60,
     seed: int = 0,
+    concurrency: int = 1,
     on_neuron: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """Explain every neuron in ``records`` from its top ``n_examples`` explanation-pool excerpts.
 
-    A neuron whose explanation fails does not stop the others; the failures are raised
-    together at the end as ``NeuronFailures``.
+    Up to ``concurrency`` neurons are explained at once. A neuron whose explanation fails
+    does not stop the others; the failures are raised together as ``NeuronFailures``.
 
     Returns rows (layer, neuron, sample, explanation, raw_reply, explainer_model,
     prompt_version, temperature, excerpt_ids).
@@ -94,24 +95,27 @@ def explain_neurons(
         .group_by("layer", "neuron", maintain_order=True)
         .agg("excerpt_id", "tokens", "activations")
     )
-    rows = []
-    failures: dict[tuple[int, int], str] = {}
-    for layer, neuron, ids, tokens, activations in shown.iter_rows():
+
+    def job(ids: list[int], tokens: list[list[str]], activations: list[list[float]]) -> Callable[[], list[Explanation]]:
         shown_records = [Record(t, a) for t, a in zip(tokens, activations, strict=True)]
-        try:
-            samples = explain(
-                client, model, shown_records, n_samples=n_samples, temperature=temperature,
-                max_tokens=max_tokens, seed=seed,
-            )  # fmt: skip
-        except (ExplanationParseError, LLMError) as error:
-            failures[(layer, neuron)] = str(error)
-            continue
-        for sample, explanation in enumerate(samples):
-            rows.append((layer, neuron, sample, explanation.text, explanation.raw_reply, ids))
-        if on_neuron is not None:
-            on_neuron(layer, neuron)
-    if failures:
-        raise NeuronFailures("explanation", failures)
+        return lambda: explain(
+            client, model, shown_records, n_samples=n_samples, temperature=temperature,
+            max_tokens=max_tokens, seed=seed,
+        )  # fmt: skip
+
+    neurons = shown.rows()
+    samples_per_neuron = map_neurons(
+        "explanation",
+        [((layer, neuron), job(ids, tokens, activations)) for layer, neuron, ids, tokens, activations in neurons],
+        expected_errors=(ExplanationParseError, LLMError),
+        concurrency=concurrency,
+        on_done=on_neuron,
+    )
+    rows = [
+        (layer, neuron, sample, explanation.text, explanation.raw_reply, ids)
+        for (layer, neuron, ids, _, _), samples in zip(neurons, samples_per_neuron, strict=True)
+        for sample, explanation in enumerate(samples)
+    ]
     return pl.DataFrame(
         rows,
         schema={

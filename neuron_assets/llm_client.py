@@ -24,16 +24,54 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+NeuronKey = tuple[int, int]
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
 class LLMError(RuntimeError):
     """A request the backend refused, or that still failed after every retry."""
+
+
+def map_neurons(
+    stage: str,
+    jobs: Sequence[tuple[NeuronKey, Callable[[], T]]],
+    *,
+    expected_errors: tuple[type[Exception], ...],
+    concurrency: int = 1,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[T]:
+    """Run one job per neuron, at most ``concurrency`` at a time; results in job order.
+
+    A job that raises one of ``expected_errors`` does not stop the others: all such
+    failures are raised together at the end as ``NeuronFailures``. ``on_done`` is called
+    in the caller's thread as each neuron finishes.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    results: dict[NeuronKey, T] = {}
+    failures: dict[NeuronKey, str] = {}
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = {pool.submit(job): key for key, job in jobs}
+        for future in as_completed(futures):
+            key = futures[future]
+            try:
+                results[key] = future.result()
+            except expected_errors as error:
+                failures[key] = str(error)
+                continue
+            if on_done is not None:
+                on_done(*key)
+    if failures:
+        raise NeuronFailures(stage, failures)
+    return [results[key] for key, _ in jobs]
 
 
 class NeuronFailures(RuntimeError):

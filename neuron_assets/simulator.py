@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import SCORING_POOL
-from neuron_assets.llm_client import LLMError, NeuronFailures
+from neuron_assets.llm_client import LLMError, map_neurons
 from neuron_assets.prompts import SIMULATOR_PROMPT_VERSION, SimulatorPrompt, simulator_prompt
 
 DIGIT_VALUES = {str(i): i for i in range(11)}
@@ -141,12 +141,14 @@ def simulate_neurons(
     n_top: int = 5,
     n_random: int = 5,
     distribution_shift: int = 0,
+    concurrency: int = 1,
     on_neuron: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """Simulate every explanation on its neuron's scoring excerpts, one call per excerpt.
 
-    A neuron whose simulation fails is skipped and the others go on; the failures are
-    raised together at the end as ``NeuronFailures``.
+    Up to ``concurrency`` neurons are simulated at once, each neuron's excerpts in turn.
+    A neuron whose simulation fails stops at that excerpt and the others go on; the
+    failures are raised together as ``NeuronFailures``.
     """
     jobs = (
         explanations.select("layer", "neuron", "sample", "explanation")
@@ -154,24 +156,34 @@ def simulate_neurons(
         .join(excerpts.select("excerpt_id", "tokens"), on="excerpt_id")
         .sort("layer", "neuron", "sample", "excerpt_kind", "excerpt_id", descending=[False, False, False, True, False])
     )
-    rows = []
-    failures: dict[tuple[int, int], str] = {}
-    for (layer, neuron), neuron_jobs in jobs.group_by("layer", "neuron", maintain_order=True):
-        for sample, explanation, excerpt_id, kind, true, tokens in neuron_jobs.drop("layer", "neuron").iter_rows():
-            try:
-                simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
-            except (SimulationError, LLMError) as error:
-                failures[(layer, neuron)] = f"excerpt {excerpt_id}: {error}"
-                break
-            rows.append(
-                (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
-                 simulation.n_unsimulated, simulation.prompt_tokens)
-            )  # fmt: skip
-        else:
-            if on_neuron is not None:
-                on_neuron(layer, neuron)
-    if failures:
-        raise NeuronFailures("simulation", failures)
+
+    def job(layer: int, neuron: int, neuron_jobs: pl.DataFrame) -> Callable[[], list[tuple[Any, ...]]]:
+        def run() -> list[tuple[Any, ...]]:
+            rows = []
+            for sample, explanation, excerpt_id, kind, true, tokens in neuron_jobs.iter_rows():
+                try:
+                    simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
+                except (SimulationError, LLMError) as error:
+                    raise type(error)(f"excerpt {excerpt_id}: {error}") from error
+                rows.append(
+                    (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
+                     simulation.n_unsimulated, simulation.prompt_tokens)
+                )  # fmt: skip
+            return rows
+
+        return run
+
+    per_neuron = map_neurons(
+        "simulation",
+        [
+            ((layer, neuron), job(layer, neuron, group.drop("layer", "neuron")))
+            for (layer, neuron), group in jobs.group_by("layer", "neuron", maintain_order=True)
+        ],
+        expected_errors=(SimulationError, LLMError),
+        concurrency=concurrency,
+        on_done=on_neuron,
+    )
+    rows = [row for neuron_rows in per_neuron for row in neuron_rows]
     return pl.DataFrame(
         rows,
         schema={

@@ -123,3 +123,48 @@ def test_the_api_key_is_sent_but_never_cached(server_with, tmp_path):
     assert server.requests[0][0] == "Bearer sk-secret-0123456789"
     stored = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
     assert stored and "sk-secret-0123456789" not in stored
+
+
+def test_map_neurons_keeps_at_most_the_given_number_in_flight_and_returns_in_job_order():
+    import time
+
+    from neuron_assets.llm_client import map_neurons
+
+    lock, in_flight, peak, done = threading.Lock(), [0], [0], []
+
+    def job(value):
+        def run():
+            with lock:
+                in_flight[0] += 1
+                peak[0] = max(peak[0], in_flight[0])
+            time.sleep(0.05)
+            with lock:
+                in_flight[0] -= 1
+            return value
+
+        return run
+
+    jobs = [((0, n), job(n * 10)) for n in range(12)]
+    assert map_neurons("test", jobs, expected_errors=(LLMError,), concurrency=3, on_done=lambda *key: done.append(key)) == [
+        n * 10 for n in range(12)
+    ]
+    assert peak[0] == 3
+    assert sorted(done) == [(0, n) for n in range(12)]
+
+
+def test_map_neurons_reports_every_failed_neuron_and_lets_unexpected_errors_through():
+    from neuron_assets.llm_client import NeuronFailures, map_neurons
+
+    def fail(message, kind=LLMError):
+        def run():
+            raise kind(message)
+
+        return run
+
+    jobs = [((1, 5), fail("429 forever")), ((1, 6), lambda: "ok"), ((2, 0), fail("bad key"))]
+    with pytest.raises(NeuronFailures) as failure:
+        map_neurons("simulation", jobs, expected_errors=(LLMError,), concurrency=2)
+    assert failure.value.failures == {(1, 5): "429 forever", (2, 0): "bad key"}
+    assert "simulation failed for 2 neuron(s)" in str(failure.value)
+    with pytest.raises(ZeroDivisionError):
+        map_neurons("x", [((0, 0), lambda: 1 / 0)], expected_errors=(LLMError,))

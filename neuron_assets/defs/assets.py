@@ -183,6 +183,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             client, explainer, activation_records, excerpts,
             n_examples=config.n_examples, n_samples=config.n_samples,
             temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed,
+            concurrency=llm.max_concurrency,
             on_neuron=lambda layer, neuron: context.log.info(f"explained layer {layer} neuron {neuron}"),
         )  # fmt: skip
         shown = frame.join(
@@ -216,7 +217,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         frame = simulate_neurons(
             client, simulator, explanations, activation_records, excerpts,
             n_top=config.n_top, n_random=config.n_random,
-            distribution_shift=llm.prompt_logprobs_shift,
+            distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
             on_neuron=lambda layer, neuron: context.log.info(f"simulated layer {layer} neuron {neuron}"),
         )  # fmt: skip
         context.add_output_metadata(

@@ -64,6 +64,7 @@ class LLMResource(dg.ConfigurableResource):
     prompt_logprobs_shift: int = 0
     timeout_s: float = 300.0
     max_attempts: int = 5
+    max_concurrency: int = 1  # neurons in flight at once; llama.cpp's server answers one at a time
     cache: bool = True
 
     _server: Any = PrivateAttr(default=None)
