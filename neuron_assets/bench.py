@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def bridge() -> None:
         for tokens in batches:
-            model.run_with_mlp_hooks(tokens, {}, model.n_layers)
+            model.bridge.run_with_hooks(tokens, fwd_hooks=[], stop_at_layer=model.n_layers)
 
     def recording(layers: list[int], selected: list[int]) -> Callable[[], object]:
         neurons = {layer: selected for layer in layers}
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     every_layer = list(range(model.n_layers))
     variants = {
         "bare forward (body, no LM head)": bare,
-        "bridge forward, no hooks": bridge,
+        "TransformerBridge forward, no hooks": bridge,
         f"record all {model.n_layers} layers x {model.d_mlp} neurons": recording(every_layer, all_neurons),
         f"record all {model.n_layers} layers x 3 neurons": recording(every_layer, [0, 1, 2]),
         f"record layer {args.early_layer} x {model.d_mlp} neurons": recording([args.early_layer], all_neurons),

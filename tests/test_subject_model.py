@@ -70,3 +70,25 @@ def test_stop_at_layer_skips_the_layers_after_it(model):
     hooks = {layer: (lambda acts, layer=layer: seen.append(layer)) for layer in (0, 1, 5)}
     model.run_with_mlp_hooks(tokens, hooks, stop_at_layer=2)
     assert seen == [0, 1]
+
+
+def test_recording_hooks_see_exactly_the_bridges_own_hook_post_values(model):
+    tokens = torch.tensor([model.tokenize(["Prices rose 3% in March, the bank said."])[0]])
+    ours = {}
+    model.run_with_mlp_hooks(tokens, {4: lambda acts: ours.setdefault(4, acts.clone())}, stop_at_layer=5)
+    theirs = {}
+
+    def keep(acts, hook):
+        theirs[4] = acts.clone()
+
+    with torch.inference_mode():
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.4.mlp.hook_post", keep)], stop_at_layer=5)
+    assert torch.allclose(ours[4], theirs[4], atol=1e-5)
+
+
+def test_hooks_are_removed_after_a_pass(model):
+    tokens = torch.tensor([model.tokenize(["Hello"])[0]])
+    calls = []
+    model.run_with_mlp_hooks(tokens, {0: calls.append}, stop_at_layer=1)
+    model.run_with_mlp_hooks(tokens, {}, stop_at_layer=1)
+    assert len(calls) == 1
