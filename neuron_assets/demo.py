@@ -55,17 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         print("the demo run failed; see the errors above", file=sys.stderr)
         return 1
     store = ResultStore(Settings.from_environment().data_dir)
-    print_results(store)
+    print_results(store, args.first_layer, args.last_layer)
     return 0
 
 
-def print_results(store: ResultStore) -> None:
+def print_results(store: ResultStore, first_layer: int, last_layer: int) -> None:
+    """The scored neurons of the demo's layers, read back from the DuckDB views."""
     import duckdb
 
     with duckdb.connect(str(store.database), read_only=True) as connection:
         table = connection.sql(
             "SELECT layer, neuron, explanation, round(top_and_random_score, 3) AS top_and_random, "
-            "round(random_only_score, 3) AS random_only FROM neuron_scores ORDER BY layer, neuron"
+            "round(random_only_score, 3) AS random_only FROM neuron_scores "
+            f"WHERE layer BETWEEN {first_layer} AND {last_layer} ORDER BY layer, neuron"
         )
         print(table.pl().to_pandas().to_string(index=False, max_colwidth=70))
     print(f"\nResults database: {store.database}")
