@@ -28,7 +28,7 @@ dev: install
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: install
-	$(PY) -W ignore -m neuron_assets.bench
+	$(PY) -W ignore -m neuron_assets.bench $(ARGS)
 
 clean-results:
 	rm -rf data
