@@ -95,6 +95,12 @@ def explain_neurons(
         .group_by("layer", "neuron", maintain_order=True)
         .agg("excerpt_id", "tokens", "activations")
     )
+    fewest = shown["excerpt_id"].list.len().min() or 0
+    if fewest < n_examples:
+        raise ValueError(
+            f"the explainer is to be shown {n_examples} top excerpts per neuron but only {fewest} were "
+            "recorded; record more (activation_records top_k) or show fewer (n_examples)"
+        )
 
     def job(ids: list[int], tokens: list[list[str]], activations: list[list[float]]) -> Callable[[], list[Explanation]]:
         shown_records = [Record(t, a) for t, a in zip(tokens, activations, strict=True)]

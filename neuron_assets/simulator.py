@@ -120,12 +120,22 @@ def simulate(
 def scoring_excerpts(records: pl.DataFrame, n_top: int, n_random: int) -> pl.DataFrame:
     """Each neuron's scoring excerpts: its top ``n_top`` and the first ``n_random`` random ones.
 
-    Both come from the scoring pool, whose documents the explainer never saw.
+    Both come from the scoring pool, whose documents the explainer never saw. Asking for
+    more than were recorded is an error, not a silently smaller scoring set.
     """
     top = records.filter(
         (pl.col("kind") == "top") & (pl.col("pool") == SCORING_POOL) & (pl.col("rank") < n_top)
     )
     random = records.filter((pl.col("kind") == "random") & (pl.col("rank") < n_random))
+    for chosen, wanted, what in ((top, n_top, "top scoring-pool"), (random, n_random, "random")):
+        if wanted == 0:
+            continue
+        fewest = chosen.group_by("layer", "neuron").len()["len"].min() or 0
+        if fewest < wanted:
+            raise ValueError(
+                f"scoring needs {wanted} {what} excerpts per neuron but only {fewest} were recorded; "
+                "record more (activation_records top_k / n_random) or score with fewer"
+            )
     return pl.concat([top, random]).select(
         "layer", "neuron", "excerpt_id", pl.col("kind").alias("excerpt_kind"), "activations"
     )

@@ -48,7 +48,7 @@ def test_unparseable_replies_end_in_an_error_that_names_the_neuron_and_the_reply
     )  # fmt: skip
     excerpts = pl.DataFrame({"excerpt_id": [7], "tokens": [["a", "b"]]})
     with pytest.raises(NeuronFailures, match=r"layer 3 neuron 42: 3 replies from 'm' held no explanation"):
-        explain_neurons(client, "m", records, excerpts)
+        explain_neurons(client, "m", records, excerpts, n_examples=1)
 
 
 def test_explanation_rows_record_model_prompt_version_and_excerpts_shown():
@@ -61,7 +61,7 @@ def test_explanation_rows_record_model_prompt_version_and_excerpts_shown():
         }
     )  # fmt: skip
     excerpts = pl.DataFrame({"excerpt_id": [7, 8, 9], "tokens": [["a", "b"], ["c", "d"], ["e", "f"]]})
-    row = explain_neurons(client, "m", records, excerpts).row(0, named=True)
+    row = explain_neurons(client, "m", records, excerpts, n_examples=2).row(0, named=True)
     assert row["explanation"] == "vowels" and row["excerpt_ids"] == [7, 8]
     assert row["explainer_model"] == "m" and row["prompt_version"] == EXPLAINER_PROMPT_VERSION
     shown = client.requests[0]["messages"][-1]["content"]
@@ -85,7 +85,19 @@ def test_a_failing_neuron_is_reported_by_name_after_the_others_are_explained():
     )  # fmt: skip
     excerpts = pl.DataFrame({"excerpt_id": [7, 8], "tokens": [["x"], ["y"]]})
     with pytest.raises(NeuronFailures) as failure:
-        explain_neurons(client, "m", records, excerpts)
+        explain_neurons(client, "m", records, excerpts, n_examples=1)
     assert list(failure.value.failures) == [(0, 1)]
     assert "context too long" in str(failure.value)
     assert len(client.requests) == 2  # neuron 2 was still explained
+
+
+def test_asking_to_show_more_excerpts_than_were_recorded_is_an_error():
+    records = pl.DataFrame(
+        {
+            "layer": [0], "neuron": [1], "pool": ["explanation"], "kind": ["top"], "rank": [0],
+            "excerpt_id": [7], "activations": [[1.0]],
+        }
+    )  # fmt: skip
+    excerpts = pl.DataFrame({"excerpt_id": [7], "tokens": [["x"]]})
+    with pytest.raises(ValueError, match="shown 5 top excerpts per neuron but only 1 were recorded"):
+        explain_neurons(ScriptedChat([]), "m", records, excerpts, n_examples=5)

@@ -125,3 +125,20 @@ def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
     assert "503" in str(failure.value)
     assert sum("find fine." in p for p in prompts) == 2  # both excerpts of neuron 2 were simulated
     assert sum("find broken." in p for p in prompts) == 1  # neuron 1 stopped at its first failure
+
+
+def test_asking_to_score_on_more_excerpts_than_were_recorded_is_an_error():
+    import polars as pl
+
+    from neuron_assets.simulator import scoring_excerpts
+
+    records = pl.DataFrame(
+        {
+            "layer": [0, 0], "neuron": [1, 1], "pool": ["scoring", "scoring"], "kind": ["top", "random"],
+            "rank": [0, 0], "excerpt_id": [2, 4], "activations": [[0.0]] * 2,
+        }
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="scoring needs 3 random excerpts per neuron but only 1 were recorded"):
+        scoring_excerpts(records, n_top=1, n_random=3)
+    with pytest.raises(ValueError, match="scoring needs 2 top scoring-pool excerpts per neuron but only 1"):
+        scoring_excerpts(records, n_top=2, n_random=1)
