@@ -8,6 +8,7 @@ explanation and simulation so lineage can tell results of different prompts apar
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 EXPLAINER_PROMPT_VERSION = "explainer-v1"
 SIMULATOR_PROMPT_VERSION = "simulator-all-at-once-v1"
+JSON_SIMULATOR_PROMPT_VERSION = "simulator-json-v1"
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 MAX_NORMALIZED = 10
 REPEAT_NONZERO_BELOW = 0.2
@@ -166,6 +168,34 @@ def simulator_prompt(explanation: str, tokens: Sequence[str], seed: int = 0) -> 
         text += f"{UNKNOWN}\n"
     text += "<end>\n"
     return SimulatorPrompt(text, offsets)
+
+
+JSON_SIMULATOR_SYSTEM = (
+    "We study neurons of a language model. Each neuron responds to some particular thing in "
+    "text. Given an explanation of what a neuron does and a list of tokens, predict the "
+    "neuron's activation on each token, from 0 (silent) to 10 (strongest); most are 0. "
+    "Reply with only a JSON array of integers, one per token, in the same order."
+)
+
+
+def json_simulator_messages(explanation: str, tokens: Sequence[str]) -> list[dict[str, str]]:
+    """Chat messages for the log-prob-free simulator: the activations come back as a JSON array."""
+    messages = [{"role": "system", "content": JSON_SIMULATOR_SYSTEM}]
+    for example in EXAMPLE_NEURONS:
+        record = example.records[0]
+        messages.append({"role": "user", "content": _json_question(example.explanation, record.tokens)})
+        messages.append(
+            {"role": "assistant", "content": json.dumps(normalize(record.activations, _max(example.records)))}
+        )
+    messages.append({"role": "user", "content": _json_question(explanation, tokens)})
+    return messages
+
+
+def _json_question(explanation: str, tokens: Sequence[str]) -> str:
+    return (
+        f"Explanation: {EXPLANATION_PREFIX} {explanation}.\n"
+        f"Tokens ({len(tokens)}): {json.dumps(list(tokens), ensure_ascii=False)}"
+    )
 
 
 def _simulator_header(number: int, explanation: str) -> str:

@@ -90,10 +90,12 @@ class Simulations(Lineage):
     excerpt_id: int = pa.Field(ge=0)
     excerpt_kind: str = pa.Field(isin=["top", "random"])
     simulator_model: str
+    simulation_mode: str = pa.Field(isin=["all_at_once", "json"])
     prompt_version: str
     simulated: list[float]
     true_activations: list[float]
     n_unsimulated: int = pa.Field(ge=0)
+    n_misaligned: int = pa.Field(ge=0)
     prompt_tokens: int = pa.Field(ge=0)
 
 

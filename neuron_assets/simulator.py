@@ -1,13 +1,20 @@
-"""The all-at-once simulator (method.md §4): one completions call per excerpt.
+"""Simulators (method.md §4): predicted activations for an excerpt from an explanation.
 
-The prompt lists the target excerpt with ``unknown`` in place of every activation; the
-server echoes the prompt with log-probabilities, and at each ``unknown`` position the
-probabilities of the strings "0".."10" give an expected activation in [0, 10].
+- ``all_at_once`` (default): one completions call per excerpt. The prompt lists the
+  excerpt with ``unknown`` in place of every activation; the server echoes the prompt
+  with log-probabilities, and at each ``unknown`` position the probabilities of the
+  strings "0".."10" give an expected activation in [0, 10].
+- ``json``: the log-prob-free simulator for backends without log-probabilities; one chat
+  call per excerpt returns a JSON array of integers, used as they are. A reply whose
+  length differs from the excerpt's is aligned position by position, and the tokens it
+  leaves without a value (or the extra values) are counted as misaligned, never
+  zero-filled.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +24,13 @@ import polars as pl
 
 from neuron_assets.excerpts import SCORING_POOL
 from neuron_assets.llm_client import LLMError, map_neurons
-from neuron_assets.prompts import SIMULATOR_PROMPT_VERSION, SimulatorPrompt, simulator_prompt
+from neuron_assets.prompts import (
+    JSON_SIMULATOR_PROMPT_VERSION,
+    SIMULATOR_PROMPT_VERSION,
+    SimulatorPrompt,
+    json_simulator_messages,
+    simulator_prompt,
+)
 
 DIGIT_VALUES = {str(i): i for i in range(11)}
 TOP_LOGPROBS = 20
@@ -33,6 +46,7 @@ class Simulation:
 
     expected: list[float | None]
     prompt_tokens: int
+    n_misaligned: int = 0
 
     @property
     def n_unsimulated(self) -> int:
@@ -117,6 +131,48 @@ def simulate(
     return Simulation(expected, int(usage.get("prompt_tokens") or 0))
 
 
+def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None], int]:
+    """Activations from a JSON-array reply, and how many positions did not line up.
+
+    Values are clipped to 0..10; a non-number leaves its token unsimulated. Missing
+    values leave the trailing tokens unsimulated and extra values are dropped; both count
+    as misaligned.
+    """
+    start, end = reply.find("["), reply.rfind("]")
+    try:
+        items = json.loads(reply[start : end + 1]) if 0 <= start < end else None
+    except json.JSONDecodeError:
+        items = None
+    if not isinstance(items, list):
+        raise SimulationError(f"reply holds no JSON array of activations: {reply[:200]!r}")
+    values: list[float | None] = [
+        min(10.0, max(0.0, float(v))) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        for v in items[:n_tokens]
+    ]
+    values += [None] * (n_tokens - len(values))
+    return values, abs(len(items) - n_tokens)
+
+
+def simulate_json(client: Any, model: str, explanation: str, tokens: Sequence[str]) -> Simulation:
+    """Simulate one excerpt with one chat call asking for a JSON array (no log-probabilities)."""
+    response = client.chat.completions.create(
+        model=model,
+        messages=json_simulator_messages(explanation, tokens),
+        temperature=0.0,
+        max_tokens=4 * len(tokens) + 16,
+    )
+    reply = response["choices"][0]["message"]["content"] or ""
+    values, misaligned = parse_json_activations(reply, len(tokens))
+    usage = response.get("usage") or {}
+    return Simulation(values, int(usage.get("prompt_tokens") or 0), misaligned)
+
+
+MODES: dict[str, tuple[str, Callable[..., Simulation]]] = {
+    "all_at_once": (SIMULATOR_PROMPT_VERSION, simulate),
+    "json": (JSON_SIMULATOR_PROMPT_VERSION, simulate_json),
+}
+
+
 def scoring_excerpts(records: pl.DataFrame, n_top: int, n_random: int) -> pl.DataFrame:
     """Each neuron's scoring excerpts: its top ``n_top`` and the first ``n_random`` random ones.
 
@@ -150,16 +206,23 @@ def simulate_neurons(
     *,
     n_top: int = 5,
     n_random: int = 5,
+    mode: str = "all_at_once",
     distribution_shift: int = 0,
     concurrency: int = 1,
     on_neuron: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
     """Simulate every explanation on its neuron's scoring excerpts, one call per excerpt.
 
+    ``mode`` is a key of ``MODES``; ``distribution_shift`` only matters for ``all_at_once``.
+
     Up to ``concurrency`` neurons are simulated at once, each neuron's excerpts in turn.
     A neuron whose simulation fails stops at that excerpt and the others go on; the
     failures are raised together as ``NeuronFailures``.
     """
+    if mode not in MODES:
+        raise ValueError(f"simulation mode {mode!r} is not one of {sorted(MODES)}")
+    prompt_version, simulate_one = MODES[mode]
+    options = {"distribution_shift": distribution_shift} if mode == "all_at_once" else {}
     jobs = (
         explanations.select("layer", "neuron", "sample", "explanation")
         .join(scoring_excerpts(records, n_top, n_random), on=["layer", "neuron"])
@@ -172,12 +235,12 @@ def simulate_neurons(
             rows = []
             for sample, explanation, excerpt_id, kind, true, tokens in neuron_jobs.iter_rows():
                 try:
-                    simulation = simulate(client, model, explanation, tokens, distribution_shift=distribution_shift)
+                    simulation = simulate_one(client, model, explanation, tokens, **options)
                 except (SimulationError, LLMError) as error:
                     raise type(error)(f"excerpt {excerpt_id}: {error}") from error
                 rows.append(
                     (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
-                     simulation.n_unsimulated, simulation.prompt_tokens)
+                     simulation.n_unsimulated, simulation.n_misaligned, simulation.prompt_tokens)
                 )  # fmt: skip
             return rows
 
@@ -199,7 +262,10 @@ def simulate_neurons(
         schema={
             "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "excerpt_id": pl.Int64,
             "excerpt_kind": pl.String, "simulated": pl.List(pl.Float64),
-            "true_activations": pl.List(pl.Float64), "n_unsimulated": pl.Int64, "prompt_tokens": pl.Int64,
+            "true_activations": pl.List(pl.Float64), "n_unsimulated": pl.Int64, "n_misaligned": pl.Int64,
+            "prompt_tokens": pl.Int64,
         },
         orient="row",
-    ).with_columns(simulator_model=pl.lit(model), prompt_version=pl.lit(SIMULATOR_PROMPT_VERSION))  # fmt: skip
+    ).with_columns(
+        simulator_model=pl.lit(model), simulation_mode=pl.lit(mode), prompt_version=pl.lit(prompt_version)
+    )  # fmt: skip

@@ -7,10 +7,12 @@ CREATE OR REPLACE VIEW simulation_sets AS
 SELECT
     layer, neuron, sample,
     any_value(simulator_model) AS simulator_model,
+    any_value(simulation_mode) AS simulation_mode,
     any_value(prompt_version) AS simulator_prompt_version,
     any_value(run_id) AS simulation_run_id,
     list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) AS scoring_excerpt_ids,
     sum(n_unsimulated) AS n_unsimulated,
+    sum(n_misaligned) AS n_misaligned,
     sum(prompt_tokens) AS prompt_tokens
 FROM simulations
 GROUP BY layer, neuron, sample;
@@ -55,6 +57,7 @@ SELECT
     e.temperature AS explainer_temperature,
     e.excerpt_ids AS explanation_excerpt_ids,
     s.simulator_model,
+    s.simulation_mode,
     s.simulator_prompt_version,
     s.scoring_excerpt_ids,
     st.subject_model,

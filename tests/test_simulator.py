@@ -142,3 +142,54 @@ def test_asking_to_score_on_more_excerpts_than_were_recorded_is_an_error():
         scoring_excerpts(records, n_top=1, n_random=3)
     with pytest.raises(ValueError, match="scoring needs 2 top scoring-pool excerpts per neuron but only 1"):
         scoring_excerpts(records, n_top=2, n_random=1)
+
+
+@pytest.mark.parametrize(
+    "reply, expected, misaligned",
+    [
+        ("[0, 3, 10]", [0.0, 3.0, 10.0], 0),
+        ("Sure! [0, 12, -1] hope that helps", [0.0, 10.0, 0.0], 0),
+        ("[1, 2]", [1.0, 2.0, None], 1),
+        ("[1, 2, 3, 4, 5]", [1.0, 2.0, 3.0], 2),
+        ('[1, "two", null]', [1.0, None, None], 0),
+    ],
+)
+def test_json_replies_are_clipped_aligned_and_their_gaps_counted(reply, expected, misaligned):
+    from neuron_assets.simulator import parse_json_activations
+
+    assert parse_json_activations(reply, 3) == (expected, misaligned)
+
+
+@pytest.mark.parametrize("reply", ["zero, three, ten", "[0, 3,", "{}", ""])
+def test_a_reply_without_a_json_array_is_a_simulation_error(reply):
+    from neuron_assets.simulator import parse_json_activations
+
+    with pytest.raises(SimulationError, match="no JSON array"):
+        parse_json_activations(reply, 3)
+
+
+def test_json_mode_is_recorded_with_each_simulation():
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    from neuron_assets.prompts import JSON_SIMULATOR_PROMPT_VERSION
+    from neuron_assets.simulator import simulate_neurons
+
+    def create(**request):
+        return {"choices": [{"message": {"content": "[4]"}}], "usage": {"prompt_tokens": 50}}
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    explanations = pl.DataFrame({"layer": [0], "neuron": [1], "sample": [0], "explanation": ["x"]})
+    records = pl.DataFrame(
+        {
+            "layer": [0], "neuron": [1], "pool": ["scoring"], "kind": ["top"], "rank": [0],
+            "excerpt_id": [5], "activations": [[1.0, 0.0]],
+        }
+    )  # fmt: skip
+    excerpts = pl.DataFrame({"excerpt_id": [5], "tokens": [["a", "b"]]})
+    row = simulate_neurons(client, "m", explanations, records, excerpts, n_top=1, n_random=0, mode="json").row(0, named=True)
+    assert row["simulation_mode"] == "json" and row["prompt_version"] == JSON_SIMULATOR_PROMPT_VERSION
+    assert row["simulated"] == [4.0, None] and row["n_unsimulated"] == 1 and row["n_misaligned"] == 1
+    with pytest.raises(ValueError, match="simulation mode 'magic' is not one of"):
+        simulate_neurons(client, "m", explanations, records, excerpts, n_top=1, n_random=0, mode="magic")

@@ -54,6 +54,10 @@ class ExplanationConfig(dg.Config):
 class SimulationConfig(dg.Config):
     n_top: int = Field(default=5, description="top scoring-pool excerpts per neuron")
     n_random: int = Field(default=5, description="random scoring-pool excerpts per neuron")
+    mode: str = Field(
+        default="all_at_once",
+        description="'all_at_once' (prompt log-probabilities) or 'json' (for backends without log-probabilities)",
+    )
 
 
 def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext) -> pl.DataFrame:
@@ -209,14 +213,14 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         activation_records: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """All-at-once simulation of every explanation on its neuron's scoring excerpts."""
+        """Simulation of every explanation on its neuron's scoring excerpts (all-at-once by default)."""
         from neuron_assets.simulator import simulate_neurons
 
         _, simulator = llm.model_names()
         client = llm.client()
         frame = simulate_neurons(
             client, simulator, explanations, activation_records, excerpts,
-            n_top=config.n_top, n_random=config.n_random,
+            n_top=config.n_top, n_random=config.n_random, mode=config.mode,
             distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
             on_neuron=lambda layer, neuron: context.log.info(f"simulated layer {layer} neuron {neuron}"),
         )  # fmt: skip
@@ -224,7 +228,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             {
                 "simulated_excerpts": len(frame),
                 "simulator_model": simulator,
-                "tokens_without_digit_logprobs": int(frame["n_unsimulated"].sum()),
+                "simulation_mode": config.mode,
+                "unsimulated_tokens": int(frame["n_unsimulated"].sum()),
+                "misaligned_tokens": int(frame["n_misaligned"].sum()),
                 **client.stats.as_metadata(),
             }
         )
