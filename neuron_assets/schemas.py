@@ -90,7 +90,7 @@ class Simulations(Lineage):
     excerpt_id: int = pa.Field(ge=0)
     excerpt_kind: str = pa.Field(isin=["top", "random"])
     simulator_model: str
-    simulation_mode: str = pa.Field(isin=["all_at_once", "json"])
+    simulation_mode: str = pa.Field(isin=["all_at_once", "one_at_a_time", "json"])
     prompt_version: str
     simulated: list[float]
     true_activations: list[float]

@@ -4,6 +4,9 @@
   excerpt with ``unknown`` in place of every activation; the server echoes the prompt
   with log-probabilities, and at each ``unknown`` position the probabilities of the
   strings "0".."10" give an expected activation in [0, 10].
+- ``one_at_a_time``: the same prompt cut at each placeholder, one completions call per
+  token, reading the distribution of the generated token. For a causal model it must
+  agree with ``all_at_once``; it costs a call per token and serves as the reference.
 - ``json``: the log-prob-free simulator for backends without log-probabilities; one chat
   call per excerpt returns a JSON array of integers, used as they are. A reply whose
   length differs from the excerpt's is aligned position by position, and the tokens it
@@ -131,6 +134,23 @@ def simulate(
     return Simulation(expected, int(usage.get("prompt_tokens") or 0))
 
 
+def simulate_one_at_a_time(client: Any, model: str, explanation: str, tokens: Sequence[str]) -> Simulation:
+    """Simulate one excerpt with one completions call per token (generated-token log-probabilities)."""
+    prompt = simulator_prompt(explanation, tokens)
+    expected: list[float | None] = []
+    prompt_tokens = 0
+    for offset in prompt.placeholder_offsets:
+        response = client.completions.create(
+            model=model, prompt=prompt.text[:offset], max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS
+        )
+        logprobs = response["choices"][0].get("logprobs") or {}
+        if not logprobs.get("top_logprobs"):
+            raise SimulationError(f"model {model!r} returned no log-probabilities for the generated token")
+        expected.append(expected_value(logprobs["top_logprobs"][0]))
+        prompt_tokens += int((response.get("usage") or {}).get("prompt_tokens") or 0)
+    return Simulation(expected, prompt_tokens)
+
+
 def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None], int]:
     """Activations from a JSON-array reply, and how many positions did not line up.
 
@@ -169,6 +189,7 @@ def simulate_json(client: Any, model: str, explanation: str, tokens: Sequence[st
 
 MODES: dict[str, tuple[str, Callable[..., Simulation]]] = {
     "all_at_once": (SIMULATOR_PROMPT_VERSION, simulate),
+    "one_at_a_time": (SIMULATOR_PROMPT_VERSION, simulate_one_at_a_time),
     "json": (JSON_SIMULATOR_PROMPT_VERSION, simulate_json),
 }
 
