@@ -238,8 +238,9 @@ def record(
             tokens = torch.cat([torch.full((len(tokens), 1), bos_token_id), tokens], dim=1)
         ids = torch.tensor(batch["excerpt_id"].to_list(), dtype=torch.long)
         is_scoring = torch.tensor((batch["pool"] == SCORING_POOL).to_list())
+        # Bind this batch's ids and pools now, not by reference to the loop variables.
         hooks = {
-            layer: (lambda acts, r=recorder: r.update(acts[:, offset:], ids, is_scoring))
+            layer: (lambda acts, r=recorder, i=ids, s=is_scoring: r.update(acts[:, offset:], i, s))
             for layer, recorder in recorders.items()
         }
         run_model(tokens, hooks, stop_at)

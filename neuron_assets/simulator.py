@@ -130,8 +130,7 @@ def simulate(
     expected = read_placeholders(
         prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift
     )
-    usage = response.get("usage") or {}
-    return Simulation(expected, int(usage.get("prompt_tokens") or 0))
+    return Simulation(expected, _prompt_tokens(response))
 
 
 def simulate_one_at_a_time(client: Any, model: str, explanation: str, tokens: Sequence[str]) -> Simulation:
@@ -147,7 +146,7 @@ def simulate_one_at_a_time(client: Any, model: str, explanation: str, tokens: Se
         if not logprobs.get("top_logprobs"):
             raise SimulationError(f"model {model!r} returned no log-probabilities for the generated token")
         expected.append(expected_value(logprobs["top_logprobs"][0]))
-        prompt_tokens += int((response.get("usage") or {}).get("prompt_tokens") or 0)
+        prompt_tokens += _prompt_tokens(response)
     return Simulation(expected, prompt_tokens)
 
 
@@ -183,8 +182,12 @@ def simulate_json(client: Any, model: str, explanation: str, tokens: Sequence[st
     )
     reply = response["choices"][0]["message"]["content"] or ""
     values, misaligned = parse_json_activations(reply, len(tokens))
-    usage = response.get("usage") or {}
-    return Simulation(values, int(usage.get("prompt_tokens") or 0), misaligned)
+    return Simulation(values, _prompt_tokens(response), misaligned)
+
+
+def _prompt_tokens(response: dict[str, Any]) -> int:
+    """The prompt size a response reports (0 where the server reports no usage)."""
+    return int((response.get("usage") or {}).get("prompt_tokens") or 0)
 
 
 MODES: dict[str, tuple[str, Callable[..., Simulation]]] = {

@@ -90,7 +90,7 @@ def test_scoring_excerpts_are_scoring_pool_top_ranks_and_random_ranks():
         }
     )  # fmt: skip
     chosen = scoring_excerpts(records, n_top=1, n_random=2)
-    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"])) == [(2, "top"), (4, "random"), (5, "random")]
+    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [(2, "top"), (4, "random"), (5, "random")]
 
 
 def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
