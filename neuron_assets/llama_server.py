@@ -2,8 +2,8 @@
 
 ``LocalLlamaServer`` starts it on a free loopback port for the duration of a run and stops
 it afterwards. Run as ``python -m neuron_assets.llama_server ARGS`` it is
-``python -m llama_cpp.server ARGS`` with one change: echoed prompt log-probabilities are
-computed with numpy. llama-cpp-python sorts the whole vocabulary in Python for every
+``python -m llama_cpp.server ARGS`` with one change: log-probabilities (of echoed prompts and of
+generated tokens) are computed with numpy. llama-cpp-python sorts the whole vocabulary in Python for every
 prompt token (about 0.1 s per token for a 49k vocabulary, a minute per simulated
 excerpt) and files each distribution one token early; ours takes the top entries with
 ``argpartition`` and follows the OpenAI convention that ``top_logprobs[j]`` is the
@@ -110,11 +110,29 @@ def _free_port() -> int:
 def echo_logprobs(llama: Any, n_prompt_tokens: int, top_n: int) -> dict[str, list[Any]]:
     """OpenAI-style logprobs for the prompt tokens the model just evaluated (BOS left out)."""
     tokens = [int(t) for t in llama.input_ids[:n_prompt_tokens]]
-    logits = np.asarray(llama.scores[:n_prompt_tokens], dtype=np.float32)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    top_n = min(top_n, logprobs.shape[1])
-    top = np.argpartition(-logprobs, top_n - 1, axis=1)[:, :top_n]
+    skip_bos = 1 if tokens and tokens[0] == llama.token_bos() else 0
+    return _token_logprobs(llama, tokens, skip_bos, top_n, text_base=0)
+
+
+def generated_logprobs(
+    llama: Any, prompt_tokens: list[int], completion_tokens: list[int], prompt_chars: int, top_n: int
+) -> dict[str, list[Any]]:
+    """OpenAI-style logprobs for the tokens the model just generated after ``prompt_tokens``."""
+    tokens = prompt_tokens + completion_tokens
+    return _token_logprobs(llama, tokens, len(prompt_tokens), top_n, text_base=prompt_chars)
+
+
+def _token_logprobs(llama: Any, tokens: list[int], first: int, top_n: int, text_base: int) -> dict[str, list[Any]]:
+    """Log-probabilities of ``tokens[first:]``, each from the scores row of the token before it.
+
+    The rows are computed with numpy from the scores llama.cpp kept (``logits_all``); the
+    top entries come from ``argpartition`` instead of a Python sort of the vocabulary.
+    """
+    rows = np.asarray(llama.scores[max(first - 1, 0) : len(tokens) - 1], dtype=np.float32)
+    shifted = rows - rows.max(axis=1, keepdims=True) if len(rows) else rows
+    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)) if len(rows) else rows
+    top_n = min(top_n, llama.n_vocab())
+    top = np.argpartition(-logprobs, top_n - 1, axis=1)[:, :top_n] if len(rows) else rows
     pieces: dict[int, str] = {}
 
     def piece(token: int) -> str:
@@ -122,11 +140,10 @@ def echo_logprobs(llama: Any, n_prompt_tokens: int, top_n: int) -> dict[str, lis
             pieces[token] = llama.detokenize([token]).decode("utf-8", errors="ignore")
         return pieces[token]
 
-    skip_bos = 1 if tokens and tokens[0] == llama.token_bos() else 0
     out: dict[str, list[Any]] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
     text = b""
-    for j in range(skip_bos, len(tokens)):
-        out["text_offset"].append(len(text.decode("utf-8", errors="ignore")))
+    for j in range(first, len(tokens)):
+        out["text_offset"].append(text_base + len(text.decode("utf-8", errors="ignore")))
         token_bytes = llama.detokenize([tokens[j]], prev_tokens=tokens[:j])
         text += token_bytes
         out["tokens"].append(token_bytes.decode("utf-8", errors="ignore"))
@@ -134,26 +151,46 @@ def echo_logprobs(llama: Any, n_prompt_tokens: int, top_n: int) -> dict[str, lis
             out["token_logprobs"].append(None)
             out["top_logprobs"].append(None)
             continue
-        row = logprobs[j - 1]
+        row = logprobs[j - 1 - max(first - 1, 0)]
         out["token_logprobs"].append(float(row[tokens[j]]))
-        out["top_logprobs"].append({piece(int(i)): float(row[i]) for i in top[j - 1]})
+        out["top_logprobs"].append({piece(int(i)): float(row[i]) for i in top[j - 1 - max(first - 1, 0)]})
     return out
 
 
 def _patch_llama() -> None:
+    """Route every non-streamed request for log-probabilities through the numpy path above."""
     from llama_cpp.llama import Llama
 
     original = Llama._create_completion
 
-    def create_completion(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def create_completion(self: Any, prompt: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
         top_n = kwargs.get("logprobs")
-        if top_n is None or not kwargs.get("echo") or kwargs.get("stream"):
-            yield from original(self, *args, **kwargs)
+        if top_n is None or kwargs.get("stream"):
+            yield from original(self, prompt, *args, **kwargs)
             return
-        for completion in original(self, *args, **{**kwargs, "logprobs": None}):
-            n_prompt = completion["usage"]["prompt_tokens"]
-            completion["choices"][0]["logprobs"] = echo_logprobs(self, n_prompt, top_n)
-            yield completion
+        generated: list[int] = []
+        generate = self.generate
+
+        def recording_generate(*g_args: Any, **g_kwargs: Any) -> Iterator[int]:
+            for token in generate(*g_args, **g_kwargs):
+                generated.append(int(token))
+                yield token
+
+        self.generate = recording_generate
+        try:
+            for completion in original(self, prompt, *args, **{**kwargs, "logprobs": None}):
+                usage = completion["usage"]
+                n_prompt, n_completion = usage["prompt_tokens"], usage["completion_tokens"]
+                if kwargs.get("echo"):
+                    logprobs = echo_logprobs(self, n_prompt, top_n)
+                else:
+                    prompt_ids = [int(t) for t in self.input_ids[:n_prompt]]
+                    prompt_chars = len(prompt) if isinstance(prompt, str) else 0
+                    logprobs = generated_logprobs(self, prompt_ids, generated[:n_completion], prompt_chars, top_n)
+                completion["choices"][0]["logprobs"] = logprobs
+                yield completion
+        finally:
+            del self.generate
 
     Llama._create_completion = create_completion
 

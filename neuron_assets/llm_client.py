@@ -37,7 +37,12 @@ RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
 class LLMError(RuntimeError):
-    """A request the backend refused, or that still failed after every retry."""
+    """A request the backend refused (``refused``: a 4xx other than 408/409/429), or that
+    still failed after every retry."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 def map_neurons(
@@ -199,7 +204,8 @@ class CachingClient:
             except openai.APIStatusError as error:
                 if error.status_code not in RETRYABLE_STATUS:
                     raise LLMError(
-                        f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
+                        f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}",
+                        refused=True,
                     ) from error
                 failure: Exception = error
                 retry_after = _retry_after_s(error)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 EXPLAINER_PROMPT_VERSION = "explainer-v1"
 SIMULATOR_PROMPT_VERSION = "simulator-all-at-once-v1"
 JSON_SIMULATOR_PROMPT_VERSION = "simulator-json-v1"
+CHAT_SIMULATOR_PROMPT_VERSION = "simulator-chat-logprobs-v1"
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 MAX_NORMALIZED = 10
 REPEAT_NONZERO_BELOW = 0.2
@@ -196,6 +197,37 @@ def _json_question(explanation: str, tokens: Sequence[str]) -> str:
         f"Explanation: {EXPLANATION_PREFIX} {explanation}.\n"
         f"Tokens ({len(tokens)}): {json.dumps(list(tokens), ensure_ascii=False)}"
     )
+
+
+CHAT_SIMULATOR_SYSTEM = (
+    "We study neurons of a language model. Each neuron responds to some particular thing in "
+    "text. Given an explanation of what a neuron does and a text excerpt, one token per line, "
+    "write the excerpt again with the neuron's predicted activation after each token, as "
+    "token<tab>activation, from 0 (silent) to 10 (strongest); most are 0. Keep every token "
+    "exactly as given, one per line, between <start> and <end>."
+)
+
+
+def chat_simulator_messages(explanation: str, tokens: Sequence[str]) -> list[dict[str, str]]:
+    """Chat messages for the generated-token simulator: the model rewrites the excerpt with values.
+
+    The expected value at each token is then read from the digit distribution of the
+    generated token that follows the tab, so one call per excerpt suffices on backends that
+    return ``top_logprobs`` for generated tokens only (OpenAI chat models).
+    """
+    messages = [{"role": "system", "content": CHAT_SIMULATOR_SYSTEM}]
+    for example in EXAMPLE_NEURONS:
+        record = example.records[0]
+        values = normalize(record.activations, _max(example.records))
+        messages.append({"role": "user", "content": _chat_question(example.explanation, record.tokens)})
+        messages.append({"role": "assistant", "content": _listing(record.tokens, values, keep_zeros=True)})
+    messages.append({"role": "user", "content": _chat_question(explanation, tokens)})
+    return messages
+
+
+def _chat_question(explanation: str, tokens: Sequence[str]) -> str:
+    listing = "\n".join(["<start>", *(display_token(t) for t in tokens), "<end>"])
+    return f"Explanation: {EXPLANATION_PREFIX} {explanation}.\nExcerpt:\n{listing}"
 
 
 def _simulator_header(number: int, explanation: str) -> str:

@@ -7,16 +7,27 @@
 - ``one_at_a_time``: the same prompt cut at each placeholder, one completions call per
   token, reading the distribution of the generated token. For a causal model it must
   agree with ``all_at_once``; it costs a call per token and serves as the reference.
+- ``chat_logprobs``: for chat backends that give log-probabilities of generated tokens
+  only (current OpenAI chat models, at most 20 per position): one chat call per excerpt
+  in which the model writes the excerpt again as ``token<TAB>activation`` lines; the
+  expected value at each token is read from the distribution of the generated token
+  after its tab. The written lines are aligned with the excerpt's tokens; merged, split,
+  missing or extra lines leave their tokens unsimulated and are counted as misaligned.
 - ``json``: the log-prob-free simulator for backends without log-probabilities; one chat
   call per excerpt returns a JSON array of integers, used as they are. A reply whose
   length differs from the excerpt's is aligned position by position, and the tokens it
   leaves without a value (or the extra values) are counted as misaligned, never
   zero-filled.
+
+``auto`` picks the first of all_at_once, chat_logprobs, json that the backend supports,
+found with one tiny probe request per endpoint (cached like every other request).
 """
 
 from __future__ import annotations
 
 import bisect
+import difflib
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -28,9 +39,12 @@ import polars as pl
 from neuron_assets.excerpts import SCORING_POOL
 from neuron_assets.llm_client import LLMError, map_neurons
 from neuron_assets.prompts import (
+    CHAT_SIMULATOR_PROMPT_VERSION,
     JSON_SIMULATOR_PROMPT_VERSION,
     SIMULATOR_PROMPT_VERSION,
     SimulatorPrompt,
+    chat_simulator_messages,
+    display_token,
     json_simulator_messages,
     simulator_prompt,
 )
@@ -185,6 +199,74 @@ def simulate_json(client: Any, model: str, explanation: str, tokens: Sequence[st
     return Simulation(values, _prompt_tokens(response), misaligned)
 
 
+def read_written_listing(
+    written: Sequence[tuple[str, Mapping[str, float] | None]], tokens: Sequence[str]
+) -> tuple[list[float | None], int]:
+    """Expected values per excerpt token from a generated ``token<TAB>value`` listing.
+
+    ``written`` holds each generated token with its top log-probabilities. Each line's
+    value is read from the generated token that covers the character after the line's
+    last tab. Lines are matched to the excerpt's tokens by their text (whitespace
+    stripped) with a sequence alignment: matched tokens take their line's value; tokens
+    in merged, split, missing or changed lines stay unsimulated, and they and any extra
+    lines are counted as misaligned.
+    """
+    text = "".join(token for token, _ in written)
+    starts = list(itertools.accumulate((len(token) for token, _ in written[:-1]), initial=0))
+    begin = text.find("<start>")
+    begin = begin + len("<start>") if begin >= 0 else 0
+    end = text.find("<end>", begin)
+    end = end if end >= 0 else len(text)
+    names: list[str] = []
+    values: list[float | None] = []
+    offset = begin
+    for line in text[begin:end].split("\n"):
+        line_start, offset = offset, offset + len(line) + 1
+        if not line.strip():
+            continue
+        tab = line.rfind("\t")
+        names.append((line[:tab] if tab >= 0 else line).strip())
+        value_at = line_start + tab + 1
+        if tab < 0 or value_at >= end:
+            values.append(None)
+            continue
+        values.append(expected_value(written[bisect.bisect_right(starts, value_at) - 1][1]))
+    wanted = [display_token(token).strip() for token in tokens]
+    expected: list[float | None] = [None] * len(tokens)
+    misaligned = 0
+    matcher = difflib.SequenceMatcher(None, wanted, names, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            expected[i1:i2] = values[j1:j2]
+        else:
+            misaligned += max(i2 - i1, j2 - j1)
+    return expected, misaligned
+
+
+def simulate_chat(client: Any, model: str, explanation: str, tokens: Sequence[str]) -> Simulation:
+    """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
+    response = client.chat.completions.create(
+        model=model,
+        messages=chat_simulator_messages(explanation, tokens),
+        temperature=0.0,
+        max_tokens=6 * len(tokens) + 32,
+        logprobs=True,
+        top_logprobs=TOP_LOGPROBS,
+    )
+    content = (response["choices"][0].get("logprobs") or {}).get("content")
+    if not content:
+        raise SimulationError(
+            f"model {model!r} returned no log-probabilities for generated tokens; the chat_logprobs "
+            "simulator needs a chat endpoint with logprobs and top_logprobs"
+        )
+    written = [
+        (item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []})
+        for item in content
+    ]
+    expected, misaligned = read_written_listing(written, tokens)
+    return Simulation(expected, _prompt_tokens(response), misaligned)
+
+
 def _prompt_tokens(response: dict[str, Any]) -> int:
     """The prompt size a response reports (0 where the server reports no usage)."""
     return int((response.get("usage") or {}).get("prompt_tokens") or 0)
@@ -193,8 +275,48 @@ def _prompt_tokens(response: dict[str, Any]) -> int:
 MODES: dict[str, tuple[str, Callable[..., Simulation]]] = {
     "all_at_once": (SIMULATOR_PROMPT_VERSION, simulate),
     "one_at_a_time": (SIMULATOR_PROMPT_VERSION, simulate_one_at_a_time),
+    "chat_logprobs": (CHAT_SIMULATOR_PROMPT_VERSION, simulate_chat),
     "json": (JSON_SIMULATOR_PROMPT_VERSION, simulate_json),
 }
+AUTO = "auto"
+PROBE_TEXT = "Activations:\n<start>\nthe\t0\n<end>\n"
+
+
+def resolve_mode(client: Any, model: str, requested: str) -> str:
+    """The simulation mode to use: ``requested`` itself, or for ``auto`` what the backend supports.
+
+    ``auto`` tries, in order of cost and fidelity, prompt log-probabilities through the
+    completions endpoint with echo (all_at_once), generated-token ``top_logprobs`` through
+    the chat endpoint (chat_logprobs), and falls back to json. A probe the backend refuses
+    (a 4xx such as "echo is not supported") means "not supported"; any other failure is
+    raised, so a flaky server never silently downgrades the mode.
+    """
+    if requested != AUTO:
+        if requested not in MODES:
+            raise ValueError(f"simulation mode {requested!r} is not one of {sorted([AUTO, *MODES])}")
+        return requested
+    try:
+        response = client.completions.create(
+            model=model, prompt=PROBE_TEXT, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS
+        )
+        logprobs = response["choices"][0].get("logprobs") or {}
+        if any(logprobs.get("top_logprobs") or []) and logprobs.get("text_offset"):
+            return "all_at_once"
+    except LLMError as error:
+        if not error.refused:
+            raise
+    try:
+        response = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say 0."}], max_tokens=1, temperature=0.0,
+            logprobs=True, top_logprobs=TOP_LOGPROBS,
+        )  # fmt: skip
+        content = (response["choices"][0].get("logprobs") or {}).get("content") or []
+        if content and content[0].get("top_logprobs"):
+            return "chat_logprobs"
+    except LLMError as error:
+        if not error.refused:
+            raise
+    return "json"
 
 
 def scoring_excerpts(records: pl.DataFrame, n_top: int, n_random: int) -> pl.DataFrame:

@@ -9,7 +9,7 @@ from neuron_assets.corpus import load_documents
 from neuron_assets.excerpts import make_excerpts
 from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.llm_client import CachingClient
-from neuron_assets.simulator import simulate, simulate_json, simulate_one_at_a_time
+from neuron_assets.simulator import resolve_mode, simulate, simulate_chat, simulate_json, simulate_one_at_a_time
 
 pytestmark = pytest.mark.slow
 
@@ -68,3 +68,37 @@ def test_json_mode_returns_one_slot_per_token_and_counts_what_did_not_line_up(cl
     result = simulate_json(client, PACKAGED_MODEL_ALIAS, "numbers and dates", tokens)
     assert len(result.expected) == len(tokens)
     assert all(v is None or 0.0 <= v <= 10.0 for v in result.expected)
+
+
+def test_generated_token_logprobs_are_the_distributions_that_predicted_each_token(client):
+    """The server's numpy path for generated tokens: token k's entry equals a one-token call's."""
+    prompt = "The days of the week are Monday, Tuesday,"
+    run = client.completions.create(model=PACKAGED_MODEL_ALIAS, prompt=prompt, max_tokens=4, temperature=0.0, logprobs=5)
+    logprobs = run["choices"][0]["logprobs"]
+    assert "".join(logprobs["tokens"]) == run["choices"][0]["text"]
+    for k in range(3):
+        step = client.completions.create(
+            model=PACKAGED_MODEL_ALIAS, prompt=prompt + "".join(logprobs["tokens"][:k]), max_tokens=1,
+            temperature=0.0, logprobs=5,
+        )  # fmt: skip
+        alone = step["choices"][0]["logprobs"]["top_logprobs"][0]
+        within = logprobs["top_logprobs"][k]
+        best = max(alone, key=alone.get)
+        assert best == max(within, key=within.get)
+        assert abs(alone[best] - within[best]) < 0.05
+
+
+def test_auto_mode_picks_prompt_logprobs_on_the_local_server(client):
+    assert resolve_mode(client, PACKAGED_MODEL_ALIAS, "auto") == "all_at_once"
+
+
+def test_chat_mode_reads_one_slot_per_token_and_counts_the_lines_that_did_not_line_up(client):
+    """SmolLM2-135M does not follow the listing format (measured: it drops the values or
+    merges lines), so most tokens stay unsimulated; pinned: none is zero-filled, the
+    misalignment is counted, and the call reports its prompt size."""
+    tokens = word_tokens(1)[0]
+    result = simulate_chat(client, PACKAGED_MODEL_ALIAS, "numbers and dates", tokens)
+    assert len(result.expected) == len(tokens)
+    assert all(v is None or 0.0 <= v <= 10.0 for v in result.expected)
+    assert result.n_misaligned > 0  # measured on this excerpt: 21 of 24 tokens
+    assert result.prompt_tokens > 0

@@ -193,3 +193,90 @@ def test_json_mode_is_recorded_with_each_simulation():
     assert row["simulated"] == [4.0, None] and row["n_unsimulated"] == 1 and row["n_misaligned"] == 1
     with pytest.raises(ValueError, match="simulation mode 'magic' is not one of"):
         simulate_neurons(client, "m", explanations, records, excerpts, n_top=1, n_random=0, mode="magic")
+
+
+def _written(text_pieces, value_dists):
+    """Generated tokens: each piece with a distribution; digits get the next one from value_dists."""
+    dists = iter(value_dists)
+    return [(piece, next(dists) if piece.strip().isdigit() else {piece: 0.0}) for piece in text_pieces]
+
+
+def _listing_pieces(lines):
+    pieces = ["<start>", "\n"]
+    for name, value in lines:
+        pieces += [name, "\t", value, "\n"]
+    return pieces + ["<end>"]
+
+
+def test_a_written_listing_is_read_at_the_token_after_each_tab():
+    from neuron_assets.simulator import read_written_listing
+
+    written = _written(_listing_pieces([(" a", "0"), (" b", "3")]), [{"0": lp(0.5), "10": lp(0.5)}, {"3": 0.0}])
+    assert read_written_listing(written, [" a", " b"]) == ([5.0, 3.0], 0)
+
+
+def test_merged_lines_leave_their_tokens_unsimulated_and_counted():
+    from neuron_assets.simulator import read_written_listing
+
+    written = _written(_listing_pieces([(" New York", "7"), (" city", "1")]), [{"7": 0.0}, {"1": 0.0}])
+    assert read_written_listing(written, [" New", " York", " city"]) == ([None, None, 1.0], 2)
+
+
+def test_missing_and_extra_lines_are_counted_and_the_rest_still_line_up():
+    from neuron_assets.simulator import read_written_listing
+
+    written = _written(_listing_pieces([(" a", "1"), (" c", "3"), (" extra", "9")]), [{"1": 0.0}, {"3": 0.0}, {"9": 0.0}])
+    assert read_written_listing(written, [" a", " b", " c"]) == ([1.0, None, 3.0], 2)
+
+
+def test_a_listing_cut_off_after_a_tab_leaves_that_token_and_the_rest_unsimulated():
+    from neuron_assets.simulator import read_written_listing
+
+    written = _written(["<start>", "\n", " a", "\t", "4", "\n", " b", "\t"], [{"4": 0.0}])
+    assert read_written_listing(written, [" a", " b", " c"]) == ([4.0, None, None], 1)
+
+
+def test_a_reply_that_ignores_the_format_simulates_nothing_and_counts_every_token():
+    from neuron_assets.simulator import read_written_listing
+
+    written = _written(["I", " cannot", " help", " with", " that", "."], [])
+    assert read_written_listing(written, [" a", " b"]) == ([None, None], 2)
+
+
+def _probe_client(completions, chat):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        completions=SimpleNamespace(create=completions), chat=SimpleNamespace(completions=SimpleNamespace(create=chat))
+    )
+
+
+def _refuse(**_):
+    from neuron_assets.llm_client import LLMError
+
+    raise LLMError("refused (400): echo is not supported for this model", refused=True)
+
+
+def test_auto_mode_prefers_prompt_logprobs_then_chat_logprobs_then_json():
+    from neuron_assets.simulator import resolve_mode
+
+    echo = {"choices": [{"text": "x", "logprobs": {"text_offset": [0, 1], "top_logprobs": [None, {"a": 0.0}]}}]}
+    chat = {"choices": [{"message": {"content": "0"}, "logprobs": {"content": [{"token": "0", "top_logprobs": [{"token": "0", "logprob": 0.0}]}]}}]}
+    no_logprobs = {"choices": [{"message": {"content": "0"}, "logprobs": None}]}
+    assert resolve_mode(_probe_client(lambda **_: echo, lambda **_: chat), "m", "auto") == "all_at_once"
+    assert resolve_mode(_probe_client(_refuse, lambda **_: chat), "m", "auto") == "chat_logprobs"
+    assert resolve_mode(_probe_client(_refuse, lambda **_: no_logprobs), "m", "auto") == "json"
+    assert resolve_mode(_probe_client(_refuse, _refuse), "m", "one_at_a_time") == "one_at_a_time"
+
+
+def test_auto_mode_raises_a_server_failure_instead_of_downgrading():
+    from neuron_assets.llm_client import LLMError
+    from neuron_assets.simulator import resolve_mode
+
+    def down(**_):
+        raise LLMError("still failing after 5 attempts: 503")
+
+    with pytest.raises(LLMError, match="still failing"):
+        resolve_mode(_probe_client(down, down), "m", "auto")
+    with pytest.raises(ValueError, match="simulation mode 'fast' is not one of"):
+        resolve_mode(_probe_client(down, down), "m", "fast")

@@ -55,8 +55,12 @@ class SimulationConfig(dg.Config):
     n_top: int = Field(default=5, description="top scoring-pool excerpts per neuron")
     n_random: int = Field(default=5, description="random scoring-pool excerpts per neuron")
     mode: str = Field(
-        default="all_at_once",
-        description="'all_at_once' (prompt log-probabilities) or 'json' (for backends without log-probabilities)",
+        default="auto",
+        description=(
+            "'auto' (what the backend supports), 'all_at_once' (prompt log-probabilities), "
+            "'chat_logprobs' (generated-token top_logprobs), 'one_at_a_time' (a call per token, "
+            "the reference) or 'json' (no log-probabilities)"
+        ),
     )
 
 
@@ -214,13 +218,15 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
         """Simulation of every explanation on its neuron's scoring excerpts (all-at-once by default)."""
-        from neuron_assets.simulator import simulate_neurons
+        from neuron_assets.simulator import resolve_mode, simulate_neurons
 
         _, simulator = llm.model_names()
         client = llm.client()
+        mode = resolve_mode(client, simulator, config.mode)
+        context.log.info(f"simulation mode: {mode} (asked for {config.mode})")
         frame = simulate_neurons(
             client, simulator, explanations, activation_records, excerpts,
-            n_top=config.n_top, n_random=config.n_random, mode=config.mode,
+            n_top=config.n_top, n_random=config.n_random, mode=mode,
             distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
             on_neuron=lambda layer, neuron: context.log.info(f"simulated layer {layer} neuron {neuron}"),
         )  # fmt: skip
@@ -228,7 +234,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             {
                 "simulated_excerpts": len(frame),
                 "simulator_model": simulator,
-                "simulation_mode": config.mode,
+                "simulation_mode": mode,
+                "simulation_mode_requested": config.mode,
                 "unsimulated_tokens": int(frame["n_unsimulated"].sum()),
                 "misaligned_tokens": int(frame["n_misaligned"].sum()),
                 **client.stats.as_metadata(),
