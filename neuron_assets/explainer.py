@@ -9,13 +9,15 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import EXPLANATION_POOL
-from neuron_assets.llm_client import LLMError, map_neurons
+from neuron_assets.llm_client import ContextLengthError, LLMError, map_neurons
 from neuron_assets.prompts import (
     EXPLAINER_PROMPT_VERSION,
     ExplanationParseError,
     Record,
+    describe_shortening,
     explainer_messages,
     parse_explanation,
+    shortening_steps,
 )
 
 
@@ -23,6 +25,8 @@ from neuron_assets.prompts import (
 class Explanation:
     text: str
     raw_reply: str
+    n_shown: int  # excerpts in the prompt: fewer than asked when the prompt was shortened
+    shortening: str | None = None
 
 
 def explain(
@@ -40,22 +44,36 @@ def explain(
 
     A reply that holds no explanation is sampled again, up to ``max_attempts`` times per
     sample; after that the error names the last reply so the user sees what came back.
+    A prompt the backend refuses as too long is shortened (``shortening_steps``: few-shot
+    neurons first, then the lowest-ranked excerpts) and the shortening is recorded.
     """
-    messages = explainer_messages(records)
+    steps = shortening_steps(len(records))
+    step = 0
     explanations = []
     for sample in range(n_samples):
         last_error: ExplanationParseError | None = None
         for attempt in range(max_attempts):
-            response = client.chat.completions.create(
-                model=model,
-                messages=messages,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                seed=seed + 1000 * sample + attempt,
-            )
+            while True:
+                n_fewshot, n_shown = steps[step]
+                try:
+                    response = client.chat.completions.create(
+                        model=model,
+                        messages=explainer_messages(records[:n_shown], n_fewshot),
+                        temperature=temperature,
+                        max_tokens=max_tokens,
+                        seed=seed + 1000 * sample + attempt,
+                    )
+                    break
+                except ContextLengthError as error:
+                    step += 1
+                    if step == len(steps):
+                        raise ContextLengthError(
+                            f"even one excerpt without few-shot examples is too long for {model!r}: {error}"
+                        ) from error
             raw = response["choices"][0]["message"]["content"] or ""
             try:
-                explanations.append(Explanation(parse_explanation(raw), raw))
+                shortening = describe_shortening(n_fewshot, n_shown, len(records))
+                explanations.append(Explanation(parse_explanation(raw), raw, n_shown, shortening))
                 break
             except ExplanationParseError as error:
                 last_error = error
@@ -86,7 +104,8 @@ def explain_neurons(
     does not stop the others; the failures are raised together as ``NeuronFailures``.
 
     Returns rows (layer, neuron, sample, explanation, raw_reply, explainer_model,
-    prompt_version, temperature, excerpt_ids).
+    prompt_version, temperature, excerpt_ids, prompt_shortening); ``excerpt_ids`` are the
+    excerpts the prompt really showed.
     """
     shown = (
         records.filter((pl.col("kind") == "top") & (pl.col("pool") == EXPLANATION_POOL) & (pl.col("rank") < n_examples))
@@ -118,7 +137,7 @@ def explain_neurons(
         on_done=on_neuron,
     )
     rows = [
-        (layer, neuron, sample, explanation.text, explanation.raw_reply, ids)
+        (layer, neuron, sample, explanation.text, explanation.raw_reply, ids[: explanation.n_shown], explanation.shortening)
         for (layer, neuron, ids, _, _), samples in zip(neurons, samples_per_neuron, strict=True)
         for sample, explanation in enumerate(samples)
     ]
@@ -126,7 +145,7 @@ def explain_neurons(
         rows,
         schema={
             "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "explanation": pl.String,
-            "raw_reply": pl.String, "excerpt_ids": pl.List(pl.Int64),
+            "raw_reply": pl.String, "excerpt_ids": pl.List(pl.Int64), "prompt_shortening": pl.String,
         },
         orient="row",
     ).with_columns(

@@ -12,6 +12,9 @@ plain JSON (a dict, exactly what the cache stores) and adds:
 - retries with exponential backoff and jitter on 429, 5xx, connection errors and
   timeouts, honouring ``Retry-After``; any other 4xx fails at once with the server's
   own message (bad key, unknown model, context too long).
+- a refusal for exceeding the context window raises ``ContextLengthError`` (so the
+  explainer and simulator can shorten the prompt deliberately) and is cached like a
+  response: the same too-long request is never sent twice.
 - counts of calls, cache hits and prompt/completion tokens, for asset metadata.
 """
 
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -34,6 +38,7 @@ T = TypeVar("T")
 NeuronKey = tuple[int, int]
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+CONTEXT_REFUSAL = "neuron_assets_context_refusal"
 
 
 class LLMError(RuntimeError):
@@ -43,6 +48,16 @@ class LLMError(RuntimeError):
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+
+
+class ContextLengthError(LLMError):
+    """The backend refused a request as longer than its context window; the caller may shorten it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, refused=True)
+
+
+CONTEXT_LENGTH_PATTERN = re.compile(r"context[ _](length|window)|maximum context|too many tokens", re.IGNORECASE)
 
 
 def map_neurons(
@@ -183,8 +198,16 @@ class CachingClient:
             cached = self.cache.get(key)
             if cached is not None:
                 self.stats.add(cache_hits=1)
+                if CONTEXT_REFUSAL in cached:
+                    raise ContextLengthError(cached[CONTEXT_REFUSAL])
                 return cached
-        response = self._call_with_retries(call, request).model_dump(mode="json")
+        try:
+            response = self._call_with_retries(call, request).model_dump(mode="json")
+        except ContextLengthError as error:
+            self.stats.add(calls=1)
+            if self.cache is not None:
+                self.cache.put(key, {CONTEXT_REFUSAL: str(error)})
+            raise
         usage = response.get("usage") or {}
         self.stats.add(
             calls=1,
@@ -203,10 +226,10 @@ class CachingClient:
                 return call(**request)
             except openai.APIStatusError as error:
                 if error.status_code not in RETRYABLE_STATUS:
-                    raise LLMError(
-                        f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}",
-                        refused=True,
-                    ) from error
+                    message = f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
+                    if _is_context_length(error):
+                        raise ContextLengthError(message) from error
+                    raise LLMError(message, refused=True) from error
                 failure: Exception = error
                 retry_after = _retry_after_s(error)
             except (openai.APIConnectionError, openai.APITimeoutError) as error:
@@ -215,6 +238,13 @@ class CachingClient:
                 self.stats.add(retries=1)
                 time.sleep(self.retry.delay(attempt, retry_after))
         raise LLMError(f"{self.backend}: still failing after {self.retry.max_attempts} attempts: {failure}") from failure
+
+
+def _is_context_length(error: Any) -> bool:
+    body = getattr(error, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return code == "context_length_exceeded" or bool(CONTEXT_LENGTH_PATTERN.search(_server_message(error)))
 
 
 def _server_message(error: Any) -> str:

@@ -96,15 +96,16 @@ EXPLAINER_SYSTEM = (
 )
 
 
-def explainer_messages(records: Sequence[Record]) -> list[dict[str, str]]:
-    """Chat messages asking for the completion of "the main thing this neuron does is find"."""
+def explainer_messages(records: Sequence[Record], n_fewshot: int | None = None) -> list[dict[str, str]]:
+    """Chat messages asking for the completion of "the main thing this neuron does is find".
+
+    ``n_fewshot`` worked example neurons (default: all) come first; fewer make a shorter prompt.
+    """
     messages = [{"role": "system", "content": EXPLAINER_SYSTEM}]
-    for i, example in enumerate(EXAMPLE_NEURONS, start=1):
+    for i, example in enumerate(EXAMPLE_NEURONS[:n_fewshot], start=1):
         messages.append({"role": "user", "content": _explainer_question(i, example.records)})
         messages.append({"role": "assistant", "content": f"{example.explanation}."})
-    messages.append(
-        {"role": "user", "content": _explainer_question(len(EXAMPLE_NEURONS) + 1, records)}
-    )
+    messages.append({"role": "user", "content": _explainer_question(len(EXAMPLE_NEURONS[:n_fewshot]) + 1, records)})
     return messages
 
 
@@ -146,7 +147,9 @@ class SimulatorPrompt:
     placeholder_offsets: list[int]
 
 
-def simulator_prompt(explanation: str, tokens: Sequence[str], seed: int = 0) -> SimulatorPrompt:
+def simulator_prompt(
+    explanation: str, tokens: Sequence[str], seed: int = 0, n_fewshot: int | None = None
+) -> SimulatorPrompt:
     """All-at-once prompt: few-shot neurons, then the target excerpt with every activation unknown.
 
     Few-shot listings switch from "unknown" to real values at a random position, so the
@@ -154,14 +157,14 @@ def simulator_prompt(explanation: str, tokens: Sequence[str], seed: int = 0) -> 
     """
     rng = random.Random(seed)
     text = SIMULATOR_PREAMBLE
-    for i, example in enumerate(EXAMPLE_NEURONS, start=1):
+    for i, example in enumerate(EXAMPLE_NEURONS[:n_fewshot], start=1):
         text += _simulator_header(i, example.explanation)
         for record in example.records:
             values: list[int | str] = list(normalize(record.activations, _max(example.records)))
             switch = rng.randrange(len(values))
             values = [UNKNOWN if j < switch else v for j, v in enumerate(values)]
             text += _listing(record.tokens, values, keep_zeros=True) + "\n\n"
-    text += _simulator_header(len(EXAMPLE_NEURONS) + 1, explanation) + "<start>\n"
+    text += _simulator_header(len(EXAMPLE_NEURONS[:n_fewshot]) + 1, explanation) + "<start>\n"
     offsets = []
     for token in tokens:
         text += f"{display_token(token)}\t"
@@ -179,10 +182,12 @@ JSON_SIMULATOR_SYSTEM = (
 )
 
 
-def json_simulator_messages(explanation: str, tokens: Sequence[str]) -> list[dict[str, str]]:
+def json_simulator_messages(
+    explanation: str, tokens: Sequence[str], n_fewshot: int | None = None
+) -> list[dict[str, str]]:
     """Chat messages for the log-prob-free simulator: the activations come back as a JSON array."""
     messages = [{"role": "system", "content": JSON_SIMULATOR_SYSTEM}]
-    for example in EXAMPLE_NEURONS:
+    for example in EXAMPLE_NEURONS[:n_fewshot]:
         record = example.records[0]
         messages.append({"role": "user", "content": _json_question(example.explanation, record.tokens)})
         messages.append(
@@ -208,7 +213,9 @@ CHAT_SIMULATOR_SYSTEM = (
 )
 
 
-def chat_simulator_messages(explanation: str, tokens: Sequence[str]) -> list[dict[str, str]]:
+def chat_simulator_messages(
+    explanation: str, tokens: Sequence[str], n_fewshot: int | None = None
+) -> list[dict[str, str]]:
     """Chat messages for the generated-token simulator: the model rewrites the excerpt with values.
 
     The expected value at each token is then read from the digit distribution of the
@@ -216,7 +223,7 @@ def chat_simulator_messages(explanation: str, tokens: Sequence[str]) -> list[dic
     return ``top_logprobs`` for generated tokens only (OpenAI chat models).
     """
     messages = [{"role": "system", "content": CHAT_SIMULATOR_SYSTEM}]
-    for example in EXAMPLE_NEURONS:
+    for example in EXAMPLE_NEURONS[:n_fewshot]:
         record = example.records[0]
         values = normalize(record.activations, _max(example.records))
         messages.append({"role": "user", "content": _chat_question(example.explanation, record.tokens)})
@@ -228,6 +235,25 @@ def chat_simulator_messages(explanation: str, tokens: Sequence[str]) -> list[dic
 def _chat_question(explanation: str, tokens: Sequence[str]) -> str:
     listing = "\n".join(["<start>", *(display_token(t) for t in tokens), "<end>"])
     return f"Explanation: {EXPLANATION_PREFIX} {explanation}.\nExcerpt:\n{listing}"
+
+
+def shortening_steps(n_records: int) -> list[tuple[int, int]]:
+    """(few-shot neurons, excerpts) to try, from the full prompt down, when a backend's context is too small.
+
+    Few-shot examples go first, one at a time, then the lowest-ranked excerpts, down to one.
+    """
+    n = len(EXAMPLE_NEURONS)
+    return [(k, n_records) for k in range(n, -1, -1)] + [(0, m) for m in range(n_records - 1, 0, -1)]
+
+
+def describe_shortening(n_fewshot: int, n_records: int, n_records_wanted: int) -> str | None:
+    """What was left out of a prompt to fit the context, for the results table; None when nothing was."""
+    dropped = []
+    if n_fewshot < len(EXAMPLE_NEURONS):
+        dropped.append(f"{len(EXAMPLE_NEURONS) - n_fewshot} of {len(EXAMPLE_NEURONS)} few-shot neurons")
+    if n_records < n_records_wanted:
+        dropped.append(f"{n_records_wanted - n_records} of {n_records_wanted} excerpts")
+    return f"dropped {' and '.join(dropped)} to fit the backend's context" if dropped else None
 
 
 def _simulator_header(number: int, explanation: str) -> str:

@@ -81,6 +81,7 @@ class Explanations(Lineage):
     prompt_version: str
     temperature: float
     excerpt_ids: list[int]
+    prompt_shortening: Optional[str] = pa.Field(nullable=True)
 
 
 class Simulations(Lineage):
@@ -90,13 +91,14 @@ class Simulations(Lineage):
     excerpt_id: int = pa.Field(ge=0)
     excerpt_kind: str = pa.Field(isin=["top", "random"])
     simulator_model: str
-    simulation_mode: str = pa.Field(isin=["all_at_once", "one_at_a_time", "json"])
+    simulation_mode: str = pa.Field(isin=["all_at_once", "chat_logprobs", "one_at_a_time", "json"])
     prompt_version: str
     simulated: list[float]
     true_activations: list[float]
     n_unsimulated: int = pa.Field(ge=0)
     n_misaligned: int = pa.Field(ge=0)
     prompt_tokens: int = pa.Field(ge=0)
+    prompt_shortening: Optional[str] = pa.Field(nullable=True)
 
 
 class Scores(Lineage):

@@ -37,13 +37,15 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import SCORING_POOL
-from neuron_assets.llm_client import LLMError, map_neurons
+from neuron_assets.llm_client import ContextLengthError, LLMError, map_neurons
 from neuron_assets.prompts import (
     CHAT_SIMULATOR_PROMPT_VERSION,
+    EXAMPLE_NEURONS,
     JSON_SIMULATOR_PROMPT_VERSION,
     SIMULATOR_PROMPT_VERSION,
     SimulatorPrompt,
     chat_simulator_messages,
+    describe_shortening,
     display_token,
     json_simulator_messages,
     simulator_prompt,
@@ -120,13 +122,14 @@ def simulate(
     tokens: Sequence[str],
     *,
     distribution_shift: int,
+    n_fewshot: int | None = None,
 ) -> Simulation:
     """Simulate one excerpt with one completions call that echoes the prompt's log-probabilities.
 
     Every call shares the same few-shot prefix, so servers with prefix caching (llama.cpp,
     vLLM) evaluate only the explanation and the excerpt.
     """
-    prompt = simulator_prompt(explanation, tokens)
+    prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot)
     response = client.completions.create(
         model=model,
         prompt=prompt.text,
@@ -147,9 +150,11 @@ def simulate(
     return Simulation(expected, _prompt_tokens(response))
 
 
-def simulate_one_at_a_time(client: Any, model: str, explanation: str, tokens: Sequence[str]) -> Simulation:
+def simulate_one_at_a_time(
+    client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
+) -> Simulation:
     """Simulate one excerpt with one completions call per token (generated-token log-probabilities)."""
-    prompt = simulator_prompt(explanation, tokens)
+    prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot)
     expected: list[float | None] = []
     prompt_tokens = 0
     for offset in prompt.placeholder_offsets:
@@ -186,11 +191,13 @@ def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None
     return values, abs(len(items) - n_tokens)
 
 
-def simulate_json(client: Any, model: str, explanation: str, tokens: Sequence[str]) -> Simulation:
+def simulate_json(
+    client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
+) -> Simulation:
     """Simulate one excerpt with one chat call asking for a JSON array (no log-probabilities)."""
     response = client.chat.completions.create(
         model=model,
-        messages=json_simulator_messages(explanation, tokens),
+        messages=json_simulator_messages(explanation, tokens, n_fewshot),
         temperature=0.0,
         max_tokens=4 * len(tokens) + 16,
     )
@@ -243,11 +250,13 @@ def read_written_listing(
     return expected, misaligned
 
 
-def simulate_chat(client: Any, model: str, explanation: str, tokens: Sequence[str]) -> Simulation:
+def simulate_chat(
+    client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
+) -> Simulation:
     """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
     response = client.chat.completions.create(
         model=model,
-        messages=chat_simulator_messages(explanation, tokens),
+        messages=chat_simulator_messages(explanation, tokens, n_fewshot),
         temperature=0.0,
         max_tokens=6 * len(tokens) + 32,
         logprobs=True,
@@ -361,6 +370,9 @@ def simulate_neurons(
 
     ``mode`` is a key of ``MODES``; ``distribution_shift`` only matters for ``all_at_once``.
 
+    A prompt the backend refuses as too long loses few-shot neurons until it fits (kept
+    for the neuron's later excerpts), and the shortening is recorded per simulation.
+
     Up to ``concurrency`` neurons are simulated at once, each neuron's excerpts in turn.
     A neuron whose simulation fails stops at that excerpt and the others go on; the
     failures are raised together as ``NeuronFailures``.
@@ -379,14 +391,25 @@ def simulate_neurons(
     def job(layer: int, neuron: int, neuron_jobs: pl.DataFrame) -> Callable[[], list[tuple[Any, ...]]]:
         def run() -> list[tuple[Any, ...]]:
             rows = []
+            n_fewshot = len(EXAMPLE_NEURONS)
             for sample, explanation, excerpt_id, kind, true, tokens in neuron_jobs.iter_rows():
-                try:
-                    simulation = simulate_one(client, model, explanation, tokens, **options)
-                except (SimulationError, LLMError) as error:
-                    raise type(error)(f"excerpt {excerpt_id}: {error}") from error
+                while True:
+                    try:
+                        simulation = simulate_one(client, model, explanation, tokens, n_fewshot=n_fewshot, **options)
+                        break
+                    except ContextLengthError as error:
+                        if n_fewshot == 0:
+                            raise SimulationError(
+                                f"excerpt {excerpt_id} ({len(tokens)} tokens) is too long for {model!r} even "
+                                f"without few-shot examples: {error}"
+                            ) from error
+                        n_fewshot -= 1
+                    except (SimulationError, LLMError) as error:
+                        raise type(error)(f"excerpt {excerpt_id}: {error}") from error
                 rows.append(
                     (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
-                     simulation.n_unsimulated, simulation.n_misaligned, simulation.prompt_tokens)
+                     simulation.n_unsimulated, simulation.n_misaligned, simulation.prompt_tokens,
+                     describe_shortening(n_fewshot, 1, 1))
                 )  # fmt: skip
             return rows
 
@@ -409,7 +432,7 @@ def simulate_neurons(
             "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "excerpt_id": pl.Int64,
             "excerpt_kind": pl.String, "simulated": pl.List(pl.Float64),
             "true_activations": pl.List(pl.Float64), "n_unsimulated": pl.Int64, "n_misaligned": pl.Int64,
-            "prompt_tokens": pl.Int64,
+            "prompt_tokens": pl.Int64, "prompt_shortening": pl.String,
         },
         orient="row",
     ).with_columns(

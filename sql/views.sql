@@ -13,7 +13,9 @@ SELECT
     list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) AS scoring_excerpt_ids,
     sum(n_unsimulated) AS n_unsimulated,
     sum(n_misaligned) AS n_misaligned,
-    sum(prompt_tokens) AS prompt_tokens
+    sum(prompt_tokens) AS prompt_tokens,
+    -- null unless some prompt lost few-shot examples to fit the simulator's context
+    max(prompt_shortening) AS prompt_shortening
 FROM simulations
 GROUP BY layer, neuron, sample;
 
@@ -56,10 +58,12 @@ SELECT
     e.explainer_model,
     e.temperature AS explainer_temperature,
     e.excerpt_ids AS explanation_excerpt_ids,
+    e.prompt_shortening AS explainer_prompt_shortening,
     s.simulator_model,
     s.simulation_mode,
     s.simulator_prompt_version,
     s.scoring_excerpt_ids,
+    s.prompt_shortening AS simulator_prompt_shortening,
     st.subject_model,
     st.corpus,
     st.run_id AS recording_run_id,

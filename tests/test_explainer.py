@@ -101,3 +101,42 @@ def test_asking_to_show_more_excerpts_than_were_recorded_is_an_error():
     excerpts = pl.DataFrame({"excerpt_id": [7], "tokens": [["x"]]})
     with pytest.raises(ValueError, match="shown 5 top excerpts per neuron but only 1 were recorded"):
         explain_neurons(ScriptedChat([]), "m", records, excerpts, n_examples=5)
+
+
+def _context_limited_client(max_chars):
+    """A chat backend that refuses prompts longer than ``max_chars`` as too long for its context."""
+    from types import SimpleNamespace
+
+    from neuron_assets.llm_client import ContextLengthError
+
+    seen = []
+
+    def create(**request):
+        size = sum(len(m["content"]) for m in request["messages"])
+        seen.append(size)
+        if size > max_chars:
+            raise ContextLengthError(f"maximum context length exceeded ({size} chars)")
+        return {"choices": [{"message": {"content": "numbers"}}]}
+
+    return SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create))), seen
+
+
+def test_a_prompt_too_long_for_the_context_drops_few_shot_neurons_then_excerpts_and_says_so():
+    from neuron_assets.prompts import Record, explainer_messages
+
+    records = [Record([f" w{i}{j}" for j in range(30)], [float(j % 7) for j in range(30)]) for i in range(4)]
+    fits = sum(len(m["content"]) for m in explainer_messages(records[:2], 0))
+    client, seen = _context_limited_client(fits)
+    (result,) = explain(client, "m", records, n_samples=1)
+    assert result.n_shown == 2
+    assert result.shortening == "dropped 2 of 2 few-shot neurons and 2 of 4 excerpts to fit the backend's context"
+    assert seen == sorted(seen, reverse=True) and len(seen) == 5  # 2, 1, 0 few-shot; then 3, 2 excerpts
+
+
+def test_a_prompt_that_never_fits_fails_naming_the_model():
+    from neuron_assets.llm_client import ContextLengthError
+    from neuron_assets.prompts import Record
+
+    client, _ = _context_limited_client(10)
+    with pytest.raises(ContextLengthError, match="even one excerpt without few-shot examples is too long for 'm'"):
+        explain(client, "m", [Record([" a"], [1.0])] * 2)

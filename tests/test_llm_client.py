@@ -168,3 +168,31 @@ def test_map_neurons_reports_every_failed_neuron_and_lets_unexpected_errors_thro
     assert "simulation failed for 2 neuron(s)" in str(failure.value)
     with pytest.raises(ZeroDivisionError):
         map_neurons("x", [((0, 0), lambda: 1 / 0)], expected_errors=(LLMError,))
+
+
+TOO_LONG = {
+    "error": {
+        "message": "This model's maximum context length is 2048 tokens. However, you requested 4000 tokens.",
+        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded",
+    }
+}  # fmt: skip
+
+
+def test_a_context_length_refusal_is_its_own_error_and_is_never_sent_twice(server_with):
+    from neuron_assets.llm_client import ContextLengthError
+
+    server, client = server_with((400, {}, TOO_LONG))
+    for _ in range(2):
+        with pytest.raises(ContextLengthError, match="maximum context length is 2048"):
+            ask(client)
+    assert len(server.requests) == 1
+    assert client.stats.calls == 1 and client.stats.cache_hits == 1
+
+
+def test_vllm_style_context_messages_without_a_code_are_recognized(server_with):
+    from neuron_assets.llm_client import ContextLengthError
+
+    body = {"object": "error", "message": "This model's maximum context length is 4096 tokens.", "code": 400}
+    _, client = server_with((400, {}, body))
+    with pytest.raises(ContextLengthError):
+        ask(client)

@@ -280,3 +280,46 @@ def test_auto_mode_raises_a_server_failure_instead_of_downgrading():
         resolve_mode(_probe_client(down, down), "m", "auto")
     with pytest.raises(ValueError, match="simulation mode 'fast' is not one of"):
         resolve_mode(_probe_client(down, down), "m", "fast")
+
+
+def test_a_simulation_prompt_too_long_for_the_context_loses_few_shot_neurons_and_records_it():
+    import polars as pl
+
+    from neuron_assets.llm_client import ContextLengthError
+    from neuron_assets.prompts import simulator_prompt
+    from neuron_assets.simulator import simulate_neurons
+
+    fits = len(simulator_prompt("x", ["a", "b"], n_fewshot=1).text)
+    prompts = []
+
+    def create(**request):
+        prompts.append(request["prompt"])
+        if len(request["prompt"]) > fits:
+            raise ContextLengthError("maximum context length exceeded")
+        return _echo_of_threes(request["prompt"])
+
+    from types import SimpleNamespace
+
+    client = SimpleNamespace(completions=SimpleNamespace(create=create))
+    explanations = pl.DataFrame({"layer": [0], "neuron": [1], "sample": [0], "explanation": ["x"]})
+    records = pl.DataFrame(
+        {
+            "layer": [0, 0], "neuron": [1, 1], "pool": ["scoring"] * 2, "kind": ["top"] * 2, "rank": [0, 1],
+            "excerpt_id": [5, 6], "activations": [[1.0, 0.0]] * 2,
+        }
+    )  # fmt: skip
+    excerpts = pl.DataFrame({"excerpt_id": [5, 6], "tokens": [["a", "b"], ["c", "d"]]})
+    frame = simulate_neurons(client, "m", explanations, records, excerpts, n_top=2, n_random=0, mode="all_at_once")
+    assert frame["prompt_shortening"].to_list() == ["dropped 1 of 2 few-shot neurons to fit the backend's context"] * 2
+    assert frame["simulated"].to_list() == [[3.0, 3.0]] * 2
+    assert len(prompts) == 3  # the second excerpt starts at the level that fitted
+
+
+def _echo_of_threes(prompt):
+    """An echo whose every token is one character, each predicted by a distribution on "3"."""
+    return {
+        "usage": {"prompt_tokens": len(prompt)},
+        "choices": [
+            {"text": prompt, "logprobs": {"text_offset": list(range(len(prompt))), "top_logprobs": [{"3": 0.0}] * len(prompt)}}
+        ]
+    }
