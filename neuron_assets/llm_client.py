@@ -9,9 +9,13 @@ plain JSON (a dict, exactly what the cache stores) and adds:
   seed). A re-run of unchanged work makes no call; a changed prompt, model or sampling
   parameter misses. Sampled requests carry their own seed, so a temperature > 0 run with
   several samples replays exactly. The API key is never part of a key or an entry.
-- retries with exponential backoff and jitter on 429, 5xx, connection errors and
-  timeouts, honouring ``Retry-After``; any other 4xx fails at once with the server's
-  own message (bad key, unknown model, context too long).
+- retries with exponential backoff and jitter on 429, 5xx, connection errors,
+  timeouts and malformed bodies, honouring ``Retry-After``; any other 4xx fails at once
+  with the server's own message (bad key, unknown model, context too long).
+- a reply check: ``create(..., read=check)`` passes each response to ``check`` before it
+  is cached; a ``ReplyFormatError`` (digits written as words, a truncated reply, a format
+  ignored) means the reply is not cached and is asked for again, up to
+  ``RetryPolicy.format_attempts`` times, so one bad reply never poisons the cache.
 - a refusal for exceeding the context window raises ``ContextLengthError`` (so the
   explainer and simulator can shorten the prompt deliberately) and is cached like a
   response: the same too-long request is never sent twice.
@@ -48,6 +52,14 @@ class LLMError(RuntimeError):
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+
+
+class ReplyFormatError(ValueError):
+    """A well-formed response whose content cannot be used (the caller's reply check said so)."""
+
+
+class MalformedResponseError(ValueError):
+    """The server answered 200 with a body that is not an OpenAI response."""
 
 
 class ContextLengthError(LLMError):
@@ -109,6 +121,7 @@ class RetryPolicy:
     max_attempts: int = 5
     base_delay_s: float = 0.5
     max_delay_s: float = 30.0
+    format_attempts: int = 2
 
     def delay(self, attempt: int, retry_after_s: float | None) -> float:
         """Seconds to wait before attempt ``attempt + 1``: Retry-After if given, else jittered backoff."""
@@ -123,6 +136,7 @@ class CallStats:
     calls: int = 0
     cache_hits: int = 0
     retries: int = 0
+    rejected_replies: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -137,6 +151,7 @@ class CallStats:
             "llm_calls": self.calls,
             "llm_cache_hits": self.cache_hits,
             "llm_retries": self.retries,
+            "llm_rejected_replies": self.rejected_replies,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
@@ -175,8 +190,8 @@ class _Endpoint:
     def __init__(self, owner: CachingClient, endpoint: str, call: Callable[..., Any]) -> None:
         self._owner, self._endpoint, self._call = owner, endpoint, call
 
-    def create(self, **request: Any) -> dict[str, Any]:
-        return self._owner.request(self._endpoint, self._call, request)
+    def create(self, read: Callable[[dict[str, Any]], Any] | None = None, **request: Any) -> dict[str, Any]:
+        return self._owner.request(self._endpoint, self._call, request, read)
 
 
 class CachingClient:
@@ -191,8 +206,14 @@ class CachingClient:
         self.chat.completions = _Endpoint(self, "chat", client.chat.completions.create)
         self.completions = _Endpoint(self, "completions", client.completions.create)
 
-    def request(self, endpoint: str, call: Callable[..., Any], request: dict[str, Any]) -> dict[str, Any]:
-        """The response to ``request``, from the cache or from the backend (then cached)."""
+    def request(
+        self,
+        endpoint: str,
+        call: Callable[..., Any],
+        request: dict[str, Any],
+        read: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> dict[str, Any]:
+        """The response to ``request``, from the cache or from the backend (then cached once ``read`` accepts it)."""
         key = ResponseCache.key(self.backend, endpoint, request)
         if self.cache is not None:
             cached = self.cache.get(key)
@@ -201,37 +222,53 @@ class CachingClient:
                 if CONTEXT_REFUSAL in cached:
                     raise ContextLengthError(cached[CONTEXT_REFUSAL])
                 return cached
-        try:
-            response = self._call_with_retries(call, request).model_dump(mode="json")
-        except ContextLengthError as error:
-            self.stats.add(calls=1)
+        rejection: ReplyFormatError | None = None
+        for _ in range(self.retry.format_attempts):
+            try:
+                response = self._call_with_retries(call, request)
+            except ContextLengthError as error:
+                self.stats.add(calls=1)
+                if self.cache is not None:
+                    self.cache.put(key, {CONTEXT_REFUSAL: str(error)})
+                raise
+            usage = response.get("usage") or {}
+            self.stats.add(
+                calls=1,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+            )
+            try:
+                if read is not None:
+                    read(response)
+            except ReplyFormatError as error:
+                self.stats.add(rejected_replies=1)
+                rejection = error
+                continue
             if self.cache is not None:
-                self.cache.put(key, {CONTEXT_REFUSAL: str(error)})
-            raise
-        usage = response.get("usage") or {}
-        self.stats.add(
-            calls=1,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-        )
-        if self.cache is not None:
-            self.cache.put(key, response)
-        return response
+                self.cache.put(key, response)
+            return response
+        assert rejection is not None
+        raise rejection
 
-    def _call_with_retries(self, call: Callable[..., Any], request: dict[str, Any]) -> Any:
+    def _call_with_retries(self, call: Callable[..., Any], request: dict[str, Any]) -> dict[str, Any]:
         import openai
 
+        failure: Exception
         for attempt in range(self.retry.max_attempts):
             try:
-                return call(**request)
+                response = call(**request).model_dump(mode="json")
+                if not isinstance(response.get("choices"), list) or not response["choices"]:
+                    raise MalformedResponseError(f"a response without choices: {json.dumps(response)[:200]}")
+                return response
+            except (json.JSONDecodeError, MalformedResponseError) as error:
+                failure, retry_after = MalformedResponseError(f"malformed response body: {error}"), None
             except openai.APIStatusError as error:
                 if error.status_code not in RETRYABLE_STATUS:
                     message = f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
                     if _is_context_length(error):
                         raise ContextLengthError(message) from error
                     raise LLMError(message, refused=True) from error
-                failure: Exception = error
-                retry_after = _retry_after_s(error)
+                failure, retry_after = error, _retry_after_s(error)
             except (openai.APIConnectionError, openai.APITimeoutError) as error:
                 failure, retry_after = error, None
             if attempt + 1 < self.retry.max_attempts:

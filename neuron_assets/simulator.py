@@ -37,7 +37,7 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import SCORING_POOL
-from neuron_assets.llm_client import ContextLengthError, LLMError, map_neurons
+from neuron_assets.llm_client import ContextLengthError, LLMError, ReplyFormatError, map_neurons
 from neuron_assets.prompts import (
     CHAT_SIMULATOR_PROMPT_VERSION,
     EXAMPLE_NEURONS,
@@ -55,8 +55,11 @@ DIGIT_VALUES = {str(i): i for i in range(11)}
 TOP_LOGPROBS = 20
 
 
-class SimulationError(RuntimeError):
-    """The server's reply cannot be read as a simulation."""
+class SimulationError(ReplyFormatError):
+    """The server's reply cannot be read as a simulation.
+
+    Raised from inside the client's reply check, so the reply is not cached and is asked
+    for again before the neuron fails."""
 
 
 @dataclass(frozen=True)
@@ -130,24 +133,22 @@ def simulate(
     vLLM) evaluate only the explanation and the excerpt.
     """
     prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot)
+
+    def read(response: dict[str, Any]) -> list[float | None]:
+        logprobs = response["choices"][0].get("logprobs")
+        if not logprobs or not logprobs.get("top_logprobs") or not logprobs.get("text_offset"):
+            raise SimulationError(
+                f"model {model!r} returned no prompt log-probabilities; the all-at-once simulator "
+                "needs a completions endpoint with echo and logprobs (vLLM, llama.cpp with --logits_all)"
+            )
+        if logprobs["text_offset"][-1] < prompt.placeholder_offsets[-1]:
+            raise SimulationError("the echoed prompt stops before the excerpt's last token (a truncated reply)")
+        return _some_value(read_placeholders(prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift))
+
     response = client.completions.create(
-        model=model,
-        prompt=prompt.text,
-        max_tokens=1,
-        temperature=0.0,
-        echo=True,
-        logprobs=TOP_LOGPROBS,
+        model=model, prompt=prompt.text, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS, read=read
     )
-    logprobs = response["choices"][0].get("logprobs")
-    if not logprobs or not logprobs.get("top_logprobs") or not logprobs.get("text_offset"):
-        raise SimulationError(
-            f"model {model!r} returned no prompt log-probabilities; the all-at-once simulator "
-            "needs a completions endpoint with echo and logprobs (vLLM, llama.cpp with --logits_all)"
-        )
-    expected = read_placeholders(
-        prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift
-    )
-    return Simulation(expected, _prompt_tokens(response))
+    return Simulation(read(response), _prompt_tokens(response))
 
 
 def simulate_one_at_a_time(
@@ -157,16 +158,20 @@ def simulate_one_at_a_time(
     prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot)
     expected: list[float | None] = []
     prompt_tokens = 0
-    for offset in prompt.placeholder_offsets:
-        response = client.completions.create(
-            model=model, prompt=prompt.text[:offset], max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS
-        )
+
+    def read(response: dict[str, Any]) -> float | None:
         logprobs = response["choices"][0].get("logprobs") or {}
         if not logprobs.get("top_logprobs"):
             raise SimulationError(f"model {model!r} returned no log-probabilities for the generated token")
-        expected.append(expected_value(logprobs["top_logprobs"][0]))
+        return expected_value(logprobs["top_logprobs"][0])
+
+    for offset in prompt.placeholder_offsets:
+        response = client.completions.create(
+            model=model, prompt=prompt.text[:offset], max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, read=read
+        )
+        expected.append(read(response))
         prompt_tokens += _prompt_tokens(response)
-    return Simulation(expected, prompt_tokens)
+    return Simulation(_some_value(expected), prompt_tokens)
 
 
 def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None], int]:
@@ -195,14 +200,18 @@ def simulate_json(
     client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
 ) -> Simulation:
     """Simulate one excerpt with one chat call asking for a JSON array (no log-probabilities)."""
+
+    def read(response: dict[str, Any]) -> tuple[list[float | None], int]:
+        return parse_json_activations(response["choices"][0]["message"]["content"] or "", len(tokens))
+
     response = client.chat.completions.create(
         model=model,
         messages=json_simulator_messages(explanation, tokens, n_fewshot),
         temperature=0.0,
         max_tokens=4 * len(tokens) + 16,
+        read=read,
     )
-    reply = response["choices"][0]["message"]["content"] or ""
-    values, misaligned = parse_json_activations(reply, len(tokens))
+    values, misaligned = read(response)
     return Simulation(values, _prompt_tokens(response), misaligned)
 
 
@@ -254,6 +263,21 @@ def simulate_chat(
     client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
 ) -> Simulation:
     """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
+
+    def read(response: dict[str, Any]) -> tuple[list[float | None], int]:
+        content = (response["choices"][0].get("logprobs") or {}).get("content")
+        if not content:
+            raise SimulationError(
+                f"model {model!r} returned no log-probabilities for generated tokens; the chat_logprobs "
+                "simulator needs a chat endpoint with logprobs and top_logprobs"
+            )
+        written = [
+            (item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []})
+            for item in content
+        ]
+        expected, misaligned = read_written_listing(written, tokens)
+        return _some_value(expected), misaligned
+
     response = client.chat.completions.create(
         model=model,
         messages=chat_simulator_messages(explanation, tokens, n_fewshot),
@@ -261,19 +285,21 @@ def simulate_chat(
         max_tokens=6 * len(tokens) + 32,
         logprobs=True,
         top_logprobs=TOP_LOGPROBS,
+        read=read,
     )
-    content = (response["choices"][0].get("logprobs") or {}).get("content")
-    if not content:
-        raise SimulationError(
-            f"model {model!r} returned no log-probabilities for generated tokens; the chat_logprobs "
-            "simulator needs a chat endpoint with logprobs and top_logprobs"
-        )
-    written = [
-        (item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []})
-        for item in content
-    ]
-    expected, misaligned = read_written_listing(written, tokens)
+    expected, misaligned = read(response)
     return Simulation(expected, _prompt_tokens(response), misaligned)
+
+
+def _some_value(expected: list[float | None]) -> list[float | None]:
+    """``expected`` itself, unless not one token got a value: then the reply held no digits
+    where they belong (digits written as words, a format ignored), which is an error."""
+    if expected and all(value is None for value in expected):
+        raise SimulationError(
+            f"no activation could be read for any of the {len(expected)} tokens: the reply has no digit "
+            "where a value belongs (digits written as words, or the format ignored)"
+        )
+    return expected
 
 
 def _prompt_tokens(response: dict[str, Any]) -> int:

@@ -29,7 +29,7 @@ class ScriptedServer:
                 length = int(self.headers["Content-Length"])
                 owner.requests.append((self.headers.get("Authorization"), json.loads(self.rfile.read(length))))
                 status, headers, body = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
-                payload = json.dumps(body).encode()
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **headers}.items():
                     self.send_header(name, value)
@@ -76,7 +76,8 @@ def test_a_repeated_request_is_answered_from_the_cache(server_with):
     assert ask(client)["choices"][0]["message"]["content"] == "commas."
     assert len(server.requests) == 1
     assert client.stats.as_metadata() == {
-        "llm_calls": 1, "llm_cache_hits": 1, "llm_retries": 0, "prompt_tokens": 11, "completion_tokens": 2,
+        "llm_calls": 1, "llm_cache_hits": 1, "llm_retries": 0, "llm_rejected_replies": 0,
+        "prompt_tokens": 11, "completion_tokens": 2,
     }  # fmt: skip
 
 
@@ -196,3 +197,44 @@ def test_vllm_style_context_messages_without_a_code_are_recognized(server_with):
     _, client = server_with((400, {}, body))
     with pytest.raises(ContextLengthError):
         ask(client)
+
+
+@pytest.mark.parametrize("body", [b'{"id": "c1", "choices": [', {"id": "c1", "object": "chat.completion"}])
+def test_a_malformed_body_is_retried_like_a_server_error(server_with, body):
+    server, client = server_with((200, {}, body), (200, {}, CHAT_OK))
+    assert ask(client)["choices"][0]["message"]["content"] == "commas."
+    assert len(server.requests) == 2 and client.stats.retries == 1
+
+
+def test_a_body_that_stays_malformed_fails_naming_the_problem(server_with):
+    _, client = server_with((200, {}, b"<html>bad gateway</html>"), max_attempts=2)
+    with pytest.raises(LLMError, match="malformed response body"):
+        ask(client)
+
+
+def _insist_on_digits(response):
+    from neuron_assets.llm_client import ReplyFormatError
+
+    if not any(c.isdigit() for c in response["choices"][0]["message"]["content"]):
+        raise ReplyFormatError("no digits")
+
+
+def test_a_reply_the_caller_rejects_is_asked_again_and_never_cached(server_with):
+    words = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "message": {"role": "assistant", "content": "three"}}]}
+    digits = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "message": {"role": "assistant", "content": "3"}}]}
+    server, client = server_with((200, {}, words), (200, {}, digits))
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "read": _insist_on_digits}
+    assert client.chat.completions.create(**request)["choices"][0]["message"]["content"] == "3"
+    assert client.chat.completions.create(**request)["choices"][0]["message"]["content"] == "3"
+    assert len(server.requests) == 2 and client.stats.rejected_replies == 1 and client.stats.cache_hits == 1
+
+
+def test_a_reply_rejected_every_time_raises_the_callers_error_and_caches_nothing(server_with, tmp_path):
+    from neuron_assets.llm_client import ReplyFormatError
+
+    words = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "message": {"role": "assistant", "content": "three"}}]}
+    server, client = server_with((200, {}, words))
+    with pytest.raises(ReplyFormatError, match="no digits"):
+        client.chat.completions.create(model="m", messages=[], read=_insist_on_digits)
+    assert len(server.requests) == 2
+    assert not list((tmp_path / "cache").rglob("*.json"))

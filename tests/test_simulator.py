@@ -107,7 +107,7 @@ def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
         prompts.append(request["prompt"])
         if "find broken." in request["prompt"]:
             raise LLMError("still failing after 5 attempts: 503")
-        return {"choices": [{"logprobs": {"text_offset": [0], "top_logprobs": [None]}}], "usage": {}}
+        return _echo_of_threes(request["prompt"])
 
     client = SimpleNamespace(completions=SimpleNamespace(create=create))
     explanations = pl.DataFrame({"layer": [0, 0], "neuron": [1, 2], "sample": [0, 0], "explanation": ["broken", "fine"]})
@@ -323,3 +323,32 @@ def _echo_of_threes(prompt):
             {"text": prompt, "logprobs": {"text_offset": list(range(len(prompt))), "top_logprobs": [{"3": 0.0}] * len(prompt)}}
         ]
     }
+
+
+def test_an_echo_without_a_single_digit_at_the_placeholders_is_an_error_not_a_silent_blank():
+    from types import SimpleNamespace
+
+    from neuron_assets.simulator import simulate
+
+    def words_only(**request):
+        reply = _echo_of_threes(request["prompt"])
+        logprobs = reply["choices"][0]["logprobs"]
+        logprobs["top_logprobs"] = [{"three": 0.0}] * len(logprobs["top_logprobs"])
+        return reply
+
+    client = SimpleNamespace(completions=SimpleNamespace(create=words_only))
+    with pytest.raises(SimulationError, match="no activation could be read for any of the 2 tokens"):
+        simulate(client, "m", "x", ["a", "b"], distribution_shift=0)
+
+
+def test_a_truncated_echo_is_an_error_not_a_misread_distribution():
+    from types import SimpleNamespace
+
+    from neuron_assets.simulator import simulate
+
+    def truncated(**request):
+        return _echo_of_threes(request["prompt"][: len(request["prompt"]) // 2])
+
+    client = SimpleNamespace(completions=SimpleNamespace(create=truncated))
+    with pytest.raises(SimulationError, match="truncated"):
+        simulate(client, "m", "x", ["a", "b"], distribution_shift=0)
