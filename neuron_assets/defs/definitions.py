@@ -6,6 +6,8 @@ libraries are imported inside the assets, and the results database is not opened
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 from neuron_assets.defs.assets import build_assets
@@ -25,7 +27,8 @@ def layer_partitions(n_layers: int) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition([str(layer) for layer in range(n_layers)])
 
 
-def build_definitions(settings: Settings) -> dg.Definitions:
+def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
+    """The code location for ``settings``; ``llm_options`` set other ``LLMResource`` fields (timeouts, retries)."""
     partitions = layer_partitions(model_shape(settings.subject_model).n_layers)
     results = ResultStoreResource(data_dir=str(settings.data_dir))
     return dg.Definitions(
@@ -40,6 +43,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 base_url=settings.llm_base_url,
                 explainer_model=settings.explainer_model,
                 simulator_model=settings.simulator_model,
+                **llm_options,
             ),
         },
         executor=dg.in_process_executor,
