@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 # llama-cpp-python compiles from source; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install demo test dev bench clean-results
+.PHONY: install demo test dev bench bench-modes clean-results
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ dev: install
 
 bench: install
 	$(PY) -W ignore -m neuron_assets.bench $(ARGS)
+
+# The simulator modes side by side on the local llama.cpp server: costs, speed-up, agreement.
+bench-modes: install
+	$(PY) -W ignore -m neuron_assets.bench_modes $(ARGS)
 
 clean-results:
 	rm -rf data

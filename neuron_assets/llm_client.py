@@ -46,12 +46,12 @@ CONTEXT_REFUSAL = "neuron_assets_context_refusal"
 
 
 class LLMError(RuntimeError):
-    """A request the backend refused (``refused``: a 4xx other than 408/409/429), or that
-    still failed after every retry."""
+    """A request the backend refused (``status``: the 4xx it answered), or that still
+    failed after every retry (``status`` None)."""
 
-    def __init__(self, message: str, *, refused: bool = False) -> None:
+    def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
-        self.refused = refused
+        self.status = status
 
 
 class ReplyFormatError(ValueError):
@@ -66,7 +66,7 @@ class ContextLengthError(LLMError):
     """The backend refused a request as longer than its context window; the caller may shorten it."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, refused=True)
+        super().__init__(message, status=400)
 
 
 CONTEXT_LENGTH_PATTERN = re.compile(r"context[ _](length|window)|maximum context|too many tokens", re.IGNORECASE)
@@ -215,13 +215,13 @@ class CachingClient:
     ) -> dict[str, Any]:
         """The response to ``request``, from the cache or from the backend (then cached once ``read`` accepts it)."""
         key = ResponseCache.key(self.backend, endpoint, request)
-        if self.cache is not None:
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.stats.add(cache_hits=1)
-                if CONTEXT_REFUSAL in cached:
-                    raise ContextLengthError(cached[CONTEXT_REFUSAL])
-                return cached
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None and CONTEXT_REFUSAL in cached:
+            self.stats.add(cache_hits=1)
+            raise ContextLengthError(cached[CONTEXT_REFUSAL])
+        if cached is not None and _rejection(read, cached) is None:  # entries from before a check changed are checked too
+            self.stats.add(cache_hits=1)
+            return cached
         rejection: ReplyFormatError | None = None
         for _ in range(self.retry.format_attempts):
             try:
@@ -237,12 +237,9 @@ class CachingClient:
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),
             )
-            try:
-                if read is not None:
-                    read(response)
-            except ReplyFormatError as error:
+            rejection = _rejection(read, response)
+            if rejection is not None:
                 self.stats.add(rejected_replies=1)
-                rejection = error
                 continue
             if self.cache is not None:
                 self.cache.put(key, response)
@@ -267,7 +264,7 @@ class CachingClient:
                     message = f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
                     if _is_context_length(error):
                         raise ContextLengthError(message) from error
-                    raise LLMError(message, refused=True) from error
+                    raise LLMError(message, status=error.status_code) from error
                 failure, retry_after = error, _retry_after_s(error)
             except (openai.APIConnectionError, openai.APITimeoutError) as error:
                 failure, retry_after = error, None
@@ -275,6 +272,16 @@ class CachingClient:
                 self.stats.add(retries=1)
                 time.sleep(self.retry.delay(attempt, retry_after))
         raise LLMError(f"{self.backend}: still failing after {self.retry.max_attempts} attempts: {failure}") from failure
+
+
+def _rejection(read: Callable[[dict[str, Any]], Any] | None, response: dict[str, Any]) -> ReplyFormatError | None:
+    """Why ``read`` rejects ``response``, or None when it accepts it (or there is no check)."""
+    try:
+        if read is not None:
+            read(response)
+    except ReplyFormatError as error:
+        return error
+    return None
 
 
 def _is_context_length(error: Any) -> bool:

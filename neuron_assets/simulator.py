@@ -314,6 +314,7 @@ MODES: dict[str, tuple[str, Callable[..., Simulation]]] = {
     "json": (JSON_SIMULATOR_PROMPT_VERSION, simulate_json),
 }
 AUTO = "auto"
+UNSUPPORTED_STATUS = frozenset({400, 404, 405, 422})  # not 401/403: a bad key is no capability answer
 PROBE_TEXT = "Activations:\n<start>\nthe\t0\n<end>\n"
 
 
@@ -323,8 +324,8 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
     ``auto`` tries, in order of cost and fidelity, prompt log-probabilities through the
     completions endpoint with echo (all_at_once), generated-token ``top_logprobs`` through
     the chat endpoint (chat_logprobs), and falls back to json. A probe the backend refuses
-    (a 4xx such as "echo is not supported") means "not supported"; any other failure is
-    raised, so a flaky server never silently downgrades the mode.
+    (400/404/405/422, such as "echo is not supported") means "not supported"; any other
+    failure is raised, so a flaky server or a bad key never silently downgrades the mode.
     """
     if requested != AUTO:
         if requested not in MODES:
@@ -338,7 +339,7 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
         if any(logprobs.get("top_logprobs") or []) and logprobs.get("text_offset"):
             return "all_at_once"
     except LLMError as error:
-        if not error.refused:
+        if error.status not in UNSUPPORTED_STATUS:
             raise
     try:
         response = client.chat.completions.create(
@@ -349,7 +350,7 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
         if content and content[0].get("top_logprobs"):
             return "chat_logprobs"
     except LLMError as error:
-        if not error.refused:
+        if error.status not in UNSUPPORTED_STATUS:
             raise
     return "json"
 

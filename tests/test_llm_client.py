@@ -238,3 +238,14 @@ def test_a_reply_rejected_every_time_raises_the_callers_error_and_caches_nothing
         client.chat.completions.create(model="m", messages=[], read=_insist_on_digits)
     assert len(server.requests) == 2
     assert not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_a_cached_reply_the_check_now_rejects_is_asked_again_and_replaced(server_with):
+    words = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "message": {"role": "assistant", "content": "three"}}]}
+    digits = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "message": {"role": "assistant", "content": "3"}}]}
+    server, client = server_with((200, {}, words), (200, {}, digits))
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.chat.completions.create(**request)["choices"][0]["message"]["content"] == "three"  # cached unchecked
+    assert client.chat.completions.create(**request, read=_insist_on_digits)["choices"][0]["message"]["content"] == "3"
+    assert client.chat.completions.create(**request, read=_insist_on_digits)["choices"][0]["message"]["content"] == "3"
+    assert len(server.requests) == 2

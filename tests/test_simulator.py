@@ -254,7 +254,7 @@ def _probe_client(completions, chat):
 def _refuse(**_):
     from neuron_assets.llm_client import LLMError
 
-    raise LLMError("refused (400): echo is not supported for this model", refused=True)
+    raise LLMError("refused (400): echo is not supported for this model", status=400)
 
 
 def test_auto_mode_prefers_prompt_logprobs_then_chat_logprobs_then_json():
@@ -269,15 +269,20 @@ def test_auto_mode_prefers_prompt_logprobs_then_chat_logprobs_then_json():
     assert resolve_mode(_probe_client(_refuse, _refuse), "m", "one_at_a_time") == "one_at_a_time"
 
 
-def test_auto_mode_raises_a_server_failure_instead_of_downgrading():
+def test_auto_mode_raises_an_outage_or_a_bad_key_instead_of_downgrading():
     from neuron_assets.llm_client import LLMError
     from neuron_assets.simulator import resolve_mode
 
     def down(**_):
         raise LLMError("still failing after 5 attempts: 503")
 
+    def bad_key(**_):
+        raise LLMError("refused the request (401): invalid API key", status=401)
+
     with pytest.raises(LLMError, match="still failing"):
         resolve_mode(_probe_client(down, down), "m", "auto")
+    with pytest.raises(LLMError, match="invalid API key"):
+        resolve_mode(_probe_client(bad_key, bad_key), "m", "auto")
     with pytest.raises(ValueError, match="simulation mode 'fast' is not one of"):
         resolve_mode(_probe_client(down, down), "m", "fast")
 
