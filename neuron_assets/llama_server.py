@@ -128,11 +128,12 @@ def _token_logprobs(llama: Any, tokens: list[int], first: int, top_n: int, text_
     The rows are computed with numpy from the scores llama.cpp kept (``logits_all``); the
     top entries come from ``argpartition`` instead of a Python sort of the vocabulary.
     """
-    rows = np.asarray(llama.scores[max(first - 1, 0) : len(tokens) - 1], dtype=np.float32)
-    shifted = rows - rows.max(axis=1, keepdims=True) if len(rows) else rows
-    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)) if len(rows) else rows
+    first_row = max(first - 1, 0)  # row j - 1 holds the distribution that predicted token j
+    rows = np.asarray(llama.scores[first_row : len(tokens) - 1], dtype=np.float32)
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     top_n = min(top_n, llama.n_vocab())
-    top = np.argpartition(-logprobs, top_n - 1, axis=1)[:, :top_n] if len(rows) else rows
+    top = np.argpartition(-logprobs, top_n - 1, axis=1)[:, :top_n]
     pieces: dict[int, str] = {}
 
     def piece(token: int) -> str:
@@ -151,9 +152,9 @@ def _token_logprobs(llama: Any, tokens: list[int], first: int, top_n: int, text_
             out["token_logprobs"].append(None)
             out["top_logprobs"].append(None)
             continue
-        row = logprobs[j - 1 - max(first - 1, 0)]
+        row = logprobs[j - 1 - first_row]
         out["token_logprobs"].append(float(row[tokens[j]]))
-        out["top_logprobs"].append({piece(int(i)): float(row[i]) for i in top[j - 1 - max(first - 1, 0)]})
+        out["top_logprobs"].append({piece(int(i)): float(row[i]) for i in top[j - 1 - first_row]})
     return out
 
 

@@ -261,7 +261,8 @@ def test_auto_mode_prefers_prompt_logprobs_then_chat_logprobs_then_json():
     from neuron_assets.simulator import resolve_mode
 
     echo = {"choices": [{"text": "x", "logprobs": {"text_offset": [0, 1], "top_logprobs": [None, {"a": 0.0}]}}]}
-    chat = {"choices": [{"message": {"content": "0"}, "logprobs": {"content": [{"token": "0", "top_logprobs": [{"token": "0", "logprob": 0.0}]}]}}]}
+    written = [{"token": "0", "top_logprobs": [{"token": "0", "logprob": 0.0}]}]
+    chat = {"choices": [{"message": {"content": "0"}, "logprobs": {"content": written}}]}
     no_logprobs = {"choices": [{"message": {"content": "0"}, "logprobs": None}]}
     assert resolve_mode(_probe_client(lambda **_: echo, lambda **_: chat), "m", "auto") == "all_at_once"
     assert resolve_mode(_probe_client(_refuse, lambda **_: chat), "m", "auto") == "chat_logprobs"
