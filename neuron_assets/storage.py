@@ -58,6 +58,14 @@ class ResultStore:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"table {table!r} has not been materialized: missing {missing}")
+        columns = set(TABLES[table].to_schema().columns)
+        for path in paths:
+            absent = sorted(columns - set(pl.read_parquet_schema(path)))
+            if absent:
+                raise ValueError(
+                    f"{path} was written by an older version of neuron-assets (no column {', '.join(absent)}); "
+                    f"materialize partition {path.stem} of {table!r} again"
+                )
         return validate(table, pl.concat([pl.read_parquet(p) for p in paths], how="vertical"))
 
     def partitions(self, table: str) -> list[str]:
@@ -79,7 +87,7 @@ class ResultStore:
                     glob = (self.root / table / "*.parquet").as_posix()
                     connection.execute(
                         f"CREATE OR REPLACE VIEW {table} AS "
-                        f"SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+                        f"SELECT *{self._absent_columns(table)} FROM read_parquet('{glob}', union_by_name = true)"
                     )
                     created.append(table)
             statements = view_statements()
@@ -89,6 +97,18 @@ class ResultStore:
                     connection.execute(statement)
                     created.append(name)
         return created
+
+
+    def _absent_columns(self, table: str) -> str:
+        """``, NULL AS col`` for each column of the table's model that no stored partition has.
+
+        Partitions written by an older version lack newer columns; the view still offers
+        every column (NULL there), so the derived views and queries keep working.
+        """
+        present: set[str] = set()
+        for path in (self.root / table).glob("*.parquet"):
+            present.update(pl.read_parquet_schema(path))
+        return "".join(f", NULL AS {column}" for column in TABLES[table].to_schema().columns if column not in present)
 
 
 def sql_statements(file_name: str) -> list[str]:

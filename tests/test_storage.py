@@ -60,6 +60,23 @@ def test_reading_a_missing_partition_names_it(tmp_path):
         ResultStore(tmp_path).read("scores", ["4"])
 
 
+def test_a_partition_from_an_older_version_is_named_with_the_columns_it_lacks(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write("scores", scores(3, 2), "3")
+    pl.read_parquet(store.path("scores", "3")).drop("undefined_reason").write_parquet(store.path("scores", "3"))
+    with pytest.raises(ValueError, match=r"3.parquet was written by an older version .*no column undefined_reason"):
+        store.read("scores", ["3"])
+
+
+def test_views_offer_every_column_even_when_only_older_partitions_are_stored(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write("scores", scores(3, 2), "3")
+    pl.read_parquet(store.path("scores", "3")).drop("undefined_reason").write_parquet(store.path("scores", "3"))
+    store.refresh_views()
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        assert connection.execute("SELECT count(*), count(undefined_reason) FROM scores").fetchone() == (2, 0)
+
+
 def test_views_only_cover_tables_that_have_data(tmp_path):
     store = ResultStore(tmp_path)
     store.write("scores", scores(0, 1), "0")
