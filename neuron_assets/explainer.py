@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import polars as pl
 
 from neuron_assets.excerpts import EXPLANATION_POOL
-from neuron_assets.llm_client import ContextLengthError, LLMError, map_neurons
+from neuron_assets.llm_client import LLMError, fit_to_context, map_neurons
 from neuron_assets.prompts import (
     EXPLAINER_PROMPT_VERSION,
     ExplanationParseError,
@@ -47,29 +48,27 @@ def explain(
     A prompt the backend refuses as too long is shortened (``shortening_steps``: few-shot
     neurons first, then the lowest-ranked excerpts) and the shortening is recorded.
     """
+    def ask(size: tuple[int, int], request_seed: int) -> dict[str, Any]:
+        n_fewshot, n_shown = size
+        return client.chat.completions.create(
+            model=model,
+            messages=explainer_messages(records[:n_shown], n_fewshot),
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=request_seed,
+        )
+
     steps = shortening_steps(len(records))
     step = 0
     explanations = []
     for sample in range(n_samples):
         last_error: ExplanationParseError | None = None
         for attempt in range(max_attempts):
-            while True:
-                n_fewshot, n_shown = steps[step]
-                try:
-                    response = client.chat.completions.create(
-                        model=model,
-                        messages=explainer_messages(records[:n_shown], n_fewshot),
-                        temperature=temperature,
-                        max_tokens=max_tokens,
-                        seed=seed + 1000 * sample + attempt,
-                    )
-                    break
-                except ContextLengthError as error:
-                    step += 1
-                    if step == len(steps):
-                        raise ContextLengthError(
-                            f"even one excerpt without few-shot examples is too long for {model!r}: {error}"
-                        ) from error
+            response, step = fit_to_context(
+                steps, step, partial(ask, request_seed=seed + 1000 * sample + attempt),
+                too_long=f"even one excerpt without few-shot examples is too long for {model!r}",
+            )  # fmt: skip
+            n_fewshot, n_shown = steps[step]
             raw = response["choices"][0]["message"]["content"] or ""
             try:
                 shortening = describe_shortening(n_fewshot, n_shown, len(records))

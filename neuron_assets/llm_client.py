@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+V = TypeVar("V")
 NeuronKey = tuple[int, int]
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -70,6 +71,22 @@ class ContextLengthError(LLMError):
 
 
 CONTEXT_LENGTH_PATTERN = re.compile(r"context[ _](length|window)|maximum context|too many tokens", re.IGNORECASE)
+
+
+def fit_to_context(variants: Sequence[V], start: int, send: Callable[[V], T], *, too_long: str) -> tuple[T, int]:
+    """``send(variants[start])``, then the next, shorter variants, until the backend takes one.
+
+    ``variants`` run from the fullest prompt to the shortest. Returns the reply and the
+    index of the variant that fitted, so later prompts can start there. When even the last
+    is refused as too long, raises ``ContextLengthError`` with ``too_long`` and the
+    backend's own message.
+    """
+    for index in range(start, len(variants)):
+        try:
+            return send(variants[index]), index
+        except ContextLengthError as error:
+            refusal = error
+    raise ContextLengthError(f"{too_long}: {refusal}") from refusal
 
 
 def map_neurons(

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EXPLAINER_PROMPT_VERSION = "explainer-v1"
@@ -186,15 +186,9 @@ def json_simulator_messages(
     explanation: str, tokens: Sequence[str], n_fewshot: int | None = None
 ) -> list[dict[str, str]]:
     """Chat messages for the log-prob-free simulator: the activations come back as a JSON array."""
-    messages = [{"role": "system", "content": JSON_SIMULATOR_SYSTEM}]
-    for example in EXAMPLE_NEURONS[:n_fewshot]:
-        record = example.records[0]
-        messages.append({"role": "user", "content": _json_question(example.explanation, record.tokens)})
-        messages.append(
-            {"role": "assistant", "content": json.dumps(normalize(record.activations, _max(example.records)))}
-        )
-    messages.append({"role": "user", "content": _json_question(explanation, tokens)})
-    return messages
+    return _simulator_chat(
+        JSON_SIMULATOR_SYSTEM, _json_question, lambda _, values: json.dumps(values), explanation, tokens, n_fewshot
+    )
 
 
 def _json_question(explanation: str, tokens: Sequence[str]) -> str:
@@ -222,13 +216,28 @@ def chat_simulator_messages(
     generated token that follows the tab, so one call per excerpt suffices on backends that
     return ``top_logprobs`` for generated tokens only (OpenAI chat models).
     """
-    messages = [{"role": "system", "content": CHAT_SIMULATOR_SYSTEM}]
+    return _simulator_chat(
+        CHAT_SIMULATOR_SYSTEM, _chat_question, lambda example_tokens, values: _listing(example_tokens, values, True),
+        explanation, tokens, n_fewshot,
+    )  # fmt: skip
+
+
+def _simulator_chat(
+    system: str,
+    question: Callable[[str, Sequence[str]], str],
+    answer: Callable[[Sequence[str], list[int]], str],
+    explanation: str,
+    tokens: Sequence[str],
+    n_fewshot: int | None,
+) -> list[dict[str, str]]:
+    """The chat simulators' messages: each few-shot neuron's first record asked and answered, then the excerpt."""
+    messages = [{"role": "system", "content": system}]
     for example in EXAMPLE_NEURONS[:n_fewshot]:
         record = example.records[0]
+        messages.append({"role": "user", "content": question(example.explanation, record.tokens)})
         values = normalize(record.activations, _max(example.records))
-        messages.append({"role": "user", "content": _chat_question(example.explanation, record.tokens)})
-        messages.append({"role": "assistant", "content": _listing(record.tokens, values, keep_zeros=True)})
-    messages.append({"role": "user", "content": _chat_question(explanation, tokens)})
+        messages.append({"role": "assistant", "content": answer(record.tokens, values)})
+    messages.append({"role": "user", "content": question(explanation, tokens)})
     return messages
 
 

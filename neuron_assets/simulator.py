@@ -37,7 +37,7 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.excerpts import SCORING_POOL
-from neuron_assets.llm_client import ContextLengthError, LLMError, ReplyFormatError, map_neurons
+from neuron_assets.llm_client import LLMError, ReplyFormatError, fit_to_context, map_neurons
 from neuron_assets.prompts import (
     CHAT_SIMULATOR_PROMPT_VERSION,
     EXAMPLE_NEURONS,
@@ -415,28 +415,28 @@ def simulate_neurons(
         .sort("layer", "neuron", "sample", "excerpt_kind", "excerpt_id", descending=[False, False, False, True, False])
     )
 
+    fewshot_sizes = range(len(EXAMPLE_NEURONS), -1, -1)  # few-shot neurons in the prompt, all to none
+
+    def simulate_fitting(explanation: str, tokens: list[str], start: int) -> tuple[Simulation, int]:
+        return fit_to_context(
+            fewshot_sizes, start,
+            lambda n_fewshot: simulate_one(client, model, explanation, tokens, n_fewshot=n_fewshot, **options),
+            too_long=f"{len(tokens)} tokens are too long for {model!r} even without few-shot examples",
+        )  # fmt: skip
+
     def job(layer: int, neuron: int, neuron_jobs: pl.DataFrame) -> Callable[[], list[tuple[Any, ...]]]:
         def run() -> list[tuple[Any, ...]]:
             rows = []
-            n_fewshot = len(EXAMPLE_NEURONS)
+            size = 0  # a prompt shortened for one excerpt starts the neuron's next excerpts short
             for sample, explanation, excerpt_id, kind, true, tokens in neuron_jobs.iter_rows():
-                while True:
-                    try:
-                        simulation = simulate_one(client, model, explanation, tokens, n_fewshot=n_fewshot, **options)
-                        break
-                    except ContextLengthError as error:
-                        if n_fewshot == 0:
-                            raise SimulationError(
-                                f"excerpt {excerpt_id} ({len(tokens)} tokens) is too long for {model!r} even "
-                                f"without few-shot examples: {error}"
-                            ) from error
-                        n_fewshot -= 1
-                    except (SimulationError, LLMError) as error:
-                        raise type(error)(f"excerpt {excerpt_id}: {error}") from error
+                try:
+                    simulation, size = simulate_fitting(explanation, tokens, size)
+                except (SimulationError, LLMError) as error:
+                    raise type(error)(f"excerpt {excerpt_id}: {error}") from error
                 rows.append(
                     (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
                      simulation.n_unsimulated, simulation.n_misaligned, simulation.prompt_tokens,
-                     describe_shortening(n_fewshot, 1, 1))
+                     describe_shortening(fewshot_sizes[size], 1, 1))
                 )  # fmt: skip
             return rows
 

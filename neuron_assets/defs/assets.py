@@ -217,7 +217,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         activation_records: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Simulation of every explanation on its neuron's scoring excerpts (all-at-once by default)."""
+        """Simulation of every explanation on its neuron's scoring excerpts, in the mode the backend supports."""
         from neuron_assets.simulator import resolve_mode, simulate_neurons
 
         _, simulator = llm.model_names()
