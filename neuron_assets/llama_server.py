@@ -8,11 +8,18 @@ prompt token (about 0.1 s per token for a 49k vocabulary, a minute per simulated
 excerpt) and files each distribution one token early; ours takes the top entries with
 ``argpartition`` and follows the OpenAI convention that ``top_logprobs[j]`` is the
 distribution that predicted token ``j``.
+
+Before serving, the module checks that the installed llama.cpp build runs on this host
+(``llama_build``); ``LocalLlamaServer`` then makes the server evaluate a real multi-token
+prompt before the run uses it, and reports the server's death (signal and log tail) the
+moment a request finds it gone.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -30,8 +37,21 @@ PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ALIAS = "SmolLM2-135M-Instruct-Q4_1"
 
 
+# Long enough to be evaluated as a batch of many tokens, which is where a trapped CPU
+# extension (AMX on some virtual machines) kills llama.cpp; a single token would not.
+STARTUP_PROMPT = (
+    "The quick brown fox jumps over the lazy dog. Researchers record the activations of "
+    "every neuron over thousands of text excerpts, then ask a language model to explain "
+    "what each neuron responds to, and score the explanation against held-out text."
+)
+
+
 class LLMServerError(RuntimeError):
     """The local server could not be started or did not answer."""
+
+
+class LLMServerExited(LLMServerError):
+    """The local server process is gone; no request to it can succeed any more."""
 
 
 def packaged_gguf_path() -> Path:
@@ -63,27 +83,94 @@ class LocalLlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> LocalLlamaServer:
+    def command(self) -> list[str]:
+        """The server's command line: this module's entry point on the loopback port."""
         threads = os.cpu_count() or 1  # llama-cpp-python's default uses half the cores
-        command = [
+        return [
             sys.executable, "-m", "neuron_assets.llama_server",
             "--model", str(self.model_path), "--model_alias", self.alias,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--logits_all", "true",
             "--n_threads", str(threads), "--n_threads_batch", str(threads),
         ]  # fmt: skip
-        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def __enter__(self) -> LocalLlamaServer:
+        self._process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout_s
+        try:
+            self._wait_until_listening(deadline)
+            self._evaluate_startup_prompt(deadline)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def check_alive(self, grace_s: float = 0.5) -> None:
+        """Raise ``LLMServerExited`` (with how it ended and its log's tail) if the server is gone.
+
+        Called when a request fails to connect: a process that is dying is given ``grace_s``
+        to be reaped, so the failure is put down to its exit rather than retried.
+        """
+        if self._process is None:
+            raise LLMServerExited("the local llama.cpp server was never started")
+        code = self._exit_code(grace_s)
+        if code is not None:
+            raise LLMServerExited(
+                f"the local llama.cpp server exited ({_describe_exit(code)}); the last lines of its log:\n"
+                f"{self._log_tail()}"
+            )
+
+    def _wait_until_listening(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise LLMServerError(f"llama.cpp server exited at start-up:\n{self._log_tail()}")
+            self._check_started()
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2):
-                    return self
+                    return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.3)
-        self.__exit__(None, None, None)
         raise LLMServerError(f"llama.cpp server did not answer within {self.startup_timeout_s} s")
+
+    def _evaluate_startup_prompt(self, deadline: float) -> None:
+        """Have the server evaluate a multi-token prompt with log-probabilities, as the simulator will.
+
+        Answering ``/models`` proves little: a build whose CPU kernels trap dies only when
+        it first evaluates a batch of tokens.
+        """
+        body = {"model": self.alias, "prompt": STARTUP_PROMPT, "max_tokens": 1, "echo": True, "logprobs": 1}
+        request = urllib.request.Request(
+            f"{self.base_url}/completions", data=json.dumps(body).encode("utf-8"),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())) as response:
+                reply = json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError) as error:
+            self._check_started(grace_s=2.0)
+            raise LLMServerError(
+                f"llama.cpp server failed to evaluate its start-up prompt: {error}\n{self._log_tail()}"
+            ) from error
+        tokens = ((reply.get("choices") or [{}])[0].get("logprobs") or {}).get("tokens") or []
+        if len(tokens) < 10:
+            raise LLMServerError(f"llama.cpp server evaluated its start-up prompt wrongly: {json.dumps(reply)[:300]}")
+
+    def _exit_code(self, grace_s: float) -> int | None:
+        """The process's exit code, waiting up to ``grace_s`` for it; None while it runs."""
+        assert self._process is not None
+        try:
+            return self._process.wait(timeout=grace_s) if grace_s > 0 else self._process.poll()
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _check_started(self, grace_s: float = 0.0) -> None:
+        code = self._exit_code(grace_s)
+        if code is not None:
+            raise LLMServerError(
+                f"llama.cpp server exited at start-up ({_describe_exit(code)}):\n{self._log_tail()}"
+            )
 
     def __exit__(self, *exc_info: object) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -94,11 +181,25 @@ class LocalLlamaServer:
                 self._process.kill()
                 self._process.wait()
         self._log.close()
-        os.unlink(self._log.name)
+        Path(self._log.name).unlink(missing_ok=True)
 
-    def _log_tail(self) -> str:
-        self._log.flush()
-        return Path(self._log.name).read_text(errors="replace")[-2000:]
+    def _log_tail(self, lines: int = 25) -> str:
+        """The last lines the server wrote (its own log file is removed when the server stops)."""
+        try:
+            text = Path(self._log.name).read_text(errors="replace")
+        except FileNotFoundError:
+            return "(the server's log is gone)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _describe_exit(code: int) -> str:
+    """``signal 9, SIGKILL`` for a process killed by a signal, else ``exit status N``."""
+    if code < 0:
+        try:
+            return f"signal {-code}, {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
 
 
 def _free_port() -> int:
@@ -196,7 +297,36 @@ def _patch_llama() -> None:
     Llama._create_completion = create_completion
 
 
+def _prepare_build() -> None:
+    """Stop with a clear message if this build cannot run here; keep trappable kernels out of use."""
+    from neuron_assets import llama_build
+
+    features = llama_build.installed_features()
+    try:
+        llama_build.check_build_runs_here(features, llama_build.host_cpu_flags())
+    except llama_build.UnsupportedBuildError as error:
+        print(f"neuron_assets.llama_server: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from error
+    if llama_build.needs_extra_buffer_types_off(features):
+        import llama_cpp.llama_cpp as bindings
+
+        default_params = bindings.llama_model_default_params
+
+        def without_extra_buffer_types() -> Any:
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+
+        bindings.llama_model_default_params = without_extra_buffer_types
+        print(
+            "neuron_assets.llama_server: this llama.cpp build has AMX kernels; extra buffer types are off, "
+            "so they are never used (a hypervisor may trap them)",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+
+
 if __name__ == "__main__":
+    _prepare_build()
     _patch_llama()
     from llama_cpp.server.__main__ import main
 

@@ -1,0 +1,98 @@
+"""The local llama.cpp server runs on any x86-64 host: a portable build, checked at start-up.
+
+Pinned here: the installed build uses no CPU extension that a virtual machine may advertise
+and trap (AMX, and no AVX-512 either), every extension it does use is advertised by this
+host, a build with AMX kernels is started with them out of reach, and a server that dies
+on its first multi-token prompt is reported as such at start-up (``/models`` alone passed
+on the host where the native build crashed).
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuron_assets import llama_build
+from neuron_assets.llama_server import LLMServerError, LLMServerExited, LocalLlamaServer
+
+FAKE_SERVER = Path(__file__).with_name("fake_llama_server.py")
+NATIVE_SAPPHIRE_RAPIDS = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+    "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | "
+    "OPENMP = 1 | REPACK = 1 | "
+)
+XEON_FLAGS = set("fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 avx512f avx512_vnni amx_int8 amx_tile".split())
+
+
+def test_system_info_is_read_as_the_set_of_compiled_features():
+    features = llama_build.compiled_features(NATIVE_SAPPHIRE_RAPIDS)
+    assert {"AVX2", "AVX512", "AMX_INT8", "REPACK"} <= features
+    assert llama_build.compiled_features("CPU : AVX = 1 | AVX2 = 0 | ") == {"AVX"}
+
+
+def test_the_installed_build_uses_no_extension_a_hypervisor_can_trap_nor_avx512():
+    features = llama_build.installed_features()
+    assert "AVX2" in features  # the portable baseline, not a bare build
+    assert not features & {"AMX_INT8", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI"}
+    assert not llama_build.needs_extra_buffer_types_off(features)
+
+
+def test_every_extension_the_installed_build_uses_is_advertised_by_this_host():
+    assert llama_build.missing_on_host(llama_build.installed_features(), llama_build.host_cpu_flags()) == []
+
+
+def test_a_build_for_extensions_the_host_lacks_is_refused_naming_them():
+    older_host = XEON_FLAGS - {"avx512f", "avx512_vnni", "amx_int8", "amx_tile", "avx_vnni"}
+    features = llama_build.compiled_features(NATIVE_SAPPHIRE_RAPIDS)
+    with pytest.raises(llama_build.UnsupportedBuildError, match="AMX_INT8, AVX512, .*AVX_VNNI.*make install"):
+        llama_build.check_build_runs_here(features, older_host)
+
+
+def test_a_build_with_amx_kernels_is_started_with_extra_buffer_types_off(monkeypatch):
+    import llama_cpp.llama_cpp as bindings
+
+    from neuron_assets import llama_server
+
+    monkeypatch.setattr(llama_build, "installed_features", lambda: llama_build.compiled_features(NATIVE_SAPPHIRE_RAPIDS))
+    monkeypatch.setattr(llama_build, "host_cpu_flags", lambda: XEON_FLAGS | {"avx_vnni", "avx512vbmi", "avx512_bf16"})
+    monkeypatch.setattr(bindings, "llama_model_default_params", bindings.llama_model_default_params)
+    assert bindings.llama_model_default_params().use_extra_bufts
+    llama_server._prepare_build()
+    assert not bindings.llama_model_default_params().use_extra_bufts
+
+
+def test_the_server_entry_point_stops_with_the_reason_when_the_build_cannot_run_here(monkeypatch, capsys):
+    from neuron_assets import llama_server
+
+    monkeypatch.setattr(llama_build, "installed_features", lambda: {"AVX2", "AVX512"})
+    monkeypatch.setattr(llama_build, "host_cpu_flags", lambda: {"avx", "avx2"})
+    with pytest.raises(SystemExit) as stop:
+        llama_server._prepare_build()
+    assert stop.value.code == 3
+    assert "compiled for CPU extensions this host does not offer: AVX512" in capsys.readouterr().err
+
+
+class FakeServer(LocalLlamaServer):
+    def __init__(self, behaviour):
+        super().__init__(Path("unused.gguf"), "fake", startup_timeout_s=20)
+        self.behaviour = behaviour
+
+    def command(self):
+        return [sys.executable, str(FAKE_SERVER), str(self.port), self.behaviour]
+
+
+def test_a_server_that_dies_on_its_first_multi_token_prompt_fails_start_up_naming_the_signal():
+    with pytest.raises(LLMServerError, match=r"exited at start-up \(signal 4, SIGILL\)") as failure:
+        with FakeServer("trap"):
+            pass
+    assert "evaluating a batch of 42 tokens" in str(failure.value)  # the tail of its log
+
+
+def test_a_server_killed_after_start_up_is_reported_with_its_signal_and_log():
+    with FakeServer("ok") as server:
+        server.check_alive()  # running: no error
+        os.kill(server.pid, signal.SIGKILL)
+        with pytest.raises(LLMServerExited, match=r"exited \(signal 9, SIGKILL\).*\n.*fake llama.cpp server on port"):
+            server.check_alive()
