@@ -19,6 +19,9 @@ plain JSON (a dict, exactly what the cache stores) and adds:
 - a refusal for exceeding the context window raises ``ContextLengthError`` (so the
   explainer and simulator can shorten the prompt deliberately) and is cached like a
   response: the same too-long request is never sent twice.
+- a liveness check: when a request cannot connect, ``liveness()`` (for the local server:
+  is its process still running?) may raise; that error ends the request, and the step,
+  at once instead of retrying every neuron against a dead port.
 - counts of calls, cache hits and prompt/completion tokens, for asset metadata.
 """
 
@@ -100,14 +103,17 @@ def map_neurons(
     """Run one job per neuron, at most ``concurrency`` at a time; results in job order.
 
     A job that raises one of ``expected_errors`` does not stop the others: all such
-    failures are raised together at the end as ``NeuronFailures``. ``on_done`` is called
-    in the caller's thread as each neuron finishes.
+    failures are raised together at the end as ``NeuronFailures``. Any other error (the
+    backend died, a bug) stops the step: jobs not yet started are cancelled and the
+    error is raised as it is. ``on_done`` is called in the caller's thread as each
+    neuron finishes.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     results: dict[NeuronKey, T] = {}
     failures: dict[NeuronKey, str] = {}
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    try:
         futures = {pool.submit(job): key for key, job in jobs}
         for future in as_completed(futures):
             key = futures[future]
@@ -118,6 +124,10 @@ def map_neurons(
                 continue
             if on_done is not None:
                 on_done(*key)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     if failures:
         raise NeuronFailures(stage, failures)
     return [results[key] for key, _ in jobs]
@@ -214,10 +224,18 @@ class _Endpoint:
 class CachingClient:
     """Wraps an ``openai.OpenAI`` client (created with ``max_retries=0``) as described above."""
 
-    def __init__(self, client: Any, backend: str, cache: ResponseCache | None, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        backend: str,
+        cache: ResponseCache | None,
+        retry: RetryPolicy | None = None,
+        liveness: Callable[[], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.cache = cache
         self.retry = retry or RetryPolicy()
+        self.liveness = liveness
         self.stats = CallStats()
         self.chat = type("Chat", (), {})()
         self.chat.completions = _Endpoint(self, "chat", client.chat.completions.create)
@@ -284,6 +302,8 @@ class CachingClient:
                     raise LLMError(message, status=error.status_code) from error
                 failure, retry_after = error, _retry_after_s(error)
             except (openai.APIConnectionError, openai.APITimeoutError) as error:
+                if self.liveness is not None:
+                    self.liveness()  # raises when the backend is gone for good: no retry can help
                 failure, retry_after = error, None
             if attempt + 1 < self.retry.max_attempts:
                 self.stats.add(retries=1)

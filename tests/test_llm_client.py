@@ -171,6 +171,64 @@ def test_map_neurons_reports_every_failed_neuron_and_lets_unexpected_errors_thro
         map_neurons("x", [((0, 0), lambda: 1 / 0)], expected_errors=(LLMError,))
 
 
+def test_an_unexpected_error_stops_map_neurons_without_starting_the_remaining_neurons():
+    from neuron_assets.llm_client import map_neurons
+
+    started = []
+
+    def job(n):
+        def run():
+            started.append(n)
+            if n == 0:
+                raise ConnectionAbortedError("the backend is gone")
+            return n
+
+        return run
+
+    with pytest.raises(ConnectionAbortedError, match="the backend is gone"):
+        map_neurons("x", [((0, n), job(n)) for n in range(20)], expected_errors=(LLMError,), concurrency=1)
+    assert started == [0]
+
+
+class BackendGone(RuntimeError):
+    pass
+
+
+def test_a_request_that_cannot_connect_asks_the_liveness_check_and_stops_when_it_fails(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    raw = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=5)
+    checks = []
+
+    def liveness():
+        checks.append(1)
+        raise BackendGone("the local llama.cpp server exited (signal 9, SIGKILL)")
+
+    client = CachingClient(raw, "local", ResponseCache(tmp_path), RetryPolicy(max_attempts=5), liveness=liveness)
+    with pytest.raises(BackendGone, match="signal 9"):
+        ask(client)
+    assert checks == [1] and client.stats.retries == 0
+
+
+def test_a_live_backend_that_refuses_connections_is_still_retried_and_named(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    raw = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=5)
+    checks = []
+    policy = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05)
+    client = CachingClient(raw, url, ResponseCache(tmp_path), policy, liveness=lambda: checks.append(1))
+    with pytest.raises(LLMError, match=f"{url}: still failing after 3 attempts: Connection error"):
+        ask(client)
+    assert len(checks) == 3 and client.stats.retries == 2
+
+
 TOO_LONG = {
     "error": {
         "message": "This model's maximum context length is 2048 tokens. However, you requested 4000 tokens.",

@@ -71,13 +71,20 @@ class LLMResource(dg.ConfigurableResource):
     _openai: Any = PrivateAttr(default=None)
 
     def client(self) -> Any:
-        """A ``CachingClient`` with fresh call counts; the backend is checked reachable once."""
+        """A ``CachingClient`` with fresh call counts; the backend is checked reachable once.
+
+        With the local server, a request that cannot connect first asks whether the server
+        process is still alive, so its death fails the step at once, naming the signal.
+        """
         from neuron_assets.llm_client import CachingClient, ResponseCache, RetryPolicy
 
         if self._openai is None:
             self._openai = self._connect()
         cache = ResponseCache(self.results.store().root / "llm_cache") if self.cache else None
-        return CachingClient(self._openai, self.backend(), cache, RetryPolicy(max_attempts=self.max_attempts))
+        liveness = self._server.check_alive if self._server is not None else None
+        return CachingClient(
+            self._openai, self.backend(), cache, RetryPolicy(max_attempts=self.max_attempts), liveness=liveness
+        )
 
     def backend(self) -> str:
         """What the cache keys on: the base URL, or the packaged model (its port changes per run)."""
