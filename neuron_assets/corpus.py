@@ -90,7 +90,7 @@ def _jsonl_text(path: Path, line_number: int, line: str) -> str:
 
 
 def _parquet_documents(path: Path) -> list[tuple[str, str]]:
-    frame = pl.read_parquet(path)
+    frame = pl.read_parquet(path, glob=False)
     if "text" not in frame.columns or frame.schema["text"] != pl.String:
         raise CorpusError(f"{path} has no string 'text' column (columns: {frame.columns})")
     return [(f"{path}:{i}", text) for i, text in enumerate(frame["text"].fill_null(""))]

@@ -5,8 +5,8 @@ open on their results while a backfill runs. So the pipeline never writes table 
 into the DuckDB file: each partition is a Parquet file replaced atomically (write to a
 temporary file, then rename), which makes a re-run replace rows instead of adding them
 and leaves the previous file whole if a run fails. ``results.duckdb`` holds only views
-over ``<table>/*.parquet``, so new partitions show up in an open session without any
-write to the database file.
+over ``<table>/*.parquet`` (and the statements that define them), so new partitions show
+up in an open session without any write to the database file.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from neuron_assets.schemas import TABLES, validate
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 UNPARTITIONED = "all"
+VIEWS_TABLE = "neuron_assets_views"  # the view statements in force, to refresh only what changed
 
 
 class ResultStore:
@@ -28,6 +29,11 @@ class ResultStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
+        if "?" in str(self.root):
+            raise ValueError(
+                f"{self.root} cannot hold results: DuckDB reads '?' in a database path as the start of "
+                f"connection options; choose a data directory (NEURON_ASSETS_DATA_DIR) without '?'"
+            )
 
     @property
     def database(self) -> Path:
@@ -60,44 +66,77 @@ class ResultStore:
             raise FileNotFoundError(f"table {table!r} has not been materialized: missing {missing}")
         columns = set(TABLES[table].to_schema().columns)
         for path in paths:
-            absent = sorted(columns - set(pl.read_parquet_schema(path)))
+            absent = sorted(columns - parquet_columns(path))
             if absent:
                 raise ValueError(
                     f"{path} was written by an older version of neuron-assets (no column {', '.join(absent)}); "
                     f"materialize partition {path.stem} of {table!r} again"
                 )
-        return validate(table, pl.concat([pl.read_parquet(p) for p in paths], how="vertical"))
+        return validate(table, pl.concat([pl.read_parquet(p, glob=False) for p in paths], how="vertical"))
 
     def partitions(self, table: str) -> list[str]:
         return sorted(p.stem for p in (self.root / table).glob("*.parquet"))
 
-    def refresh_views(self) -> list[str]:
-        """(Re)create the DuckDB views for every table that has data; returns the views created.
+    def view_definitions(self) -> dict[str, str]:
+        """Every view the stored tables allow, as name -> ``CREATE OR REPLACE VIEW`` statement.
 
-        Raises ``duckdb.IOException`` when another process holds the database file; the data
-        is already on disk then and existing views pick it up.
+        A table's view exists once it has a partition; a derived view of ``sql/views.sql``
+        once every relation it reads exists. Paths reach SQL only as escaped literals.
+        """
+        definitions: dict[str, str] = {}
+        for table in TABLES:
+            if self.partitions(table):
+                files = sql_string(escape_glob((self.root / table).as_posix()) + "/*.parquet")
+                definitions[table] = (
+                    f"CREATE OR REPLACE VIEW {sql_identifier(table)} AS "
+                    f"SELECT *{self._absent_columns(table)} FROM read_parquet({files}, union_by_name = true)"
+                )
+        statements = view_statements()
+        names = [*TABLES, *(name for name, _ in statements)]
+        for name, statement in statements:
+            if all(t in definitions for t in _relations_used(statement, names, name)):
+                definitions[name] = statement
+        return definitions
+
+    def refresh_views(self) -> list[str]:
+        """Create the views that are new or whose definition changed; returns their names.
+
+        The views read ``<table>/*.parquet``, so a new partition needs no refresh; only a new
+        table or view, or a changed definition (new columns, an edited ``views.sql``), does.
+        The statements in force are kept in the database (``neuron_assets_views``) and
+        compared through a read-only connection, so the common case takes no write lock.
+        Raises ``duckdb.IOException`` when something changed but another process holds the
+        database file; the data is on disk then and existing views already read it.
         """
         import duckdb
 
+        wanted, in_force = self.view_definitions(), self._views_in_force()
+        changed: list[str] = []  # a view is rewritten when it, or anything it reads, changed
+        for name, statement in wanted.items():
+            if in_force.get(name) != statement or set(_relations_used(statement, list(wanted), name)) & set(changed):
+                changed.append(name)
+        if not changed:
+            return []
         self.root.mkdir(parents=True, exist_ok=True)
-        created: list[str] = []
         with duckdb.connect(str(self.database)) as connection:
-            for table in TABLES:
-                if self.partitions(table):
-                    glob = (self.root / table / "*.parquet").as_posix()
-                    connection.execute(
-                        f"CREATE OR REPLACE VIEW {table} AS "
-                        f"SELECT *{self._absent_columns(table)} FROM read_parquet('{glob}', union_by_name = true)"
-                    )
-                    created.append(table)
-            statements = view_statements()
-            names = [*TABLES, *(name for name, _ in statements)]
-            for name, statement in statements:
-                if all(t in created for t in _relations_used(statement, names, name)):
+            connection.execute(f"CREATE TABLE IF NOT EXISTS {VIEWS_TABLE} (name VARCHAR PRIMARY KEY, statement VARCHAR)")
+            for name, statement in wanted.items():  # in dependency order: a view after what it reads
+                if name in changed:
                     connection.execute(statement)
-                    created.append(name)
-        return created
+                    connection.execute(f"INSERT OR REPLACE INTO {VIEWS_TABLE} VALUES (?, ?)", [name, statement])
+        return changed
 
+    def _views_in_force(self) -> dict[str, str]:
+        """The view statements last written to the database (empty when it cannot be read)."""
+        import duckdb
+
+        if not self.database.exists():
+            return {}
+        try:
+            with duckdb.connect(str(self.database), read_only=True) as connection:
+                return dict(connection.execute(f"SELECT name, statement FROM {VIEWS_TABLE}").fetchall())
+        except (duckdb.IOException, duckdb.CatalogException):
+            return {}  # locked by a writer, or written before views were tracked: rewrite
 
     def _absent_columns(self, table: str) -> str:
         """``, NULL AS col`` for each column of the table's model that no stored partition has.
@@ -107,8 +146,29 @@ class ResultStore:
         """
         present: set[str] = set()
         for path in (self.root / table).glob("*.parquet"):
-            present.update(pl.read_parquet_schema(path))
-        return "".join(f", NULL AS {column}" for column in TABLES[table].to_schema().columns if column not in present)
+            present.update(parquet_columns(path))
+        columns = TABLES[table].to_schema().columns
+        return "".join(f", NULL AS {sql_identifier(c)}" for c in columns if c not in present)
+
+
+def parquet_columns(path: Path) -> set[str]:
+    """The column names of a Parquet file (its path taken literally, never as a glob)."""
+    return set(pl.scan_parquet(path, glob=False).collect_schema().names())
+
+
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal: any quote in a user's path is doubled, never closes it."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def escape_glob(path: str) -> str:
+    """``path`` with DuckDB's glob characters made literal, so a folder named ``a[1]*`` is read as such."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
 
 
 def sql_statements(file_name: str) -> list[str]:

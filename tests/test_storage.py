@@ -84,33 +84,71 @@ def test_views_only_cover_tables_that_have_data(tmp_path):
     assert created == ["scores"]  # derived views wait for explanations and simulations
 
 
-def test_an_open_reader_does_not_block_writes_and_sees_new_partitions(tmp_path):
+def documents(n: int) -> pl.DataFrame:
+    return pl.DataFrame({"doc_id": list(range(n)), "corpus": ["t"] * n, "source": ["s"] * n, "text": ["x"] * n})
+
+
+def open_reader(store: ResultStore) -> subprocess.Popen:
+    """Another process with the database open read-only; each line on its stdin runs one count."""
+    code = textwrap.dedent(
+        f"""
+        import duckdb, sys
+        c = duckdb.connect({str(store.database)!r}, read_only=True)
+        for line in sys.stdin:
+            print(c.execute(line).fetchone()[0], flush=True)
+        """
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def ask(reader: subprocess.Popen, sql: str) -> str:
+    reader.stdin.write(sql + "\n")
+    reader.stdin.flush()
+    return reader.stdout.readline().strip()
+
+
+def test_an_open_reader_does_not_block_writes_and_sees_new_partitions_without_a_refresh(tmp_path):
     store = ResultStore(tmp_path)
     store.write("scores", scores(0, 2), "0")
     store.refresh_views()
-    reader = subprocess.Popen(
-        [
-            sys.executable, "-c",
-            textwrap.dedent(
-                f"""
-                import duckdb, sys
-                c = duckdb.connect({str(store.database)!r}, read_only=True)
-                print(c.execute("SELECT count(*) FROM scores").fetchone()[0], flush=True)
-                sys.stdin.readline()
-                print(c.execute("SELECT count(*) FROM scores").fetchone()[0], flush=True)
-                """
-            ),
-        ],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    reader = open_reader(store)
     try:
-        assert reader.stdout.readline().strip() == "2"
+        assert ask(reader, "SELECT count(*) FROM scores") == "2"
         store.write("scores", scores(1, 3), "1")  # a backfill writing while the session is open
+        assert store.refresh_views() == []  # nothing changed: no write lock needed, no error
+        assert ask(reader, "SELECT count(*) FROM scores") == "5"
+        store.write("documents", documents(2))  # a table seen for the first time needs a new view
         with pytest.raises(duckdb.IOException):
             store.refresh_views()  # the database file is the reader's; data files are not
-        reader.stdin.write("\n")
-        reader.stdin.flush()
-        assert reader.stdout.readline().strip() == "5"
     finally:
         reader.kill()
         reader.wait()
+    assert store.refresh_views() == ["documents"]  # written at the next refresh after the reader closed
+
+
+def test_views_are_written_only_when_new_or_changed(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write("scores", scores(3, 2), "3")
+    pl.read_parquet(store.path("scores", "3")).drop("undefined_reason").write_parquet(store.path("scores", "3"))
+    assert store.refresh_views() == ["scores"]
+    assert store.refresh_views() == []
+    store.write("scores", scores(4, 2), "4")  # the column the older partition lacks is stored now
+    assert store.refresh_views() == ["scores"]
+    assert store.refresh_views() == []
+
+
+@pytest.mark.parametrize("folder", ["o'brien data ü", "runs [v2] *"])
+def test_a_data_directory_with_quotes_spaces_non_ascii_or_glob_characters_is_read_as_named(tmp_path, folder):
+    store = ResultStore(tmp_path / folder / "data")
+    store.write("scores", scores(0, 2), "0")
+    store.write("scores", scores(1, 3), "1")
+    store.refresh_views()
+    assert count(store, "SELECT count(*) FROM scores") == 5
+    decoy = ResultStore(tmp_path / "runs v *" / "data")  # what an unescaped glob could also match
+    decoy.write("scores", scores(2, 7), "2")
+    assert count(store, "SELECT count(*) FROM scores") == 5
+
+
+def test_a_data_directory_duckdb_cannot_open_is_refused_naming_the_character(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot hold results: DuckDB reads '\?' in a database path"):
+        ResultStore(tmp_path / "what?" / "data")
