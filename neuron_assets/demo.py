@@ -7,11 +7,13 @@ layer range, recorded in the Dagster instance of ``DAGSTER_HOME`` so it shows in
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
 import dagster as dg
 
+from neuron_assets.defs.partitions import layer_key
 from neuron_assets.storage import ResultStore
 
 EXAMPLE_QUERY = (
@@ -33,8 +35,8 @@ def materialize_layers(
         run_config=run_config or {},
         instance=instance,
         tags={
-            "dagster/asset_partition_range_start": str(first_layer),
-            "dagster/asset_partition_range_end": str(last_layer),
+            "dagster/asset_partition_range_start": layer_key(first_layer),
+            "dagster/asset_partition_range_end": layer_key(last_layer),
         },
     )
 
@@ -70,13 +72,12 @@ def print_results(store: ResultStore, first_layer: int, last_layer: int) -> None
             f"WHERE layer BETWEEN {first_layer} AND {last_layer} ORDER BY layer, neuron"
         )
         print(table.pl().to_pandas().to_string(index=False, max_colwidth=70))
-    print(f"\nResults database: {store.database}")
+    database = str(store.database)
+    print(f"\nResults database: {database}")
     print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")
-    print(f'  duckdb -readonly {store.database} "{EXAMPLE_QUERY}"')
-    print(
-        f"  .venv/bin/python -c \"import duckdb; "
-        f"duckdb.connect('{store.database}', read_only=True).sql('{EXAMPLE_QUERY}').show()\""
-    )
+    print(f"  duckdb -readonly {shlex.quote(database)} {shlex.quote(EXAMPLE_QUERY)}")
+    python = f"import duckdb; duckdb.connect({database!r}, read_only=True).sql({EXAMPLE_QUERY!r}).show()"
+    print(f"  .venv/bin/python -c {shlex.quote(python)}")
 
 
 if __name__ == "__main__":

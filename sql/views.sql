@@ -39,14 +39,28 @@ LEFT JOIN scores tr ON tr.layer = e.layer AND tr.neuron = e.neuron AND tr.sample
 LEFT JOIN scores ro ON ro.layer = e.layer AND ro.neuron = e.neuron AND ro.sample = e.sample
     AND ro.scoring_set = 'random_only';
 
--- The best explanation of each neuron (by top-and-random score; undefined scores last).
+-- The best scored explanation of each neuron (by top-and-random score; undefined scores
+-- last). Only explanations that have been scored are listed: a NULL score here is
+-- undefined (constant activations), and *_undefined_reason says why. Explanations a run
+-- has written but not yet scored are in unscored_explanations.
 CREATE OR REPLACE VIEW neuron_scores AS
 SELECT * EXCLUDE (sample)
 FROM explanation_scores
+WHERE top_and_random_score IS NOT NULL OR top_and_random_undefined_reason IS NOT NULL
+    OR random_only_score IS NOT NULL OR random_only_undefined_reason IS NOT NULL
 QUALIFY row_number() OVER (
     PARTITION BY subject_model, layer, neuron
     ORDER BY top_and_random_score DESC NULLS LAST, sample
 ) = 1;
+
+-- Explanations with no score yet: a run between its explanation and score steps, or a
+-- scores partition that failed or was never materialized.
+CREATE OR REPLACE VIEW unscored_explanations AS
+SELECT layer, neuron, sample, explanation, explainer_model, run_id AS explanation_run_id
+FROM explanations e
+WHERE NOT EXISTS (
+    SELECT 1 FROM scores sc WHERE sc.layer = e.layer AND sc.neuron = e.neuron AND sc.sample = e.sample
+);
 
 -- For any score: which explanation, prompts, models, excerpts, subject model, corpus
 -- and Dagster runs produced it.

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ["torch", "transformers", "transformer_lens", "openai", "duckdb", "llama_cpp"]
 
 
@@ -13,7 +15,9 @@ def load_in_fresh_process(tmp_path):
         "graph = defs.resolve_asset_graph()\n"
         "keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())\n"
         "parts = defs.resolve_assets_def('scores').partitions_def.get_partition_keys()\n"
-        f"print(json.dumps({{'keys': keys, 'partitions': parts, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+        "descriptions = {k.to_user_string(): graph.get(k).description for k in defs.resolve_all_asset_keys()}\n"
+        f"print(json.dumps({{'keys': keys, 'partitions': parts, 'descriptions': descriptions, "
+        f"'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
     )
     env = {**os.environ, "NEURON_ASSETS_DATA_DIR": str(tmp_path / "data")}
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -33,9 +37,33 @@ def test_asset_graph_has_every_stage(tmp_path):
     )
 
 
-def test_layer_partitions_follow_the_subject_models_layer_count(tmp_path):
+def test_layer_partitions_follow_the_subject_models_layer_count_and_say_they_are_layers(tmp_path):
     partitions = load_in_fresh_process(tmp_path)["partitions"]
-    assert partitions == [str(layer) for layer in range(30)]  # SmolLM2-135M has 30 layers
+    assert partitions == [f"layer-{layer}" for layer in range(30)]  # SmolLM2-135M has 30 layers
+
+
+def test_a_partition_key_that_is_not_a_layer_is_an_error_naming_it():
+    from neuron_assets.defs.partitions import layer_key, layer_of
+
+    assert layer_of(layer_key(17)) == 17
+    for bad in ("17", "layer-", "layer-x", "layer_3"):
+        with pytest.raises(ValueError, match=f"partition key '{bad}' is not a layer partition"):
+            layer_of(bad)
+
+
+def test_every_asset_has_its_own_description_including_the_multi_assets_outputs(tmp_path):
+    descriptions = load_in_fresh_process(tmp_path)["descriptions"]
+    assert all(descriptions.values()), descriptions
+    assert len(set(descriptions.values())) == len(descriptions)
+
+
+def test_the_ui_column_table_shows_every_columns_description():
+    from neuron_assets.defs.resources import column_schema
+    from neuron_assets.schemas import TABLES
+
+    for table in TABLES:
+        columns = column_schema(table).columns
+        assert columns and all(column.description for column in columns), table
 
 
 def test_workspace_points_the_ui_at_the_definitions_module():

@@ -47,7 +47,7 @@ def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
     job = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3).resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         return job.execute_in_process(
-            run_config=run_config(mode), instance=instance, partition_key="0", raise_on_error=False,
+            run_config=run_config(mode), instance=instance, partition_key="layer-0", raise_on_error=False,
             asset_selection=None if steps is None else [dg.AssetKey(s) for s in steps],
         )  # fmt: skip
 

@@ -1,7 +1,14 @@
 """The whole pipeline through Dagster, with the packaged subject model and a real llama.cpp server."""
 
+import logging
 import math
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import dagster as dg
 import duckdb
@@ -9,6 +16,7 @@ import pytest
 
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.demo import materialize_layers
+from neuron_assets.llama_server import LocalLlamaServer
 from neuron_assets.settings import Settings
 from neuron_assets.storage import ResultStore
 from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
@@ -40,8 +48,11 @@ def query(store, sql):
 
 @pytest.fixture(scope="module")
 def backfill(tmp_path_factory):
-    """One single-run backfill of layers 0-1, counting the subject model's forward passes."""
-    data_dir = tmp_path_factory.mktemp("results")
+    """One single-run backfill of layers 0-1, counting the subject model's forward passes.
+
+    The data directory's path holds a quote, a space and non-ASCII characters, as a user's may.
+    """
+    data_dir = tmp_path_factory.mktemp("results") / "o'brien data ü" / "results"
     passes = []
     original = SubjectModel.run_with_mlp_hooks
 
@@ -116,17 +127,97 @@ def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill
     first, store, _ = backfill
     before = query(store, "SELECT layer, count(*) FROM scores GROUP BY layer ORDER BY layer")
     definitions = build_definitions(settings(store.root))
-    with dg.instance_for_test() as instance:
-        job = definitions.resolve_implicit_global_asset_job_def()
-        second = job.execute_in_process(run_config=TINY, instance=instance, partition_key="1")
+    reader = subprocess.Popen(  # a researcher's session, open on the results during the run
+        [sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(store.database)!r}, read_only=True); "
+         "print('open', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        with dg.instance_for_test() as instance:
+            job = definitions.resolve_implicit_global_asset_job_def()
+            second = job.execute_in_process(run_config=TINY, instance=instance, partition_key="layer-1")
+            logs = instance.all_logs(second.run_id)
+    finally:
+        reader.kill()
+        reader.wait()
     assert second.success
+    assert not [log.user_message for log in logs if log.level >= logging.WARNING]  # no view needed rewriting
     assert query(store, "SELECT layer, count(*) FROM scores GROUP BY layer ORDER BY layer") == before
     runs = dict(query(store, "SELECT layer, any_value(run_id) FROM scores GROUP BY layer"))
     assert runs == {0: first.run_id, 1: second.run_id}
+    assert query(store, "SELECT DISTINCT partition FROM scores WHERE layer = 1") == [("layer-1",)]
     for step in ("explanations", "simulations"):  # unchanged work: every response from the cache
         (materialization,) = second.asset_materializations_for_node(step)
         assert materialization.metadata["llm_calls"].value == 0
         assert materialization.metadata["llm_cache_hits"].value > 0
+
+
+def copy_without_cache(store, tmp_path):
+    """The stored results in a new folder, without the response cache or the database file."""
+    target = tmp_path / "copy"
+    shutil.copytree(store.root, target, ignore=shutil.ignore_patterns("llm_cache", "results.duckdb*"))
+    return ResultStore(target)
+
+
+def test_neuron_scores_lists_scored_explanations_and_unscored_ones_wait_in_their_own_view(backfill, tmp_path):
+    _, store, _ = backfill
+    copy = copy_without_cache(store, tmp_path)
+    copy.path("scores", "1").unlink()  # as between the explanation and score steps of layer 1
+    copy.refresh_views()
+    assert [layer for layer, in query(copy, "SELECT layer FROM neuron_scores")] == [0]
+    assert [layer for layer, in query(copy, "SELECT layer FROM unscored_explanations")] == [1]
+
+
+def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_rerun_resumes(backfill, tmp_path):
+    _, store, _ = backfill
+    copy = copy_without_cache(store, tmp_path)
+    before = {table: copy.path(table, "0").read_bytes() for table in ("simulations", "scores")}
+    servers, killed_at = [], []
+    enter = LocalLlamaServer.__enter__
+
+    def remembering_enter(self):
+        servers.append(self)
+        return enter(self)
+
+    def kill_after_two_responses():  # the explanation and the simulator's mode probe
+        cache, deadline = copy.root / "llm_cache", time.monotonic() + 600
+        while len(list(cache.rglob("*.json"))) < 2:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        os.kill(servers[0].pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    LocalLlamaServer.__enter__ = remembering_enter
+    killer = threading.Thread(target=kill_after_two_responses, daemon=True)
+    killer.start()
+    llm_steps = [dg.AssetKey(name) for name in ("explanations", "simulations", "scores")]
+    job = build_definitions(settings(copy.root)).resolve_implicit_global_asset_job_def()
+    try:
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(
+                run_config=TINY, instance=instance, partition_key="layer-0", raise_on_error=False,
+                asset_selection=llm_steps,
+            )  # fmt: skip
+    finally:
+        LocalLlamaServer.__enter__ = enter
+    failed_at = time.monotonic()
+    assert killed_at and not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = str(failure.step_failure_data.error)
+    assert failure.step_key == "simulations"
+    assert "the local llama.cpp server exited (signal 9, SIGKILL); the last lines of its log:" in message
+    print(f"step failed {failed_at - killed_at[0]:.1f} s after the kill (teardown included)")
+    assert {table: copy.path(table, "0").read_bytes() for table in before} == before
+    cached = len(list((copy.root / "llm_cache").rglob("*.json")))
+    with dg.instance_for_test() as instance:
+        rerun = job.execute_in_process(run_config=TINY, instance=instance, partition_key="layer-0", asset_selection=llm_steps)
+    assert rerun.success
+    hits = sum(rerun.asset_materializations_for_node(step)[0].metadata["llm_cache_hits"].value
+               for step in ("explanations", "simulations"))  # fmt: skip
+    assert hits == cached  # every response stored before the kill is reused
+    assert rerun.asset_materializations_for_node("explanations")[0].metadata["llm_calls"].value == 0
 
 
 def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(backfill):
@@ -138,7 +229,7 @@ def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(b
     job = build_definitions(unreachable).resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            run_config=TINY, instance=instance, partition_key="0", raise_on_error=False,
+            run_config=TINY, instance=instance, partition_key="layer-0", raise_on_error=False,
             asset_selection=[dg.AssetKey("explanations")],
         )  # fmt: skip
     assert not result.success

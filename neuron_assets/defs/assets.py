@@ -13,6 +13,7 @@ import polars as pl
 from pydantic import Field
 
 from neuron_assets.corpus import DEFAULT_CORPUS
+from neuron_assets.defs.partitions import layer_key_column, layer_of
 from neuron_assets.defs.resources import LLMResource, SubjectModelResource
 
 GROUP = "neurons"
@@ -65,14 +66,12 @@ class SimulationConfig(dg.Config):
 
 
 def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext) -> pl.DataFrame:
-    """Tag rows with the run that wrote them and their layer partition."""
-    return frame.with_columns(
-        run_id=pl.lit(context.run.run_id), partition=pl.col("layer").cast(pl.String)
-    )
+    """Tag rows with the run that wrote them and their layer partition's key."""
+    return frame.with_columns(run_id=pl.lit(context.run.run_id), partition=layer_key_column())
 
 
 def requested_layers(context: dg.AssetExecutionContext) -> list[int]:
-    return sorted(int(key) for key in context.partition_keys)
+    return sorted(layer_of(key) for key in context.partition_keys)
 
 
 def _preview(frame: pl.DataFrame, score_column: str, n: int = 3) -> str:
@@ -90,7 +89,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
 
     @dg.asset(group_name=GROUP)
     def documents(context: dg.AssetExecutionContext, config: CorpusConfig) -> pl.DataFrame:
-        """Corpus documents: the embedded Lee news corpus by default."""
+        """Corpus documents the excerpts are cut from: the embedded Lee news corpus by default."""
         from neuron_assets.corpus import load_documents
 
         frame = load_documents(config.source)
@@ -104,7 +103,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         subject_model: SubjectModelResource,
         documents: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Fixed-length token excerpts, documents split between explanation and scoring pools."""
+        """Fixed-length excerpts (64 tokens by default) in the subject model's tokens; whole documents go to the explanation or the scoring pool."""
         from neuron_assets.excerpts import make_excerpts
 
         model = subject_model.load()
@@ -123,8 +122,21 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
 
     @dg.multi_asset(
         outs={
-            "activation_records": dg.AssetOut(group_name=GROUP),
-            "neuron_stats": dg.AssetOut(group_name=GROUP),
+            "activation_records": dg.AssetOut(
+                group_name=GROUP,
+                description=(
+                    "Per selected neuron of the layer: its per-token activations on the top-k excerpts of each "
+                    "pool (by maximum activation), on a uniform sample of scoring-pool excerpts, and on "
+                    "quantile-bin samples for viewing."
+                ),
+            ),
+            "neuron_stats": dg.AssetOut(
+                group_name=GROUP,
+                description=(
+                    "Per selected neuron of the layer: mean, variance, maximum, minimum and share of tokens "
+                    "firing, over every token of every excerpt."
+                ),
+            ),
         },
         partitions_def=partitions,
         backfill_policy=SINGLE_RUN,
@@ -135,7 +147,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         subject_model: SubjectModelResource,
         excerpts: pl.DataFrame,
     ) -> Any:
-        """Top-k, random and quantile-bin records plus statistics, all layers in one forward pass."""
+        """Record activations and statistics of the requested layers in one forward pass over the corpus."""
         from neuron_assets.recording import (
             NeuronSelection, RecordingSettings, random_sample, record, record_tables,
         )  # fmt: skip
@@ -182,7 +194,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         activation_records: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """One-sentence explanations from each neuron's top explanation-pool excerpts."""
+        """One-sentence explanation(s) per neuron, written by the explainer LLM from its top explanation-pool excerpts."""
         from neuron_assets.explainer import explain_neurons
 
         explainer, _ = llm.model_names()
@@ -217,7 +229,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         activation_records: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Simulation of every explanation on its neuron's scoring excerpts, in the mode the backend supports."""
+        """The simulator LLM's predicted activations, from the explanation alone, on each neuron's scoring excerpts."""
         from neuron_assets.simulator import resolve_mode, simulate_neurons
 
         _, simulator = llm.model_names()
@@ -247,7 +259,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
     def scores(
         context: dg.AssetExecutionContext, simulations: pl.DataFrame, explanations: pl.DataFrame
     ) -> pl.DataFrame:
-        """Pooled correlation and calibrated explained variance on both scoring sets."""
+        """Each explanation's score: correlation of simulated with true activations, on top-and-random and random-only excerpts."""
         from neuron_assets.scoring import score_simulations
 
         frame = with_lineage(score_simulations(simulations), context)

@@ -12,6 +12,7 @@ import dagster as dg
 
 from neuron_assets.defs.assets import build_assets
 from neuron_assets.defs.checks import CHECKS
+from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
     LLMResource,
     ResultStoreIOManager,
@@ -20,11 +21,6 @@ from neuron_assets.defs.resources import (
 )
 from neuron_assets.settings import Settings
 from neuron_assets.subject_model import model_shape
-
-
-def layer_partitions(n_layers: int) -> dg.StaticPartitionsDefinition:
-    """One partition per layer of the subject model, keyed "0", "1", ..."""
-    return dg.StaticPartitionsDefinition([str(layer) for layer in range(n_layers)])
 
 
 def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:

@@ -134,13 +134,13 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
     results: ResultStoreResource
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        from neuron_assets.defs.partitions import layer_of
+
         table = context.asset_key.path[-1]
         store = self.results.store()
         if context.has_asset_partitions:
-            paths = [
-                store.write(table, obj.filter(pl.col("partition") == key), key)
-                for key in context.asset_partition_keys
-            ]
+            layers = sorted(layer_of(key) for key in context.asset_partition_keys)
+            paths = [store.write(table, obj.filter(pl.col("layer") == layer), str(layer)) for layer in layers]
         else:
             paths = [store.write(table, obj)]
         self._refresh_views(context, store)
@@ -154,20 +154,30 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        from neuron_assets.defs.partitions import layer_of
+
         table = context.upstream_output.asset_key.path[-1]
-        partitions = list(context.asset_partition_keys) if context.has_asset_partitions else None
-        return self.results.store().read(table, partitions)
+        if context.has_asset_partitions:
+            layers = sorted(layer_of(key) for key in context.asset_partition_keys)
+            return self.results.store().read(table, [str(layer) for layer in layers])
+        return self.results.store().read(table)
 
     @staticmethod
     def _refresh_views(context: dg.OutputContext, store: Any) -> None:
+        """Write new or changed DuckDB views; a reader holding the file only delays that, plainly said."""
         import duckdb
 
         try:
-            store.refresh_views()
+            written = store.refresh_views()
         except duckdb.IOException as error:
-            context.log.warning(
-                f"DuckDB views not refreshed ({error}); the data is on disk and existing views read it"
+            context.log.info(
+                f"{store.database} is open in another process, so new or changed DuckDB views will be written "
+                f"at the next materialization after it is closed; the data is on disk and the existing views "
+                f"already read it ({error})"
             )
+            return
+        if written:
+            context.log.info(f"DuckDB views written: {', '.join(written)}")
 
 
 def column_schema(table: str) -> dg.TableSchema:
@@ -176,5 +186,8 @@ def column_schema(table: str) -> dg.TableSchema:
 
     columns = TABLES[table].to_schema().columns
     return dg.TableSchema(
-        columns=[dg.TableColumn(name, str(column.dtype)) for name, column in columns.items()]
+        columns=[
+            dg.TableColumn(name, str(column.dtype), description=column.description)
+            for name, column in columns.items()
+        ]
     )
