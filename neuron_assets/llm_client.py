@@ -104,17 +104,32 @@ def map_neurons(
 
     A job that raises one of ``expected_errors`` does not stop the others: all such
     failures are raised together at the end as ``NeuronFailures``. Any other error (the
-    backend died, a bug) stops the step: jobs not yet started are cancelled and the
-    error is raised as it is. ``on_done`` is called in the caller's thread as each
+    backend died, a bug) stops the step: jobs not yet started are skipped and the error
+    is raised as it is. ``on_done`` is called in the caller's thread as each
     neuron finishes.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
     results: dict[NeuronKey, T] = {}
     failures: dict[NeuronKey, str] = {}
-    pool = ThreadPoolExecutor(max_workers=concurrency)
-    try:
-        futures = {pool.submit(job): key for key, job in jobs}
+    stopped = threading.Event()  # set by the first unexpected error; later jobs then never start
+
+    def guarded(job: Callable[[], T]) -> Callable[[], T]:
+        def run() -> T:
+            if stopped.is_set():
+                raise _NotStarted
+            try:
+                return job()
+            except expected_errors:
+                raise
+            except BaseException:
+                stopped.set()
+                raise
+
+        return run
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = {pool.submit(guarded(job)): key for key, job in jobs}
         for future in as_completed(futures):
             key = futures[future]
             try:
@@ -122,15 +137,17 @@ def map_neurons(
             except expected_errors as error:
                 failures[key] = str(error)
                 continue
+            except _NotStarted:
+                continue
             if on_done is not None:
                 on_done(*key)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
     if failures:
         raise NeuronFailures(stage, failures)
     return [results[key] for key, _ in jobs]
+
+
+class _NotStarted(Exception):
+    """A neuron's job skipped because an unexpected error had already stopped the step."""
 
 
 class NeuronFailures(RuntimeError):
