@@ -6,36 +6,57 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 # llama-cpp-python compiles from source; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
-# ...for a fixed x86-64 baseline (AVX2, FMA, F16C, BMI2), not -march=native: a native build
-# uses every extension the build host advertises, and some virtual machines advertise AMX
-# and then trap it (llama.cpp died with "invalid opcode"). See neuron_assets/llama_build.py.
+# ...for fixed instruction sets, not -march=native: a native build uses every extension the
+# build host advertises, and some virtual machines advertise AMX and then trap it (llama.cpp
+# died with "invalid opcode"). The portable build (AVX2, FMA, F16C, BMI2) goes into the venv
+# and runs on any x86-64 host with AVX2; an AVX-512 build (no AMX) goes beside it, and the
+# local server starts with it where the CPU offers AVX-512 and it really runs (else the
+# portable one). See neuron_assets/llama_build.py.
 LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' requirements.lock)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 	-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-# The wheel is kept outside the venv, in a folder named after what it was built from, so a
-# new venv reuses it and a change of version or flags builds a new one.
-LLAMA_WHEELS := .wheels/$(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-12)
+LLAMA_AVX512_CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+LLAMA_VARIANTS := $(VENV)/llama-cpp-variants
+# Wheels are kept outside the venv, in folders named after what they were built from, so a
+# new venv reuses them and a change of version or flags builds anew.
+wheel_dir = .wheels/$(shell echo '$(LLAMA_CPP) $(1)' | sha1sum | cut -c1-12)
+LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
+LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
+LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
 .PHONY: install demo test dev bench bench-modes bench-llama-build clean-results
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock $(LLAMA_WHEELS)/.built
+$(STAMP): pyproject.toml requirements.lock $(LLAMA_WHEELS)/.built $(LLAMA_AVX512_WHEELS)/.built
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --find-links $(LLAMA_WHEELS) -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
+	rm -rf $(LLAMA_VARIANTS) && $(PY) -m pip install --quiet --no-deps --target $(LLAMA_VARIANTS)/avx512 $(LLAMA_AVX512_WHEELS)/*.whl
+	echo '$(LLAMA_AVX512_CMAKE_ARGS)' > $(LLAMA_VARIANTS)/avx512/cmake-args
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 # Built from the source distribution with pip's cache off, so no wheel built natively
 # elsewhere on this machine can stand in for it.
-$(LLAMA_WHEELS)/.built: requirements.lock
-	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir \
-		--no-binary llama-cpp-python "$(LLAMA_CPP)" -w $(LLAMA_WHEELS)
+define build_llama_wheel
+	rm -rf $(dir $@) && mkdir -p $(dir $@)
+	CMAKE_ARGS="$(1)" $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir \
+		--no-binary llama-cpp-python "$(LLAMA_CPP)" -w $(dir $@)
 	touch $@
+endef
+
+$(LLAMA_WHEELS)/.built: requirements.lock
+	$(call build_llama_wheel,$(LLAMA_CMAKE_ARGS))
+
+$(LLAMA_AVX512_WHEELS)/.built: requirements.lock
+	$(call build_llama_wheel,$(LLAMA_AVX512_CMAKE_ARGS))
+
+# For make bench-llama-build only: llama-cpp-python's default, -march=native.
+$(LLAMA_NATIVE_WHEELS)/.built: requirements.lock
+	$(call build_llama_wheel,)
 
 demo: install
 	$(PY) -W ignore -m neuron_assets.demo
@@ -53,21 +74,15 @@ bench: install
 bench-modes: install
 	$(PY) -W ignore -m neuron_assets.bench_modes $(ARGS)
 
-# The portable llama.cpp build against one compiled natively for this host (-march=native, the
-# llama-cpp-python default), side by side; the native one also as-is, to show whether it crashes here.
-LLAMA_NATIVE_WHEELS := .wheels/native-$(shell echo '$(LLAMA_CPP)' | sha1sum | cut -c1-12)
-$(LLAMA_NATIVE_WHEELS)/.built: requirements.lock
-	rm -rf $(LLAMA_NATIVE_WHEELS) && mkdir -p $(LLAMA_NATIVE_WHEELS)
-	CMAKE_ARGS= $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir \
-		--no-binary llama-cpp-python "$(LLAMA_CPP)" -w $(LLAMA_NATIVE_WHEELS)
-	touch $@
-
+# The portable and AVX-512 llama.cpp builds against one compiled natively for this host
+# (-march=native, the llama-cpp-python default), side by side; each also as-is (no start-up
+# settings), to show whether it crashes here.
 bench-llama-build: install $(LLAMA_NATIVE_WHEELS)/.built
 	rm -rf .wheels/installed
 	$(PY) -m pip install --quiet --no-deps --target .wheels/installed/portable $(LLAMA_WHEELS)/*.whl
 	$(PY) -m pip install --quiet --no-deps --target .wheels/installed/native $(LLAMA_NATIVE_WHEELS)/*.whl
-	$(PY) -W ignore -m neuron_assets.bench_llama_build --as-is $(ARGS) \
-		portable=.wheels/installed/portable native=.wheels/installed/native
+	$(PY) -W ignore -m neuron_assets.bench_llama_build --as-is $(ARGS) portable=.wheels/installed/portable \
+		avx512=$(LLAMA_VARIANTS)/avx512 native=.wheels/installed/native
 
 clean-results:
 	rm -rf data

@@ -1,8 +1,9 @@
-"""``make bench-llama-build``: the portable llama.cpp build against a native one, side by side.
+"""``make bench-llama-build``: the llama.cpp builds we install against a native one, side by side.
 
 Each build is a folder holding an installed ``llama_cpp`` package (``pip install --target``).
 Every measurement runs in a fresh subprocess with one build's folder first on ``sys.path``,
-and the builds alternate round by round, so machine noise hits them alike; the median
+and the builds alternate round by round in a rotating order, so machine noise hits them
+alike. Each process warms up once and reports the median of 3 timings; the median
 round is reported. Measured is what the pipeline asks of the local server: evaluating a
 simulator-sized prompt with logits for every token (``logits_all``, as the all-at-once
 simulator needs), and generating tokens one by one (the explainer).
@@ -43,11 +44,19 @@ threads = os.cpu_count() or 1
 llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
 tokens = llm.tokenize(STARTUP_PROMPT.encode())
 tokens = (tokens * (n_prompt // len(tokens) + 1))[:n_prompt]
-llm.reset(); start = time.perf_counter(); llm.eval(tokens); prompt_s = time.perf_counter() - start
-llm.reset(); llm.eval(tokens[:64]); start = time.perf_counter()
-for _ in range(n_generated):
-    llm.eval([llm.sample(temp=0.0)])
-generate_s = time.perf_counter() - start
+def timed(run):
+    start = time.perf_counter(); run(); return time.perf_counter() - start
+def prompt():
+    llm.reset(); llm.eval(tokens)
+def generate():
+    llm.reset(); llm.eval(tokens[:64])
+    start = time.perf_counter()
+    for _ in range(n_generated):
+        llm.eval([llm.sample(temp=0.0)])
+    return time.perf_counter() - start
+prompt()  # warm-up: first-touch of weights and buffers
+prompt_s = sorted(timed(prompt) for _ in range(3))[1]
+generate_s = sorted(generate() for _ in range(3))[1]
 features = sorted(compiled_features(llama_cpp.llama_print_system_info().decode()))
 print(json.dumps({"prompt_tok_s": n_prompt / prompt_s, "generate_tok_s": n_generated / generate_s, "features": features}))
 """
@@ -83,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU: {cpu_model()} ({platform.machine()}, {len(os.sched_getaffinity(0))} cores)")
     print(f"prompt: {PROMPT_TOKENS} tokens evaluated with logits_all; generation: {GENERATED_TOKENS} tokens\n")
     results: dict[tuple[str, bool], list[dict]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for name, prepare in variants:
+    for round_ in range(args.rounds):  # the order rotates, so no variant always runs first or last
+        for name, prepare in variants[round_ % len(variants) :] + variants[: round_ % len(variants)]:
             results[(name, prepare)].append(measure(Path(builds[name]), prepare, PROMPT_TOKENS, GENERATED_TOKENS))
 
     reference = statistics.median(r["prompt_tok_s"] for r in results[variants[0]] if "crashed" not in r)

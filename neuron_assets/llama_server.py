@@ -9,10 +9,11 @@ excerpt) and files each distribution one token early; ours takes the top entries
 ``argpartition`` and follows the OpenAI convention that ``top_logprobs[j]`` is the
 distribution that predicted token ``j``.
 
-Before serving, the module checks that the installed llama.cpp build runs on this host
-(``llama_build``); ``LocalLlamaServer`` then makes the server evaluate a real multi-token
-prompt before the run uses it, and reports the server's death (signal and log tail) the
-moment a request finds it gone.
+Before serving, the module checks that the llama.cpp build it imports runs on this host
+(``llama_build``). ``LocalLlamaServer`` starts the fastest installed build the host's CPU
+flags allow, makes it evaluate a real multi-token prompt before the run uses it (falling
+back to the portable build if that kills it), and reports the server's death (signal and
+log tail) the moment a request finds it gone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from neuron_assets.llama_build import LlamaBuild, builds_to_try, host_cpu_flags, installed_variants
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ALIAS = "SmolLM2-135M-Instruct-Q4_1"
@@ -70,12 +73,22 @@ def packaged_gguf_path() -> Path:
 class LocalLlamaServer:
     """A llama.cpp server subprocess on a free loopback port; use as a context manager."""
 
-    def __init__(self, model_path: Path, alias: str, n_ctx: int = 4096, startup_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        alias: str,
+        n_ctx: int = 4096,
+        startup_timeout_s: float = 120.0,
+        builds: list[LlamaBuild] | None = None,
+    ) -> None:
         self.model_path = model_path
         self.alias = alias
         self.n_ctx = n_ctx
         self.startup_timeout_s = startup_timeout_s
+        self.builds = builds if builds is not None else builds_to_try(host_cpu_flags(), installed_variants())
         self.port = _free_port()
+        self.build: LlamaBuild | None = None  # the build serving, once started
+        self.fallbacks: list[str] = []  # why faster builds were passed over
         self._process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="neuron-assets-llama-", suffix=".log", delete=False)
 
@@ -95,15 +108,35 @@ class LocalLlamaServer:
         ]  # fmt: skip
 
     def __enter__(self) -> LocalLlamaServer:
-        self._process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.startup_timeout_s
-        try:
-            self._wait_until_listening(deadline)
-            self._evaluate_startup_prompt(deadline)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
+        """Start the first build in ``builds`` that evaluates the start-up prompt; a build whose
+        process dies on the way (a trapped instruction, a build this host cannot run) gives way
+        to the next, and the reason is kept in ``fallbacks``."""
+        for build in self.builds:
+            self.build = build
+            deadline = time.monotonic() + self.startup_timeout_s
+            self._process = subprocess.Popen(
+                self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=_environment(build)
+            )
+            try:
+                self._wait_until_listening(deadline)
+                self._evaluate_startup_prompt(deadline)
+                return self
+            except LLMServerError as error:
+                if self._process.poll() is None or build is self.builds[-1]:
+                    self.__exit__(None, None, None)
+                    raise
+                self.fallbacks.append(f"the {build.name} build failed at start-up: {str(error).splitlines()[0]}")
+                self._log.seek(0)
+                self._log.truncate()
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
+        raise LLMServerError("no llama.cpp build to start")
+
+    def describe_build(self) -> str:
+        """Which build serves, and why faster ones were passed over (for run metadata)."""
+        name = self.build.name if self.build is not None else "none"
+        return "; ".join([f"{name} build", *self.fallbacks])
 
     @property
     def pid(self) -> int | None:
@@ -190,6 +223,14 @@ class LocalLlamaServer:
         except FileNotFoundError:
             return "(the server's log is gone)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _environment(build: LlamaBuild) -> dict[str, str]:
+    """The server's environment: ``build``'s folder first on PYTHONPATH, so its llama_cpp is imported."""
+    env = dict(os.environ)
+    if build.path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(build.path), env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _describe_exit(code: int) -> str:

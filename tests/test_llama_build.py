@@ -9,12 +9,14 @@ on the host where the native build crashed).
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from neuron_assets import llama_build
+from neuron_assets.llama_build import LlamaBuild
 from neuron_assets.llama_server import LLMServerError, LLMServerExited, LocalLlamaServer
 
 FAKE_SERVER = Path(__file__).with_name("fake_llama_server.py")
@@ -74,25 +76,71 @@ def test_the_server_entry_point_stops_with_the_reason_when_the_build_cannot_run_
     assert "compiled for CPU extensions this host does not offer: AVX512" in capsys.readouterr().err
 
 
+PORTABLE = LlamaBuild("portable", None, frozenset())
+
+
 class FakeServer(LocalLlamaServer):
-    def __init__(self, behaviour):
-        super().__init__(Path("unused.gguf"), "fake", startup_timeout_s=20)
-        self.behaviour = behaviour
+    """Stand-in server processes: ``behaviours`` maps each build's name to how its process behaves."""
+
+    def __init__(self, builds=(PORTABLE,), **behaviours):
+        super().__init__(Path("unused.gguf"), "fake", startup_timeout_s=20, builds=list(builds))
+        self.behaviours = behaviours
 
     def command(self):
-        return [sys.executable, str(FAKE_SERVER), str(self.port), self.behaviour]
+        return [sys.executable, str(FAKE_SERVER), str(self.port), self.behaviours[self.build.name]]
 
 
 def test_a_server_that_dies_on_its_first_multi_token_prompt_fails_start_up_naming_the_signal():
     with pytest.raises(LLMServerError, match=r"exited at start-up \(signal 4, SIGILL\)") as failure:
-        with FakeServer("trap"):
+        with FakeServer(portable="trap"):
             pass
     assert "evaluating a batch of 42 tokens" in str(failure.value)  # the tail of its log
 
 
 def test_a_server_killed_after_start_up_is_reported_with_its_signal_and_log():
-    with FakeServer("ok") as server:
+    with FakeServer(portable="ok") as server:
         server.check_alive()  # running: no error
         os.kill(server.pid, signal.SIGKILL)
         with pytest.raises(LLMServerExited, match=r"exited \(signal 9, SIGKILL\).*\n.*fake llama.cpp server on port"):
             server.check_alive()
+
+
+def test_cmake_arguments_are_read_as_the_features_they_turn_on_the_last_switch_winning():
+    args = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON"
+    assert llama_build.cmake_features(args) == {"AVX2", "AVX512", "AVX512_VNNI"}
+
+
+def test_a_variant_is_tried_first_only_where_the_host_advertises_its_extensions(tmp_path):
+    (tmp_path / "avx512").mkdir()
+    (tmp_path / "avx512" / "cmake-args").write_text("-DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON\n")
+    (variant,) = llama_build.installed_variants(tmp_path)
+    assert variant == LlamaBuild("avx512", tmp_path / "avx512", frozenset({"AVX2", "AVX512", "AVX512_VNNI"}))
+    with_avx512 = {"avx2", "avx512f", "avx512_vnni"}
+    assert [b.name for b in llama_build.builds_to_try(with_avx512, [variant])] == ["avx512", "portable"]
+    assert [b.name for b in llama_build.builds_to_try({"avx2", "avx512f"}, [variant])] == ["portable"]
+    assert [b.name for b in llama_build.builds_to_try(set(), [variant])] == ["portable"]
+
+
+def test_a_variant_that_dies_on_the_start_up_prompt_gives_way_to_the_portable_build(tmp_path):
+    builds = [LlamaBuild("avx512", tmp_path, frozenset()), PORTABLE]
+    with FakeServer(builds, avx512="trap", portable="ok") as server:
+        server.check_alive()
+        assert server.build == PORTABLE
+        assert server.describe_build() == (
+            "portable build; the avx512 build failed at start-up: "
+            "llama.cpp server exited at start-up (signal 4, SIGILL):"
+        )
+
+
+def test_the_installed_avx512_variant_has_no_amx_and_is_chosen_where_the_host_offers_avx512():
+    (variant,) = [v for v in llama_build.installed_variants() if v.name == "avx512"]
+    assert {"AVX512", "AVX512_VNNI"} <= variant.features and "AMX_INT8" not in variant.features
+    flags = llama_build.host_cpu_flags()
+    chosen = llama_build.builds_to_try(flags, llama_build.installed_variants())[0]
+    if llama_build.missing_on_host(variant.features, flags):
+        assert chosen.name == "portable"
+        return
+    assert chosen == variant
+    code = f"import sys; sys.path.insert(0, {str(variant.path)!r}); import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"
+    features = llama_build.compiled_features(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert "AVX512" in features and "AMX_INT8" not in features

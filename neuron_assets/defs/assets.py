@@ -215,6 +215,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 "explanations": len(frame),
                 "explainer_model": explainer,
                 **client.stats.as_metadata(),
+                **llm.server_metadata(),
                 "preview_by_max_activation": dg.MetadataValue.md(_preview(shown, "max_activation")),
             }
         )
@@ -251,6 +252,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 "unsimulated_tokens": int(frame["n_unsimulated"].sum()),
                 "misaligned_tokens": int(frame["n_misaligned"].sum()),
                 **client.stats.as_metadata(),
+                **llm.server_metadata(),
             }
         )
         return with_lineage(frame, context)

@@ -113,6 +113,10 @@ class LLMResource(dg.ConfigurableResource):
             raise ConnectionError(f"cannot reach the LLM server at {base_url}: {error}") from error
         return client
 
+    def server_metadata(self) -> dict[str, str]:
+        """For asset metadata: which local llama.cpp build serves, and why faster ones were passed over."""
+        return {"local_llama_build": self._server.describe_build()} if self._server is not None else {}
+
     def model_names(self) -> tuple[str, str]:
         """(explainer model, simulator model); both default to the packaged model's alias."""
         from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS
