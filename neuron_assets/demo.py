@@ -75,9 +75,16 @@ def print_results(store: ResultStore, first_layer: int, last_layer: int) -> None
     database = str(store.database)
     print(f"\nResults database: {database}")
     print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")
-    print(f"  duckdb -readonly {shlex.quote(database)} {shlex.quote(EXAMPLE_QUERY)}")
+    print(f"  duckdb -readonly {shell_quote(database)} {shell_quote(EXAMPLE_QUERY)}")
     python = f"import duckdb; duckdb.connect({database!r}, read_only=True).sql({EXAMPLE_QUERY!r}).show()"
-    print(f"  .venv/bin/python -c {shlex.quote(python)}")
+    print(f"  .venv/bin/python -c {shell_quote(python)}")
+
+
+def shell_quote(text: str) -> str:
+    """``text`` as one shell word: in double quotes where nothing in it is special there, else shlex's quoting."""
+    if not any(c in text for c in '"\\$`!'):
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ partition is. Storage stays keyed by the layer number (``<table>/<layer>.parquet
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import dagster as dg
 import polars as pl
 
@@ -27,6 +29,11 @@ def layer_of(key: str) -> int:
     if not key.startswith(LAYER_KEY_PREFIX) or not number.isdigit():
         raise ValueError(f"partition key {key!r} is not a layer partition (expected e.g. 'layer-3')")
     return int(number)
+
+
+def stored_partitions(keys: Iterable[str]) -> list[str]:
+    """The storage partitions (layer numbers as text, in layer order) of Dagster partition keys."""
+    return [str(layer) for layer in sorted(layer_of(key) for key in keys)]
 
 
 def layer_key_column() -> pl.Expr:

@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 from pydantic import PrivateAttr
 
+from neuron_assets.defs.partitions import stored_partitions
 from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL
 
 PACKAGED_LLM = "packaged SmolLM2-135M-Instruct on a local llama.cpp server"
@@ -138,13 +139,13 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
     results: ResultStoreResource
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
-        from neuron_assets.defs.partitions import layer_of
-
         table = context.asset_key.path[-1]
         store = self.results.store()
         if context.has_asset_partitions:
-            layers = sorted(layer_of(key) for key in context.asset_partition_keys)
-            paths = [store.write(table, obj.filter(pl.col("layer") == layer), str(layer)) for layer in layers]
+            paths = [
+                store.write(table, obj.filter(pl.col("layer") == int(layer)), layer)
+                for layer in stored_partitions(context.asset_partition_keys)
+            ]
         else:
             paths = [store.write(table, obj)]
         self._refresh_views(context, store)
@@ -158,13 +159,9 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
-        from neuron_assets.defs.partitions import layer_of
-
         table = context.upstream_output.asset_key.path[-1]
-        if context.has_asset_partitions:
-            layers = sorted(layer_of(key) for key in context.asset_partition_keys)
-            return self.results.store().read(table, [str(layer) for layer in layers])
-        return self.results.store().read(table)
+        partitions = stored_partitions(context.asset_partition_keys) if context.has_asset_partitions else None
+        return self.results.store().read(table, partitions)
 
     @staticmethod
     def _refresh_views(context: dg.OutputContext, store: Any) -> None:
