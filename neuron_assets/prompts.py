@@ -117,7 +117,11 @@ def _explainer_question(number: int, records: Sequence[Record]) -> str:
 
 
 def parse_explanation(raw: str) -> str:
-    """Clean a reply into an explanation: no prefix, one line, no quotes, no trailing period."""
+    """Clean a reply into an explanation: no prefix, one line, no enclosing quotes, no trailing period.
+
+    Quotes go only as a pair enclosing the whole explanation, so quoted words inside it
+    (``the word "dogs"``, ``"dogs" and "cats"``) keep their quotes.
+    """
     text = raw.strip()
     # Models often echo the end of the question before answering.
     echoed = re.search(re.escape(EXPLANATION_PREFIX), text, flags=re.IGNORECASE)
@@ -125,7 +129,9 @@ def parse_explanation(raw: str) -> str:
         text = text[echoed.end() :]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = lines[0] if lines else ""
-    text = text.strip("\"'`:").strip().rstrip(".").strip()
+    text = text.lstrip(":").strip().rstrip(".").strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text[0] not in text[1:-1]:
+        text = text[1:-1].strip().rstrip(".").strip()
     if not text:
         raise ExplanationParseError(f"explainer reply holds no explanation: {raw!r}")
     return text

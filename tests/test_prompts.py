@@ -69,6 +69,10 @@ def test_explainer_prompt_ends_asking_to_complete_the_sentence():
         ('"words about cats"', "words about cats"),
         ("Explanation of neuron 3: the main thing this neuron does is find commas.\nMore", "commas"),
         ("\n\nplural nouns\nsecond line", "plural nouns"),
+        (' "dogs".', "dogs"),
+        ("'the word dogs.'", "the word dogs"),
+        (': the word "dogs"', 'the word "dogs"'),
+        ('"dogs" and "cats"', '"dogs" and "cats"'),
     ],
 )
 def test_explanations_are_cleaned(raw, expected):
