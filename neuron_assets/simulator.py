@@ -356,15 +356,22 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
 
 
 def scoring_excerpts(records: pl.DataFrame, n_top: int, n_random: int) -> pl.DataFrame:
-    """Each neuron's scoring excerpts: its top ``n_top`` and the first ``n_random`` random ones.
+    """Each neuron's scoring excerpts: its top ``n_top`` and the first ``n_random`` random ones
+    that are not among those top ones (an excerpt is scored once, whatever brought it in).
 
     Both come from the scoring pool, whose documents the explainer never saw. Asking for
     more than were recorded is an error, not a silently smaller scoring set.
     """
+    neuron = ["layer", "neuron"]
     top = records.filter(
         (pl.col("kind") == "top") & (pl.col("pool") == SCORING_POOL) & (pl.col("rank") < n_top)
     )
-    random = records.filter((pl.col("kind") == "random") & (pl.col("rank") < n_random))
+    random = (
+        records.filter(pl.col("kind") == "random")
+        .join(top.select(*neuron, "excerpt_id"), on=[*neuron, "excerpt_id"], how="anti")
+        .sort(*neuron, "rank")
+        .filter(pl.int_range(pl.len()).over(neuron) < n_random)
+    )
     for chosen, wanted, what in ((top, n_top, "top scoring-pool"), (random, n_random, "random")):
         if wanted == 0:
             continue

@@ -93,6 +93,22 @@ def test_scoring_excerpts_are_scoring_pool_top_ranks_and_random_ranks():
     assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [(2, "top"), (4, "random"), (5, "random")]
 
 
+def test_a_random_excerpt_that_is_also_a_top_one_is_scored_once_and_the_next_random_one_taken():
+    import polars as pl
+
+    from neuron_assets.simulator import scoring_excerpts
+
+    records = pl.DataFrame(
+        {
+            "layer": [0] * 5, "neuron": [1] * 5, "pool": ["scoring"] * 5,
+            "kind": ["top", "random", "random", "random", "random"],
+            "rank": [0, 0, 1, 2, 3], "excerpt_id": [7, 8, 7, 9, 10], "activations": [[0.0]] * 5,
+        }
+    )  # fmt: skip
+    chosen = scoring_excerpts(records, n_top=1, n_random=2)
+    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [(7, "top"), (8, "random"), (9, "random")]
+
+
 def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
     from types import SimpleNamespace
 
