@@ -110,8 +110,8 @@ class Scores(Lineage):
     explained_variance: Optional[float] = pa.Field(nullable=True, le=1.0, description="1 - E[(calibrated simulation - truth)^2] / Var(truth); the calibration is fitted on these same tokens, so today it equals correlation squared")
     calibration_slope: Optional[float] = pa.Field(nullable=True, description="slope of the linear map from the 0..10 simulation to the neuron's scale")
     calibration_intercept: Optional[float] = pa.Field(nullable=True, description="intercept of that map")
-    n_tokens: int = pa.Field(ge=0, description="tokens scored")
-    n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value")
+    n_tokens: int = pa.Field(ge=0, description="tokens scored, unsimulated ones included")
+    n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0 (see README)")
     undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined (constant activations); null when it is defined")
 
 

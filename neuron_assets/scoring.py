@@ -4,6 +4,12 @@ Scores pool every token of every scoring excerpt before computing anything, as t
 study does: averaging per-excerpt correlations would over-weight short, flat excerpts.
 A score that cannot be computed (constant sequence, no tokens) is returned as
 ``value=None`` with a reason, never as NaN or a silent 0.
+
+A token the simulator gave no value (no digit among the top log-probabilities, a line
+the chat or JSON reply did not line up) counts as a simulated 0, as in the study's
+reference code, and is counted in ``n_unsimulated``: every explanation of a neuron is
+scored on the same tokens. Dropping such tokens instead lets a simulator raise its score
+by staying silent where it would be wrong (2 dropped tokens of 10 turned 0.63 into 0.998).
 """
 
 from __future__ import annotations
@@ -31,41 +37,35 @@ class Score:
 def pool(
     simulated: Sequence[Sequence[float | None]], true: Sequence[Sequence[float]]
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Flatten excerpts into one token sequence, dropping tokens the simulator left unpredicted.
+    """Flatten excerpts into one token sequence; a token the simulator left unpredicted counts as 0.
 
-    Returns (simulated, true, number of dropped tokens). Excerpts must have matching lengths:
-    a mismatch is a bug upstream and is raised, not papered over.
+    Returns (simulated, true, number of unsimulated tokens). Excerpts must have matching
+    lengths: a mismatch is a bug upstream and is raised, not papered over.
     """
     if len(simulated) != len(true):
         raise ValueError(f"{len(simulated)} simulated excerpts but {len(true)} true excerpts")
-    sims: list[float] = []
-    trues: list[float] = []
-    dropped = 0
     for i, (s_row, a_row) in enumerate(zip(simulated, true, strict=True)):
         if len(s_row) != len(a_row):
             raise ValueError(f"excerpt {i}: {len(s_row)} simulated tokens but {len(a_row)} true tokens")
-        for s, a in zip(s_row, a_row, strict=True):
-            if s is None:
-                dropped += 1
-                continue
-            sims.append(float(s))
-            trues.append(float(a))
-    return np.asarray(sims, dtype=np.float64), np.asarray(trues, dtype=np.float64), dropped
+    sims = [s for row in simulated for s in row]
+    unsimulated = sum(s is None for s in sims)
+    filled = np.asarray([0.0 if s is None else float(s) for s in sims], dtype=np.float64)
+    return filled, np.asarray([float(a) for row in true for a in row], dtype=np.float64), unsimulated
 
 
 def score(
     simulated: Sequence[Sequence[float | None]], true: Sequence[Sequence[float]]
 ) -> Score:
     """Pearson correlation of pooled simulated vs true activations, plus calibrated explained variance."""
-    s, a, dropped = pool(simulated, true)
+    s, a, unsimulated = pool(simulated, true)
     reason = _undefined_reason(s, a)
     if reason is not None:
-        return Score(None, None, None, None, len(s), dropped, reason)
+        return Score(None, None, None, None, len(s), unsimulated, reason)
     rho = float(np.corrcoef(s, a)[0, 1])
     slope, intercept = calibration(s, a)
     calibrated = slope * s + intercept
     ev = 1.0 - float(np.mean((calibrated - a) ** 2)) / float(np.var(a))
-    return Score(rho, ev, slope, intercept, len(s), dropped, None)
+    return Score(rho, ev, slope, intercept, len(s), unsimulated, None)
 
 
 def calibration(simulated: np.ndarray, true: np.ndarray) -> tuple[float, float]:
@@ -78,7 +78,7 @@ def calibration(simulated: np.ndarray, true: np.ndarray) -> tuple[float, float]:
 
 def _undefined_reason(s: np.ndarray, a: np.ndarray) -> str | None:
     if len(s) < 2:
-        return f"only {len(s)} simulated token(s); correlation needs at least 2"
+        return f"only {len(s)} token(s); correlation needs at least 2"
     if np.ptp(a) == 0:
         return "true activations are constant over the scoring set"
     if np.ptp(s) == 0:

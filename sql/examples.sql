@@ -6,15 +6,11 @@ SELECT layer, neuron, explanation, top_and_random_score, random_only_score
 FROM neuron_scores
 ORDER BY top_and_random_score DESC NULLS LAST;
 
--- Mean scores per layer, counting undefined scores apart instead of averaging them in.
-SELECT layer,
-       avg(top_and_random_score) AS mean_top_and_random,
-       avg(random_only_score) AS mean_random_only,
-       count(*) FILTER (WHERE top_and_random_score IS NULL) AS undefined_top_and_random,
-       count(*) AS neurons
-FROM neuron_scores
-GROUP BY layer
-ORDER BY layer;
+-- Mean scores per layer, with how many neurons each mean covers and how many it leaves
+-- out as undefined.
+SELECT layer, scoring_set, round(mean_score, 3) AS mean_score, n_scored, n_undefined, n_many_unsimulated
+FROM layer_scores
+ORDER BY layer, scoring_set;
 
 -- The excerpts an explanation was written from, as text.
 SELECT e.layer, e.neuron, e.explanation, x.excerpt_id, array_to_string(x.tokens, '') AS text

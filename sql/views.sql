@@ -30,7 +30,13 @@ SELECT
     tr.explained_variance AS top_and_random_explained_variance,
     ro.explained_variance AS random_only_explained_variance,
     tr.undefined_reason AS top_and_random_undefined_reason,
-    ro.undefined_reason AS random_only_undefined_reason
+    ro.undefined_reason AS random_only_undefined_reason,
+    -- share of the scored tokens that got no simulated value (scored as 0, as in the study)
+    tr.n_unsimulated / nullif(tr.n_tokens, 0) AS top_and_random_unsimulated_share,
+    ro.n_unsimulated / nullif(ro.n_tokens, 0) AS random_only_unsimulated_share,
+    -- true when more than 5% of either set's tokens were unsimulated: read that score with care
+    coalesce(tr.n_unsimulated > 0.05 * tr.n_tokens, false)
+        OR coalesce(ro.n_unsimulated > 0.05 * ro.n_tokens, false) AS many_unsimulated
 FROM explanations e
 JOIN neuron_stats st USING (layer, neuron)
 LEFT JOIN simulation_sets s USING (layer, neuron, sample)
@@ -52,6 +58,24 @@ QUALIFY row_number() OVER (
     PARTITION BY subject_model, layer, neuron
     ORDER BY top_and_random_score DESC NULLS LAST, sample
 ) = 1;
+
+-- Per layer and scoring set, over each neuron's best scored explanation: the mean score
+-- beside how many neurons it averages (n_scored) and how many it leaves out because
+-- their score is undefined (n_undefined), and how many scores are flagged many_unsimulated.
+CREATE OR REPLACE VIEW layer_scores AS
+SELECT subject_model, layer, scoring_set,
+    avg(score) AS mean_score,
+    count(score) AS n_scored,
+    count(*) - count(score) AS n_undefined,
+    count(*) FILTER (WHERE many_unsimulated) AS n_many_unsimulated
+FROM (
+    SELECT subject_model, layer, 'top_and_random' AS scoring_set, top_and_random_score AS score, many_unsimulated
+    FROM neuron_scores
+    UNION ALL
+    SELECT subject_model, layer, 'random_only', random_only_score, many_unsimulated
+    FROM neuron_scores
+)
+GROUP BY subject_model, layer, scoring_set;
 
 -- Explanations with no score yet: a run between its explanation and score steps, or a
 -- scores partition that failed or was never materialized.

@@ -94,6 +94,31 @@ def test_neuron_scores_view_lists_every_scored_neuron_with_its_models(backfill):
         assert top_and_random is None or -1.0 <= top_and_random <= 1.0
 
 
+def test_layer_scores_show_each_mean_with_the_neurons_it_covers_and_leaves_out(backfill):
+    _, store, _ = backfill
+    rows = query(
+        store,
+        "SELECT layer, scoring_set, mean_score, n_scored, n_undefined FROM layer_scores ORDER BY layer, scoring_set",
+    )
+    assert [(layer, scoring_set) for layer, scoring_set, *_ in rows] == [
+        (0, "random_only"), (0, "top_and_random"), (1, "random_only"), (1, "top_and_random"),
+    ]  # fmt: skip
+    for _, _, mean, scored, undefined in rows:
+        assert scored + undefined == 1  # one neuron per layer in this run
+        assert (mean is None) == (scored == 0)
+
+
+def test_a_score_with_more_than_five_percent_unsimulated_tokens_is_flagged(backfill):
+    _, store, _ = backfill
+    shares = query(
+        store,
+        "SELECT top_and_random_unsimulated_share, random_only_unsimulated_share, many_unsimulated FROM explanation_scores",
+    )
+    assert shares
+    for top_and_random, random_only, flagged in shares:
+        assert flagged == (top_and_random > 0.05 or random_only > 0.05)
+
+
 def test_lineage_view_traces_every_score_to_its_run_prompts_models_and_excerpts(backfill):
     result, store, _ = backfill
     rows = query(

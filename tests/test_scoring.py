@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -40,14 +41,27 @@ def test_constant_simulation_gives_an_undefined_score_with_reason():
     assert "simulated activations are constant" in result.undefined_reason
 
 
-def test_unsimulated_tokens_are_dropped_and_counted():
+def test_unsimulated_tokens_count_as_zero_and_are_counted():
     result = score([[None, 1, 2, 3]], [[100, 1, 2, 3]])
-    assert result.correlation == pytest.approx(1.0)
-    assert result.n_tokens == 3 and result.n_unsimulated == 1
+    assert result.correlation == pytest.approx(float(np.corrcoef([0, 1, 2, 3], [100, 1, 2, 3])[0, 1]))
+    assert result.n_tokens == 4 and result.n_unsimulated == 1
+
+
+def test_a_simulator_cannot_raise_its_score_by_leaving_the_tokens_it_gets_wrong_unsimulated():
+    true = [[9, 8, 0, 0, 0, 0, 0, 0, 7, 0]]
+    silent = [[None, None, 0, 0, 0, 0, 0, 0, 7, 0]]  # no value where the neuron fires hardest
+    says_zero = [[0, 0, 0, 0, 0, 0, 0, 0, 7, 0]]
+    kept = [i for i, value in enumerate(silent[0]) if value is not None]
+    dropped_score = np.corrcoef([silent[0][i] for i in kept], [true[0][i] for i in kept])[0, 1]
+    assert dropped_score == pytest.approx(1.0)  # what dropping the silent tokens would report
+    result = score(silent, true)
+    assert result.correlation == pytest.approx(score(says_zero, true).correlation)
+    assert result.correlation < 0.6
+    assert result.n_tokens == 10 and result.n_unsimulated == 2
 
 
 def test_too_few_tokens_is_undefined():
-    assert "at least 2" in score([[None, 1]], [[0, 1]]).undefined_reason
+    assert "at least 2" in score([[None]], [[1]]).undefined_reason
 
 
 def test_mismatched_lengths_are_a_bug_not_a_score():

@@ -266,10 +266,16 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
 
         frame = with_lineage(score_simulations(simulations), context)
         by_set = frame.join(explanations.select("layer", "neuron", "sample", "explanation"), on=["layer", "neuron", "sample"])
-        means = frame.group_by("scoring_set").agg(pl.col("correlation").mean()).sort("scoring_set")
+        summary = frame.group_by("scoring_set").agg(
+            pl.col("correlation").mean().alias("mean"),
+            pl.col("correlation").is_not_null().sum().alias("scored"),
+            pl.col("correlation").is_null().sum().alias("undefined"),
+        )
         context.add_output_metadata(
-            {
-                **{f"mean_{s}": float(m) for s, m in means.iter_rows() if m is not None},
+            {  # a mean never stands without how many scores it covers and how many it leaves out
+                **{f"mean_{s}": float(m) for s, m, _, _ in summary.iter_rows() if m is not None},
+                **{f"scored_{s}": int(n) for s, _, n, _ in summary.iter_rows()},
+                **{f"undefined_{s}": int(n) for s, _, _, n in summary.iter_rows()},
                 "undefined_scores": int(frame["correlation"].is_null().sum()),
                 "top_and_random_preview": dg.MetadataValue.md(
                     _preview(by_set.filter(pl.col("scoring_set") == "top_and_random"), "correlation")
