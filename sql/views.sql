@@ -60,19 +60,21 @@ QUALIFY row_number() OVER (
 ) = 1;
 
 -- Per layer and scoring set, over each neuron's best scored explanation: the mean score
--- beside how many neurons it averages (n_scored) and how many it leaves out because
--- their score is undefined (n_undefined), and how many scores are flagged many_unsimulated.
+-- beside how many neurons it averages (n_scored), how many it leaves out because their
+-- score is undefined (n_undefined), and how many of the set's scores had more than 5% of
+-- their tokens unsimulated (n_many_unsimulated).
 CREATE OR REPLACE VIEW layer_scores AS
 SELECT subject_model, layer, scoring_set,
     avg(score) AS mean_score,
     count(score) AS n_scored,
     count(*) - count(score) AS n_undefined,
-    count(*) FILTER (WHERE many_unsimulated) AS n_many_unsimulated
+    count(*) FILTER (WHERE unsimulated_share > 0.05) AS n_many_unsimulated
 FROM (
-    SELECT subject_model, layer, 'top_and_random' AS scoring_set, top_and_random_score AS score, many_unsimulated
+    SELECT subject_model, layer, 'top_and_random' AS scoring_set, top_and_random_score AS score,
+        top_and_random_unsimulated_share AS unsimulated_share
     FROM neuron_scores
     UNION ALL
-    SELECT subject_model, layer, 'random_only', random_only_score, many_unsimulated
+    SELECT subject_model, layer, 'random_only', random_only_score, random_only_unsimulated_share
     FROM neuron_scores
 )
 GROUP BY subject_model, layer, scoring_set;

@@ -98,14 +98,19 @@ def test_layer_scores_show_each_mean_with_the_neurons_it_covers_and_leaves_out(b
     _, store, _ = backfill
     rows = query(
         store,
-        "SELECT layer, scoring_set, mean_score, n_scored, n_undefined FROM layer_scores ORDER BY layer, scoring_set",
+        "SELECT layer, scoring_set, mean_score, n_scored, n_undefined, n_many_unsimulated "
+        "FROM layer_scores ORDER BY layer, scoring_set",
     )
     assert [(layer, scoring_set) for layer, scoring_set, *_ in rows] == [
         (0, "random_only"), (0, "top_and_random"), (1, "random_only"), (1, "top_and_random"),
     ]  # fmt: skip
-    for _, _, mean, scored, undefined in rows:
+    flagged = dict(query(store, "SELECT layer || '/' || scoring_set, unsimulated_share > 0.05 FROM ("
+                            "SELECT layer, 'top_and_random' AS scoring_set, top_and_random_unsimulated_share AS unsimulated_share "
+                            "FROM neuron_scores UNION ALL SELECT layer, 'random_only', random_only_unsimulated_share FROM neuron_scores)"))
+    for layer, scoring_set, mean, scored, undefined, many_unsimulated in rows:
         assert scored + undefined == 1  # one neuron per layer in this run
         assert (mean is None) == (scored == 0)
+        assert many_unsimulated == int(flagged[f"{layer}/{scoring_set}"])
 
 
 def test_a_score_with_more_than_five_percent_unsimulated_tokens_is_flagged(backfill):
