@@ -213,7 +213,7 @@ def record(
     neurons: dict[int, Sequence[int]],
     random_excerpt_ids: Sequence[int],
     *,
-    bos_token_id: int | None,
+    start_token_id: int | None,
     batch_size: int = 16,
     top_k: int = 20,
     progress: Callable[[int, int], None] | None = None,
@@ -221,8 +221,9 @@ def record(
     """Run the subject model once over all excerpts and fold every requested layer.
 
     ``run_model(tokens, hooks, stop_at_layer)`` runs a forward pass calling ``hooks[layer]``
-    with that layer's post-nonlinearity activations. With ``bos_token_id`` each excerpt is
-    preceded by BOS, as the model saw text in training; its position is not recorded.
+    with that layer's post-nonlinearity activations. With ``start_token_id`` each excerpt is
+    preceded by that token (the one the model saw between documents in training); its
+    position is not recorded.
     """
     length = len(excerpts["token_ids"][0])
     recorders = {
@@ -230,12 +231,12 @@ def record(
         for layer, selected in neurons.items()
     }
     stop_at = max(neurons) + 1
-    offset = 0 if bos_token_id is None else 1
+    offset = 0 if start_token_id is None else 1
     for start in range(0, len(excerpts), batch_size):
         batch = excerpts.slice(start, batch_size)
         tokens = torch.as_tensor(np.stack(batch["token_ids"].to_numpy()), dtype=torch.long)
-        if bos_token_id is not None:
-            tokens = torch.cat([torch.full((len(tokens), 1), bos_token_id), tokens], dim=1)
+        if start_token_id is not None:
+            tokens = torch.cat([torch.full((len(tokens), 1), start_token_id), tokens], dim=1)
         ids = torch.tensor(batch["excerpt_id"].to_list(), dtype=torch.long)
         is_scoring = torch.tensor((batch["pool"] == SCORING_POOL).to_list())
         # Bind this batch's ids and pools now, not by reference to the loop variables.

@@ -54,6 +54,7 @@ class ActivationRecords(Lineage):
     quantile_bin: Optional[str] = pa.Field(nullable=True, description="for kind 'quantile': the bin of the excerpt's max activation")
     rank: int = pa.Field(ge=0, description="position within its kind (0 = highest for 'top')")
     excerpt_id: int = pa.Field(ge=0, description="the excerpt (see excerpts)")
+    document_start_token: Optional[str] = pa.Field(nullable=True, description="token put before each excerpt when recording (what the model saw between documents); null for none")
     max_activation: float = pa.Field(description="the neuron's largest activation on the excerpt")
     activations: list[float] = pa.Field(description="the neuron's activation at every token of the excerpt")
 
@@ -61,6 +62,7 @@ class ActivationRecords(Lineage):
 class NeuronStats(Lineage):
     subject_model: str = pa.Field(description="subject model whose neuron this is")
     corpus: str = pa.Field(description="corpus the statistics were computed over")
+    document_start_token: Optional[str] = pa.Field(nullable=True, description="token put before each excerpt when recording; null for none")
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     mean: float = pa.Field(description="mean activation over every recorded token")

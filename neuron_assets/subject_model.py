@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 PACKAGED_SUBJECT_MODEL = "smollm2-135m-instruct-gguf"
+AUTO_DOCUMENT_START = "auto"
+DOCUMENT_SEPARATOR = "<|endoftext|>"  # between documents in GPT-2's and SmolLM2's pre-training
 MLP_POST_HOOK = "blocks.{layer}.mlp.hook_post"
 
 
@@ -139,9 +141,29 @@ class SubjectModel:
         self.n_layers = int(bridge.cfg.n_layers)
         self.d_mlp = int(bridge.cfg.d_mlp)
 
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.tokenizer.bos_token_id
+    def document_start_token(self, setting: str = AUTO_DOCUMENT_START) -> tuple[int, str] | None:
+        """The token put before each excerpt, as (id, text): what the model saw between documents.
+
+        ``auto``: ``<|endoftext|>`` where the vocabulary has it (GPT-2, SmolLM2, Qwen2.5), else
+        the tokenizer's BOS. A chat model's BOS can be a turn marker the model never saw between
+        pre-training documents (SmolLM2-Instruct's is ``<|im_start|>``; activations after it
+        differ by 22-40% of their mean size). ``none``: nothing. Anything else must be one token
+        of the vocabulary.
+        """
+        if setting == "none":
+            return None
+        vocabulary = self.tokenizer.get_vocab()
+        if setting == AUTO_DOCUMENT_START:
+            if DOCUMENT_SEPARATOR in vocabulary:
+                return vocabulary[DOCUMENT_SEPARATOR], DOCUMENT_SEPARATOR
+            bos = self.tokenizer.bos_token_id
+            return None if bos is None else (int(bos), self.tokenizer.convert_ids_to_tokens(int(bos)))
+        if setting not in vocabulary:
+            raise SubjectModelError(
+                f"document_start_token {setting!r} is not a token of {self.name!r}'s vocabulary "
+                f"(use 'auto', 'none' or one token such as {DOCUMENT_SEPARATOR!r})"
+            )
+        return vocabulary[setting], setting
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]

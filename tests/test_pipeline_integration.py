@@ -94,6 +94,12 @@ def test_neuron_scores_view_lists_every_scored_neuron_with_its_models(backfill):
         assert top_and_random is None or -1.0 <= top_and_random <= 1.0
 
 
+def test_recordings_store_the_document_start_token_they_put_before_each_excerpt(backfill):
+    _, store, _ = backfill
+    for table in ("activation_records", "neuron_stats"):
+        assert query(store, f"SELECT DISTINCT document_start_token FROM {table}") == [("<|endoftext|>",)]
+
+
 def test_layer_scores_show_each_mean_with_the_neurons_it_covers_and_leaves_out(backfill):
     _, store, _ = backfill
     rows = query(

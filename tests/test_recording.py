@@ -44,7 +44,7 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
     excerpts, activations = corpus
     neurons = {1: [0, 4, 9], 3: [2]}
     calls = []
-    recorders = record(fake_model(activations, calls), excerpts, neurons, [101, 103], bos_token_id=None, batch_size=5, top_k=4)
+    recorders = record(fake_model(activations, calls), excerpts, neurons, [101, 103], start_token_id=None, batch_size=5, top_k=4)
     for layer, selected in neurons.items():
         for pool in ("explanation", "scoring"):
             rows = torch.as_tensor((excerpts["pool"] == pool).to_numpy())
@@ -61,7 +61,7 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
 
 def test_a_pool_smaller_than_k_keeps_only_real_excerpts(corpus):
     excerpts, activations = corpus
-    recorders = record(fake_model(activations, []), excerpts.head(5), {1: [0]}, [], bos_token_id=None, top_k=4)
+    recorders = record(fake_model(activations, []), excerpts.head(5), {1: [0]}, [], start_token_id=None, top_k=4)
     records, _ = record_tables(recorders, RecordingSettings())
     by_pool = dict(records.filter(pl.col("kind") == "top").group_by("pool").len().iter_rows())
     assert by_pool == {"explanation": 3, "scoring": 2}
@@ -71,13 +71,13 @@ def test_a_pool_smaller_than_k_keeps_only_real_excerpts(corpus):
 def test_one_forward_pass_per_batch_serves_every_layer_and_stops_after_the_deepest(corpus):
     excerpts, activations = corpus
     calls = []
-    record(fake_model(activations, calls), excerpts, {1: [0], 3: [0]}, [101], bos_token_id=None, batch_size=10)
+    record(fake_model(activations, calls), excerpts, {1: [0], 3: [0]}, [101], start_token_id=None, batch_size=10)
     assert calls == [4, 4, 4, 4]  # ceil(37 / 10) passes, none per layer
 
 
 def test_statistics_match_the_whole_corpus(corpus):
     excerpts, activations = corpus
-    recorders = record(fake_model(activations, []), excerpts, {1: [0, 5]}, [101], bos_token_id=None, batch_size=7)
+    recorders = record(fake_model(activations, []), excerpts, {1: [0, 5]}, [101], start_token_id=None, batch_size=7)
     stats = recorders[1].stats()
     flat = activations[1][:, :, [0, 5]].reshape(-1, 2).double()
     assert stats["mean"].to_list() == pytest.approx(flat.mean(0).tolist())
@@ -96,7 +96,7 @@ def test_bos_position_is_fed_to_the_model_but_not_recorded(corpus):
         padded = torch.cat([torch.full((len(tokens), 1, D_MLP), 99.0), activations[1][tokens[:, 1]]], dim=1)
         hooks[1](padded)
 
-    recorders = record(run, excerpts, {1: [0]}, [101], bos_token_id=7, batch_size=50)
+    recorders = record(run, excerpts, {1: [0]}, [101], start_token_id=7, batch_size=50)
     assert seen == [LENGTH + 1]
     assert recorders[1].maximum.item() < 99.0
 
@@ -104,7 +104,7 @@ def test_bos_position_is_fed_to_the_model_but_not_recorded(corpus):
 def test_record_tables_hold_top_random_and_quantile_rows(corpus):
     excerpts, activations = corpus
     random_ids = random_sample(excerpts, 10, seed=0)
-    recorders = record(fake_model(activations, []), excerpts, {1: [0, 1]}, random_ids, bos_token_id=None, top_k=3)
+    recorders = record(fake_model(activations, []), excerpts, {1: [0, 1]}, random_ids, start_token_id=None, top_k=3)
     records, stats = record_tables(recorders, RecordingSettings(per_bin=2))
     counts = dict(records.group_by("kind").len().iter_rows())
     assert counts["top"] == 2 * 2 * 3 and counts["random"] == 2 * 10 and counts["quantile"] > 0

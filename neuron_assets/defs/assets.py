@@ -41,7 +41,13 @@ class RecordingConfig(dg.Config):
     top_k: int = Field(default=20, description="top excerpts kept per neuron and pool")
     n_random: int = Field(default=20, description="random scoring-pool excerpts kept per neuron")
     batch_size: int = 16
-    prepend_bos: bool = Field(default=True, description="precede each excerpt by BOS, as in training")
+    document_start_token: str = Field(
+        default="auto",
+        description=(
+            "token before each excerpt: 'auto' (<|endoftext|> where the vocabulary has it, else BOS), "
+            "'none', or one token of the vocabulary"
+        ),
+    )
 
 
 class ExplanationConfig(dg.Config):
@@ -161,6 +167,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             )
         layers = requested_layers(context)
         model.check_layers(layers)
+        start = model.document_start_token(config.document_start_token)
         selection = NeuronSelection(
             config.selection, config.n_neurons, config.seed, tuple(config.neuron_indices)
         )
@@ -170,13 +177,17 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             excerpts,
             neurons,
             random_sample(excerpts, config.n_random, config.seed),
-            bos_token_id=model.bos_token_id if config.prepend_bos else None,
+            start_token_id=None if start is None else start[0],
             batch_size=config.batch_size,
             top_k=config.top_k,
             progress=_every_quarter(lambda done, total: context.log.info(f"recorded {done}/{total} excerpts")),
         )
         records, stats = record_tables(recorders, RecordingSettings())
-        provenance = [pl.lit(model.name).alias("subject_model"), pl.lit(excerpts["corpus"][0]).alias("corpus")]
+        provenance = [
+            pl.lit(model.name).alias("subject_model"),
+            pl.lit(excerpts["corpus"][0]).alias("corpus"),
+            pl.lit(None if start is None else start[1], dtype=pl.String).alias("document_start_token"),
+        ]
         records = with_lineage(records.with_columns(provenance), context)
         stats = with_lineage(stats.with_columns(provenance), context)
         yield dg.Output(records, "activation_records", metadata={"layers": str(layers)})
