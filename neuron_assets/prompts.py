@@ -129,12 +129,17 @@ def parse_explanation(raw: str) -> str:
         text = text[echoed.end() :]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     text = lines[0] if lines else ""
-    text = text.lstrip(":").strip().rstrip(".").strip()
+    text = _trim(text)
     while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`" and text[0] not in text[1:-1]:
-        text = text[1:-1].strip().rstrip(".").strip()
+        text = _trim(text[1:-1])
     if not text:
         raise ExplanationParseError(f"explainer reply holds no explanation: {raw!r}")
     return text
+
+
+def _trim(text: str) -> str:
+    """``text`` without surrounding spaces, colons or a trailing period."""
+    return text.strip().strip(":").strip().rstrip(".").strip()
 
 
 SIMULATOR_PREAMBLE = (

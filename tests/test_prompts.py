@@ -73,6 +73,7 @@ def test_explainer_prompt_ends_asking_to_complete_the_sentence():
         ("'the word dogs.'", "the word dogs"),
         (': the word "dogs"', 'the word "dogs"'),
         ('"dogs" and "cats"', '"dogs" and "cats"'),
+        ("Same activations, but with all zeros filtered out:", "Same activations, but with all zeros filtered out"),
     ],
 )
 def test_explanations_are_cleaned(raw, expected):
