@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         neurons = {layer: selected for layer in layers}
         return lambda: record(
             model.run_with_mlp_hooks, excerpts, neurons, randoms,
-            start_token_id=_start_id(model), batch_size=args.batch_size,
+            start_token_id=model.document_start_token_id(), batch_size=args.batch_size,
         )  # fmt: skip
 
     every_layer = list(range(model.n_layers))
@@ -86,15 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:45s} {median:9.3f} {n_tokens / median:9.0f} {bare_s / median:7.2f}")
 
 
-def _start_id(model: SubjectModel) -> int | None:
-    start = model.document_start_token()
-    return None if start is None else start[0]
-
-
 def _with_start(model: SubjectModel, batch: pl.DataFrame) -> torch.Tensor:
     """The batch's tokens preceded by the document-start token, as recording feeds them."""
     tokens = torch.tensor(batch["token_ids"].to_list(), dtype=torch.long)
-    start = _start_id(model)
+    start = model.document_start_token_id()
     if start is None:
         return tokens
     return torch.cat([torch.full((len(tokens), 1), start), tokens], dim=1)

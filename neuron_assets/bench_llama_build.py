@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from neuron_assets.llama_server import STARTUP_PROMPT, _describe_exit, packaged_gguf_path
+from neuron_assets.llama_server import _describe_exit, packaged_gguf_path
 
 PROMPT_TOKENS = 600
 GENERATED_TOKENS = 32
@@ -76,7 +76,7 @@ def measure(build: Path, prepare: bool, prompt_tokens: int, generated_tokens: in
                str(prompt_tokens), str(generated_tokens)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": project})
     if done.returncode != 0:
-        return {"crashed": _describe_exit(done.returncode), "stderr": done.stderr.strip().splitlines()[-1:]}
+        return {"crashed": _describe_exit(done.returncode)}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     neurons = NeuronSelection("random", n=args.neurons, seed=0).resolve(model.d_mlp, args.layer)
     recorders = record(
         model.run_with_mlp_hooks, excerpts, {args.layer: neurons}, random_sample(excerpts, max(args.random, 1), 0),
-        start_token_id=next(iter(model.document_start_token() or ()), None),
+        start_token_id=model.document_start_token_id(),
     )  # fmt: skip
     records, _ = record_tables(recorders, RecordingSettings())
 

@@ -146,9 +146,9 @@ class SubjectModel:
 
         ``auto``: ``<|endoftext|>`` where the vocabulary has it (GPT-2, SmolLM2, Qwen2.5), else
         the tokenizer's BOS. A chat model's BOS can be a turn marker the model never saw between
-        pre-training documents (SmolLM2-Instruct's is ``<|im_start|>``; activations after it
-        differ by 22-40% of their mean size). ``none``: nothing. Anything else must be one token
-        of the vocabulary.
+        pre-training documents (SmolLM2-Instruct's is ``<|im_start|>``, and activations after
+        it differ from those after ``<|endoftext|>``). ``none``: nothing. Anything else must be
+        one token of the vocabulary.
         """
         if setting == "none":
             return None
@@ -164,6 +164,11 @@ class SubjectModel:
                 f"(use 'auto', 'none' or one token such as {DOCUMENT_SEPARATOR!r})"
             )
         return vocabulary[setting], setting
+
+    def document_start_token_id(self, setting: str = AUTO_DOCUMENT_START) -> int | None:
+        """The id of ``document_start_token(setting)``, or None when nothing is put before excerpts."""
+        start = self.document_start_token(setting)
+        return None if start is None else start[0]
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -99,7 +99,8 @@ def test_hooks_are_removed_after_a_pass(model):
 def test_excerpts_are_preceded_by_the_token_seen_between_documents_not_the_chat_bos(model):
     assert model.tokenizer.bos_token == "<|im_start|>"  # the instruct tokenizer's BOS: a chat-turn marker
     assert model.document_start_token() == (0, "<|endoftext|>")
-    assert model.document_start_token("none") is None
+    assert model.document_start_token("none") is None and model.document_start_token_id("none") is None
+    assert model.document_start_token_id() == 0
     assert model.document_start_token("<|im_start|>") == (model.tokenizer.bos_token_id, "<|im_start|>")
     with pytest.raises(SubjectModelError, match=re.escape("'<|nope|>' is not a token of")):
         model.document_start_token("<|nope|>")
