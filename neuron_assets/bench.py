@@ -17,6 +17,7 @@ import torch
 
 from neuron_assets.corpus import load_documents
 from neuron_assets.excerpts import make_excerpts
+from neuron_assets.llama_build import cpu_model
 from neuron_assets.recording import random_sample, record
 from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel, load_subject_model
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             times[name].append(_timed(run))
 
     bare_s = statistics.median(times["bare forward (body, no LM head)"])
+    print(f"CPU: {cpu_model()}")
     print(f"model {model.name}, {len(excerpts)} excerpts, {n_tokens} tokens/round, {args.rounds} rounds, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"{'variant':45s} {'median s':>9s} {'tokens/s':>9s} {'x bare':>7s}")

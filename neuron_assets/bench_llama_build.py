@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from neuron_assets.llama_build import cpu_model
 from neuron_assets.llama_server import _describe_exit, packaged_gguf_path
 
 PROMPT_TOKENS = 600
@@ -60,13 +61,6 @@ generate_s = sorted(generate() for _ in range(3))[1]
 features = sorted(compiled_features(llama_cpp.llama_print_system_info().decode()))
 print(json.dumps({"prompt_tok_s": n_prompt / prompt_s, "generate_tok_s": n_generated / generate_s, "features": features}))
 """
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def measure(build: Path, prepare: bool, prompt_tokens: int, generated_tokens: int) -> dict:

@@ -23,11 +23,12 @@ import openai
 from neuron_assets.corpus import load_documents
 from neuron_assets.excerpts import make_excerpts
 from neuron_assets.explainer import explain_neurons
+from neuron_assets.llama_build import cpu_model
 from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.llm_client import CachingClient, LLMError
 from neuron_assets.recording import NeuronSelection, RecordingSettings, random_sample, record, record_tables
-from neuron_assets.scoring import score
-from neuron_assets.simulator import MODES, SimulationError, scoring_excerpts
+from neuron_assets.scoring import score, select_scoring_excerpts
+from neuron_assets.simulator import MODES, SimulationError, probe_ten_handling
 from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, load_subject_model
 
 ORDER = ("all_at_once", "chat_logprobs", "one_at_a_time", "json")
@@ -38,6 +39,7 @@ class ModeRun:
     """What one mode produced and spent over all excerpts."""
 
     client: CachingClient
+    ten_handling: str = "single_token"
     seconds: float = 0.0
     tokens: int = 0
     failed_excerpts: int = 0
@@ -61,18 +63,20 @@ def main(argv: list[str] | None = None) -> None:
         model.run_with_mlp_hooks, excerpts, {args.layer: neurons}, random_sample(excerpts, max(args.random, 1), 0),
         start_token_id=model.document_start_token_id(),
     )  # fmt: skip
-    records, _ = record_tables(recorders, RecordingSettings())
+    records, _, _ = record_tables(recorders, RecordingSettings())
 
     with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server:
         raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)
         explanations = explain_neurons(CachingClient(raw, server.base_url, None), PACKAGED_MODEL_ALIAS, records, excerpts)
         jobs = (
             explanations.select("layer", "neuron", "explanation")
-            .join(scoring_excerpts(records, args.top, args.random), on=["layer", "neuron"])
+            .join(select_scoring_excerpts(records, args.top, args.random), on=["layer", "neuron"])
             .join(excerpts.select("excerpt_id", "tokens"), on="excerpt_id")
             .sort("neuron", "excerpt_kind", "excerpt_id", descending=[False, True, False])
         )
         runs = {mode: ModeRun(CachingClient(raw, server.base_url, None)) for mode in ORDER}
+        for mode, run in runs.items():
+            run.ten_handling = probe_ten_handling(run.client, PACKAGED_MODEL_ALIAS, mode)
         simulated: dict[str, list[list[float | None]]] = {mode: [] for mode in ORDER}
         for i, (_, neuron_jobs) in enumerate(jobs.group_by("neuron", maintain_order=True)):
             for mode in ORDER[i % len(ORDER) :] + ORDER[: i % len(ORDER)]:
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             run.simulated = simulated[mode]
 
     true = jobs["activations"].to_list()
+    print(f"CPU: {cpu_model()}")
     print(f"subject model {model.name}, layer {args.layer}, neurons {neurons}; simulator {PACKAGED_MODEL_ALIAS} "
           f"on llama.cpp; {len(jobs)} excerpts, {sum(len(t) for t in true)} tokens, the same for every mode")  # fmt: skip
     for row in explanations.select("neuron", "explanation").iter_rows():
@@ -93,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _simulate(run: ModeRun, mode: str, explanation: str, tokens: list[str]) -> list[float | None]:
     _, simulate = MODES[mode]
-    options = {"distribution_shift": 0} if mode == "all_at_once" else {}
+    options: dict[str, object] = {} if mode == "json" else {"ten_handling": run.ten_handling}
+    if mode == "all_at_once":
+        options["distribution_shift"] = 0
     start = time.perf_counter()
     try:
         result = simulate(run.client, PACKAGED_MODEL_ALIAS, explanation, tokens, **options)
@@ -108,6 +115,7 @@ def _simulate(run: ModeRun, mode: str, explanation: str, tokens: list[str]) -> l
 
 
 def _print_costs(runs: dict[str, ModeRun]) -> None:
+    print("\nthe value 10 is read as: " + ", ".join(f"{mode} {run.ten_handling}" for mode, run in runs.items()))
     print(f"\n{'mode':14s} {'calls':>6s} {'prompt tok':>10s} {'compl tok':>9s} {'seconds':>8s} "
           f"{'sim tok/s':>9s} {'valued':>7s} {'misalig':>7s} {'failed':>6s}")  # fmt: skip
     for mode, run in runs.items():

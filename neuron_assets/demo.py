@@ -17,7 +17,7 @@ from neuron_assets.defs.partitions import layer_key
 from neuron_assets.storage import ResultStore
 
 EXAMPLE_QUERY = (
-    "SELECT layer, neuron, explanation, top_and_random_score, random_only_score "
+    "SELECT layer, neuron, explanation, top_and_random_score, best_baseline_score, control_score "
     "FROM neuron_scores ORDER BY top_and_random_score DESC NULLS LAST LIMIT 5"
 )
 
@@ -62,16 +62,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_results(store: ResultStore, first_layer: int, last_layer: int) -> None:
-    """The scored neurons of the demo's layers, read back from the DuckDB views."""
+    """The scored neurons of the demo's layers beside their baselines and controls, read back from the DuckDB views."""
     import duckdb
 
+    layers = f"layer BETWEEN {first_layer} AND {last_layer}"
     with duckdb.connect(str(store.database), read_only=True) as connection:
-        table = connection.sql(
-            "SELECT layer, neuron, explanation, round(top_and_random_score, 3) AS top_and_random, "
-            "round(random_only_score, 3) AS random_only FROM neuron_scores "
-            f"WHERE layer BETWEEN {first_layer} AND {last_layer} ORDER BY layer, neuron"
+        neurons = connection.sql(
+            "SELECT layer, neuron, explanation, round(top_and_random_score, 3) AS explanation_score, "
+            "best_baseline, round(best_baseline_score, 3) AS best_baseline_score, "
+            "round(control_score, 3) AS control_score, round(random_only_score, 3) AS random_only "
+            f"FROM neuron_scores WHERE {layers} ORDER BY layer, neuron"
         )
-        print(table.pl().to_pandas().to_string(index=False, max_colwidth=70))
+        print("Per neuron, top-and-random correlation scores (the control simulates another neuron's explanation):")
+        print(neurons.pl().to_pandas().to_string(index=False, max_colwidth=60))
+        methods = connection.sql(
+            "SELECT layer, method, n_neurons, round(mean_score, 3) AS mean, "
+            "'[' || round(mean_ci_low, 3) || ', ' || round(mean_ci_high, 3) || ']' AS mean_95ci, "
+            "round(explanation_minus_method, 3) AS explanation_minus_method, "
+            "'[' || round(difference_ci_low, 3) || ', ' || round(difference_ci_high, 3) || ']' AS difference_95ci, "
+            f"verdict FROM layer_methods WHERE {layers} AND scoring_set = 'top_and_random' ORDER BY layer, method"
+        )
+        print("\nPer layer, top-and-random, with 95% bootstrap intervals over neurons:")
+        print(methods.pl().to_pandas().to_string(index=False))
     database = str(store.database)
     print(f"\nResults database: {database}")
     print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")

@@ -1,4 +1,8 @@
-"""The explainer: one chat call per sample, answer cleaned into a one-line explanation."""
+"""The explainer: one chat call per sample, answer cleaned into a one-line explanation.
+
+Explanations come from a neuron's top-activating excerpts (method ``explanation``) or
+from its token lookup table's top tokens (``lookup_explanation``, a baseline).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,23 @@ import polars as pl
 
 from neuron_assets.excerpts import EXPLANATION_POOL
 from neuron_assets.llm_client import LLMError, fit_to_context, map_neurons
+from neuron_assets.methods import EXPLANATION, LOOKUP_EXPLANATION
 from neuron_assets.prompts import (
     EXPLAINER_PROMPT_VERSION,
+    LOOKUP_EXPLAINER_PROMPT_VERSION,
     ExplanationParseError,
     Record,
     describe_shortening,
     explainer_messages,
+    lookup_explainer_messages,
     parse_explanation,
     shortening_steps,
 )
+
+EXPLANATION_SCHEMA = {
+    "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "explanation": pl.String,
+    "raw_reply": pl.String, "excerpt_ids": pl.List(pl.Int64), "prompt_shortening": pl.String,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,15 +152,79 @@ def explain_neurons(
         for (layer, neuron, ids, _, _), samples in zip(neurons, samples_per_neuron, strict=True)
         for sample, explanation in enumerate(samples)
     ]
-    return pl.DataFrame(
-        rows,
-        schema={
-            "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "explanation": pl.String,
-            "raw_reply": pl.String, "excerpt_ids": pl.List(pl.Int64), "prompt_shortening": pl.String,
-        },
-        orient="row",
-    ).with_columns(
+    return _explanation_frame(rows, EXPLANATION, model, EXPLAINER_PROMPT_VERSION, temperature)
+
+
+def explain_lookup_tables(
+    client: Any,
+    model: str,
+    top_tokens: pl.DataFrame,
+    *,
+    n_samples: int = 1,
+    temperature: float = 1.0,
+    max_tokens: int = 60,
+    max_attempts: int = 3,
+    seed: int = 0,
+    concurrency: int = 1,
+    on_neuron: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """The lookup-explanation baseline: the explainer summarizes each neuron's top lookup-table tokens.
+
+    ``top_tokens`` holds (layer, neuron, token, mean_activation) lists, best first (see
+    ``baselines.top_lookup_tokens``). Rows have the columns of ``explain_neurons`` with an
+    empty ``excerpt_ids``: no excerpt was shown.
+    """
+
+    def job(tokens: list[str], means: list[float]) -> Callable[[], list[str]]:
+        messages = lookup_explainer_messages(tokens, means)
+
+        def run() -> list[str]:
+            replies = []
+            for sample in range(n_samples):
+                for attempt in range(max_attempts):
+                    response = client.chat.completions.create(
+                        model=model, messages=messages, temperature=temperature, max_tokens=max_tokens,
+                        seed=seed + 1000 * sample + attempt,
+                    )  # fmt: skip
+                    raw = response["choices"][0]["message"]["content"] or ""
+                    try:
+                        parse_explanation(raw)
+                    except ExplanationParseError:
+                        if attempt + 1 == max_attempts:
+                            raise ExplanationParseError(
+                                f"{max_attempts} replies from {model!r} to the lookup-table prompt held no "
+                                f"explanation; last: {raw!r}"
+                            ) from None
+                        continue
+                    replies.append(raw)
+                    break
+            return replies
+
+        return run
+
+    neurons = top_tokens.select("layer", "neuron", "token", "mean_activation").rows()
+    replies_per_neuron = map_neurons(
+        "lookup explanation",
+        [((layer, neuron), job(tokens, means)) for layer, neuron, tokens, means in neurons],
+        expected_errors=(ExplanationParseError, LLMError),
+        concurrency=concurrency,
+        on_done=on_neuron,
+    )
+    rows = [
+        (layer, neuron, sample, parse_explanation(raw), raw, [], None)
+        for (layer, neuron, _, _), replies in zip(neurons, replies_per_neuron, strict=True)
+        for sample, raw in enumerate(replies)
+    ]
+    return _explanation_frame(rows, LOOKUP_EXPLANATION, model, LOOKUP_EXPLAINER_PROMPT_VERSION, temperature)
+
+
+def _explanation_frame(
+    rows: list[tuple[Any, ...]], method: str, model: str, prompt_version: str, temperature: float
+) -> pl.DataFrame:
+    """Rows of the ``explanations`` table (lineage columns aside)."""
+    return pl.DataFrame(rows, schema=EXPLANATION_SCHEMA, orient="row").with_columns(
+        method=pl.lit(method),
         explainer_model=pl.lit(model),
-        prompt_version=pl.lit(EXPLAINER_PROMPT_VERSION),
+        prompt_version=pl.lit(prompt_version),
         temperature=pl.lit(temperature, dtype=pl.Float64),
-    )  # fmt: skip
+    )

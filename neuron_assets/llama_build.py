@@ -25,6 +25,7 @@ the host's CPU flags:
 
 from __future__ import annotations
 
+import platform
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,6 +82,15 @@ def installed_features() -> set[str]:
     import llama_cpp
 
     return compiled_features(llama_cpp.llama_print_system_info().decode("utf-8", errors="replace"))
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The host's CPU model name, printed with every benchmark: ratios differ from host to host."""
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def host_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:

@@ -1,7 +1,7 @@
 """Explainer and simulator prompts (method.md §3 and §4), and parsing of what comes back.
 
 Both prompts show excerpts one token per line as ``token<TAB>activation`` between
-``<start>`` and ``<end>``. The few-shot neurons below are our own, written by hand.
+``<start>`` and ``<end>``. The few-shot neurons are our own (``fewshot``).
 Bump the version strings whenever a prompt's text changes: they are stored with every
 explanation and simulation so lineage can tell results of different prompts apart.
 """
@@ -15,42 +15,29 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-EXPLAINER_PROMPT_VERSION = "explainer-v1"
-SIMULATOR_PROMPT_VERSION = "simulator-all-at-once-v1"
-JSON_SIMULATOR_PROMPT_VERSION = "simulator-json-v1"
-CHAT_SIMULATOR_PROMPT_VERSION = "simulator-chat-logprobs-v1"
+from neuron_assets.fewshot import EXAMPLE_NEURONS, Record
+
+EXPLAINER_PROMPT_VERSION = "explainer-v2"
+LOOKUP_EXPLAINER_PROMPT_VERSION = "lookup-explainer-v1"
+SIMULATOR_PROMPT_VERSION = "simulator-all-at-once-v2"
+JSON_SIMULATOR_PROMPT_VERSION = "simulator-json-v2"
+CHAT_SIMULATOR_PROMPT_VERSION = "simulator-chat-logprobs-v2"
+ONE_AT_A_TIME_PROMPT_VERSION = "simulator-one-at-a-time-v1"
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 MAX_NORMALIZED = 10
 REPEAT_NONZERO_BELOW = 0.2
 UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
-class Record:
-    """One excerpt with one neuron's per-token activations."""
-
-    tokens: Sequence[str]
-    activations: Sequence[float]
-
-
-@dataclass(frozen=True)
-class ExampleNeuron:
-    records: Sequence[Record]
-    explanation: str
-
-
 class ExplanationParseError(ValueError):
     """The explainer's reply holds no usable explanation."""
 
 
-def normalize(activations: Sequence[float], max_activation: float) -> list[int]:
-    """Map activations to integers 0..10: negatives to 0, ``max_activation`` to 10."""
+def normalize(activations: Sequence[float], max_activation: float, top: int = MAX_NORMALIZED) -> list[int]:
+    """Map activations to integers 0..``top`` (10 unless a tokenizer needs 9): negatives to 0, ``max_activation`` to ``top``."""
     if max_activation <= 0:
         return [0] * len(activations)
-    return [
-        min(MAX_NORMALIZED, math.floor(MAX_NORMALIZED * max(a, 0.0) / max_activation))
-        for a in activations
-    ]
+    return [min(top, math.floor(top * max(a, 0.0) / max_activation)) for a in activations]
 
 
 def display_token(token: str) -> str:
@@ -61,20 +48,20 @@ def display_token(token: str) -> str:
 def format_records(records: Sequence[Record]) -> str:
     """The explainer's view of a neuron: normalized listings, plus the sparse-neuron repeat.
 
-    When fewer than 20% of shown tokens are non-zero after normalization, each record's
-    non-zero (token, activation) pairs are listed again after the full listing.
+    When fewer than 20% of shown tokens are non-zero after normalization, the study's
+    layout follows: every record's full listing first, then one "zeros filtered out"
+    section listing each record's non-zero (token, activation) pairs again.
     """
     max_activation = max((max(r.activations, default=0.0) for r in records), default=0.0)
     normalized = [normalize(r.activations, max_activation) for r in records]
     n_tokens = sum(len(n) for n in normalized)
     n_nonzero = sum(1 for n in normalized for v in n if v > 0)
     repeat = n_tokens > 0 and n_nonzero / n_tokens < REPEAT_NONZERO_BELOW
-    parts = []
-    for record, values in zip(records, normalized, strict=True):
-        parts.append(_listing(record.tokens, values, keep_zeros=True))
-        if repeat:
-            parts.append("Same activations, but with all zeros filtered out:")
-            parts.append(_listing(record.tokens, values, keep_zeros=False))
+    pairs = list(zip(records, normalized, strict=True))
+    parts = [_listing(record.tokens, values, keep_zeros=True) for record, values in pairs]
+    if repeat:
+        parts.append("Same activations, but with all zeros filtered out:")
+        parts += [_listing(record.tokens, values, keep_zeros=False) for record, values in pairs]
     return "\n".join(parts)
 
 
@@ -116,6 +103,42 @@ def _explainer_question(number: int, records: Sequence[Record]) -> str:
     )
 
 
+LOOKUP_EXPLAINER_SYSTEM = (
+    "We study neurons of a language model. Each neuron responds to some particular thing in "
+    "text. You will see the tokens on which a neuron is most active on average, one per line "
+    "as token<tab>activation, strongest first. Activations run from 0 to 10. Say in one short "
+    "phrase what the neuron responds to. Describe the pattern; do not just list the tokens."
+)
+LOOKUP_EXAMPLE = (
+    [(" Monday", 10.0), (" Sunday", 9.6), (" Friday", 9.1), (" Thursday", 8.8), (" weekend", 3.0), (" holiday", 1.4)],
+    "names of the days of the week",
+)
+
+
+def lookup_explainer_messages(tokens: Sequence[str], means: Sequence[float]) -> list[dict[str, str]]:
+    """Chat messages asking to summarize a token lookup table's top tokens (method.md §6).
+
+    Mean activations are normalized like the excerpt listings: negatives to 0, the
+    largest shown to 10.
+    """
+    example_tokens, example_explanation = LOOKUP_EXAMPLE
+    return [
+        {"role": "system", "content": LOOKUP_EXPLAINER_SYSTEM},
+        {"role": "user", "content": _lookup_question(1, [t for t, _ in example_tokens], [m for _, m in example_tokens])},
+        {"role": "assistant", "content": f"{example_explanation}."},
+        {"role": "user", "content": _lookup_question(2, tokens, means)},
+    ]
+
+
+def _lookup_question(number: int, tokens: Sequence[str], means: Sequence[float]) -> str:
+    values = normalize(means, max(means, default=0.0))
+    listing = "\n".join(f"{display_token(t)}\t{v}" for t, v in zip(tokens, values, strict=True))
+    return (
+        f"Neuron {number}\nTokens with the highest mean activation:\n<start>\n{listing}\n<end>\n\n"
+        f"Complete the sentence. Explanation of neuron {number}: {EXPLANATION_PREFIX}"
+    )
+
+
 def parse_explanation(raw: str) -> str:
     """Clean a reply into an explanation: no prefix, one line, no enclosing quotes, no trailing period.
 
@@ -142,12 +165,13 @@ def _trim(text: str) -> str:
     return text.strip().strip(":").strip().rstrip(".").strip()
 
 
-SIMULATOR_PREAMBLE = (
-    "We study neurons of a language model. Each neuron responds to some particular thing in "
-    "text. Given an explanation of what a neuron does, predict its activation on each token. "
-    "The format is token<tab>activation; activations run from 0 to 10, most are 0, and "
-    f'"{UNKNOWN}" marks an activation still to be predicted.\n\n'
-)
+def _simulator_preamble(top: int) -> str:
+    return (
+        "We study neurons of a language model. Each neuron responds to some particular thing in "
+        "text. Given an explanation of what a neuron does, predict its activation on each token. "
+        f"The format is token<tab>activation; activations run from 0 to {top}, most are 0, and "
+        f'"{UNKNOWN}" marks an activation still to be predicted.\n\n'
+    )
 
 
 @dataclass(frozen=True)
@@ -159,19 +183,21 @@ class SimulatorPrompt:
 
 
 def simulator_prompt(
-    explanation: str, tokens: Sequence[str], seed: int = 0, n_fewshot: int | None = None
+    explanation: str, tokens: Sequence[str], seed: int = 0, n_fewshot: int | None = None, top: int = MAX_NORMALIZED
 ) -> SimulatorPrompt:
     """All-at-once prompt: few-shot neurons, then the target excerpt with every activation unknown.
 
     Few-shot listings switch from "unknown" to real values at a random position, so the
     model learns that a number may follow a tab at any point, including after "unknown".
+    Values run from 0 to ``top``: 10, or 9 for a simulator whose tokenizer has no token "10"
+    (its every value is then one token, and one forward pass reads them all).
     """
     rng = random.Random(seed)
-    text = SIMULATOR_PREAMBLE
+    text = _simulator_preamble(top)
     for i, example in enumerate(EXAMPLE_NEURONS[:n_fewshot], start=1):
         text += _simulator_header(i, example.explanation)
         for record in example.records:
-            values: list[int | str] = list(normalize(record.activations, _max(example.records)))
+            values: list[int | str] = list(normalize(record.activations, _max(example.records), top))
             switch = rng.randrange(len(values))
             values = [UNKNOWN if j < switch else v for j, v in enumerate(values)]
             text += _listing(record.tokens, values, keep_zeros=True) + "\n\n"
@@ -257,6 +283,46 @@ def _chat_question(explanation: str, tokens: Sequence[str]) -> str:
     return f"Explanation: {EXPLANATION_PREFIX} {explanation}.\nExcerpt:\n{listing}"
 
 
+ONE_AT_A_TIME_SYSTEM = (
+    "We study neurons of a language model. Each neuron responds to some particular thing in "
+    "text. Given an explanation of what a neuron does and a text, say how strongly the neuron "
+    "responds to the last token of the text, in its context, from 0 (silent) to 10 (strongest). "
+    "Most tokens get 0. Reply with the number only."
+)
+
+
+def one_at_a_time_messages(
+    explanation: str, tokens: Sequence[str], position: int, n_fewshot: int | None = None
+) -> list[dict[str, str]]:
+    """Chat messages asking for the activation of ``tokens[position]``, shown with the text before it.
+
+    The study's one-at-a-time format, in our words: the text up to and including the token,
+    the token named again, and one number asked for. Each few-shot neuron contributes two
+    worked questions from its first record: its strongest token and a silent one.
+    """
+    messages = [{"role": "system", "content": ONE_AT_A_TIME_SYSTEM}]
+    for example in EXAMPLE_NEURONS[:n_fewshot]:
+        record = example.records[0]
+        values = normalize(record.activations, _max(example.records))
+        strongest = max(range(len(values)), key=values.__getitem__)
+        silent = next((i for i in range(strongest, len(values)) if values[i] == 0), values.index(0))
+        for i in sorted({strongest, silent}):
+            messages.append({"role": "user", "content": _one_at_a_time_question(example.explanation, record.tokens, i)})
+            messages.append({"role": "assistant", "content": str(values[i])})
+    messages.append({"role": "user", "content": _one_at_a_time_question(explanation, tokens, position)})
+    return messages
+
+
+def _one_at_a_time_question(explanation: str, tokens: Sequence[str], position: int) -> str:
+    text = "".join(tokens[: position + 1])
+    return (
+        f"Explanation: {EXPLANATION_PREFIX} {explanation}.\n"
+        f"Text: {text}\n"
+        f"Last token: {json.dumps(tokens[position], ensure_ascii=False)}\n"
+        "Activation of the last token (0-10):"
+    )
+
+
 def shortening_steps(n_records: int) -> list[tuple[int, int]]:
     """(few-shot neurons, excerpts) to try, from the full prompt down, when a backend's context is too small.
 
@@ -285,33 +351,3 @@ def _simulator_header(number: int, explanation: str) -> str:
 
 def _max(records: Sequence[Record]) -> float:
     return max(max(r.activations) for r in records)
-
-
-def _record(pairs: Sequence[tuple[str, float]]) -> Record:
-    return Record([t for t, _ in pairs], [a for _, a in pairs])
-
-
-EXAMPLE_NEURONS: tuple[ExampleNeuron, ...] = (
-    ExampleNeuron(
-        records=(
-            _record([("The", 0), (" meeting", 0), (" moved", 0), (" from", 0), (" Monday", 9.1),
-                     (" to", 0), (" Friday", 8.7), (" because", 0), (" of", 0), (" the", 0),
-                     (" holiday", 1.2), (".", 0)]),
-            _record([("Shops", 0), (" close", 0), (" early", 0), (" on", 0), (" Sunday", 9.5),
-                     (" and", 0), (" open", 0), (" late", 0), (" on", 0), (" Thursday", 8.0),
-                     (" nights", 0.4), (".", 0)]),
-        ),
-        explanation="names of the days of the week",
-    ),
-    ExampleNeuron(
-        records=(
-            _record([("She", 0), (" said", 0), (",", 0), (' "', 0.3), ("I", 2.0), (" will", 3.1),
-                     (" not", 4.0), (" go", 3.5), ('."', 1.0), (" Then", 0), (" she", 0),
-                     (" left", 0)]),
-            _record([("The", 0), (" sign", 0), (" read", 0), (' "', 0), ("Keep", 3.2), (" off", 4.1),
-                     (" the", 3.8), (" grass", 3.0), ('"', 0.5), (" in", 0), (" red", 0),
-                     (" paint", 0)]),
-        ),
-        explanation="words inside quotation marks",
-    ),
-)

@@ -4,8 +4,10 @@ One forward pass over the corpus serves every requested layer: a hook on each la
 ``blocks.{L}.mlp.hook_post`` folds the batch into that layer's ``LayerRecorder`` and the
 pass stops after the deepest requested layer. A recorder keeps, per selected neuron,
 the top-k excerpts of each pool by maximum activation (with their per-token
-activations), the activations on a fixed random sample of scoring excerpts, and running
-sums for the statistics, so memory grows with neurons x k, never with the corpus.
+activations), the activations on a fixed random sample of scoring excerpts, running
+sums for the statistics, and per-token sums over the explanation pool for the token
+lookup-table baseline (method.md §6), so memory grows with neurons x (k + distinct
+tokens), never with the corpus.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class LayerRecorder:
         random_excerpt_ids: Sequence[int],
         excerpt_length: int,
         top_k: int,
+        vocabulary: torch.Tensor,
     ) -> None:
         self.layer = layer
         self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
@@ -60,9 +63,15 @@ class LayerRecorder:
         self.minimum = torch.full((n,), float("inf"))
         self.firing = torch.zeros(n, dtype=torch.long)
         self.n_tokens = 0
+        # Sorted ids of the explanation pool's distinct tokens, and each one's sums there.
+        self.vocabulary = vocabulary
+        self.token_sums = torch.zeros(len(vocabulary), n, dtype=torch.float64)
+        self.token_counts = torch.zeros(len(vocabulary), dtype=torch.long)
 
-    def update(self, activations: torch.Tensor, excerpt_ids: torch.Tensor, is_scoring: torch.Tensor) -> None:
-        """Fold a batch: ``activations`` [batch, tokens, d_mlp], ids and pool flags [batch]."""
+    def update(
+        self, activations: torch.Tensor, excerpt_ids: torch.Tensor, is_scoring: torch.Tensor, token_ids: torch.Tensor
+    ) -> None:
+        """Fold a batch: ``activations`` [batch, tokens, d_mlp], ids and pool flags [batch], token ids [batch, tokens]."""
         n = len(self.neurons)
         acts = activations[..., :n] if self._prefix else activations.index_select(-1, self.neurons)
         acts = acts.float()  # [b, t, n]
@@ -77,6 +86,10 @@ class LayerRecorder:
         for pool, rows in ((SCORING_POOL, is_scoring), (EXPLANATION_POOL, ~is_scoring)):
             if rows.any():
                 self._merge_top(pool, maxima.masked_fill(~rows[:, None], float("-inf")), acts, excerpt_ids)
+        if (~is_scoring).any():
+            slots = torch.searchsorted(self.vocabulary, token_ids[~is_scoring].reshape(-1))
+            self.token_sums.index_add_(0, slots, acts[~is_scoring].reshape(-1, n).double())
+            self.token_counts.index_add_(0, slots, torch.ones_like(slots))
         for row, excerpt_id in enumerate(excerpt_ids.tolist()):
             slot = self._random_slot.get(excerpt_id)
             if slot is not None:
@@ -159,6 +172,21 @@ class LayerRecorder:
                 )
         return frames
 
+    def token_lookup(self) -> pl.DataFrame:
+        """Mean activation of every (token, neuron) over the explanation pool: the lookup table."""
+        seen = self.token_counts > 0
+        means = self.token_sums[seen] / self.token_counts[seen, None]  # [tokens, n]
+        n_tokens, n = means.shape
+        return pl.DataFrame(
+            {
+                "layer": pl.Series([self.layer] * (n_tokens * n), dtype=pl.Int64),
+                "neuron": pl.Series(self.neurons.repeat(n_tokens).tolist(), dtype=pl.Int64),
+                "token_id": pl.Series(self.vocabulary[seen].repeat_interleave(n).tolist(), dtype=pl.Int64),
+                "count": pl.Series(self.token_counts[seen].repeat_interleave(n).tolist(), dtype=pl.Int64),
+                "mean_activation": means.reshape(-1).numpy(),
+            }
+        ).sort("neuron", "token_id")
+
     def stats(self) -> pl.DataFrame:
         """Mean, variance, max, min and firing fraction over every recorded token."""
         n = self.n_tokens
@@ -226,22 +254,27 @@ def record(
     position is not recorded.
     """
     length = len(excerpts["token_ids"][0])
+    vocabulary = torch.as_tensor(
+        excerpts.filter(pl.col("pool") == EXPLANATION_POOL)["token_ids"].explode().unique().sort().to_list(),
+        dtype=torch.long,
+    )
     recorders = {
-        layer: LayerRecorder(layer, selected, random_excerpt_ids, length, top_k)
+        layer: LayerRecorder(layer, selected, random_excerpt_ids, length, top_k, vocabulary)
         for layer, selected in neurons.items()
     }
     stop_at = max(neurons) + 1
     offset = 0 if start_token_id is None else 1
     for start in range(0, len(excerpts), batch_size):
         batch = excerpts.slice(start, batch_size)
-        tokens = torch.as_tensor(np.stack(batch["token_ids"].to_numpy()), dtype=torch.long)
+        excerpt_tokens = torch.as_tensor(np.stack(batch["token_ids"].to_numpy()), dtype=torch.long)
+        tokens = excerpt_tokens
         if start_token_id is not None:
             tokens = torch.cat([torch.full((len(tokens), 1), start_token_id), tokens], dim=1)
         ids = torch.tensor(batch["excerpt_id"].to_list(), dtype=torch.long)
         is_scoring = torch.tensor((batch["pool"] == SCORING_POOL).to_list())
         # Bind this batch's ids and pools now, not by reference to the loop variables.
         hooks = {
-            layer: (lambda acts, r=recorder, i=ids, s=is_scoring: r.update(acts[:, offset:], i, s))
+            layer: (lambda acts, r=recorder, i=ids, s=is_scoring, t=excerpt_tokens: r.update(acts[:, offset:], i, s, t))
             for layer, recorder in recorders.items()
         }
         run_model(tokens, hooks, stop_at)
@@ -289,8 +322,9 @@ def random_sample(excerpts: pl.DataFrame, n: int, seed: int) -> list[int]:
 
 def record_tables(
     recorders: dict[int, LayerRecorder], settings: RecordingSettings
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The ``activation_records`` and ``neuron_stats`` rows of every recorded layer."""
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The ``activation_records``, ``neuron_stats`` and ``token_lookup`` rows of every recorded layer."""
     records = pl.concat([r.records(settings) for r in recorders.values()], how="vertical")
     stats = pl.concat([r.stats() for r in recorders.values()], how="vertical")
-    return records, stats
+    lookup = pl.concat([r.token_lookup() for r in recorders.values()], how="vertical")
+    return records, stats, lookup

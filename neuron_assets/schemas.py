@@ -11,8 +11,10 @@ from typing import Optional
 import pandera.polars as pa
 import polars as pl
 
+from neuron_assets.methods import EXPLAINED, METHODS, SIMULATED, TOKEN_BASELINES
+from neuron_assets.scoring import EXCERPT_KINDS, SCORING_SETS
+
 POOLS = ["explanation", "scoring"]
-SCORING_SETS = ["top_and_random", "random_only"]
 
 
 class Lineage(pa.DataFrameModel):
@@ -73,16 +75,39 @@ class NeuronStats(Lineage):
     n_tokens: int = pa.Field(gt=0, description="tokens the statistics cover")
 
 
+class TokenLookup(Lineage):
+    """The token lookup table (method.md §6): each token's mean activation over the explanation pool."""
+
+    subject_model: str = pa.Field(description="subject model whose neuron this is")
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    token_id: int = pa.Field(ge=0, description="the token's id in the subject model's vocabulary")
+    token: str = pa.Field(description="the token as text")
+    count: int = pa.Field(gt=0, description="times the token occurs in the explanation pool")
+    mean_activation: float = pa.Field(description="the neuron's mean activation on the token over the explanation pool")
+
+
+class ScoringExcerpts(Lineage):
+    """Which excerpts every method of a neuron is scored and calibrated on: the same for all."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    excerpt_id: int = pa.Field(ge=0, description="the scoring-pool excerpt (see excerpts)")
+    excerpt_kind: str = pa.Field(isin=list(EXCERPT_KINDS), description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (held out to fit the calibration)")
+    activations: list[float] = pa.Field(description="the neuron's real activation at every token")
+
+
 class Explanations(Lineage):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which of the neuron's sampled explanations")
+    method: str = pa.Field(isin=list(EXPLAINED), description="'explanation' (from top excerpts) or 'lookup_explanation' (a summary of the token lookup table's top tokens, a baseline)")
     explanation: str = pa.Field(str_length={"min_value": 1}, description="what the neuron finds, as the explainer completed the sentence")
     raw_reply: str = pa.Field(description="the explainer's reply before cleaning")
     explainer_model: str = pa.Field(description="model that wrote the explanation")
     prompt_version: str = pa.Field(description="version of the explainer prompt")
     temperature: float = pa.Field(description="sampling temperature")
-    excerpt_ids: list[int] = pa.Field(description="excerpts the explainer was shown, best first")
+    excerpt_ids: list[int] = pa.Field(description="excerpts the explainer was shown, best first (empty for a lookup explanation)")
     prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the explainer's context; null if nothing")
 
 
@@ -90,11 +115,14 @@ class Simulations(Lineage):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was simulated")
-    excerpt_id: int = pa.Field(ge=0, description="the scoring excerpt simulated")
-    excerpt_kind: str = pa.Field(isin=["top", "random"], description="'top' or 'random' scoring excerpt")
+    method: str = pa.Field(isin=list(SIMULATED), description="whose explanation was simulated: 'explanation', 'lookup_explanation' or 'control' (another neuron's)")
+    explanation_neuron: int = pa.Field(ge=0, description="the neuron the simulated explanation was written for (another one for 'control')")
+    excerpt_id: int = pa.Field(ge=0, description="the scoring or calibration excerpt simulated")
+    excerpt_kind: str = pa.Field(isin=list(EXCERPT_KINDS), description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (calibration only)")
     simulator_model: str = pa.Field(description="model that simulated the neuron from the explanation")
     simulation_mode: str = pa.Field(isin=["all_at_once", "chat_logprobs", "one_at_a_time", "json"], description="how the simulator was asked (see README, simulator modes)")
     prompt_version: str = pa.Field(description="version of the simulator prompt")
+    ten_handling: str = pa.Field(isin=["single_token", "top_nine", "second_read", "written"], description="how the value 10 was read: 'single_token' ('10' is one token of the simulator's tokenizer), 'top_nine' (it is not: the all-at-once scale ran 0..9, mapped back x 10/9), 'second_read' (chat modes: what followed a written '1') or 'written' (json numbers)")
     simulated: list[float] = pa.Field(description="expected activation 0..10 at every token; null where unsimulated")
     true_activations: list[float] = pa.Field(description="the neuron's real activation at every token")
     n_unsimulated: int = pa.Field(ge=0, description="tokens with no simulated value")
@@ -103,18 +131,49 @@ class Simulations(Lineage):
     prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the simulator's context; null if nothing")
 
 
+class TokenPredictions(Lineage):
+    """What a token baseline predicts on each scoring and calibration excerpt (no LLM involved)."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    method: str = pa.Field(isin=list(TOKEN_BASELINES), description="'lookup_table' or 'weight_based' (see README, token baselines)")
+    excerpt_id: int = pa.Field(ge=0, description="the scoring or calibration excerpt")
+    excerpt_kind: str = pa.Field(isin=list(EXCERPT_KINDS), description="as in scoring_excerpts")
+    predicted: list[float] = pa.Field(description="the baseline's prediction at every token, on the neuron's scale")
+    true_activations: list[float] = pa.Field(description="the neuron's real activation at every token")
+
+
 class Scores(Lineage):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
-    sample: int = pa.Field(ge=0, description="which explanation sample was scored")
-    scoring_set: str = pa.Field(isin=SCORING_SETS, description="'top_and_random' (top + random excerpts) or 'random_only'")
+    sample: int = pa.Field(ge=0, description="which explanation sample was scored (0 for token baselines)")
+    method: str = pa.Field(isin=list(METHODS), description="what was scored: 'explanation', a baseline ('lookup_table', 'weight_based', 'lookup_explanation') or 'control'")
+    explanation_neuron: Optional[int] = pa.Field(nullable=True, description="the neuron the scored explanation was written for (another one for 'control'); null for token baselines")
+    scoring_set: str = pa.Field(isin=list(SCORING_SETS), description="'top_and_random' (top + random excerpts) or 'random_only'")
     correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="Pearson correlation of simulated with true activations, pooled over the set's tokens; null when undefined")
-    explained_variance: Optional[float] = pa.Field(nullable=True, le=1.0, description="1 - E[(calibrated simulation - truth)^2] / Var(truth); the calibration is fitted on these same tokens, so today it equals correlation squared")
-    calibration_slope: Optional[float] = pa.Field(nullable=True, description="slope of the linear map from the 0..10 simulation to the neuron's scale")
+    explained_variance: Optional[float] = pa.Field(nullable=True, le=1.0, description="1 - E[(calibrated simulation - truth)^2] / Var(truth) on the set's tokens, with the calibration fitted on the held-out calibration excerpts; can be negative; null when the correlation or the calibration is undefined")
+    calibration_slope: Optional[float] = pa.Field(nullable=True, description="slope of the linear map from the simulation to the neuron's scale, fitted on the calibration excerpts; null when it cannot be fitted (constant simulation there)")
     calibration_intercept: Optional[float] = pa.Field(nullable=True, description="intercept of that map")
+    n_calibration_tokens: int = pa.Field(ge=0, description="tokens the calibration was fitted on")
     n_tokens: int = pa.Field(ge=0, description="tokens scored, unsimulated ones included")
     n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0 (see README)")
     undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined (constant activations); null when it is defined")
+
+
+class MethodComparisons(Lineage):
+    """Per layer, scoring set and method: mean score, and its paired difference from the explanation's."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    scoring_set: str = pa.Field(isin=list(SCORING_SETS), description="'top_and_random' or 'random_only'")
+    method: str = pa.Field(isin=list(METHODS), description="the scored method (see scores.method)")
+    n_neurons: int = pa.Field(ge=0, description="neurons with a defined score for the method (a neuron's samples averaged)")
+    mean_score: float = pa.Field(description="mean correlation score over those neurons")
+    mean_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of the 95% bootstrap interval of the mean (null under 2 neurons)")
+    mean_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
+    n_paired: int = pa.Field(ge=0, description="neurons scored by both this method and the explanation")
+    explanation_minus_method: Optional[float] = pa.Field(nullable=True, description="mean over those neurons of the explanation's score minus this method's; above 0 means the explanation does better")
+    difference_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of its 95% bootstrap interval over neurons; above 0 means reliably better")
+    difference_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
 
 
 TABLES: dict[str, type[pa.DataFrameModel]] = {
@@ -122,9 +181,13 @@ TABLES: dict[str, type[pa.DataFrameModel]] = {
     "excerpts": Excerpts,
     "activation_records": ActivationRecords,
     "neuron_stats": NeuronStats,
+    "token_lookup": TokenLookup,
+    "scoring_excerpts": ScoringExcerpts,
     "explanations": Explanations,
     "simulations": Simulations,
+    "token_predictions": TokenPredictions,
     "scores": Scores,
+    "method_comparisons": MethodComparisons,
 }
 
 

@@ -1,4 +1,4 @@
-"""Correlation score, linear calibration and explained variance (method.md §5).
+"""Scoring sets, correlation score, held-out linear calibration and explained variance (method.md §5).
 
 Scores pool every token of every scoring excerpt before computing anything, as the
 study does: averaging per-excerpt correlations would over-weight short, flat excerpts.
@@ -10,6 +10,12 @@ the chat or JSON reply did not line up) counts as a simulated 0, as in the study
 reference code, and is counted in ``n_unsimulated``: every explanation of a neuron is
 scored on the same tokens. Dropping such tokens instead lets a simulator raise its score
 by staying silent where it would be wrong (2 dropped tokens of 10 turned 0.63 into 0.998).
+
+The linear calibration that maps a simulation onto the neuron's scale is fitted on
+separate calibration excerpts, never on the tokens it scores: fitted on those, explained
+variance is exactly the correlation squared and says nothing new. Held out, it can be
+lower, and negative when the calibrated simulation is further from the truth than the
+truth's own mean.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
+
+from neuron_assets.excerpts import SCORING_POOL
+
+SCORING_SETS = {"top_and_random": ("top", "random"), "random_only": ("random",)}
+CALIBRATION_KINDS = ("calibration_top", "calibration_random")
+EXCERPT_KINDS = ("top", "random", *CALIBRATION_KINDS)
 
 
 @dataclass(frozen=True)
@@ -54,26 +66,39 @@ def pool(
 
 
 def score(
-    simulated: Sequence[Sequence[float | None]], true: Sequence[Sequence[float]]
+    simulated: Sequence[Sequence[float | None]],
+    true: Sequence[Sequence[float]],
+    calibration: tuple[float, float] | None = None,
 ) -> Score:
-    """Pearson correlation of pooled simulated vs true activations, plus calibrated explained variance."""
+    """Pearson correlation of pooled simulated vs true activations, and the explained variance
+    of the simulation mapped by ``calibration`` (slope, intercept), which was fitted on other
+    excerpts; without a calibration the explained variance is None."""
     s, a, unsimulated = pool(simulated, true)
+    slope, intercept = calibration or (None, None)
     reason = _undefined_reason(s, a)
     if reason is not None:
-        return Score(None, None, None, None, len(s), unsimulated, reason)
+        return Score(None, None, slope, intercept, len(s), unsimulated, reason)
     rho = float(np.corrcoef(s, a)[0, 1])
-    slope, intercept = calibration(s, a)
-    calibrated = slope * s + intercept
-    ev = 1.0 - float(np.mean((calibrated - a) ** 2)) / float(np.var(a))
+    if slope is None or intercept is None:
+        return Score(rho, None, None, None, len(s), unsimulated, None)
+    ev = 1.0 - float(np.mean((slope * s + intercept - a) ** 2)) / float(np.var(a))
     return Score(rho, ev, slope, intercept, len(s), unsimulated, None)
 
 
-def calibration(simulated: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    """Least-squares linear map from the simulator's 0..10 scale onto the neuron's scale."""
-    s_centered = simulated - simulated.mean()
-    slope = float(np.dot(s_centered, true - true.mean()) / np.dot(s_centered, s_centered))
-    intercept = float(true.mean() - slope * simulated.mean())
-    return slope, intercept
+def fit_calibration(
+    simulated: Sequence[Sequence[float | None]], true: Sequence[Sequence[float]]
+) -> tuple[float, float] | None:
+    """Least-squares linear map (slope, intercept) from the simulator's scale onto the neuron's.
+
+    None when it cannot be fitted: fewer than 2 tokens, or a constant simulation (no slope
+    exists). A constant truth fits slope 0 at its value, which is a valid calibration.
+    """
+    s, a, _ = pool(simulated, true)
+    if len(s) < 2 or np.ptp(s) == 0:
+        return None
+    s_centered = s - s.mean()
+    slope = float(np.dot(s_centered, a - a.mean()) / np.dot(s_centered, s_centered))
+    return slope, float(a.mean() - slope * s.mean())
 
 
 def _undefined_reason(s: np.ndarray, a: np.ndarray) -> str | None:
@@ -86,24 +111,81 @@ def _undefined_reason(s: np.ndarray, a: np.ndarray) -> str | None:
     return None
 
 
-SCORING_SETS = {"top_and_random": ("top", "random"), "random_only": ("random",)}
+def select_scoring_excerpts(
+    records: pl.DataFrame, n_top: int, n_random: int, n_calibration_top: int = 0, n_calibration_random: int = 0
+) -> pl.DataFrame:
+    """Each neuron's scoring and calibration excerpts, all from the scoring pool.
+
+    Scoring: its top ``n_top`` and the first ``n_random`` random excerpts that are not
+    among those (an excerpt is scored once, whatever brought it in). Calibration: the next
+    ``n_calibration_top`` top ranks and the next ``n_calibration_random`` random ones, so no
+    calibration excerpt is scored. Both come from the scoring pool, whose documents the
+    explainer never saw. Asking for more than were recorded is an error, not a silently
+    smaller set.
+    """
+    neuron = ["layer", "neuron"]
+    top = records.filter((pl.col("kind") == "top") & (pl.col("pool") == SCORING_POOL)).sort(*neuron, "rank")
+    top = top.with_columns(position=pl.int_range(pl.len()).over(neuron))
+    all_top = top.filter(pl.col("position") < n_top + n_calibration_top).select(*neuron, "excerpt_id")
+    random = (
+        records.filter(pl.col("kind") == "random")
+        .join(all_top, on=[*neuron, "excerpt_id"], how="anti")
+        .sort(*neuron, "rank")
+        .with_columns(position=pl.int_range(pl.len()).over(neuron))
+    )
+    position = pl.col("position")
+    chosen = [
+        (top.filter(position < n_top), "top", n_top, "top scoring-pool"),
+        (random.filter(position < n_random), "random", n_random, "random"),
+        (top.filter(position.is_between(n_top, n_top + n_calibration_top, closed="left")),
+         "calibration_top", n_calibration_top, "further top scoring-pool (calibration)"),
+        (random.filter(position.is_between(n_random, n_random + n_calibration_random, closed="left")),
+         "calibration_random", n_calibration_random, "further random (calibration)"),
+    ]  # fmt: skip
+    n_neurons = records.select(neuron).n_unique()
+    for frame, _, wanted, what in chosen:
+        if wanted == 0:
+            continue
+        counts = frame.group_by(neuron).len()["len"]
+        fewest = 0 if len(counts) < n_neurons else int(counts.min() or 0)
+        if fewest < wanted:
+            raise ValueError(
+                f"scoring needs {wanted} {what} excerpts per neuron but only {fewest} were recorded; "
+                "record more (activation_records top_k / n_random) or score with fewer"
+            )
+    return pl.concat(
+        [frame.with_columns(excerpt_kind=pl.lit(kind)) for frame, kind, _, _ in chosen]
+    ).select("layer", "neuron", "excerpt_id", "excerpt_kind", "activations")
+
+
+SCORE_SCHEMA = {
+    "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "method": pl.String,
+    "explanation_neuron": pl.Int64, "scoring_set": pl.String,
+    "correlation": pl.Float64, "explained_variance": pl.Float64,
+    "calibration_slope": pl.Float64, "calibration_intercept": pl.Float64,
+    "n_tokens": pl.Int64, "n_unsimulated": pl.Int64, "undefined_reason": pl.String,
+    "n_calibration_tokens": pl.Int64,
+}  # fmt: skip
+SCORED_BY = ["layer", "neuron", "sample", "method", "explanation_neuron"]
 
 
 def score_simulations(simulations: pl.DataFrame) -> pl.DataFrame:
-    """Both scoring sets for every (layer, neuron, sample): top-and-random and random-only."""
+    """Both scoring sets for every (layer, neuron, sample, method), calibrated on its calibration excerpts.
+
+    ``simulations`` holds one row per simulated excerpt: layer, neuron, sample, method,
+    explanation_neuron, excerpt_id, excerpt_kind, simulated, true_activations. A token
+    baseline's predictions are scored by the same code as an LLM's simulation.
+    """
     rows = []
-    groups = simulations.sort("excerpt_id").group_by("layer", "neuron", "sample", maintain_order=True)
-    for (layer, neuron, sample), group in groups:
+    for values, group in simulations.sort("excerpt_id").group_by(SCORED_BY, maintain_order=True):
+        held_out = group.filter(pl.col("excerpt_kind").is_in(CALIBRATION_KINDS))
+        calibration = fit_calibration(held_out["simulated"].to_list(), held_out["true_activations"].to_list())
+        n_calibration = int(held_out["true_activations"].list.len().sum()) if len(held_out) else 0
         for name, kinds in SCORING_SETS.items():
             chosen = group.filter(pl.col("excerpt_kind").is_in(kinds))
-            result = score(chosen["simulated"].to_list(), chosen["true_activations"].to_list())
-            rows.append({"layer": layer, "neuron": neuron, "sample": sample, "scoring_set": name, **asdict(result)})
-    return pl.DataFrame(
-        rows,
-        schema={
-            "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "scoring_set": pl.String,
-            "correlation": pl.Float64, "explained_variance": pl.Float64,
-            "calibration_slope": pl.Float64, "calibration_intercept": pl.Float64,
-            "n_tokens": pl.Int64, "n_unsimulated": pl.Int64, "undefined_reason": pl.String,
-        },
-    )  # fmt: skip
+            result = score(chosen["simulated"].to_list(), chosen["true_activations"].to_list(), calibration)
+            rows.append(
+                {**dict(zip(SCORED_BY, values, strict=True)), "scoring_set": name, **asdict(result),
+                 "n_calibration_tokens": n_calibration}
+            )  # fmt: skip
+    return pl.DataFrame(rows, schema=SCORE_SCHEMA)

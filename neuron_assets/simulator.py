@@ -4,9 +4,12 @@
   excerpt with ``unknown`` in place of every activation; the server echoes the prompt
   with log-probabilities, and at each ``unknown`` position the probabilities of the
   strings "0".."10" give an expected activation in [0, 10].
-- ``one_at_a_time``: the same prompt cut at each placeholder, one completions call per
-  token, reading the distribution of the generated token. For a causal model it must
-  agree with ``all_at_once``; it costs a call per token and serves as the reference.
+- ``one_at_a_time``: the study's other format, one chat call per token: the text up to
+  and including the token, the token named again, and one number asked for; the
+  expected value is read from the first generated token's ``top_logprobs``. A different
+  prompt from ``all_at_once``, so the two can disagree; ``make bench-modes`` measures by
+  how much. It works on any chat model with ``top_logprobs`` (OpenAI's included), at a
+  call per token.
 - ``chat_logprobs``: for chat backends that give log-probabilities of generated tokens
   only (current OpenAI chat models, at most 20 per position): one chat call per excerpt
   in which the model writes the excerpt again as ``token<TAB>activation`` lines; the
@@ -21,6 +24,22 @@
 
 ``auto`` picks the first of all_at_once, chat_logprobs, json that the backend supports,
 found with one tiny probe request per endpoint (cached like every other request).
+
+**The value 10.** Many tokenizers (SmolLM2's, Qwen's, Mistral's, Gemma's) have no token
+"10": the model writes "1" then "0", and reading the probability of "1" as the value 1
+loses every 10. ``probe_ten_handling`` asks the simulator's own tokenizer, through the
+server, how it writes "10", and every simulation stores the answer in ``ten_handling``:
+
+- ``single_token``: "10" is one token (OpenAI's tokenizers); its probability is read.
+- ``top_nine`` (all_at_once on a tokenizer that splits "10"): the prompt's scale runs
+  from 0 to 9, so every value is one token and the one echoed forward pass still reads
+  them all; the expected value is mapped back onto 0..10 (x 10/9). Reading what follows
+  each "1" instead costs a call per token: SmolLM2 puts a median 31% of its digit mass on
+  "1", so nearly every token would need one.
+- ``second_read`` (the chat modes on such a tokenizer): the distribution of the token
+  generated after a written "1" gives P("0" | "1"), and that share of the "1" mass moves
+  to 10 (where the model wrote another digit, the "1" mass stays 1).
+- ``written``: json mode reads numbers written out, so "10" is 10 already.
 """
 
 from __future__ import annotations
@@ -36,23 +55,26 @@ from typing import Any
 
 import polars as pl
 
-from neuron_assets.excerpts import SCORING_POOL
 from neuron_assets.llm_client import LLMError, ReplyFormatError, fit_to_context, map_neurons
 from neuron_assets.prompts import (
     CHAT_SIMULATOR_PROMPT_VERSION,
     EXAMPLE_NEURONS,
     JSON_SIMULATOR_PROMPT_VERSION,
+    ONE_AT_A_TIME_PROMPT_VERSION,
     SIMULATOR_PROMPT_VERSION,
     SimulatorPrompt,
     chat_simulator_messages,
     describe_shortening,
     display_token,
     json_simulator_messages,
+    one_at_a_time_messages,
     simulator_prompt,
 )
 
 DIGIT_VALUES = {str(i): i for i in range(11)}
 TOP_LOGPROBS = 20
+SINGLE_TOKEN, TOP_NINE, SECOND_READ, WRITTEN = "single_token", "top_nine", "second_read", "written"
+TEN_HANDLINGS = (SINGLE_TOKEN, TOP_NINE, SECOND_READ, WRITTEN)
 
 
 class SimulationError(ReplyFormatError):
@@ -75,32 +97,113 @@ class Simulation:
         return sum(1 for v in self.expected if v is None)
 
 
-def expected_value(top_logprobs: Mapping[str, float] | None) -> float | None:
-    """Expected activation from the log-probabilities of the digit strings.
+class TokenizerProbeError(RuntimeError):
+    """The server's answer to the tokenizer probe does not say how the simulator writes "10"."""
+
+
+def digit_masses(top_logprobs: Mapping[str, float] | None) -> dict[int, float]:
+    """Probability of each value 0..10 among the top log-probabilities.
 
     Keys are compared after stripping whitespace, so " 7" and "7" both count as 7.
-    Digits missing from the top list are taken as probability 0 and the listed digits
-    renormalized: when the listed ones carry almost no mass the estimate is still the
-    best available. With no digit at all the value is unknown, so ``None``.
     """
     mass = {value: 0.0 for value in DIGIT_VALUES.values()}
     for token, logprob in (top_logprobs or {}).items():
         value = DIGIT_VALUES.get(token.strip())
         if value is not None:
             mass[value] += math.exp(logprob)
+    return mass
+
+
+def expected_value(
+    top_logprobs: Mapping[str, float] | None, zero_after_one: float | None = None, top: int = 10
+) -> float | None:
+    """Expected activation (on 0..10) from the log-probabilities of the digit strings.
+
+    Digits missing from the top list are taken as probability 0 and the listed digits
+    renormalized: when the listed ones carry almost no mass the estimate is still the
+    best available. With no digit at all the value is unknown, so ``None``.
+    ``zero_after_one`` (a second read: the probability that "0" follows a written "1")
+    moves that share of the "1" mass to the value 10, for tokenizers that split "10".
+    ``top`` is the prompt's top value: on a 0..9 scale only digits count, mapped x 10/9.
+    """
+    if zero_after_one is not None and top != 10:
+        raise ValueError("a second read of what follows '1' only applies to the 0..10 scale")
+    mass = {value: p for value, p in digit_masses(top_logprobs).items() if value <= top}
+    if zero_after_one is not None:
+        tens = mass[1] * min(1.0, max(0.0, zero_after_one))
+        mass[10] += tens
+        mass[1] -= tens
     total = sum(mass.values())
     if total == 0.0:
         return None
-    return sum(value * p for value, p in mass.items()) / total
+    return sum(value * p for value, p in mass.items()) / total * (10 / top)
 
 
-def read_placeholders(
+def zero_probability(top_logprobs: Mapping[str, float] | None) -> float:
+    """Probability of the token "0" (whitespace stripped) in a next-token distribution."""
+    return sum(math.exp(lp) for token, lp in (top_logprobs or {}).items() if token.strip() == "0")
+
+
+TEN_PROBE_TEXT = "Activations:\n<start>\nthe\t10\n<end>\n"
+
+
+def probe_ten_handling(client: Any, model: str, mode: str) -> str:
+    """How the simulator's tokenizer writes "10", asked through the server (one cached call).
+
+    Where the completions endpoint echoes prompts (llama.cpp, vLLM), the echoed tokens of
+    a listing holding "10" say it, whatever the mode; elsewhere (OpenAI chat models) the
+    model is asked to write 10 and its generated tokens say it. An answer that shows
+    neither "10" nor "1" then "0" is a ``TokenizerProbeError`` naming what came back.
+    """
+    if mode == "json":
+        return WRITTEN
+    try:
+        written, tokens, how = _echoed_ten(client, model), None, "echo"
+    except LLMError as error:
+        if error.status not in UNSUPPORTED_STATUS:
+            raise
+        tokens = _generated_ten(client, model)
+        first = next((i for i, t in enumerate(tokens) if t.strip()[:1].isdigit()), None)
+        written, how = (tokens[first : first + 2] if first is not None else []), "chat"
+    stripped = [t.strip() for t in written]
+    if stripped[:1] == ["10"]:
+        return SINGLE_TOKEN
+    if stripped[:2] == ["1", "0"]:
+        return TOP_NINE if mode == "all_at_once" else SECOND_READ
+    raise TokenizerProbeError(
+        f"cannot tell how {model!r} writes 10: the {how} probe returned tokens {written or tokens!r}, "
+        "neither '10' nor '1' then '0'"
+    )
+
+
+def _echoed_ten(client: Any, model: str) -> list[str]:
+    """The echoed tokens that cover the "10" of ``TEN_PROBE_TEXT``."""
+    response = client.completions.create(
+        model=model, prompt=TEN_PROBE_TEXT, max_tokens=1, temperature=0.0, echo=True, logprobs=1
+    )
+    logprobs = response["choices"][0].get("logprobs") or {}
+    tokens, offsets = logprobs.get("tokens") or [], logprobs.get("text_offset") or []
+    start = TEN_PROBE_TEXT.index("10")
+    return [t for t, o in zip(tokens, offsets, strict=False) if start <= o < start + 2 or o < start < o + len(t)]
+
+
+def _generated_ten(client: Any, model: str) -> list[str]:
+    """The tokens a chat model generates when asked to write 10."""
+    response = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Write the number 10 and nothing else."}],
+        max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=1,
+    )  # fmt: skip
+    content = (response["choices"][0].get("logprobs") or {}).get("content") or []
+    return [item["token"] for item in content]
+
+
+def placeholder_distributions(
     prompt: SimulatorPrompt,
     text_offsets: Sequence[int],
     top_logprobs: Sequence[Mapping[str, float] | None],
     distribution_shift: int,
-) -> list[float | None]:
-    """Expected value at each placeholder, found by character offset in the echoed tokens.
+) -> list[Mapping[str, float] | None]:
+    """The next-token distribution at each placeholder, found by character offset in the echoed tokens.
 
     ``distribution_shift`` says where a server puts the distribution that predicted token j:
     0 when ``top_logprobs[j]`` is it (OpenAI and vLLM semantics), -1 when it sits one entry
@@ -108,14 +211,14 @@ def read_placeholders(
     """
     if len(text_offsets) != len(top_logprobs):
         raise SimulationError("server returned text offsets and log-probabilities of different lengths")
-    values: list[float | None] = []
+    distributions = []
     for offset in prompt.placeholder_offsets:
         j = bisect.bisect_right(text_offsets, offset) - 1
         k = j + distribution_shift
         if j < 0 or not 0 <= k < len(top_logprobs):
             raise SimulationError(f"no echoed token covers prompt offset {offset}")
-        values.append(expected_value(top_logprobs[k]))
-    return values
+        distributions.append(top_logprobs[k])
+    return distributions
 
 
 def simulate(
@@ -126,13 +229,16 @@ def simulate(
     *,
     distribution_shift: int,
     n_fewshot: int | None = None,
+    ten_handling: str = SINGLE_TOKEN,
 ) -> Simulation:
     """Simulate one excerpt with one completions call that echoes the prompt's log-probabilities.
 
     Every call shares the same few-shot prefix, so servers with prefix caching (llama.cpp,
-    vLLM) evaluate only the explanation and the excerpt.
+    vLLM) evaluate only the explanation and the excerpt. With ``top_nine`` the prompt's
+    scale tops at 9 (see the module's docstring).
     """
-    prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot)
+    top = 9 if ten_handling == TOP_NINE else 10
+    prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot, top=top)
 
     def read(response: dict[str, Any]) -> list[float | None]:
         logprobs = response["choices"][0].get("logprobs")
@@ -143,7 +249,10 @@ def simulate(
             )
         if logprobs["text_offset"][-1] < prompt.placeholder_offsets[-1]:
             raise SimulationError("the echoed prompt stops before the excerpt's last token (a truncated reply)")
-        return _some_value(read_placeholders(prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift))
+        distributions = placeholder_distributions(
+            prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift
+        )
+        return _some_value([expected_value(distribution, top=top) for distribution in distributions])
 
     response = client.completions.create(
         model=model, prompt=prompt.text, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS, read=read
@@ -152,23 +261,41 @@ def simulate(
 
 
 def simulate_one_at_a_time(
-    client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
+    client: Any,
+    model: str,
+    explanation: str,
+    tokens: Sequence[str],
+    *,
+    n_fewshot: int | None = None,
+    ten_handling: str = SINGLE_TOKEN,
 ) -> Simulation:
-    """Simulate one excerpt with one completions call per token (generated-token log-probabilities)."""
-    prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot)
-    expected: list[float | None] = []
-    prompt_tokens = 0
+    """Simulate one excerpt with one chat call per token, reading one generated number each.
+
+    With ``second_read`` two tokens are generated, so a written "1" is followed by the
+    distribution of what comes after it.
+    """
 
     def read(response: dict[str, Any]) -> float | None:
-        logprobs = response["choices"][0].get("logprobs") or {}
-        if not logprobs.get("top_logprobs"):
-            raise SimulationError(f"model {model!r} returned no log-probabilities for the generated token")
-        return expected_value(logprobs["top_logprobs"][0])
+        content = (response["choices"][0].get("logprobs") or {}).get("content")
+        if not content:
+            raise SimulationError(
+                f"model {model!r} returned no log-probabilities for generated tokens; the one_at_a_time "
+                "simulator needs a chat endpoint with logprobs and top_logprobs"
+            )
+        first = {top["token"]: top["logprob"] for top in content[0].get("top_logprobs") or []}
+        share = None
+        if ten_handling == SECOND_READ and content[0]["token"].strip() == "1" and len(content) > 1:
+            share = zero_probability({top["token"]: top["logprob"] for top in content[1].get("top_logprobs") or []})
+        return expected_value(first, share)
 
-    for offset in prompt.placeholder_offsets:
-        response = client.completions.create(
-            model=model, prompt=prompt.text[:offset], max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, read=read
-        )
+    expected: list[float | None] = []
+    prompt_tokens = 0
+    for position in range(len(tokens)):
+        response = client.chat.completions.create(
+            model=model, messages=one_at_a_time_messages(explanation, tokens, position, n_fewshot),
+            max_tokens=2 if ten_handling == SECOND_READ else 1, temperature=0.0,
+            logprobs=True, top_logprobs=TOP_LOGPROBS, read=read,
+        )  # fmt: skip
         expected.append(read(response))
         prompt_tokens += _prompt_tokens(response)
     return Simulation(_some_value(expected), prompt_tokens)
@@ -216,7 +343,7 @@ def simulate_json(
 
 
 def read_written_listing(
-    written: Sequence[tuple[str, Mapping[str, float] | None]], tokens: Sequence[str]
+    written: Sequence[tuple[str, Mapping[str, float] | None]], tokens: Sequence[str], ten_handling: str = SINGLE_TOKEN
 ) -> tuple[list[float | None], int]:
     """Expected values per excerpt token from a generated ``token<TAB>value`` listing.
 
@@ -246,7 +373,11 @@ def read_written_listing(
         if tab < 0 or value_at >= end:
             values.append(None)
             continue
-        values.append(expected_value(written[bisect.bisect_right(starts, value_at) - 1][1]))
+        at = bisect.bisect_right(starts, value_at) - 1
+        share = None
+        if ten_handling == SECOND_READ and written[at][0].strip() == "1" and at + 1 < len(written):
+            share = zero_probability(written[at + 1][1])  # what followed the "1" the model wrote
+        values.append(expected_value(written[at][1], share))
     wanted = [display_token(token).strip() for token in tokens]
     expected: list[float | None] = [None] * len(tokens)
     misaligned = 0
@@ -260,7 +391,13 @@ def read_written_listing(
 
 
 def simulate_chat(
-    client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
+    client: Any,
+    model: str,
+    explanation: str,
+    tokens: Sequence[str],
+    *,
+    n_fewshot: int | None = None,
+    ten_handling: str = SINGLE_TOKEN,
 ) -> Simulation:
     """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
 
@@ -275,7 +412,7 @@ def simulate_chat(
             (item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []})
             for item in content
         ]
-        expected, misaligned = read_written_listing(written, tokens)
+        expected, misaligned = read_written_listing(written, tokens, ten_handling)
         return _some_value(expected), misaligned
 
     response = client.chat.completions.create(
@@ -309,7 +446,7 @@ def _prompt_tokens(response: dict[str, Any]) -> int:
 
 MODES: dict[str, tuple[str, Callable[..., Simulation]]] = {
     "all_at_once": (SIMULATOR_PROMPT_VERSION, simulate),
-    "one_at_a_time": (SIMULATOR_PROMPT_VERSION, simulate_one_at_a_time),
+    "one_at_a_time": (ONE_AT_A_TIME_PROMPT_VERSION, simulate_one_at_a_time),
     "chat_logprobs": (CHAT_SIMULATOR_PROMPT_VERSION, simulate_chat),
     "json": (JSON_SIMULATOR_PROMPT_VERSION, simulate_json),
 }
@@ -355,54 +492,28 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
     return "json"
 
 
-def scoring_excerpts(records: pl.DataFrame, n_top: int, n_random: int) -> pl.DataFrame:
-    """Each neuron's scoring excerpts: its top ``n_top`` and the first ``n_random`` random ones
-    that are not among those top ones (an excerpt is scored once, whatever brought it in).
-
-    Both come from the scoring pool, whose documents the explainer never saw. Asking for
-    more than were recorded is an error, not a silently smaller scoring set.
-    """
-    neuron = ["layer", "neuron"]
-    top = records.filter(
-        (pl.col("kind") == "top") & (pl.col("pool") == SCORING_POOL) & (pl.col("rank") < n_top)
-    )
-    random = (
-        records.filter(pl.col("kind") == "random")
-        .join(top.select(*neuron, "excerpt_id"), on=[*neuron, "excerpt_id"], how="anti")
-        .sort(*neuron, "rank")
-        .filter(pl.int_range(pl.len()).over(neuron) < n_random)
-    )
-    for chosen, wanted, what in ((top, n_top, "top scoring-pool"), (random, n_random, "random")):
-        if wanted == 0:
-            continue
-        fewest = chosen.group_by("layer", "neuron").len()["len"].min() or 0
-        if fewest < wanted:
-            raise ValueError(
-                f"scoring needs {wanted} {what} excerpts per neuron but only {fewest} were recorded; "
-                "record more (activation_records top_k / n_random) or score with fewer"
-            )
-    return pl.concat([top, random]).select(
-        "layer", "neuron", "excerpt_id", pl.col("kind").alias("excerpt_kind"), "activations"
-    )
-
-
 def simulate_neurons(
     client: Any,
     model: str,
     explanations: pl.DataFrame,
-    records: pl.DataFrame,
+    scoring: pl.DataFrame,
     excerpts: pl.DataFrame,
     *,
-    n_top: int = 5,
-    n_random: int = 5,
     mode: str = "all_at_once",
     distribution_shift: int = 0,
+    ten_handling: str | None = None,
     concurrency: int = 1,
     on_neuron: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
-    """Simulate every explanation on its neuron's scoring excerpts, one call per excerpt.
+    """Simulate every explanation on its neuron's scoring and calibration excerpts, one call per excerpt.
 
-    ``mode`` is a key of ``MODES``; ``distribution_shift`` only matters for ``all_at_once``.
+    ``explanations`` has (layer, neuron, sample, method, explanation_neuron, explanation):
+    the neuron's own explanations, its baselines' and its controls' (another neuron's).
+    ``scoring`` has (layer, neuron, excerpt_id, excerpt_kind, activations), as
+    ``scoring.select_scoring_excerpts`` chooses them. ``mode`` is a key of ``MODES``;
+    ``distribution_shift`` only matters for ``all_at_once``. ``ten_handling`` says how the
+    simulator's tokenizer writes "10" (``probe_ten_handling``); by default "10" is taken to be
+    one token, and json mode reads written numbers.
 
     A prompt the backend refuses as too long loses few-shot neurons until it fits (kept
     for the neuron's later excerpts), and the shortening is recorded per simulation.
@@ -414,13 +525,20 @@ def simulate_neurons(
     if mode not in MODES:
         raise ValueError(f"simulation mode {mode!r} is not one of {sorted(MODES)}")
     prompt_version, simulate_one = MODES[mode]
-    options = {"distribution_shift": distribution_shift} if mode == "all_at_once" else {}
+    ten_handling = WRITTEN if mode == "json" else (ten_handling or SINGLE_TOKEN)
+    fitting = {"json": (WRITTEN,), "all_at_once": (SINGLE_TOKEN, TOP_NINE)}.get(mode, (SINGLE_TOKEN, SECOND_READ))
+    if ten_handling not in fitting:
+        raise ValueError(f"ten_handling {ten_handling!r} does not fit mode {mode!r}, which takes one of {fitting}")
+    options: dict[str, Any] = {} if mode == "json" else {"ten_handling": ten_handling}
+    if mode == "all_at_once":
+        options["distribution_shift"] = distribution_shift
     jobs = (
-        explanations.select("layer", "neuron", "sample", "explanation")
-        .join(scoring_excerpts(records, n_top, n_random), on=["layer", "neuron"])
+        explanations.select("layer", "neuron", "sample", "method", "explanation_neuron", "explanation")
+        .join(scoring.select("layer", "neuron", "excerpt_id", "excerpt_kind", "activations"), on=["layer", "neuron"])
         .join(excerpts.select("excerpt_id", "tokens"), on="excerpt_id")
-        .sort("layer", "neuron", "sample", "excerpt_kind", "excerpt_id", descending=[False, False, False, True, False])
-    )
+        .sort("layer", "neuron", "method", "sample", "excerpt_kind", "excerpt_id",
+              descending=[False, False, False, False, True, False])
+    )  # fmt: skip
 
     fewshot_sizes = range(len(EXAMPLE_NEURONS), -1, -1)  # few-shot neurons in the prompt, all to none
 
@@ -435,13 +553,13 @@ def simulate_neurons(
         def run() -> list[tuple[Any, ...]]:
             rows = []
             size = 0  # a prompt shortened for one excerpt starts the neuron's next excerpts short
-            for sample, explanation, excerpt_id, kind, true, tokens in neuron_jobs.iter_rows():
+            for sample, method, explanation_neuron, explanation, excerpt_id, kind, true, tokens in neuron_jobs.iter_rows():
                 try:
                     simulation, size = simulate_fitting(explanation, tokens, size)
                 except (SimulationError, LLMError) as error:
                     raise type(error)(f"excerpt {excerpt_id}: {error}") from error
                 rows.append(
-                    (layer, neuron, sample, excerpt_id, kind, simulation.expected, true,
+                    (layer, neuron, sample, method, explanation_neuron, excerpt_id, kind, simulation.expected, true,
                      simulation.n_unsimulated, simulation.n_misaligned, simulation.prompt_tokens,
                      describe_shortening(fewshot_sizes[size], 1, 1))
                 )  # fmt: skip
@@ -463,12 +581,14 @@ def simulate_neurons(
     return pl.DataFrame(
         rows,
         schema={
-            "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "excerpt_id": pl.Int64,
+            "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "method": pl.String,
+            "explanation_neuron": pl.Int64, "excerpt_id": pl.Int64,
             "excerpt_kind": pl.String, "simulated": pl.List(pl.Float64),
             "true_activations": pl.List(pl.Float64), "n_unsimulated": pl.Int64, "n_misaligned": pl.Int64,
             "prompt_tokens": pl.Int64, "prompt_shortening": pl.String,
         },
         orient="row",
     ).with_columns(
-        simulator_model=pl.lit(model), simulation_mode=pl.lit(mode), prompt_version=pl.lit(prompt_version)
+        simulator_model=pl.lit(model), simulation_mode=pl.lit(mode), prompt_version=pl.lit(prompt_version),
+        ten_handling=pl.lit(ten_handling),
     )  # fmt: skip

@@ -209,6 +209,38 @@ class SubjectModel:
             for point in points:
                 point.remove_hooks()
 
+    def direct_token_activations(
+        self, layer: int, neurons: list[int], token_ids: list[int], batch_size: int = 4096
+    ) -> Any:
+        """Each neuron's activation when its MLP sees one token's embedding alone: [tokens, neurons].
+
+        The weight-based token baseline (method.md §6). The study multiplies the token
+        embedding, the pre-MLP norm's gain and the neuron's input weights. We run the
+        layer's own pre-MLP norm and MLP on the embedding instead, which is that product
+        passed through the neuron's nonlinearity (plus the norm's scaling and any biases),
+        because for a gated MLP (SmolLM2, Llama, Gemma) the activation is
+        ``act(gate . x) * (up . x)``: neither input weight alone gives its sign or size,
+        and the product of both is what the recorded ``hook_post`` holds. Attention and the
+        earlier layers are left out, so the prediction ignores context by construction.
+        """
+        import torch
+
+        self.check_layers([layer])
+        block = self.bridge.blocks[layer]
+        point = self.bridge.hook_dict[MLP_POST_HOOK.format(layer=layer)]
+        selected = torch.as_tensor(neurons, dtype=torch.long)
+        captured: list[Any] = []
+        point.add_hook(_hook(lambda activations: captured.append(activations[0].index_select(-1, selected))))
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(token_ids), batch_size):
+                    ids = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long)
+                    embedded = self.bridge.original_model.get_input_embeddings()(ids)[None]
+                    block.mlp(block.ln2(embedded))
+        finally:
+            point.remove_hooks()
+        return torch.cat(captured).double().numpy() if captured else torch.zeros(0, len(neurons)).double().numpy()
+
     def bare_forward(self, tokens: Any) -> None:
         """The transformer body without hooks or LM head: the benchmark's reference pass."""
         import torch

@@ -6,11 +6,33 @@ SELECT layer, neuron, explanation, top_and_random_score, random_only_score
 FROM neuron_scores
 ORDER BY top_and_random_score DESC NULLS LAST;
 
--- Mean scores per layer, with how many neurons each mean covers and how many it leaves
--- out as undefined.
-SELECT layer, scoring_set, round(mean_score, 3) AS mean_score, n_scored, n_undefined, n_many_unsimulated
+-- Mean scores per layer and method, with how many neurons each mean covers and how many
+-- it leaves out as undefined.
+SELECT layer, method, scoring_set, round(mean_score, 3) AS mean_score, n_scored, n_undefined, n_many_unsimulated
 FROM layer_scores
-ORDER BY layer, scoring_set;
+ORDER BY layer, method, scoring_set;
+
+-- Does the explanation beat the baselines and the control? Per layer, with 95% bootstrap
+-- intervals over neurons.
+SELECT layer, method, n_neurons, round(mean_score, 3) AS mean_score,
+    round(explanation_minus_method, 3) AS explanation_minus_method,
+    round(difference_ci_low, 3) AS ci_low, round(difference_ci_high, 3) AS ci_high, verdict
+FROM layer_methods
+WHERE scoring_set = 'top_and_random'
+ORDER BY layer, method;
+
+-- Context-dependent neurons: where the explanation beats every token baseline.
+SELECT layer, neuron, explanation, top_and_random_score, best_baseline, best_baseline_score
+FROM neuron_scores
+WHERE beats_best_baseline
+ORDER BY top_and_random_score - best_baseline_score DESC;
+
+-- One neuron, every method side by side.
+SELECT method, sample, explanation_neuron, explanation, top_and_random_score, random_only_score,
+    top_and_random_explained_variance
+FROM method_scores
+WHERE layer = 0
+ORDER BY neuron, method, sample;
 
 -- The excerpts an explanation was written from, as text.
 SELECT e.layer, e.neuron, e.explanation, x.excerpt_id, array_to_string(x.tokens, '') AS text

@@ -1,34 +1,51 @@
 -- Derived views over the per-table views (documents, excerpts, activation_records,
--- neuron_stats, explanations, simulations, scores) that neuron_assets creates in
+-- neuron_stats, token_lookup, scoring_excerpts, explanations, simulations,
+-- token_predictions, scores, method_comparisons) that neuron_assets creates in
 -- results.duckdb. Each statement ends with a semicolon; comments start with "--".
+--
+-- Scores carry a method: 'explanation' (the explainer's, from top excerpts), the
+-- baselines 'lookup_table' and 'weight_based' (token predictions, no LLM) and
+-- 'lookup_explanation' (the lookup table summarized into a sentence), and 'control'
+-- (another neuron's explanation of the same layer). Every method of a neuron is scored
+-- on the same excerpts.
+--
+-- explained_variance uses a calibration fitted on held-out calibration excerpts, so it
+-- is not the correlation squared: it can be lower, and it is negative when the
+-- calibrated simulation is further from the truth than the truth's own mean.
 
--- One row per scored simulation set: what the simulator saw and which models ran.
+-- One row per simulated explanation: what the simulator saw and which models ran.
 CREATE OR REPLACE VIEW simulation_sets AS
 SELECT
-    layer, neuron, sample,
+    layer, neuron, sample, method,
+    any_value(explanation_neuron) AS explanation_neuron,
     any_value(simulator_model) AS simulator_model,
     any_value(simulation_mode) AS simulation_mode,
     any_value(prompt_version) AS simulator_prompt_version,
     any_value(run_id) AS simulation_run_id,
-    list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) AS scoring_excerpt_ids,
+    list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind IN ('top', 'random'))
+        AS scoring_excerpt_ids,
+    list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind LIKE 'calibration%')
+        AS calibration_excerpt_ids,
     sum(n_unsimulated) AS n_unsimulated,
     sum(n_misaligned) AS n_misaligned,
     sum(prompt_tokens) AS prompt_tokens,
     -- null unless some prompt lost few-shot examples to fit the simulator's context
     max(prompt_shortening) AS prompt_shortening
 FROM simulations
-GROUP BY layer, neuron, sample;
+GROUP BY layer, neuron, sample, method;
 
--- Every explanation sample with both of its scores.
-CREATE OR REPLACE VIEW explanation_scores AS
+-- Every scored method of every neuron, one row per (method, sample), both scoring sets
+-- side by side. For 'control', explanation_neuron is the neuron the explanation was
+-- written for; token baselines have no explanation.
+CREATE OR REPLACE VIEW method_scores AS
 SELECT
-    st.subject_model, st.corpus,
-    e.layer, e.neuron, e.sample, e.explanation,
-    e.explainer_model, s.simulator_model,
+    st.subject_model, tr.layer, tr.neuron, tr.method, tr.sample, tr.explanation_neuron,
+    e.explanation,
     tr.correlation AS top_and_random_score,
     ro.correlation AS random_only_score,
     tr.explained_variance AS top_and_random_explained_variance,
     ro.explained_variance AS random_only_explained_variance,
+    tr.calibration_slope, tr.calibration_intercept, tr.n_calibration_tokens,
     tr.undefined_reason AS top_and_random_undefined_reason,
     ro.undefined_reason AS random_only_undefined_reason,
     -- share of the scored tokens that got no simulated value (scored as 0, as in the study)
@@ -37,62 +54,134 @@ SELECT
     -- true when more than 5% of either set's tokens were unsimulated: read that score with care
     coalesce(tr.n_unsimulated > 0.05 * tr.n_tokens, false)
         OR coalesce(ro.n_unsimulated > 0.05 * ro.n_tokens, false) AS many_unsimulated
+FROM scores tr
+JOIN scores ro ON ro.layer = tr.layer AND ro.neuron = tr.neuron AND ro.sample = tr.sample
+    AND ro.method = tr.method AND ro.scoring_set = 'random_only'
+JOIN neuron_stats st ON st.layer = tr.layer AND st.neuron = tr.neuron
+LEFT JOIN explanations e ON e.layer = tr.layer AND e.neuron = tr.explanation_neuron
+    AND e.sample = (CASE WHEN tr.method = 'control' THEN 0 ELSE tr.sample END)
+    AND e.method = (CASE WHEN tr.method = 'control' THEN 'explanation' ELSE tr.method END)
+WHERE tr.scoring_set = 'top_and_random';
+
+-- Every explanation sample (method 'explanation') with both of its scores.
+CREATE OR REPLACE VIEW explanation_scores AS
+SELECT
+    st.subject_model, st.corpus,
+    e.layer, e.neuron, e.sample, e.explanation,
+    e.explainer_model, s.simulator_model,
+    m.top_and_random_score, m.random_only_score,
+    m.top_and_random_explained_variance, m.random_only_explained_variance,
+    m.top_and_random_undefined_reason, m.random_only_undefined_reason,
+    m.top_and_random_unsimulated_share, m.random_only_unsimulated_share,
+    coalesce(m.many_unsimulated, false) AS many_unsimulated
 FROM explanations e
 JOIN neuron_stats st USING (layer, neuron)
-LEFT JOIN simulation_sets s USING (layer, neuron, sample)
-LEFT JOIN scores tr ON tr.layer = e.layer AND tr.neuron = e.neuron AND tr.sample = e.sample
-    AND tr.scoring_set = 'top_and_random'
-LEFT JOIN scores ro ON ro.layer = e.layer AND ro.neuron = e.neuron AND ro.sample = e.sample
-    AND ro.scoring_set = 'random_only';
+LEFT JOIN simulation_sets s USING (layer, neuron, sample, method)
+LEFT JOIN method_scores m USING (layer, neuron, sample, method)
+WHERE e.method = 'explanation';
 
 -- The best scored explanation of each neuron (by top-and-random score; undefined scores
--- last). Only explanations that have been scored are listed: a NULL score here is
--- undefined (constant activations), and *_undefined_reason says why. Explanations a run
--- has written but not yet scored are in unscored_explanations.
+-- last), beside the neuron's baselines and control, all top-and-random. Only scored
+-- explanations are listed: a NULL score here is undefined (constant activations), and
+-- *_undefined_reason says why. Explanations not yet scored are in unscored_explanations.
+-- beats_best_baseline / beats_control: the explanation scored higher than the best
+-- baseline / than another neuron's explanation on this neuron (one neuron, no interval:
+-- see layer_methods for the layer's verdict).
 CREATE OR REPLACE VIEW neuron_scores AS
-SELECT * EXCLUDE (sample)
-FROM explanation_scores
-WHERE top_and_random_score IS NOT NULL OR top_and_random_undefined_reason IS NOT NULL
-    OR random_only_score IS NOT NULL OR random_only_undefined_reason IS NOT NULL
-QUALIFY row_number() OVER (
-    PARTITION BY subject_model, layer, neuron
-    ORDER BY top_and_random_score DESC NULLS LAST, sample
-) = 1;
+WITH best AS (
+    SELECT * EXCLUDE (sample)
+    FROM explanation_scores
+    WHERE top_and_random_score IS NOT NULL OR top_and_random_undefined_reason IS NOT NULL
+        OR random_only_score IS NOT NULL OR random_only_undefined_reason IS NOT NULL
+    QUALIFY row_number() OVER (
+        PARTITION BY subject_model, layer, neuron
+        ORDER BY top_and_random_score DESC NULLS LAST, sample
+    ) = 1
+),
+others AS (
+    SELECT subject_model, layer, neuron,
+        max(top_and_random_score) FILTER (WHERE method = 'lookup_table') AS lookup_table_score,
+        max(top_and_random_score) FILTER (WHERE method = 'weight_based') AS weight_based_score,
+        max(top_and_random_score) FILTER (WHERE method = 'lookup_explanation') AS lookup_explanation_score,
+        arg_max(method, top_and_random_score)
+            FILTER (WHERE method IN ('lookup_table', 'weight_based', 'lookup_explanation')) AS best_baseline,
+        max(top_and_random_score)
+            FILTER (WHERE method IN ('lookup_table', 'weight_based', 'lookup_explanation')) AS best_baseline_score,
+        max(top_and_random_score) FILTER (WHERE method = 'control') AS control_score,
+        any_value(explanation_neuron) FILTER (WHERE method = 'control') AS control_explanation_neuron
+    FROM method_scores
+    GROUP BY subject_model, layer, neuron
+)
+SELECT best.*, o.* EXCLUDE (subject_model, layer, neuron),
+    best.top_and_random_score > o.best_baseline_score AS beats_best_baseline,
+    best.top_and_random_score > o.control_score AS beats_control
+FROM best
+LEFT JOIN others o USING (subject_model, layer, neuron);
 
--- Per layer and scoring set, over each neuron's best scored explanation: the mean score
--- beside how many neurons it averages (n_scored), how many it leaves out because their
--- score is undefined (n_undefined), and how many of the set's scores had more than 5% of
--- their tokens unsimulated (n_many_unsimulated).
+-- Per layer, method and scoring set: the mean score over neurons (a neuron's samples
+-- averaged first) beside how many neurons it averages (n_scored), how many it leaves out
+-- because their score is undefined (n_undefined), and how many had more than 5% of their
+-- tokens unsimulated (n_many_unsimulated).
 CREATE OR REPLACE VIEW layer_scores AS
-SELECT subject_model, layer, scoring_set,
+WITH per_neuron AS (
+    SELECT subject_model, layer, neuron, method, scoring_set,
+        avg(score) AS score, max(unsimulated_share) AS unsimulated_share
+    FROM (
+        SELECT subject_model, layer, neuron, method, 'top_and_random' AS scoring_set,
+            top_and_random_score AS score, top_and_random_unsimulated_share AS unsimulated_share
+        FROM method_scores
+        UNION ALL
+        SELECT subject_model, layer, neuron, method, 'random_only',
+            random_only_score, random_only_unsimulated_share
+        FROM method_scores
+    )
+    GROUP BY subject_model, layer, neuron, method, scoring_set
+)
+SELECT subject_model, layer, method, scoring_set,
     avg(score) AS mean_score,
     count(score) AS n_scored,
     count(*) - count(score) AS n_undefined,
     count(*) FILTER (WHERE unsimulated_share > 0.05) AS n_many_unsimulated
-FROM (
-    SELECT subject_model, layer, 'top_and_random' AS scoring_set, top_and_random_score AS score,
-        top_and_random_unsimulated_share AS unsimulated_share
-    FROM neuron_scores
-    UNION ALL
-    SELECT subject_model, layer, 'random_only', random_only_score, random_only_unsimulated_share
-    FROM neuron_scores
-)
-GROUP BY subject_model, layer, scoring_set;
+FROM per_neuron
+GROUP BY subject_model, layer, method, scoring_set;
+
+-- Per layer and scoring set, each method against the explanation, with 95% bootstrap
+-- intervals over neurons (from method_comparisons). verdict reads the interval of the
+-- difference (explanation minus method): 'explanation better' when it lies above 0,
+-- 'explanation worse' when below, 'no clear difference' when it spans 0 (with a tiny
+-- explainer, expect that against 'control': it means the explanations carry no more
+-- about their own neuron than about another one).
+CREATE OR REPLACE VIEW layer_methods AS
+SELECT layer, scoring_set, method, n_neurons,
+    mean_score, mean_ci_low, mean_ci_high,
+    n_paired, explanation_minus_method, difference_ci_low, difference_ci_high,
+    CASE
+        WHEN method = 'explanation' THEN NULL
+        WHEN difference_ci_low IS NULL THEN 'too few neurons'
+        WHEN difference_ci_low > 0 THEN 'explanation better'
+        WHEN difference_ci_high < 0 THEN 'explanation worse'
+        ELSE 'no clear difference'
+    END AS verdict
+FROM method_comparisons;
 
 -- Explanations with no score yet: a run between its explanation and score steps, or a
 -- scores partition that failed or was never materialized.
 CREATE OR REPLACE VIEW unscored_explanations AS
-SELECT layer, neuron, sample, explanation, explainer_model, run_id AS explanation_run_id
+SELECT layer, neuron, sample, method, explanation, explainer_model, run_id AS explanation_run_id
 FROM explanations e
 WHERE NOT EXISTS (
-    SELECT 1 FROM scores sc WHERE sc.layer = e.layer AND sc.neuron = e.neuron AND sc.sample = e.sample
+    SELECT 1 FROM scores sc
+    WHERE sc.layer = e.layer AND sc.neuron = e.neuron AND sc.sample = e.sample AND sc.method = e.method
 );
 
--- For any score: which explanation, prompts, models, excerpts, subject model, corpus
--- and Dagster runs produced it.
+-- For any score: which method, explanation, prompts, models, excerpts, subject model,
+-- corpus and Dagster runs produced it (explanation and simulator columns are null for
+-- token baselines, which use neither).
 CREATE OR REPLACE VIEW score_lineage AS
 SELECT
-    sc.layer, sc.neuron, sc.sample, sc.scoring_set, sc.correlation, sc.undefined_reason,
+    sc.layer, sc.neuron, sc.sample, sc.method, sc.explanation_neuron, sc.scoring_set,
+    sc.correlation, sc.explained_variance, sc.calibration_slope, sc.calibration_intercept,
+    sc.undefined_reason,
     e.explanation,
     e.prompt_version AS explainer_prompt_version,
     e.explainer_model,
@@ -102,7 +191,8 @@ SELECT
     s.simulator_model,
     s.simulation_mode,
     s.simulator_prompt_version,
-    s.scoring_excerpt_ids,
+    x.scoring_excerpt_ids,
+    x.calibration_excerpt_ids,
     s.prompt_shortening AS simulator_prompt_shortening,
     st.subject_model,
     st.corpus,
@@ -112,6 +202,17 @@ SELECT
     sc.run_id AS score_run_id,
     sc.partition
 FROM scores sc
-JOIN explanations e USING (layer, neuron, sample)
-JOIN simulation_sets s USING (layer, neuron, sample)
-JOIN neuron_stats st USING (layer, neuron);
+JOIN neuron_stats st USING (layer, neuron)
+JOIN (
+    SELECT layer, neuron,
+        list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind IN ('top', 'random'))
+            AS scoring_excerpt_ids,
+        list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind LIKE 'calibration%')
+            AS calibration_excerpt_ids
+    FROM scoring_excerpts
+    GROUP BY layer, neuron
+) x USING (layer, neuron)
+LEFT JOIN simulation_sets s USING (layer, neuron, sample, method)
+LEFT JOIN explanations e ON e.layer = sc.layer AND e.neuron = sc.explanation_neuron
+    AND e.sample = (CASE WHEN sc.method = 'control' THEN 0 ELSE sc.sample END)
+    AND e.method = (CASE WHEN sc.method = 'control' THEN 'explanation' ELSE sc.method END);

@@ -33,8 +33,9 @@ def test_loading_definitions_imports_no_heavy_library_and_opens_no_database(tmp_
 def test_asset_graph_has_every_stage(tmp_path):
     keys = load_in_fresh_process(tmp_path)["keys"]
     assert keys == sorted(
-        ["documents", "excerpts", "activation_records", "neuron_stats", "explanations", "simulations", "scores"]
-    )
+        ["documents", "excerpts", "activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
+         "explanations", "simulations", "token_predictions", "scores", "method_comparisons"]
+    )  # fmt: skip
 
 
 def test_layer_partitions_follow_the_subject_models_layer_count_and_say_they_are_layers(tmp_path):

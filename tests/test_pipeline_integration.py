@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from neuron_assets.defs.definitions import build_definitions
-from neuron_assets.demo import materialize_layers
+from neuron_assets.demo import materialize_layers, print_results
 from neuron_assets.llama_server import LocalLlamaServer
 from neuron_assets.settings import Settings
 from neuron_assets.storage import ResultStore
@@ -26,11 +26,14 @@ SECRET = "sk-neuron-assets-test-0123456789"
 
 TINY = {
     "ops": {
-        "activation_records": {"config": {"n_neurons": 1, "n_random": 4, "batch_size": 32}},
-        "explanations": {"config": {"n_examples": 2, "max_tokens": 30}},
-        "simulations": {"config": {"n_top": 2, "n_random": 2}},
+        "activation_records": {"config": {"n_neurons": 2, "n_random": 4, "batch_size": 32}},
+        "scoring_excerpts": {
+            "config": {"n_top": 2, "n_random": 2, "n_calibration_top": 1, "n_calibration_random": 1}
+        },
+        "explanations": {"config": {"n_examples": 2, "max_tokens": 30, "lookup_tokens": 8}},
     }
 }
+METHODS = ["control", "explanation", "lookup_explanation", "lookup_table", "weight_based"]
 
 
 def settings(data_dir, **overrides):
@@ -86,7 +89,7 @@ def test_neuron_scores_view_lists_every_scored_neuron_with_its_models(backfill):
         "SELECT subject_model, layer, explanation, explainer_model, simulator_model, "
         "top_and_random_score, random_only_score, top_and_random_undefined_reason FROM neuron_scores ORDER BY layer",
     )
-    assert [r[1] for r in rows] == [0, 1]
+    assert [r[1] for r in rows] == [0, 0, 1, 1]
     for subject, _, explanation, explainer, simulator, top_and_random, _, reason in rows:
         assert subject == PACKAGED_SUBJECT_MODEL and explanation
         assert explainer == simulator == "SmolLM2-135M-Instruct-Q4_1"
@@ -100,23 +103,87 @@ def test_recordings_store_the_document_start_token_they_put_before_each_excerpt(
         assert query(store, f"SELECT DISTINCT document_start_token FROM {table}") == [("<|endoftext|>",)]
 
 
-def test_layer_scores_show_each_mean_with_the_neurons_it_covers_and_leaves_out(backfill):
+def test_layer_scores_show_each_methods_mean_with_the_neurons_it_covers_and_leaves_out(backfill):
     _, store, _ = backfill
     rows = query(
         store,
-        "SELECT layer, scoring_set, mean_score, n_scored, n_undefined, n_many_unsimulated "
-        "FROM layer_scores ORDER BY layer, scoring_set",
+        "SELECT layer, method, scoring_set, mean_score, n_scored, n_undefined, n_many_unsimulated "
+        "FROM layer_scores ORDER BY layer, method, scoring_set",
     )
-    assert [(layer, scoring_set) for layer, scoring_set, *_ in rows] == [
-        (0, "random_only"), (0, "top_and_random"), (1, "random_only"), (1, "top_and_random"),
+    assert [(layer, method, scoring_set) for layer, method, scoring_set, *_ in rows] == [
+        (layer, method, scoring_set)
+        for layer in (0, 1) for method in METHODS for scoring_set in ("random_only", "top_and_random")
     ]  # fmt: skip
-    flagged = dict(query(store, "SELECT layer || '/' || scoring_set, unsimulated_share > 0.05 FROM ("
-                            "SELECT layer, 'top_and_random' AS scoring_set, top_and_random_unsimulated_share AS unsimulated_share "
-                            "FROM neuron_scores UNION ALL SELECT layer, 'random_only', random_only_unsimulated_share FROM neuron_scores)"))
-    for layer, scoring_set, mean, scored, undefined, many_unsimulated in rows:
-        assert scored + undefined == 1  # one neuron per layer in this run
+    flagged = dict(query(store, "SELECT layer || '/' || method || '/' || scoring_set, count(*) FILTER (WHERE share > 0.05) FROM ("
+                            "SELECT layer, method, 'top_and_random' AS scoring_set, top_and_random_unsimulated_share AS share "
+                            "FROM method_scores UNION ALL SELECT layer, method, 'random_only', random_only_unsimulated_share "
+                            "FROM method_scores) GROUP BY ALL"))  # fmt: skip
+    for layer, method, scoring_set, mean, scored, undefined, many_unsimulated in rows:
+        assert scored + undefined == 2  # two neurons per layer in this run
         assert (mean is None) == (scored == 0)
-        assert many_unsimulated == int(flagged[f"{layer}/{scoring_set}"])
+        assert many_unsimulated == flagged[f"{layer}/{method}/{scoring_set}"]
+
+
+def test_every_method_is_scored_on_the_same_tokens_with_a_held_out_calibration(backfill):
+    _, store, _ = backfill
+    rows = query(
+        store,
+        "SELECT layer, neuron, scoring_set, count(DISTINCT method), count(DISTINCT n_tokens), "
+        "count(DISTINCT n_calibration_tokens), min(n_calibration_tokens) FROM scores GROUP BY ALL",
+    )
+    assert len(rows) == 8  # 2 layers x 2 neurons x 2 scoring sets
+    for *_, methods, token_counts, calibration_counts, calibration_tokens in rows:
+        assert (methods, token_counts, calibration_counts) == (5, 1, 1)
+        assert calibration_tokens == 2 * 64  # one top and one random calibration excerpt
+    scored = query(store, "SELECT list(excerpt_id) FROM scoring_excerpts GROUP BY layer, neuron")
+    for (ids,) in scored:
+        assert len(ids) == len(set(ids)) == 6  # 2 top, 2 random, 2 calibration: none twice
+    # a calibration fitted elsewhere: explained variance is not the correlation squared
+    gaps = query(store, "SELECT abs(explained_variance - correlation ^ 2) FROM scores WHERE explained_variance IS NOT NULL")
+    assert gaps and max(gap for gap, in gaps) > 1e-6
+
+
+def test_neuron_scores_show_the_explanation_beside_its_best_baseline_and_its_control(backfill):
+    _, store, _ = backfill
+    rows = query(
+        store,
+        "SELECT n.layer, n.neuron, n.best_baseline, n.best_baseline_score, n.control_score, "
+        "n.control_explanation_neuron, n.lookup_table_score, n.weight_based_score, n.lookup_explanation_score "
+        "FROM neuron_scores n ORDER BY layer, neuron",
+    )
+    for layer, neuron, best, best_score, control, control_neuron, *baselines in rows:
+        defined = [b for b in baselines if b is not None]
+        assert best_score == max(defined) and best in ("lookup_table", "weight_based", "lookup_explanation")
+        assert control_neuron != neuron
+        assert control == query(
+            store, f"SELECT correlation FROM scores WHERE layer = {layer} AND neuron = {neuron} "
+            "AND method = 'control' AND scoring_set = 'top_and_random'"
+        )[0][0]  # fmt: skip
+    verdicts = query(store, "SELECT layer, method, n_neurons, verdict FROM layer_methods WHERE scoring_set = 'top_and_random'")
+    assert {(layer, method) for layer, method, _, _ in verdicts} == {(layer, m) for layer in (0, 1) for m in METHODS}
+    for _, method, n_neurons, verdict in verdicts:
+        assert (verdict is None) == (method == "explanation")
+        assert n_neurons <= 2
+
+
+def test_the_demo_prints_each_neurons_explanation_best_baseline_and_control_scores(backfill, capsys):
+    _, store, _ = backfill
+    print_results(store, 0, 1)
+    printed = capsys.readouterr().out
+    per_neuron, per_layer = printed.split("Per layer")
+    for column in ("explanation_score", "best_baseline", "best_baseline_score", "control_score"):
+        assert column in per_neuron
+    for layer, neuron in query(store, "SELECT layer, neuron FROM neuron_scores"):
+        assert f"{neuron}" in per_neuron
+    for method in METHODS:
+        assert method in per_layer
+    assert "difference_95ci" in per_layer and "verdict" in per_layer
+
+
+def test_a_lookup_explanation_is_stored_with_the_explanations_and_shows_no_excerpt(backfill):
+    _, store, _ = backfill
+    rows = query(store, "SELECT prompt_version, excerpt_ids FROM explanations WHERE method = 'lookup_explanation'")
+    assert len(rows) == 4 and all(v == "lookup-explainer-v1" and ids == [] for v, ids in rows)
 
 
 def test_a_score_with_more_than_five_percent_unsimulated_tokens_is_flagged(backfill):
@@ -135,14 +202,18 @@ def test_lineage_view_traces_every_score_to_its_run_prompts_models_and_excerpts(
     rows = query(
         store,
         "SELECT explainer_prompt_version, simulator_prompt_version, explanation_excerpt_ids, "
-        "scoring_excerpt_ids, corpus, recording_run_id, explanation_run_id, simulation_run_id, score_run_id "
-        "FROM score_lineage",
+        "scoring_excerpt_ids, calibration_excerpt_ids, corpus, recording_run_id, explanation_run_id, "
+        "simulation_run_id, score_run_id FROM score_lineage WHERE method = 'explanation'",
     )
-    assert len(rows) == 4  # 2 neurons x 2 scoring sets
-    for explainer_v, simulator_v, shown, scored, corpus, *runs in rows:
+    assert len(rows) == 8  # 4 neurons x 2 scoring sets
+    for explainer_v, simulator_v, shown, scored, calibration, corpus, *runs in rows:
         assert explainer_v.startswith("explainer-") and simulator_v.startswith("simulator-")
         assert len(shown) == 2 and len(scored) == 4 and not set(shown) & set(scored)
+        assert len(calibration) == 2 and not set(calibration) & set(scored)
         assert corpus == "lee" and set(runs) == {result.run_id}
+    baselines = query(store, "SELECT DISTINCT method, explanation, simulator_model FROM score_lineage "
+                             "WHERE method IN ('lookup_table', 'weight_based')")  # fmt: skip
+    assert sorted(baselines) == [("lookup_table", None, None), ("weight_based", None, None)]
 
 
 def test_explanation_and_scoring_excerpts_come_from_different_documents(backfill):
@@ -201,8 +272,8 @@ def test_neuron_scores_lists_scored_explanations_and_unscored_ones_wait_in_their
     copy = copy_without_cache(store, tmp_path)
     copy.path("scores", "1").unlink()  # as between the explanation and score steps of layer 1
     copy.refresh_views()
-    assert [layer for layer, in query(copy, "SELECT layer FROM neuron_scores")] == [0]
-    assert [layer for layer, in query(copy, "SELECT layer FROM unscored_explanations")] == [1]
+    assert query(copy, "SELECT DISTINCT layer FROM neuron_scores") == [(0,)]
+    assert query(copy, "SELECT DISTINCT layer FROM unscored_explanations") == [(1,)]
 
 
 def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_rerun_resumes(backfill, tmp_path):
@@ -216,9 +287,9 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
         servers.append(self)
         return enter(self)
 
-    def kill_after_two_responses():  # the explanation and the simulator's mode probe
+    def kill_after_five_responses():  # 2 explanations, 2 lookup explanations, the simulator's mode probe
         cache, deadline = copy.root / "llm_cache", time.monotonic() + 600
-        while len(list(cache.rglob("*.json"))) < 2:
+        while len(list(cache.rglob("*.json"))) < 5:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.05)
@@ -226,7 +297,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
         killed_at.append(time.monotonic())
 
     LocalLlamaServer.__enter__ = remembering_enter
-    killer = threading.Thread(target=kill_after_two_responses, daemon=True)
+    killer = threading.Thread(target=kill_after_five_responses, daemon=True)
     killer.start()
     llm_steps = [dg.AssetKey(name) for name in ("explanations", "simulations", "scores")]
     job = build_definitions(settings(copy.root)).resolve_implicit_global_asset_job_def()
@@ -250,9 +321,12 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     with dg.instance_for_test() as instance:
         rerun = job.execute_in_process(run_config=TINY, instance=instance, partition_key="layer-0", asset_selection=llm_steps)
     assert rerun.success
-    hits = sum(rerun.asset_materializations_for_node(step)[0].metadata["llm_cache_hits"].value
-               for step in ("explanations", "simulations"))  # fmt: skip
-    assert hits == cached  # every response stored before the kill is reused
+    calls = sum(rerun.asset_materializations_for_node(step)[0].metadata["llm_calls"].value
+                for step in ("explanations", "simulations"))  # fmt: skip
+    # every response stored before the kill is reused: each call of the rerun stored a new
+    # response, none asked again for one already stored (identical requests, such as a
+    # control whose explanation reads like the neuron's own, are hits within the run too)
+    assert calls == len(list((copy.root / "llm_cache").rglob("*.json"))) - cached
     assert rerun.asset_materializations_for_node("explanations")[0].metadata["llm_calls"].value == 0
 
 
@@ -272,6 +346,37 @@ def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(b
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "cannot reach the LLM server at http://127.0.0.1:9/v1" in str(failure.step_failure_data.error)
     assert store.path("explanations", "0").read_bytes() == stored
+
+
+def test_a_baseline_asked_for_on_a_layer_that_was_not_recorded_names_what_is_missing(backfill):
+    _, store, _ = backfill
+    job = build_definitions(settings(store.root)).resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance, partition_key="layer-5", raise_on_error=False,
+            asset_selection=[dg.AssetKey("token_predictions")],
+        )  # fmt: skip
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "table 'token_lookup' has not been materialized" in str(failure.step_failure_data.error)
+    assert "token_lookup/5.parquet" in str(failure.step_failure_data.error)
+    assert not store.path("token_predictions", "5").exists()
+
+
+def test_an_unknown_method_fails_the_step_naming_it_and_keeps_stored_simulations(backfill):
+    _, store, _ = backfill
+    stored = store.path("simulations", "0").read_bytes()
+    job = build_definitions(settings(store.root)).resolve_implicit_global_asset_job_def()
+    config = {"ops": {"simulations": {"config": {"methods": ["explanation", "random_words"]}}}}
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            run_config=config, instance=instance, partition_key="layer-0", raise_on_error=False,
+            asset_selection=[dg.AssetKey("simulations")],
+        )  # fmt: skip
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "unknown method(s) ['random_words']" in str(failure.step_failure_data.error)
+    assert store.path("simulations", "0").read_bytes() == stored
 
 
 def test_stored_scores_pass_the_asset_check(backfill):

@@ -43,6 +43,29 @@ def test_sparse_neurons_get_nonzero_pairs_repeated():
     assert text.endswith("<start>\nt9\t10\n<end>")
 
 
+def test_the_repeat_follows_all_excerpts_as_one_section_as_in_the_study():
+    first = Record([f"a{i}" for i in range(10)], [0.0] * 9 + [3.0])
+    second = Record([f"b{i}" for i in range(10)], [2.0] + [0.0] * 9)
+    text = format_records([first, second])
+    full_first, full_second = text.index("a0\t0"), text.index("b0\t6")
+    header = text.index("Same activations, but with all zeros filtered out:")
+    assert text.count("zeros filtered out") == 1
+    assert full_first < full_second < header
+    assert text[header:].split("\n")[1:] == ["<start>", "a9\t10", "<end>", "<start>", "b0\t6", "<end>"]
+
+
+def test_the_few_shot_neurons_are_full_excerpts_one_sparse_enough_to_repeat_one_about_context():
+    from neuron_assets.fewshot import EXAMPLE_NEURONS, quote_activations
+
+    assert all(len(r.tokens) == len(r.activations) == 64 for n in EXAMPLE_NEURONS for r in n.records)
+    repeats = ["zeros filtered out" in format_records(n.records) for n in EXAMPLE_NEURONS]
+    assert repeats == [True, False]
+    # the context neuron: the same word fires inside quotes and is silent outside them
+    tokens = [" the", ' "', " the", '"', " the"]
+    assert [value > 0 for value in quote_activations(tokens)] == [False, True, True, True, False]
+    assert "quotation marks" in EXAMPLE_NEURONS[1].explanation
+
+
 def test_dense_neurons_at_exactly_twenty_percent_are_not_repeated():
     record = Record([f"t{i}" for i in range(5)], [0.0, 0.0, 0.0, 0.0, 3.0])
     assert "zeros filtered out" not in format_records([record])

@@ -62,7 +62,7 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
 def test_a_pool_smaller_than_k_keeps_only_real_excerpts(corpus):
     excerpts, activations = corpus
     recorders = record(fake_model(activations, []), excerpts.head(5), {1: [0]}, [], start_token_id=None, top_k=4)
-    records, _ = record_tables(recorders, RecordingSettings())
+    records, _, _ = record_tables(recorders, RecordingSettings())
     by_pool = dict(records.filter(pl.col("kind") == "top").group_by("pool").len().iter_rows())
     assert by_pool == {"explanation": 3, "scoring": 2}
     assert set(records["excerpt_id"]) <= set(excerpts.head(5)["excerpt_id"])
@@ -105,7 +105,7 @@ def test_record_tables_hold_top_random_and_quantile_rows(corpus):
     excerpts, activations = corpus
     random_ids = random_sample(excerpts, 10, seed=0)
     recorders = record(fake_model(activations, []), excerpts, {1: [0, 1]}, random_ids, start_token_id=None, top_k=3)
-    records, stats = record_tables(recorders, RecordingSettings(per_bin=2))
+    records, stats, _ = record_tables(recorders, RecordingSettings(per_bin=2))
     counts = dict(records.group_by("kind").len().iter_rows())
     assert counts["top"] == 2 * 2 * 3 and counts["random"] == 2 * 10 and counts["quantile"] > 0
     random_rows = records.filter(pl.col("kind") == "random", pl.col("neuron") == 1).sort("rank")
@@ -113,6 +113,31 @@ def test_record_tables_hold_top_random_and_quantile_rows(corpus):
     assert torch.allclose(torch.tensor(random_rows["activations"].to_list(), dtype=torch.float64), expected.double())
     assert set(records.filter(pl.col("kind") == "random")["pool"]) == {"scoring"}
     assert len(stats) == 2
+
+
+def test_the_token_lookup_table_is_each_tokens_mean_activation_over_the_explanation_pool(corpus):
+    excerpts, activations = corpus
+    generator = torch.Generator().manual_seed(1)
+    token_ids = torch.randint(0, 5, (N_EXCERPTS, LENGTH), generator=generator)
+    # the first token still names the excerpt for the fake model; tokens 1.. vary
+    token_ids[:, 0] = torch.arange(N_EXCERPTS) + 10
+    excerpts = excerpts.with_columns(token_ids=pl.Series(token_ids.tolist()))
+
+    def run(tokens, hooks, stop_at_layer):
+        hooks[1](activations[1][tokens[:, 0] - 10])
+
+    recorders = record(run, excerpts, {1: [2, 6]}, [101], start_token_id=None, batch_size=4)
+    _, _, lookup = record_tables(recorders, RecordingSettings())
+    explanation_rows = torch.as_tensor((excerpts["pool"] == "explanation").to_numpy())
+    ids = token_ids[explanation_rows].reshape(-1)
+    for neuron in (2, 6):
+        acts = activations[1][explanation_rows][:, :, neuron].reshape(-1).double()
+        table = lookup.filter(pl.col("neuron") == neuron).sort("token_id")
+        expected_ids = sorted(set(ids.tolist()))
+        assert table["token_id"].to_list() == expected_ids  # only tokens of the explanation pool
+        for token_id, count, mean in table.select("token_id", "count", "mean_activation").iter_rows():
+            chosen = acts[ids == token_id]
+            assert count == len(chosen) and mean == pytest.approx(chosen.mean().item())
 
 
 def test_random_sample_comes_from_the_scoring_pool_only(corpus):

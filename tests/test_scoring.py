@@ -4,22 +4,38 @@ import numpy as np
 import polars as pl
 import pytest
 
-from neuron_assets.scoring import score, score_simulations
+from neuron_assets.scoring import fit_calibration, score, score_simulations
 
 
 def test_correlation_and_calibration_match_hand_computed_values():
-    result = score([[1, 2], [3, 4]], [[1, 3], [2, 4]])
+    simulated, true = [[1, 2], [3, 4]], [[1, 3], [2, 4]]
     # deviations s: -1.5 -.5 .5 1.5 ; a: -1.5 .5 -.5 1.5 -> cov 4/4, var 5/4 each
+    assert fit_calibration(simulated, true) == pytest.approx((0.8, 0.5))
+    result = score(simulated, true, (0.8, 0.5))
     assert result.correlation == pytest.approx(0.8)
-    assert result.calibration_slope == pytest.approx(0.8)
-    assert result.calibration_intercept == pytest.approx(0.5)
+    assert (result.calibration_slope, result.calibration_intercept) == (0.8, 0.5)
     assert result.explained_variance == pytest.approx(0.64)
     assert result.n_tokens == 4 and result.undefined_reason is None
 
 
-def test_best_linear_calibration_gives_explained_variance_equal_to_rho_squared():
-    result = score([[0.0, 3.0, 1.0, 7.0, 2.0]], [[0.2, 1.0, 0.1, 2.5, 0.3]])
+def test_a_calibration_fitted_on_the_scored_tokens_would_only_repeat_rho_squared():
+    simulated, true = [[0.0, 3.0, 1.0, 7.0, 2.0]], [[0.2, 1.0, 0.1, 2.5, 0.3]]
+    result = score(simulated, true, fit_calibration(simulated, true))
     assert result.explained_variance == pytest.approx(result.correlation**2)
+
+
+def test_a_held_out_calibration_gives_explained_variance_below_rho_squared_and_possibly_negative():
+    simulated, true = [[0.0, 3.0, 1.0, 7.0, 2.0]], [[0.2, 1.0, 0.1, 2.5, 0.3]]
+    held_out = fit_calibration([[0.0, 10.0, 0.0, 10.0]], [[0.0, 0.5, 0.1, 0.4]])  # a much flatter neuron
+    result = score(simulated, true, held_out)
+    assert result.explained_variance < result.correlation**2 - 0.1
+    overshooting = score(simulated, true, (2.0, 0.0))
+    assert overshooting.explained_variance < 0
+    assert score(simulated, true).explained_variance is None  # no calibration, no explained variance
+
+
+def test_a_constant_simulation_on_the_calibration_excerpts_cannot_be_calibrated():
+    assert fit_calibration([[3.0, 3.0, 3.0]], [[0.0, 1.0, 2.0]]) is None
 
 
 def test_scores_pool_tokens_across_excerpts_instead_of_averaging_per_excerpt():
@@ -71,22 +87,51 @@ def test_mismatched_lengths_are_a_bug_not_a_score():
 
 def _simulations():
     rows = [
-        (0, 7, 0, 1, "top", [0.0, 9.0], [0.0, 5.0]),
-        (0, 7, 0, 2, "random", [1.0, 0.0], [0.0, 0.0]),
-        (0, 7, 0, 3, "random", [0.0, 2.0], [0.0, 0.0]),
+        (0, 7, 0, "explanation", 7, 1, "top", [0.0, 9.0], [0.0, 5.0]),
+        (0, 7, 0, "explanation", 7, 2, "random", [1.0, 0.0], [0.0, 0.0]),
+        (0, 7, 0, "explanation", 7, 3, "random", [0.0, 2.0], [0.0, 0.0]),
+        (0, 7, 0, "explanation", 7, 4, "calibration_top", [0.0, 10.0], [0.0, 2.0]),
+        (0, 7, 0, "explanation", 7, 5, "calibration_random", [0.0, 0.0], [0.0, 0.0]),
+        (0, 7, 0, "control", 9, 1, "top", [3.0, 0.0], [0.0, 5.0]),
+        (0, 7, 0, "control", 9, 2, "random", [1.0, 0.0], [0.0, 0.0]),
+        (0, 7, 0, "control", 9, 3, "random", [0.0, 2.0], [0.0, 0.0]),
     ]
     return pl.DataFrame(
         rows,
-        schema=["layer", "neuron", "sample", "excerpt_id", "excerpt_kind", "simulated", "true_activations"],
+        schema=["layer", "neuron", "sample", "method", "explanation_neuron", "excerpt_id", "excerpt_kind",
+                "simulated", "true_activations"],
         orient="row",
-    )
+    )  # fmt: skip
 
 
-def test_score_table_has_top_and_random_and_random_only_rows():
+def test_score_table_has_top_and_random_and_random_only_rows_per_method():
     table = score_simulations(_simulations())
-    assert table["scoring_set"].to_list() == ["top_and_random", "random_only"]
-    top_and_random, random_only = table.iter_rows(named=True)
+    assert table.select("method", "scoring_set").rows() == [
+        ("explanation", "top_and_random"), ("explanation", "random_only"),
+        ("control", "top_and_random"), ("control", "random_only"),
+    ]  # fmt: skip
+    top_and_random, random_only, control, _ = table.iter_rows(named=True)
     assert top_and_random["n_tokens"] == 6 and not math.isnan(top_and_random["correlation"])
     # random excerpts alone never fire: undefined, stored as null with its reason
     assert random_only["correlation"] is None
     assert "constant" in random_only["undefined_reason"]
+    assert control["explanation_neuron"] == 9 and control["correlation"] < 0
+
+
+def test_the_calibration_is_fitted_on_the_calibration_excerpts_only():
+    explanation = score_simulations(_simulations()).row(0, named=True)
+    assert explanation["n_calibration_tokens"] == 4
+    # calibration excerpts: 10 -> 2 and 0 -> 0, so slope 0.2 and intercept 0
+    assert explanation["calibration_slope"] == pytest.approx(0.2)
+    assert explanation["calibration_intercept"] == pytest.approx(0.0)
+    simulated = np.array([0, 9, 1, 0, 0, 2.0])
+    true = np.array([0, 5, 0, 0, 0, 0.0])
+    expected = 1 - np.mean((0.2 * simulated - true) ** 2) / np.var(true)
+    assert explanation["explained_variance"] == pytest.approx(expected)
+    assert explanation["explained_variance"] != pytest.approx(explanation["correlation"] ** 2)
+
+
+def test_a_method_without_calibration_excerpts_has_a_correlation_but_no_explained_variance():
+    control = score_simulations(_simulations()).row(2, named=True)
+    assert control["correlation"] is not None
+    assert control["explained_variance"] is None and control["n_calibration_tokens"] == 0

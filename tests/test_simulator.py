@@ -3,7 +3,11 @@ import math
 import pytest
 
 from neuron_assets.prompts import simulator_prompt
-from neuron_assets.simulator import SimulationError, expected_value, read_placeholders
+from neuron_assets.simulator import SimulationError, expected_value, placeholder_distributions
+
+
+def read_placeholders(prompt, offsets, tops, distribution_shift):
+    return [expected_value(d) for d in placeholder_distributions(prompt, offsets, tops, distribution_shift)]
 
 
 def lp(p):
@@ -79,7 +83,7 @@ def test_a_backend_without_prompt_logprobs_is_named_in_the_error():
 def test_scoring_excerpts_are_scoring_pool_top_ranks_and_random_ranks():
     import polars as pl
 
-    from neuron_assets.simulator import scoring_excerpts
+    from neuron_assets.scoring import select_scoring_excerpts as scoring_excerpts
 
     records = pl.DataFrame(
         {
@@ -96,7 +100,7 @@ def test_scoring_excerpts_are_scoring_pool_top_ranks_and_random_ranks():
 def test_a_random_excerpt_that_is_also_a_top_one_is_scored_once_and_the_next_random_one_taken():
     import polars as pl
 
-    from neuron_assets.simulator import scoring_excerpts
+    from neuron_assets.scoring import select_scoring_excerpts as scoring_excerpts
 
     records = pl.DataFrame(
         {
@@ -109,12 +113,33 @@ def test_a_random_excerpt_that_is_also_a_top_one_is_scored_once_and_the_next_ran
     assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [(7, "top"), (8, "random"), (9, "random")]
 
 
+def test_calibration_excerpts_are_the_next_top_and_random_ones_and_never_scored():
+    import polars as pl
+
+    from neuron_assets.scoring import select_scoring_excerpts
+
+    records = pl.DataFrame(
+        {
+            "layer": [0] * 8, "neuron": [1] * 8, "pool": ["scoring"] * 8,
+            "kind": ["top", "top", "top", "random", "random", "random", "random", "random"],
+            "rank": [0, 1, 2, 0, 1, 2, 3, 4], "excerpt_id": [2, 3, 4, 3, 5, 6, 7, 8], "activations": [[0.0]] * 8,
+        }
+    )  # fmt: skip
+    chosen = select_scoring_excerpts(records, n_top=1, n_random=2, n_calibration_top=1, n_calibration_random=2)
+    kinds = dict(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True))
+    # excerpt 3 is a calibration top excerpt, so it is not also taken as a random one
+    assert kinds == {2: "top", 5: "random", 6: "random", 3: "calibration_top", 7: "calibration_random", 8: "calibration_random"}
+    with pytest.raises(ValueError, match="3 further top scoring-pool \\(calibration\\) excerpts per neuron but only 2"):
+        select_scoring_excerpts(records, n_top=1, n_random=2, n_calibration_top=3)
+
+
 def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
     from types import SimpleNamespace
 
     import polars as pl
 
     from neuron_assets.llm_client import LLMError, NeuronFailures
+    from neuron_assets.scoring import select_scoring_excerpts as scoring_excerpts
     from neuron_assets.simulator import simulate_neurons
 
     prompts = []
@@ -136,7 +161,7 @@ def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
     )  # fmt: skip
     excerpts = pl.DataFrame({"excerpt_id": [5, 6], "tokens": [["a"], ["b"]]})
     with pytest.raises(NeuronFailures) as failure:
-        simulate_neurons(client, "m", explanations, records, excerpts, n_top=2, n_random=0)
+        simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 2, 0), excerpts)
     assert list(failure.value.failures) == [(0, 1)]
     assert "503" in str(failure.value)
     assert sum("find fine." in p for p in prompts) == 2  # both excerpts of neuron 2 were simulated
@@ -146,7 +171,7 @@ def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
 def test_asking_to_score_on_more_excerpts_than_were_recorded_is_an_error():
     import polars as pl
 
-    from neuron_assets.simulator import scoring_excerpts
+    from neuron_assets.scoring import select_scoring_excerpts as scoring_excerpts
 
     records = pl.DataFrame(
         {
@@ -190,6 +215,7 @@ def test_json_mode_is_recorded_with_each_simulation():
     import polars as pl
 
     from neuron_assets.prompts import JSON_SIMULATOR_PROMPT_VERSION
+    from neuron_assets.scoring import select_scoring_excerpts as scoring_excerpts
     from neuron_assets.simulator import simulate_neurons
 
     def create(**request):
@@ -204,11 +230,11 @@ def test_json_mode_is_recorded_with_each_simulation():
         }
     )  # fmt: skip
     excerpts = pl.DataFrame({"excerpt_id": [5], "tokens": [["a", "b"]]})
-    row = simulate_neurons(client, "m", explanations, records, excerpts, n_top=1, n_random=0, mode="json").row(0, named=True)
+    row = simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 1, 0), excerpts, mode="json").row(0, named=True)
     assert row["simulation_mode"] == "json" and row["prompt_version"] == JSON_SIMULATOR_PROMPT_VERSION
     assert row["simulated"] == [4.0, None] and row["n_unsimulated"] == 1 and row["n_misaligned"] == 1
     with pytest.raises(ValueError, match="simulation mode 'magic' is not one of"):
-        simulate_neurons(client, "m", explanations, records, excerpts, n_top=1, n_random=0, mode="magic")
+        simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 1, 0), excerpts, mode="magic")
 
 
 def _written(text_pieces, value_dists):
@@ -309,6 +335,7 @@ def test_a_simulation_prompt_too_long_for_the_context_loses_few_shot_neurons_and
 
     from neuron_assets.llm_client import ContextLengthError
     from neuron_assets.prompts import simulator_prompt
+    from neuron_assets.scoring import select_scoring_excerpts as scoring_excerpts
     from neuron_assets.simulator import simulate_neurons
 
     fits = len(simulator_prompt("x", ["a", "b"], n_fewshot=1).text)
@@ -331,10 +358,17 @@ def test_a_simulation_prompt_too_long_for_the_context_loses_few_shot_neurons_and
         }
     )  # fmt: skip
     excerpts = pl.DataFrame({"excerpt_id": [5, 6], "tokens": [["a", "b"], ["c", "d"]]})
-    frame = simulate_neurons(client, "m", explanations, records, excerpts, n_top=2, n_random=0, mode="all_at_once")
+    frame = simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 2, 0), excerpts, mode="all_at_once")
     assert frame["prompt_shortening"].to_list() == ["dropped 1 of 2 few-shot neurons to fit the backend's context"] * 2
     assert frame["simulated"].to_list() == [[3.0, 3.0]] * 2
     assert len(prompts) == 3  # the second excerpt starts at the level that fitted
+
+
+def _own(explanations):
+    """Explanations as the simulations asset passes them: each neuron's own, method 'explanation'."""
+    import polars as pl
+
+    return explanations.with_columns(method=pl.lit("explanation"), explanation_neuron=pl.col("neuron"))
 
 
 def _echo_of_threes(prompt):
@@ -374,3 +408,91 @@ def test_a_truncated_echo_is_an_error_not_a_misread_distribution():
     client = SimpleNamespace(completions=SimpleNamespace(create=truncated))
     with pytest.raises(SimulationError, match="truncated"):
         simulate(client, "m", "x", ["a", "b"], distribution_shift=0)
+
+
+def test_a_one_followed_by_zero_is_read_as_ten_on_tokenizers_that_split_it():
+    from neuron_assets.simulator import expected_value
+
+    always_one = {"1": lp(1.0)}
+    assert expected_value(always_one) == pytest.approx(1.0)  # the naive read loses the 10
+    assert expected_value(always_one, zero_after_one=0.98) == pytest.approx(9.82)
+    assert expected_value({"0": lp(0.5), "1": lp(0.5)}, zero_after_one=1.0) == pytest.approx(5.0)
+
+
+def test_on_a_tokenizer_without_ten_all_at_once_asks_on_a_zero_to_nine_scale_and_maps_it_back():
+    from types import SimpleNamespace
+
+    from neuron_assets.simulator import simulate
+
+    prompts = []
+
+    def create(**request):
+        prompts.append(prompt := request["prompt"])
+        offsets = list(range(len(prompt)))
+        tops = [{"0": lp(1.0)}] * len(prompt)
+        start = prompt.rindex("<start>")
+        tops[prompt.index("a\t", start) + 2] = {"9": lp(1.0)}  # the top of the scale after a's tab
+        return {"choices": [{"text": prompt, "logprobs": {"text_offset": offsets, "top_logprobs": tops}}]}
+
+    client = SimpleNamespace(completions=SimpleNamespace(create=create))
+    result = simulate(client, "m", "x", ["a", "b"], distribution_shift=0, ten_handling="top_nine")
+    assert result.expected == [pytest.approx(10.0), 0.0]  # one call, and the top reads as 10
+    assert len(prompts) == 1 and "activations run from 0 to 9" in prompts[0]
+    fewshot_values = {line.rsplit("\t", 1)[1] for line in prompts[0].split("\n") if "\t" in line}
+    assert "10" not in fewshot_values and "9" in fewshot_values  # every value one token
+    assert simulate(client, "m", "x", ["a", "b"], distribution_shift=0).expected == [9.0, 0.0]
+    assert "activations run from 0 to 10" in prompts[-1]
+
+
+def test_a_ten_on_the_zero_to_nine_scale_is_not_a_digit_and_a_second_read_needs_the_full_scale():
+    assert expected_value({"9": lp(0.5), "10": lp(0.5)}, top=9) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="0..10 scale"):
+        expected_value({"1": lp(1.0)}, zero_after_one=0.5, top=9)
+
+
+def test_the_chat_listing_reads_a_written_one_zero_as_ten():
+    from neuron_assets.simulator import read_written_listing
+
+    written = [("<start>", None), ("\n", None), ("a", None), ("\t", None), ("1", {"1": lp(1.0)}),
+               ("0", {"0": lp(0.95), "\n": lp(0.05)}), ("\n", None), ("<end>", None)]  # fmt: skip
+    assert read_written_listing(written, ["a"], "second_read")[0] == [pytest.approx(9.55)]
+    assert read_written_listing(written, ["a"], "single_token")[0] == [1.0]
+
+
+@pytest.mark.parametrize("pieces, expected", [(["10"], "single_token"), (["1", "0"], "top_nine")])
+def test_the_tokenizer_probe_reads_how_the_echo_wrote_ten(pieces, expected):
+    from types import SimpleNamespace
+
+    from neuron_assets.simulator import TEN_PROBE_TEXT, probe_ten_handling
+
+    start = TEN_PROBE_TEXT.index("10")
+    tokens = [TEN_PROBE_TEXT[:start], *pieces, TEN_PROBE_TEXT[start + 2 :]]
+    offsets = [0, start, *([start + 1] if len(pieces) == 2 else []), start + 2]
+    reply = {"tokens": tokens, "text_offset": offsets}
+    client = SimpleNamespace(completions=SimpleNamespace(create=lambda **_: {"choices": [{"logprobs": reply}]}))
+    assert probe_ten_handling(client, "m", "all_at_once") == expected
+
+
+def test_a_chat_probe_that_shows_no_ten_is_an_error_naming_what_came_back():
+    from types import SimpleNamespace
+
+    from neuron_assets.llm_client import LLMError
+    from neuron_assets.simulator import TokenizerProbeError, probe_ten_handling
+
+    content = [{"token": "ten", "logprob": 0.0}]
+    reply = {"choices": [{"logprobs": {"content": content}}]}
+    client = SimpleNamespace(
+        completions=SimpleNamespace(create=_refuse),  # a chat-only backend, as OpenAI's chat models
+        chat=SimpleNamespace(completions=SimpleNamespace(create=lambda **_: reply)),
+    )
+    with pytest.raises(TokenizerProbeError, match=r"cannot tell how 'm' writes 10: the chat probe returned tokens \['ten'\]"):
+        probe_ten_handling(client, "m", "chat_logprobs")
+    content[:] = [{"token": "1", "logprob": 0.0}, {"token": "0", "logprob": 0.0}]
+    assert probe_ten_handling(client, "m", "chat_logprobs") == "second_read"
+    content[:] = [{"token": "10", "logprob": 0.0}]
+    assert probe_ten_handling(client, "m", "one_at_a_time") == "single_token"
+    def down(**_):
+        raise LLMError("still failing after 5 attempts: 503", status=503)
+
+    with pytest.raises(LLMError, match="503"):  # not a capability answer: no fallback to the chat probe
+        probe_ten_handling(_probe_client(down, lambda **_: reply), "m", "all_at_once")

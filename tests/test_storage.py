@@ -16,6 +16,8 @@ def scores(layer: int, n: int, run: str = "run-1") -> pl.DataFrame:
             "layer": [layer] * n,
             "neuron": list(range(n)),
             "sample": [0] * n,
+            "method": ["explanation"] * n,
+            "explanation_neuron": list(range(n)),
             "scoring_set": ["top_and_random"] * n,
             "correlation": [0.5] * n,
             "explained_variance": [0.25] * n,
@@ -24,6 +26,7 @@ def scores(layer: int, n: int, run: str = "run-1") -> pl.DataFrame:
             "n_tokens": [10] * n,
             "n_unsimulated": [0] * n,
             "undefined_reason": pl.Series([None] * n, dtype=pl.String),
+            "n_calibration_tokens": [10] * n,
             "run_id": [run] * n,
             "partition": [str(layer)] * n,
         }

@@ -104,3 +104,34 @@ def test_excerpts_are_preceded_by_the_token_seen_between_documents_not_the_chat_
     assert model.document_start_token("<|im_start|>") == (model.tokenizer.bos_token_id, "<|im_start|>")
     with pytest.raises(SubjectModelError, match=re.escape("'<|nope|>' is not a token of")):
         model.document_start_token("<|nope|>")
+
+
+def test_the_weight_based_baseline_is_the_gated_mlp_on_the_normed_embedding_alone(model):
+    ids = [5, 100, 2000, 30000]
+    got = torch.tensor(model.direct_token_activations(3, [0, 7, 1535], ids))
+    hf = model.bridge.original_model.model
+    with torch.inference_mode():
+        layer = hf.layers[3]
+        x = layer.post_attention_layernorm(hf.embed_tokens.weight[ids])
+        expected = (layer.mlp.act_fn(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x))[:, [0, 7, 1535]]
+    assert torch.allclose(got, expected.double(), atol=1e-6)
+    assert not model.bridge.hook_dict["blocks.3.mlp.hook_post"].fwd_hooks  # its hook is gone again
+
+
+def test_the_weight_based_baseline_of_a_gpt2_model_is_gelu_of_the_layernormed_embedding(model, tmp_path):
+    """A tiny random GPT-2 (built here, offline) through the same loading path as ``gpt2``."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(default_cache_dir() / PACKAGED_SUBJECT_MODEL)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    gpt2 = load_subject_model(str(tmp_path))
+    ids = [5, 100, 2000]
+    got = torch.tensor(gpt2.direct_token_activations(1, [0, 3], ids))
+    body = gpt2.bridge.original_model.transformer
+    with torch.inference_mode():
+        block = body.h[1]
+        expected = block.mlp.act(block.mlp.c_fc(block.ln_2(body.wte.weight[ids])))[:, [0, 3]]
+    assert torch.allclose(got, expected.double(), atol=1e-6)

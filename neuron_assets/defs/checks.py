@@ -27,4 +27,17 @@ def undefined_scores_carry_a_reason(results: ResultStoreResource) -> dg.AssetChe
     )
 
 
-CHECKS = [pools_share_no_document, undefined_scores_carry_a_reason]
+@dg.asset_check(
+    asset="scores",
+    description="Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones counted).",
+)
+def every_method_is_scored_on_the_same_tokens(results: ResultStoreResource) -> dg.AssetCheckResult:
+    store = results.store()
+    scores = store.read("scores", store.partitions("scores"))
+    differing = scores.group_by("layer", "neuron", "scoring_set").agg(pl.col("n_tokens").n_unique()).filter(
+        pl.col("n_tokens") > 1
+    )
+    return dg.AssetCheckResult(passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)})
+
+
+CHECKS = [pools_share_no_document, undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens]

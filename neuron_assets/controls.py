@@ -1,0 +1,100 @@
+"""Controls and comparisons: is an explanation better than chance, and better than the baselines?
+
+- ``control_explanations``: each neuron gets another neuron's explanation from the same
+  layer, to be simulated and scored like its own. Those scores are the null
+  distribution: what an explanation scores on a neuron it was not written for.
+- ``compare_methods``: per layer and scoring set, each method's mean score over neurons
+  with a bootstrap interval, and its paired difference from the explanation's score
+  (resampling neurons), so "no better than control" is visible at a glance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from neuron_assets.methods import CONTROL, EXPLANATION
+
+
+def control_explanations(explanations: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
+    """For each neuron, the first explanation (sample 0) of another neuron of its layer.
+
+    Within a layer the neurons are shuffled (seeded) and each takes the explanation of the
+    next one in that order, so every explanation is used once and none on its own neuron.
+    A layer with a single explained neuron has no control.
+    Returns (layer, neuron, sample, method, explanation_neuron, explanation).
+    """
+    own = explanations.filter((pl.col("method") == EXPLANATION) & (pl.col("sample") == 0))
+    frames = []
+    for (layer,), group in own.sort("neuron").group_by("layer", maintain_order=True):
+        if len(group) < 2:
+            continue
+        order = np.random.default_rng([seed, int(layer)]).permutation(len(group))
+        neurons = group["neuron"].to_numpy()[order]
+        texts = group["explanation"].to_numpy()[order]
+        frames.append(
+            pl.DataFrame(
+                {
+                    "layer": pl.Series([layer] * len(group), dtype=pl.Int64),
+                    "neuron": pl.Series(neurons, dtype=pl.Int64),
+                    "sample": pl.Series([0] * len(group), dtype=pl.Int64),
+                    "method": [CONTROL] * len(group),
+                    "explanation_neuron": pl.Series(np.roll(neurons, -1), dtype=pl.Int64),
+                    "explanation": pl.Series(np.roll(texts, -1), dtype=pl.String),
+                }
+            )
+        )
+    schema = {"layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "method": pl.String,
+              "explanation_neuron": pl.Int64, "explanation": pl.String}  # fmt: skip
+    return pl.concat(frames).sort("layer", "neuron") if frames else pl.DataFrame(schema=schema)
+
+
+COMPARISON_SCHEMA = {
+    "layer": pl.Int64, "scoring_set": pl.String, "method": pl.String,
+    "n_neurons": pl.Int64, "mean_score": pl.Float64, "mean_ci_low": pl.Float64, "mean_ci_high": pl.Float64,
+    "n_paired": pl.Int64, "explanation_minus_method": pl.Float64,
+    "difference_ci_low": pl.Float64, "difference_ci_high": pl.Float64,
+}  # fmt: skip
+
+
+def compare_methods(scores: pl.DataFrame, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> pl.DataFrame:
+    """Per layer, scoring set and method: mean score with a bootstrap interval, and the mean
+    paired difference (explanation minus method) over neurons scored by both, with its interval.
+
+    A neuron's score for a method is the mean over its samples' defined scores, so a
+    neuron with several explanation samples is not favoured over its single control.
+    Intervals are percentile bootstraps over neurons; undefined scores are left out and
+    ``n_neurons`` / ``n_paired`` say how many neurons each number covers.
+    """
+    per_neuron = (
+        scores.filter(pl.col("correlation").is_not_null())
+        .group_by("layer", "scoring_set", "method", "neuron")
+        .agg(score=pl.col("correlation").mean())
+    )
+    own = per_neuron.filter(pl.col("method") == EXPLANATION).select(
+        "layer", "scoring_set", "neuron", pl.col("score").alias("explanation_score")
+    )
+    rng = np.random.default_rng(seed)
+    tail = (1.0 - level) / 2
+    rows = []
+    for (layer, scoring_set, method), group in per_neuron.sort("layer", "scoring_set", "method", "neuron").group_by(
+        "layer", "scoring_set", "method", maintain_order=True
+    ):
+        values = group["score"].to_numpy()
+        low, high = _bootstrap_mean(values, rng, n_resamples, tail)
+        paired = group.join(own, on=["layer", "scoring_set", "neuron"])
+        difference = (paired["explanation_score"] - paired["score"]).to_numpy()
+        diff_low, diff_high = _bootstrap_mean(difference, rng, n_resamples, tail)
+        rows.append(
+            (layer, scoring_set, method, len(values), float(values.mean()), low, high, len(difference),
+             float(difference.mean()) if len(difference) else None, diff_low, diff_high)
+        )  # fmt: skip
+    return pl.DataFrame(rows, schema=COMPARISON_SCHEMA, orient="row")
+
+
+def _bootstrap_mean(values: np.ndarray, rng: np.random.Generator, n_resamples: int, tail: float) -> tuple[float | None, float | None]:
+    """Percentile interval of the mean; None for fewer than 2 values (no spread to resample)."""
+    if len(values) < 2:
+        return None, None
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))

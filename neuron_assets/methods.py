@@ -1,0 +1,38 @@
+"""The ways a neuron gets scored, by name: its explanation, the token baselines, the control.
+
+Every score carries one of these names in its ``method`` column, so one query compares
+them per neuron and per layer (method.md §6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+EXPLANATION = "explanation"
+LOOKUP_EXPLANATION = "lookup_explanation"
+CONTROL = "control"
+LOOKUP_TABLE = "lookup_table"
+WEIGHT_BASED = "weight_based"
+
+METHODS = {
+    EXPLANATION: "the explainer's explanation from top-activating excerpts, simulated",
+    LOOKUP_EXPLANATION: "the explainer's summary of the token lookup table's top tokens, simulated",
+    CONTROL: "another neuron's explanation from the same layer, simulated (the null distribution)",
+    LOOKUP_TABLE: "mean activation of each token over the explanation pool (no LLM)",
+    WEIGHT_BASED: "the neuron's activation on the pre-MLP norm of the token's embedding alone (no LLM)",
+}
+EXPLAINED = (EXPLANATION, LOOKUP_EXPLANATION)
+SIMULATED = (EXPLANATION, LOOKUP_EXPLANATION, CONTROL)
+TOKEN_BASELINES = (LOOKUP_TABLE, WEIGHT_BASED)
+BASELINES = (LOOKUP_TABLE, WEIGHT_BASED, LOOKUP_EXPLANATION)
+
+
+def check_methods(requested: Sequence[str], allowed: Sequence[str], where: str) -> list[str]:
+    """``requested`` as a list, or a ValueError naming every unknown or misplaced method."""
+    unknown = [m for m in requested if m not in METHODS]
+    if unknown:
+        raise ValueError(f"{where}: unknown method(s) {unknown}; known methods are {sorted(METHODS)}")
+    misplaced = [m for m in requested if m not in allowed]
+    if misplaced:
+        raise ValueError(f"{where}: method(s) {misplaced} are not made here; this step makes {list(allowed)}")
+    return list(dict.fromkeys(requested))
