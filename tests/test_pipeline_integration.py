@@ -348,6 +348,15 @@ def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(b
     assert store.path("explanations", "0").read_bytes() == stored
 
 
+def error_messages(error):
+    """The messages of an error and of every error it was raised from or during."""
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause or error.context
+    return "\n".join(messages)
+
+
 def test_a_baseline_asked_for_on_a_layer_that_was_not_recorded_names_what_is_missing(backfill):
     _, store, _ = backfill
     job = build_definitions(settings(store.root)).resolve_implicit_global_asset_job_def()
@@ -358,8 +367,9 @@ def test_a_baseline_asked_for_on_a_layer_that_was_not_recorded_names_what_is_mis
         )  # fmt: skip
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "table 'token_lookup' has not been materialized" in str(failure.step_failure_data.error)
-    assert "token_lookup/5.parquet" in str(failure.step_failure_data.error)
+    messages = error_messages(failure.step_failure_data.error)
+    assert "table 'scoring_excerpts' has not been materialized" in messages  # the first input it loads
+    assert "scoring_excerpts/5.parquet" in messages
     assert not store.path("token_predictions", "5").exists()
 
 
