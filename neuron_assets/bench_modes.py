@@ -132,7 +132,7 @@ def _print_costs(runs: dict[str, ModeRun]) -> None:
 
 
 def _print_scores(runs: dict[str, ModeRun], true: list[list[float]]) -> None:
-    print("\nscore against the true activations (pooled correlation over valued tokens; n tokens):")
+    print("\nscore against the true activations (pooled correlation over all tokens, an unvalued one counted as 0; n tokens):")
     for mode, run in runs.items():
         result = score(run.simulated, true)
         shown = f"{result.correlation:.3f}" if result.correlation is not None else f"undefined ({result.undefined_reason})"

@@ -97,8 +97,11 @@ class Simulation:
         return sum(1 for v in self.expected if v is None)
 
 
-class TokenizerProbeError(RuntimeError):
-    """The server's answer to the tokenizer probe does not say how the simulator writes "10"."""
+class TokenizerProbeError(ReplyFormatError):
+    """The server's answer to the tokenizer probe does not say how the simulator writes "10".
+
+    Raised from inside the client's reply check, so the answer is not cached and is asked
+    for again before the step fails."""
 
 
 def digit_masses(top_logprobs: Mapping[str, float] | None) -> dict[int, float]:
@@ -158,43 +161,51 @@ def probe_ten_handling(client: Any, model: str, mode: str) -> str:
     if mode == "json":
         return WRITTEN
     try:
-        written, tokens, how = _echoed_ten(client, model), None, "echo"
+        split = _ask(client.completions.create, model, "echo", _echoed_ten, prompt=TEN_PROBE_TEXT, echo=True, logprobs=1)
     except LLMError as error:
         if error.status not in UNSUPPORTED_STATUS:
             raise
-        tokens = _generated_ten(client, model)
-        first = next((i for i, t in enumerate(tokens) if t.strip()[:1].isdigit()), None)
-        written, how = (tokens[first : first + 2] if first is not None else []), "chat"
-    stripped = [t.strip() for t in written]
-    if stripped[:1] == ["10"]:
+        messages = [{"role": "user", "content": "Write the number 10 and nothing else."}]
+        split = _ask(client.chat.completions.create, model, "chat", _generated_ten, messages=messages, logprobs=True,
+                     top_logprobs=1, max_tokens=4)  # fmt: skip
+    if not split:
         return SINGLE_TOKEN
-    if stripped[:2] == ["1", "0"]:
-        return TOP_NINE if mode == "all_at_once" else SECOND_READ
-    raise TokenizerProbeError(
-        f"cannot tell how {model!r} writes 10: the {how} probe returned tokens {written or tokens!r}, "
-        "neither '10' nor '1' then '0'"
-    )
+    return TOP_NINE if mode == "all_at_once" else SECOND_READ
 
 
-def _echoed_ten(client: Any, model: str) -> list[str]:
+def _ask(create: Callable[..., Any], model: str, how: str, tokens_of: Callable[[dict[str, Any]], list[str]], **request: Any) -> bool:
+    """One probe request; True when its tokens show "10" written as "1" then "0", False as one token."""
+
+    def read(response: dict[str, Any]) -> bool:
+        written = tokens_of(response)
+        stripped = [t.strip() for t in written]
+        if stripped[:1] == ["10"]:
+            return False
+        if stripped[:2] == ["1", "0"]:
+            return True
+        raise TokenizerProbeError(
+            f"cannot tell how {model!r} writes 10: the {how} probe returned tokens {written!r}, "
+            "neither '10' nor '1' then '0'"
+        )
+
+    request.setdefault("max_tokens", 1)
+    return read(create(model=model, temperature=0.0, read=read, **request))
+
+
+def _echoed_ten(response: dict[str, Any]) -> list[str]:
     """The echoed tokens that cover the "10" of ``TEN_PROBE_TEXT``."""
-    response = client.completions.create(
-        model=model, prompt=TEN_PROBE_TEXT, max_tokens=1, temperature=0.0, echo=True, logprobs=1
-    )
     logprobs = response["choices"][0].get("logprobs") or {}
     tokens, offsets = logprobs.get("tokens") or [], logprobs.get("text_offset") or []
     start = TEN_PROBE_TEXT.index("10")
     return [t for t, o in zip(tokens, offsets, strict=False) if start <= o < start + 2 or o < start < o + len(t)]
 
 
-def _generated_ten(client: Any, model: str) -> list[str]:
-    """The tokens a chat model generates when asked to write 10."""
-    response = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Write the number 10 and nothing else."}],
-        max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=1,
-    )  # fmt: skip
+def _generated_ten(response: dict[str, Any]) -> list[str]:
+    """The generated tokens from the first digit on (two of them), or all of them if none is a digit."""
     content = (response["choices"][0].get("logprobs") or {}).get("content") or []
-    return [item["token"] for item in content]
+    tokens = [item["token"] for item in content]
+    first = next((i for i, t in enumerate(tokens) if t.strip()[:1].isdigit()), None)
+    return tokens if first is None else tokens[first : first + 2]
 
 
 def placeholder_distributions(

@@ -44,6 +44,7 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
         self._plan: dict[str, tuple[str, int | None]] = {}
+        self._spared: dict[str, int] = {}  # requests per endpoint still to pass before the plan applies
         self._lock = threading.Lock()
         owner = self
 
@@ -70,16 +71,19 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 
-    def inject(self, fault: str, endpoint: str, times: int | None = 1) -> None:
-        """Spoil the next ``times`` requests to ``endpoint`` ("chat/completions" or "completions"); None: all."""
+    def inject(self, fault: str, endpoint: str, times: int | None = 1, after: int = 0) -> None:
+        """Spoil ``times`` requests to ``endpoint`` ("chat/completions" or "completions"; None: all),
+        once ``after`` requests to it have passed untouched."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}")
         with self._lock:
             self._plan[endpoint] = (fault, times)
+            self._spared[endpoint] = after
 
     def clear(self) -> None:
         with self._lock:
             self._plan.clear()
+            self._spared.clear()
 
     def close(self) -> None:
         self._httpd.shutdown()
@@ -89,6 +93,9 @@ class FaultProxy:
         with self._lock:
             fault, times = self._plan.get(endpoint, (None, 0))
             if fault is None or times == 0:
+                return None
+            if self._spared.get(endpoint, 0) > 0:
+                self._spared[endpoint] -= 1
                 return None
             if times is not None:
                 self._plan[endpoint] = (fault, times - 1)

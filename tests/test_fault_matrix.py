@@ -23,8 +23,8 @@ TIMEOUT_S = 20
 LLM_TABLES = ("explanations", "simulations", "scores")
 KEYS = {
     "explanations": ["layer", "neuron", "sample"],
-    "simulations": ["layer", "neuron", "sample", "excerpt_id"],
-    "scores": ["layer", "neuron", "sample", "scoring_set"],
+    "simulations": ["layer", "neuron", "sample", "method", "excerpt_id"],
+    "scores": ["layer", "neuron", "sample", "method", "scoring_set"],
 }
 ENDPOINT = {"all_at_once": "completions", "json": "chat/completions"}
 
@@ -33,8 +33,11 @@ def run_config(mode):
     return {
         "ops": {
             "activation_records": {"config": {"n_neurons": 1, "n_random": 4, "batch_size": 32}},
-            "explanations": {"config": {"n_examples": 2, "max_tokens": 30}},
-            "simulations": {"config": {"n_top": 1, "n_random": 1, "mode": mode}},
+            "scoring_excerpts": {
+                "config": {"n_top": 1, "n_random": 1, "n_calibration_top": 0, "n_calibration_random": 0}
+            },
+            "explanations": {"config": {"methods": ["explanation"], "n_examples": 2, "max_tokens": 30}},
+            "simulations": {"config": {"methods": ["explanation"], "mode": mode}},
         }
     }
 
@@ -111,7 +114,7 @@ def test_a_transient_transport_fault_is_retried_and_the_run_completes(fault, pro
 
 @pytest.mark.parametrize("fault", ["digits_as_words", "truncated", "ignore_format"])
 def test_one_unreadable_reply_is_rejected_asked_again_and_the_run_completes(fault, proxy, baseline, results):
-    proxy.inject(fault, "completions", times=1)
+    proxy.inject(fault, "completions", times=1, after=1)  # after the tokenizer probe: a simulation
     result = materialize(proxy, results, ["simulations", "scores"])
     proxy.clear()
     assert result.success, error_text(result)
@@ -135,7 +138,7 @@ def test_a_persistent_content_fault_fails_clearly_keeps_what_was_stored_and_a_re
 ):
     store = ResultStore(results)
     before = {table: store.path(table, "0").read_bytes() for table in ("simulations", "scores")}
-    proxy.inject(fault, ENDPOINT[mode], times=None)
+    proxy.inject(fault, ENDPOINT[mode], times=None, after=int(mode == "all_at_once"))  # spare the tokenizer probe
     failed = materialize(proxy, results, ["simulations", "scores"], mode)
     proxy.clear()
     assert not failed.success
