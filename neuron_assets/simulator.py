@@ -74,7 +74,6 @@ from neuron_assets.prompts import (
 DIGIT_VALUES = {str(i): i for i in range(11)}
 TOP_LOGPROBS = 20
 SINGLE_TOKEN, TOP_NINE, SECOND_READ, WRITTEN = "single_token", "top_nine", "second_read", "written"
-TEN_HANDLINGS = (SINGLE_TOKEN, TOP_NINE, SECOND_READ, WRITTEN)
 
 
 class SimulationError(ReplyFormatError):
