@@ -270,6 +270,17 @@ def simulate(
     return Simulation(read(response), _prompt_tokens(response))
 
 
+def generated_tokens(response: dict[str, Any], model: str, mode: str) -> list[tuple[str, dict[str, float]]]:
+    """Each generated token of a chat reply with its top log-probabilities; none is a ``SimulationError``."""
+    content = (response["choices"][0].get("logprobs") or {}).get("content")
+    if not content:
+        raise SimulationError(
+            f"model {model!r} returned no log-probabilities for generated tokens; the {mode} "
+            "simulator needs a chat endpoint with logprobs and top_logprobs"
+        )
+    return [(item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []}) for item in content]
+
+
 def simulate_one_at_a_time(
     client: Any,
     model: str,
@@ -286,16 +297,10 @@ def simulate_one_at_a_time(
     """
 
     def read(response: dict[str, Any]) -> float | None:
-        content = (response["choices"][0].get("logprobs") or {}).get("content")
-        if not content:
-            raise SimulationError(
-                f"model {model!r} returned no log-probabilities for generated tokens; the one_at_a_time "
-                "simulator needs a chat endpoint with logprobs and top_logprobs"
-            )
-        first = {top["token"]: top["logprob"] for top in content[0].get("top_logprobs") or []}
-        share = None
-        if ten_handling == SECOND_READ and content[0]["token"].strip() == "1" and len(content) > 1:
-            share = zero_probability({top["token"]: top["logprob"] for top in content[1].get("top_logprobs") or []})
+        written = generated_tokens(response, model, "one_at_a_time")
+        (token, first), share = written[0], None
+        if ten_handling == SECOND_READ and token.strip() == "1" and len(written) > 1:
+            share = zero_probability(written[1][1])
         return expected_value(first, share)
 
     expected: list[float | None] = []
@@ -412,16 +417,7 @@ def simulate_chat(
     """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
 
     def read(response: dict[str, Any]) -> tuple[list[float | None], int]:
-        content = (response["choices"][0].get("logprobs") or {}).get("content")
-        if not content:
-            raise SimulationError(
-                f"model {model!r} returned no log-probabilities for generated tokens; the chat_logprobs "
-                "simulator needs a chat endpoint with logprobs and top_logprobs"
-            )
-        written = [
-            (item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []})
-            for item in content
-        ]
+        written = generated_tokens(response, model, "chat_logprobs")
         expected, misaligned = read_written_listing(written, tokens, ten_handling)
         return _some_value(expected), misaligned
 
