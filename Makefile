@@ -11,7 +11,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 # died with "invalid opcode"). The portable build (AVX2, FMA, F16C, BMI2) goes into the venv
 # and runs on any x86-64 host with AVX2; an AVX-512 build (no AMX) goes beside it, and the
 # local server starts with it where the CPU offers AVX-512 and it really runs (else the
-# portable one). See neuron_assets/llama_build.py.
+# portable one). See neuron_assets/llm/llama_build.py.
 LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' requirements.lock)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 	-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
@@ -68,11 +68,11 @@ dev: install
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: install
-	$(PY) -W ignore -m neuron_assets.bench $(ARGS)
+	$(PY) -W ignore -m neuron_assets.benches.recording $(ARGS)
 
 # The simulator modes side by side on the local llama.cpp server: costs, speed-up, agreement.
 bench-modes: install
-	$(PY) -W ignore -m neuron_assets.bench_modes $(ARGS)
+	$(PY) -W ignore -m neuron_assets.benches.modes $(ARGS)
 
 # The portable and AVX-512 llama.cpp builds against one compiled natively for this host
 # (-march=native, the llama-cpp-python default), side by side; each also as-is (no start-up
@@ -81,7 +81,7 @@ bench-llama-build: install $(LLAMA_NATIVE_WHEELS)/.built
 	rm -rf .wheels/installed
 	$(PY) -m pip install --quiet --no-deps --target .wheels/installed/portable $(LLAMA_WHEELS)/*.whl
 	$(PY) -m pip install --quiet --no-deps --target .wheels/installed/native $(LLAMA_NATIVE_WHEELS)/*.whl
-	$(PY) -W ignore -m neuron_assets.bench_llama_build --as-is $(ARGS) portable=.wheels/installed/portable \
+	$(PY) -W ignore -m neuron_assets.benches.llama_build --as-is $(ARGS) portable=.wheels/installed/portable \
 		avx512=$(LLAMA_VARIANTS)/avx512 native=.wheels/installed/native
 
 clean-results:

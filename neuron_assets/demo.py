@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 
 from neuron_assets.defs.partitions import layer_key
-from neuron_assets.storage import ResultStore
+from neuron_assets.storage.store import ResultStore
 
 EXAMPLE_QUERY = (
     "SELECT layer, neuron, explanation, top_and_random_score, best_baseline_score, control_score "

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 
 
 @dataclass(frozen=True)

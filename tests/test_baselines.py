@@ -2,9 +2,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from neuron_assets.baselines import lookup_fallback, predict_from_token_table, top_lookup_tokens, weight_based_table
-from neuron_assets.methods import check_methods
-from neuron_assets.scoring import score_simulations
+from neuron_assets.baselines.token_baselines import (
+    lookup_fallback,
+    predict_from_token_table,
+    top_lookup_tokens,
+    weight_based_table,
+)
+from neuron_assets.scorers.methods import check_methods
+from neuron_assets.scorers.scoring import score_simulations
 
 EXCERPTS = pl.DataFrame({"excerpt_id": [1, 2], "token_ids": [[10, 11, 12], [12, 13, 10]]})
 SCORING = pl.DataFrame(

@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from neuron_assets.controls import compare_methods, control_explanations
+from neuron_assets.baselines.controls import compare_methods, control_explanations
 
 
 def _explanations(neurons_by_layer):

@@ -3,7 +3,7 @@ import json
 import polars as pl
 import pytest
 
-from neuron_assets.corpus import CorpusError, load_documents
+from neuron_assets.sampling.corpus import CorpusError, load_documents
 
 
 def test_embedded_default_is_the_lee_news_corpus():

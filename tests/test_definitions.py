@@ -60,7 +60,7 @@ def test_every_asset_has_its_own_description_including_the_multi_assets_outputs(
 
 def test_the_ui_column_table_shows_every_columns_description():
     from neuron_assets.defs.resources import column_schema
-    from neuron_assets.schemas import TABLES
+    from neuron_assets.storage.schemas import TABLES
 
     for table in TABLES:
         columns = column_schema(table).columns

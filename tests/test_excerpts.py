@@ -1,7 +1,7 @@
 import polars as pl
 import pytest
 
-from neuron_assets.excerpts import EXPLANATION_POOL, SCORING_POOL, ExcerptError, assign_pools, make_excerpts
+from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL, ExcerptError, assign_pools, make_excerpts
 
 
 def char_tokenize(texts):

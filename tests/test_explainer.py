@@ -3,9 +3,9 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from neuron_assets.explainer import explain, explain_neurons
-from neuron_assets.llm_client import LLMError, NeuronFailures
-from neuron_assets.prompts import EXPLAINER_PROMPT_VERSION, Record
+from neuron_assets.explainers.explainer import explain, explain_neurons
+from neuron_assets.llm.client import LLMError, NeuronFailures
+from neuron_assets.prompts.templates import EXPLAINER_PROMPT_VERSION, Record
 
 
 class ScriptedChat:
@@ -107,7 +107,7 @@ def _context_limited_client(max_chars):
     """A chat backend that refuses prompts longer than ``max_chars`` as too long for its context."""
     from types import SimpleNamespace
 
-    from neuron_assets.llm_client import ContextLengthError
+    from neuron_assets.llm.client import ContextLengthError
 
     seen = []
 
@@ -122,7 +122,7 @@ def _context_limited_client(max_chars):
 
 
 def test_a_prompt_too_long_for_the_context_drops_few_shot_neurons_then_excerpts_and_says_so():
-    from neuron_assets.prompts import Record, explainer_messages
+    from neuron_assets.prompts.templates import Record, explainer_messages
 
     records = [Record([f" w{i}{j}" for j in range(30)], [float(j % 7) for j in range(30)]) for i in range(4)]
     fits = sum(len(m["content"]) for m in explainer_messages(records[:2], 0))
@@ -134,8 +134,8 @@ def test_a_prompt_too_long_for_the_context_drops_few_shot_neurons_then_excerpts_
 
 
 def test_a_prompt_that_never_fits_fails_naming_the_model():
-    from neuron_assets.llm_client import ContextLengthError
-    from neuron_assets.prompts import Record
+    from neuron_assets.llm.client import ContextLengthError
+    from neuron_assets.prompts.templates import Record
 
     client, _ = _context_limited_client(10)
     with pytest.raises(ContextLengthError, match="even one excerpt without few-shot examples is too long for 'm'"):

@@ -10,13 +10,13 @@ import shutil
 
 import dagster as dg
 import pytest
-
 from fault_proxy import FaultProxy
+
 from neuron_assets.defs.definitions import build_definitions
-from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
-from neuron_assets.storage import ResultStore
-from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL
+from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 20

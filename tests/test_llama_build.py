@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from neuron_assets import llama_build
-from neuron_assets.llama_build import LlamaBuild
-from neuron_assets.llama_server import LLMServerError, LLMServerExited, LocalLlamaServer
+from neuron_assets.llm import llama_build
+from neuron_assets.llm.llama_build import LlamaBuild
+from neuron_assets.llm.llama_server import LLMServerError, LLMServerExited, LocalLlamaServer
 
 FAKE_SERVER = Path(__file__).with_name("fake_llama_server.py")
 NATIVE_SAPPHIRE_RAPIDS = (
@@ -55,7 +55,7 @@ def test_a_build_for_extensions_the_host_lacks_is_refused_naming_them():
 def test_a_build_with_amx_kernels_is_started_with_extra_buffer_types_off(monkeypatch):
     import llama_cpp.llama_cpp as bindings
 
-    from neuron_assets import llama_server
+    from neuron_assets.llm import llama_server
 
     monkeypatch.setattr(llama_build, "installed_features", lambda: llama_build.compiled_features(NATIVE_SAPPHIRE_RAPIDS))
     monkeypatch.setattr(llama_build, "host_cpu_flags", lambda: XEON_FLAGS | {"avx_vnni", "avx512vbmi", "avx512_bf16"})
@@ -66,7 +66,7 @@ def test_a_build_with_amx_kernels_is_started_with_extra_buffer_types_off(monkeyp
 
 
 def test_the_server_entry_point_stops_with_the_reason_when_the_build_cannot_run_here(monkeypatch, capsys):
-    from neuron_assets import llama_server
+    from neuron_assets.llm import llama_server
 
     monkeypatch.setattr(llama_build, "installed_features", lambda: {"AVX2", "AVX512"})
     monkeypatch.setattr(llama_build, "host_cpu_flags", lambda: {"avx", "avx2"})

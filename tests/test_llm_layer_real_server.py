@@ -2,12 +2,12 @@
 
 import openai
 import pytest
-
-from neuron_assets.explainer import explain
-from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
-from neuron_assets.llm_client import CachingClient, ResponseCache
-from neuron_assets.prompts import Record
 from test_simulation_modes import word_tokens
+
+from neuron_assets.explainers.explainer import explain
+from neuron_assets.llm.client import CachingClient, ResponseCache
+from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.prompts.templates import Record
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ import pytest
 
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.demo import materialize_layers, print_results
-from neuron_assets.llama_server import LocalLlamaServer
+from neuron_assets.llm.llama_server import LocalLlamaServer
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
 from neuron_assets.settings import Settings
-from neuron_assets.storage import ResultStore
-from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
+from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
 SECRET = "sk-neuron-assets-test-0123456789"
@@ -397,7 +397,7 @@ def test_stored_scores_pass_the_asset_check(backfill):
 
 def test_every_example_query_runs_on_the_results(backfill):
     _, store, _ = backfill
-    from neuron_assets.storage import sql_statements
+    from neuron_assets.storage.store import sql_statements
 
     statements = sql_statements("examples.sql")
     assert len(statements) >= 5

@@ -1,6 +1,6 @@
 import pytest
 
-from neuron_assets.prompts import (
+from neuron_assets.prompts.templates import (
     EXPLANATION_PREFIX,
     UNKNOWN,
     ExplanationParseError,
@@ -55,7 +55,7 @@ def test_the_repeat_follows_all_excerpts_as_one_section_as_in_the_study():
 
 
 def test_the_few_shot_neurons_are_full_excerpts_one_sparse_enough_to_repeat_one_about_context():
-    from neuron_assets.fewshot import EXAMPLE_NEURONS, quote_activations
+    from neuron_assets.prompts.fewshot import EXAMPLE_NEURONS, quote_activations
 
     assert all(len(r.tokens) == len(r.activations) == 64 for n in EXAMPLE_NEURONS for r in n.records)
     repeats = ["zeros filtered out" in format_records(n.records) for n in EXAMPLE_NEURONS]

@@ -2,7 +2,7 @@ import polars as pl
 import pytest
 import torch
 
-from neuron_assets.recording import (
+from neuron_assets.recording.recorder import (
     NeuronSelection,
     RecordingSettings,
     random_sample,

@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from neuron_assets.scoring import fit_calibration, score, score_simulations
+from neuron_assets.scorers.scoring import fit_calibration, score, score_simulations
 
 
 def test_correlation_and_calibration_match_hand_computed_values():

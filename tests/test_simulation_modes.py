@@ -5,12 +5,12 @@ import openai
 import polars as pl
 import pytest
 
-from neuron_assets.corpus import load_documents
-from neuron_assets.excerpts import make_excerpts
-from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
-from neuron_assets.llm_client import CachingClient
-from neuron_assets.prompts import simulator_prompt
-from neuron_assets.simulator import (
+from neuron_assets.llm.client import CachingClient
+from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.prompts.templates import simulator_prompt
+from neuron_assets.sampling.corpus import load_documents
+from neuron_assets.sampling.excerpts import make_excerpts
+from neuron_assets.simulators.simulator import (
     SimulationError,
     expected_value,
     resolve_mode,
@@ -142,7 +142,7 @@ def test_chat_mode_reads_one_slot_per_token_and_counts_the_lines_that_did_not_li
 
 
 def test_the_probe_finds_that_smollm2_writes_ten_as_one_then_zero(client):
-    from neuron_assets.simulator import probe_ten_handling
+    from neuron_assets.simulators.simulator import probe_ten_handling
 
     assert probe_ten_handling(client, PACKAGED_MODEL_ALIAS, "all_at_once") == "top_nine"
     assert probe_ten_handling(client, PACKAGED_MODEL_ALIAS, "json") == "written"
@@ -178,7 +178,7 @@ def test_the_top_nine_scale_reads_every_token_of_a_real_excerpt_in_one_call(clie
 
 def test_tokens_the_real_server_left_unsimulated_score_as_zero_and_are_counted(client):
     """SmolLM2 leaves most chat_logprobs tokens without a value: they count as 0, never dropped."""
-    from neuron_assets.scoring import score
+    from neuron_assets.scorers.scoring import score
 
     tokens = word_tokens(2)[1]  # the excerpt where SmolLM2 writes at least one value
     result = simulate_chat(client, PACKAGED_MODEL_ALIAS, "numbers and dates", tokens)

@@ -7,7 +7,7 @@ import pandera.errors
 import polars as pl
 import pytest
 
-from neuron_assets.storage import ResultStore
+from neuron_assets.storage.store import ResultStore
 
 
 def scores(layer: int, n: int, run: str = "run-1") -> pl.DataFrame:

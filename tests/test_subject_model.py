@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from neuron_assets.subject_model import (
+from neuron_assets.recording.subject_model import (
     PACKAGED_SUBJECT_MODEL,
     SubjectModelError,
     default_cache_dir,

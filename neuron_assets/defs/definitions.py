@@ -1,5 +1,8 @@
 """The code location: ``dagster dev`` and the daemon load ``defs`` from here.
 
+Each pipeline stage is a domain module (``recording``, ``explanation``, ``simulation``,
+``scoring``) with its configs, assets and checks; this module puts them together.
+
 Loading must stay cheap: layer partitions come from model metadata (no weights), heavy
 libraries are imported inside the assets, and the results database is not opened.
 """
@@ -10,8 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from neuron_assets.defs.assets import build_assets
-from neuron_assets.defs.checks import CHECKS
+from neuron_assets.defs import explanation, recording, scoring, simulation
 from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
     LLMResource,
@@ -19,8 +21,10 @@ from neuron_assets.defs.resources import (
     ResultStoreResource,
     SubjectModelResource,
 )
+from neuron_assets.recording.subject_model import model_shape
 from neuron_assets.settings import Settings
-from neuron_assets.subject_model import model_shape
+
+DOMAINS = (recording, explanation, simulation, scoring)
 
 
 def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
@@ -28,8 +32,8 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
     partitions = layer_partitions(model_shape(settings.subject_model).n_layers)
     results = ResultStoreResource(data_dir=str(settings.data_dir))
     return dg.Definitions(
-        assets=build_assets(partitions),
-        asset_checks=CHECKS,
+        assets=[asset for domain in DOMAINS for asset in domain.build_assets(partitions)],
+        asset_checks=[check for domain in DOMAINS for check in getattr(domain, "CHECKS", [])],
         resources={
             "results": results,
             "io_manager": ResultStoreIOManager(results=results),

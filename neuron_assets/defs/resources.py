@@ -10,7 +10,7 @@ import polars as pl
 from pydantic import PrivateAttr
 
 from neuron_assets.defs.partitions import stored_partitions
-from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 
 PACKAGED_LLM = "packaged SmolLM2-135M-Instruct on a local llama.cpp server"
 
@@ -28,7 +28,7 @@ class SubjectModelResource(dg.ConfigurableResource):
         if self._model is None:
             from pathlib import Path
 
-            from neuron_assets.subject_model import load_subject_model
+            from neuron_assets.recording.subject_model import load_subject_model
 
             cache = Path(self.cache_dir) if self.cache_dir else None
             self._model = load_subject_model(self.name, cache, self.device)
@@ -41,7 +41,7 @@ class ResultStoreResource(dg.ConfigurableResource):
     data_dir: str
 
     def store(self) -> Any:
-        from neuron_assets.storage import ResultStore
+        from neuron_assets.storage.store import ResultStore
 
         return ResultStore(self.data_dir)
 
@@ -77,7 +77,7 @@ class LLMResource(dg.ConfigurableResource):
         With the local server, a request that cannot connect first asks whether the server
         process is still alive, so its death fails the step at once, naming the signal.
         """
-        from neuron_assets.llm_client import CachingClient, ResponseCache, RetryPolicy
+        from neuron_assets.llm.client import CachingClient, ResponseCache, RetryPolicy
 
         if self._openai is None:
             self._openai = self._connect()
@@ -89,7 +89,7 @@ class LLMResource(dg.ConfigurableResource):
 
     def backend(self) -> str:
         """What the cache keys on: the base URL, or the packaged model (its port changes per run)."""
-        from neuron_assets.llama_server import PACKAGED_GGUF
+        from neuron_assets.llm.llama_server import PACKAGED_GGUF
 
         return self.base_url or f"local llama.cpp: {PACKAGED_GGUF}"
 
@@ -98,7 +98,7 @@ class LLMResource(dg.ConfigurableResource):
 
         base_url = self.base_url
         if base_url is None:
-            from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+            from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 
             self._server = LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS).__enter__()
             base_url = self._server.base_url
@@ -120,7 +120,7 @@ class LLMResource(dg.ConfigurableResource):
 
     def model_names(self) -> tuple[str, str]:
         """(explainer model, simulator model); both default to the packaged model's alias."""
-        from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS
+        from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS
 
         if self.base_url is not None and not (self.explainer_model and self.simulator_model):
             raise ValueError("with a base_url, set explainer_model and simulator_model too")
@@ -183,7 +183,7 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
 
 def column_schema(table: str) -> dg.TableSchema:
     """The table's columns for the Dagster UI, derived from its pandera model."""
-    from neuron_assets.schemas import TABLES
+    from neuron_assets.storage.schemas import TABLES
 
     columns = TABLES[table].to_schema().columns
     return dg.TableSchema(

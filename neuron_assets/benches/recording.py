@@ -15,11 +15,11 @@ from collections.abc import Callable
 import polars as pl
 import torch
 
-from neuron_assets.corpus import load_documents
-from neuron_assets.excerpts import make_excerpts
-from neuron_assets.llama_build import cpu_model
-from neuron_assets.recording import random_sample, record
-from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel, load_subject_model
+from neuron_assets.llm.llama_build import cpu_model
+from neuron_assets.recording.recorder import random_sample, record
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel, load_subject_model
+from neuron_assets.sampling.corpus import load_documents
+from neuron_assets.sampling.excerpts import make_excerpts
 
 
 def _timed(run: Callable[[], object]) -> float:

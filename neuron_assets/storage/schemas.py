@@ -11,8 +11,8 @@ from typing import Optional
 import pandera.polars as pa
 import polars as pl
 
-from neuron_assets.methods import EXPLAINED, METHODS, SIMULATED, TOKEN_BASELINES
-from neuron_assets.scoring import EXCERPT_KINDS, SCORING_SETS
+from neuron_assets.scorers.methods import EXPLAINED, METHODS, SIMULATED, TOKEN_BASELINES
+from neuron_assets.scorers.scoring import EXCERPT_KINDS, SCORING_SETS
 
 POOLS = ["explanation", "scoring"]
 

@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import openai
 
-from neuron_assets.corpus import load_documents
-from neuron_assets.excerpts import make_excerpts
-from neuron_assets.explainer import explain_neurons
-from neuron_assets.llama_build import cpu_model
-from neuron_assets.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
-from neuron_assets.llm_client import CachingClient, LLMError
-from neuron_assets.recording import NeuronSelection, RecordingSettings, random_sample, record, record_tables
-from neuron_assets.scoring import score, select_scoring_excerpts
-from neuron_assets.simulator import MODES, SimulationError, probe_ten_handling
-from neuron_assets.subject_model import PACKAGED_SUBJECT_MODEL, load_subject_model
+from neuron_assets.explainers.explainer import explain_neurons
+from neuron_assets.llm.client import CachingClient, LLMError
+from neuron_assets.llm.llama_build import cpu_model
+from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.recording.recorder import NeuronSelection, RecordingSettings, random_sample, record, record_tables
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, load_subject_model
+from neuron_assets.sampling.corpus import load_documents
+from neuron_assets.sampling.excerpts import make_excerpts
+from neuron_assets.scorers.scoring import score, select_scoring_excerpts
+from neuron_assets.simulators.simulator import MODES, SimulationError, probe_ten_handling
 
 ORDER = ("all_at_once", "chat_logprobs", "one_at_a_time", "json")
 

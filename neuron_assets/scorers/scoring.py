@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from neuron_assets.excerpts import SCORING_POOL
+from neuron_assets.sampling.excerpts import SCORING_POOL
 
 SCORING_SETS = {"top_and_random": ("top", "random"), "random_only": ("random",)}
 CALIBRATION_KINDS = ("calibration_top", "calibration_random")

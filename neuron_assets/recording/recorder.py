@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from neuron_assets.excerpts import EXPLANATION_POOL, SCORING_POOL
+from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL
 
 POOLS = (EXPLANATION_POOL, SCORING_POOL)
 

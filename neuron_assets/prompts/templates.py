@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from neuron_assets.fewshot import EXAMPLE_NEURONS, Record
+from neuron_assets.prompts.fewshot import EXAMPLE_NEURONS, Record
 
 EXPLAINER_PROMPT_VERSION = "explainer-v2"
 LOOKUP_EXPLAINER_PROMPT_VERSION = "lookup-explainer-v1"

@@ -13,10 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from neuron_assets.excerpts import EXPLANATION_POOL
-from neuron_assets.llm_client import LLMError, fit_to_context, map_neurons
-from neuron_assets.methods import EXPLANATION, LOOKUP_EXPLANATION
-from neuron_assets.prompts import (
+from neuron_assets.llm.client import LLMError, fit_to_context, map_neurons
+from neuron_assets.prompts.templates import (
     EXPLAINER_PROMPT_VERSION,
     LOOKUP_EXPLAINER_PROMPT_VERSION,
     ExplanationParseError,
@@ -27,6 +25,8 @@ from neuron_assets.prompts import (
     parse_explanation,
     shortening_steps,
 )
+from neuron_assets.sampling.excerpts import EXPLANATION_POOL
+from neuron_assets.scorers.methods import EXPLANATION, LOOKUP_EXPLANATION
 
 EXPLANATION_SCHEMA = {
     "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "explanation": pl.String,

@@ -52,7 +52,7 @@ def model_shape(name: str) -> ModelShape:
 
 def _packaged_shape(cache_dir: Path) -> ModelShape:
     """Shape of the packaged GGUF; parsing the file takes seconds, so the answer is cached."""
-    from neuron_assets.llama_server import packaged_gguf_path
+    from neuron_assets.llm.llama_server import packaged_gguf_path
 
     gguf_path = packaged_gguf_path()
     cached = cache_dir / f"{PACKAGED_SUBJECT_MODEL}.shape.json"
@@ -108,7 +108,7 @@ def materialize_packaged_model(cache_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from neuron_assets.llama_server import packaged_gguf_path
+    from neuron_assets.llm.llama_server import packaged_gguf_path
 
     gguf = packaged_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -25,8 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from neuron_assets.llama_build import cpu_model
-from neuron_assets.llama_server import _describe_exit, packaged_gguf_path
+from neuron_assets.llm.llama_build import cpu_model
+from neuron_assets.llm.llama_server import _describe_exit, packaged_gguf_path
 
 PROMPT_TOKENS = 600
 GENERATED_TOKENS = 32
@@ -36,11 +36,11 @@ import json, os, sys, time
 build, gguf, prepare, n_prompt, n_generated = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
 sys.path.insert(0, build)
 if prepare:
-    from neuron_assets.llama_server import _prepare_build
+    from neuron_assets.llm.llama_server import _prepare_build
     _prepare_build()
 import llama_cpp
-from neuron_assets.llama_build import compiled_features
-from neuron_assets.llama_server import STARTUP_PROMPT
+from neuron_assets.llm.llama_build import compiled_features
+from neuron_assets.llm.llama_server import STARTUP_PROMPT
 threads = os.cpu_count() or 1
 llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
 tokens = llm.tokenize(STARTUP_PROMPT.encode())
@@ -65,7 +65,7 @@ print(json.dumps({"prompt_tok_s": n_prompt / prompt_s, "generate_tok_s": n_gener
 
 def measure(build: Path, prepare: bool, prompt_tokens: int, generated_tokens: int) -> dict:
     """One measurement of ``build`` in a fresh process; a crash is reported, not raised."""
-    project = str(Path(__file__).resolve().parents[1])
+    project = str(Path(__file__).resolve().parents[2])
     command = [sys.executable, "-c", MEASURE, str(build), str(packaged_gguf_path()), "1" if prepare else "0",
                str(prompt_tokens), str(generated_tokens)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": project})

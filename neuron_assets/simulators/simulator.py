@@ -55,8 +55,8 @@ from typing import Any
 
 import polars as pl
 
-from neuron_assets.llm_client import LLMError, ReplyFormatError, fit_to_context, map_neurons
-from neuron_assets.prompts import (
+from neuron_assets.llm.client import LLMError, ReplyFormatError, fit_to_context, map_neurons
+from neuron_assets.prompts.templates import (
     CHAT_SIMULATOR_PROMPT_VERSION,
     EXAMPLE_NEURONS,
     JSON_SIMULATOR_PROMPT_VERSION,

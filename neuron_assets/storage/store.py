@@ -17,9 +17,9 @@ from pathlib import Path
 
 import polars as pl
 
-from neuron_assets.schemas import TABLES, validate
+from neuron_assets.storage.schemas import TABLES, validate
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 UNPARTITIONED = "all"
 VIEWS_TABLE = "neuron_assets_views"  # the view statements in force, to refresh only what changed
 

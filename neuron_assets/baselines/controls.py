@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from neuron_assets.methods import CONTROL, EXPLANATION
+from neuron_assets.scorers.methods import CONTROL, EXPLANATION
 
 
 def control_explanations(explanations: pl.DataFrame, seed: int = 0) -> pl.DataFrame:

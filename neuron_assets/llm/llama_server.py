@@ -1,7 +1,7 @@
 """The local OpenAI-compatible server: llama-cpp-python's, serving the packaged GGUF.
 
 ``LocalLlamaServer`` starts it on a free loopback port for the duration of a run and stops
-it afterwards. Run as ``python -m neuron_assets.llama_server ARGS`` it is
+it afterwards. Run as ``python -m neuron_assets.llm.llama_server ARGS`` it is
 ``python -m llama_cpp.server ARGS`` with one change: log-probabilities (of echoed prompts and of
 generated tokens) are computed with numpy. llama-cpp-python sorts the whole vocabulary in Python for every
 prompt token (about 0.1 s per token for a 49k vocabulary, a minute per simulated
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from neuron_assets.llama_build import LlamaBuild, builds_to_try, host_cpu_flags, installed_variants
+from neuron_assets.llm.llama_build import LlamaBuild, builds_to_try, host_cpu_flags, installed_variants
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ALIAS = "SmolLM2-135M-Instruct-Q4_1"
@@ -100,7 +100,7 @@ class LocalLlamaServer:
         """The server's command line: this module's entry point on the loopback port."""
         threads = os.cpu_count() or 1  # llama-cpp-python's default uses half the cores
         return [
-            sys.executable, "-m", "neuron_assets.llama_server",
+            sys.executable, "-m", "neuron_assets.llm.llama_server",
             "--model", str(self.model_path), "--model_alias", self.alias,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--logits_all", "true",
@@ -340,13 +340,13 @@ def _patch_llama() -> None:
 
 def _prepare_build() -> None:
     """Stop with a clear message if this build cannot run here; keep trappable kernels out of use."""
-    from neuron_assets import llama_build
+    from neuron_assets.llm import llama_build
 
     features = llama_build.installed_features()
     try:
         llama_build.check_build_runs_here(features, llama_build.host_cpu_flags())
     except llama_build.UnsupportedBuildError as error:
-        print(f"neuron_assets.llama_server: {error}", file=sys.stderr, flush=True)
+        print(f"neuron_assets.llm.llama_server: {error}", file=sys.stderr, flush=True)
         raise SystemExit(3) from error
     if llama_build.needs_extra_buffer_types_off(features):
         import llama_cpp.llama_cpp as bindings
@@ -360,7 +360,7 @@ def _prepare_build() -> None:
 
         bindings.llama_model_default_params = without_extra_buffer_types
         print(
-            "neuron_assets.llama_server: this llama.cpp build has AMX kernels; extra buffer types are off, "
+            "neuron_assets.llm.llama_server: this llama.cpp build has AMX kernels; extra buffer types are off, "
             "so they are never used (a hypervisor may trap them)",
             file=sys.stderr, flush=True,
         )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Benchmarks behind the make bench targets; each prints the CPU model it ran on."""

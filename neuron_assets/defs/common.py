@@ -1,0 +1,51 @@
+"""What every domain's assets share: lineage columns, partition keys, UI metadata helpers."""
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from neuron_assets.defs.partitions import layer_key_column, layer_of
+
+# Layer-partitioned assets backfill as one run: one forward pass over the corpus records every
+# requested layer, and one LLM server serves all of them.
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext) -> pl.DataFrame:
+    """Tag rows with the run that wrote them and their layer partition's key."""
+    return frame.with_columns(run_id=pl.lit(context.run.run_id), partition=layer_key_column())
+
+
+def requested_layers(context: dg.AssetExecutionContext) -> list[int]:
+    return sorted(layer_of(key) for key in context.partition_keys)
+
+
+def preview(frame: pl.DataFrame, score_column: str, n: int = 3) -> str:
+    """Markdown table of the best and worst rows by ``score_column`` (undefined scores apart)."""
+    defined = frame.filter(pl.col(score_column).is_not_null()).sort(score_column, descending=True)
+    shown = pl.concat([defined.head(n), defined.tail(n)]).unique(maintain_order=True) if len(defined) > 2 * n else defined
+    columns = [c for c in ("layer", "neuron", "sample", "explanation", score_column) if c in shown.columns]
+    table = markdown(shown.select(columns).with_columns(pl.col(score_column).round(3)))
+    undefined = len(frame) - len(defined)
+    return table + (f"\n\n{undefined} row(s) with an undefined score (see `undefined_reason`)." if undefined else "")
+
+
+
+def every_quarter(log: Any) -> Any:
+    """Wrap a (done, total) progress callback to fire at most once per quarter of the work."""
+    reported = {0}
+
+    def progress(done: int, total: int) -> None:
+        quarter = 4 * done // total
+        if quarter not in reported:
+            reported.add(quarter)
+            log(done, total)
+
+    return progress
+
+
+def markdown(frame: pl.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Explanation: the explainer LLM's one-sentence explanations and the lookup-table explanation baseline.
+"""
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from neuron_assets.defs.common import SINGLE_RUN, preview, with_lineage
+from neuron_assets.defs.resources import LLMResource
+from neuron_assets.scorers.methods import EXPLAINED
+
+GROUP = "explanation"
+
+
+class ExplanationConfig(dg.Config):
+    methods: list[str] = Field(
+        default_factory=lambda: list(EXPLAINED),
+        description="'explanation' (from top excerpts) and/or 'lookup_explanation' (from the token lookup table)",
+    )
+    n_examples: int = Field(default=5, description="top excerpts shown to the explainer")
+    lookup_tokens: int = Field(default=20, description="top lookup-table tokens shown for a lookup explanation")
+    lookup_min_count: int = Field(default=2, description="occurrences a token needs to be shown from the lookup table")
+    n_samples: int = Field(default=1, description="explanations sampled per neuron")
+    temperature: float = 1.0
+    max_tokens: int = 60
+    seed: int = 0
+
+
+
+def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
+    """This domain's assets, partitioned by the subject model's layers."""
+
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    def explanations(
+        context: dg.AssetExecutionContext,
+        config: ExplanationConfig,
+        llm: LLMResource,
+        activation_records: pl.DataFrame,
+        token_lookup: pl.DataFrame,
+        excerpts: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """One-sentence explanation(s) per neuron, written by the explainer LLM from its top explanation-pool excerpts, and the lookup-table explanation baseline."""
+        from neuron_assets.baselines.token_baselines import top_lookup_tokens
+        from neuron_assets.explainers.explainer import explain_lookup_tables, explain_neurons
+        from neuron_assets.scorers.methods import EXPLANATION, LOOKUP_EXPLANATION, check_methods
+
+        methods = check_methods(config.methods, EXPLAINED, "explanations config 'methods'")
+        explainer, _ = llm.model_names()
+        client = llm.client()
+        options = {
+            "n_samples": config.n_samples, "temperature": config.temperature, "max_tokens": config.max_tokens,
+            "seed": config.seed, "concurrency": llm.max_concurrency,
+        }  # fmt: skip
+        frames = []
+        if EXPLANATION in methods:
+            frames.append(
+                explain_neurons(
+                    client, explainer, activation_records, excerpts, n_examples=config.n_examples,
+                    on_neuron=lambda layer, neuron: context.log.info(f"explained layer {layer} neuron {neuron}"),
+                    **options,
+                )  # fmt: skip
+            )
+        if LOOKUP_EXPLANATION in methods:
+            top_tokens = top_lookup_tokens(
+                token_lookup, token_lookup.select("token_id", "token").unique("token_id"),
+                config.lookup_tokens, config.lookup_min_count,
+            )  # fmt: skip
+            frames.append(
+                explain_lookup_tables(
+                    client, explainer, top_tokens,
+                    on_neuron=lambda layer, neuron: context.log.info(f"lookup-explained layer {layer} neuron {neuron}"),
+                    **options,
+                )  # fmt: skip
+            )
+        frame = pl.concat(frames, how="vertical")
+        shown = frame.filter(pl.col("method") == EXPLANATION).join(
+            activation_records.group_by("layer", "neuron").agg(pl.col("max_activation").max()),
+            on=["layer", "neuron"],
+        )
+        context.add_output_metadata(
+            {
+                "explanations": len(frame),
+                "methods": str(methods),
+                "explainer_model": explainer,
+                **client.stats.as_metadata(),
+                **llm.server_metadata(),
+                "preview_by_max_activation": dg.MetadataValue.md(preview(shown, "max_activation")),
+            }
+        )
+        return with_lineage(frame, context)
+
+    return [explanations]

@@ -1,0 +1,188 @@
+"""Sampling and recording: corpus -> excerpts -> activation records, neuron statistics, token lookup table.
+
+Recording is one forward pass over the corpus for every requested layer (a single-run
+backfill), so its outputs come from one multi-asset.
+"""
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from neuron_assets.defs.common import SINGLE_RUN, every_quarter, markdown, requested_layers, with_lineage
+from neuron_assets.defs.resources import SubjectModelResource
+from neuron_assets.sampling.corpus import DEFAULT_CORPUS
+
+GROUP = "recording"
+
+
+class CorpusConfig(dg.Config):
+    source: str = Field(
+        default=DEFAULT_CORPUS,
+        description="'lee' (embedded news corpus), a folder of .txt/.jsonl/.parquet, or 'hf:NAME[:SPLIT]'",
+    )
+
+
+
+class ExcerptConfig(dg.Config):
+    length: int = Field(default=64, description="tokens per excerpt")
+    scoring_fraction: float = Field(default=0.5, description="share of documents kept for scoring")
+    seed: int = 0
+
+
+
+class RecordingConfig(dg.Config):
+    selection: str = Field(default="random", description="all, first, random or list")
+    n_neurons: int = Field(default=3, description="neurons per layer for 'first' and 'random'")
+    neuron_indices: list[int] = Field(default_factory=list, description="neurons for 'list'")
+    seed: int = 0
+    top_k: int = Field(default=20, description="top excerpts kept per neuron and pool")
+    n_random: int = Field(default=20, description="random scoring-pool excerpts kept per neuron")
+    batch_size: int = 16
+    document_start_token: str = Field(
+        default="auto",
+        description=(
+            "token before each excerpt: 'auto' (<|endoftext|> where the vocabulary has it, else BOS), "
+            "'none', or one token of the vocabulary"
+        ),
+    )
+
+
+
+def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
+    """This domain's assets, partitioned by the subject model's layers."""
+
+    @dg.asset(group_name=GROUP)
+    def documents(context: dg.AssetExecutionContext, config: CorpusConfig) -> pl.DataFrame:
+        """Corpus documents the excerpts are cut from: the embedded Lee news corpus by default."""
+        from neuron_assets.sampling.corpus import load_documents
+
+        frame = load_documents(config.source)
+        context.add_output_metadata({"documents": len(frame), "corpus": config.source})
+        return frame
+
+    @dg.asset(group_name=GROUP)
+    def excerpts(
+        context: dg.AssetExecutionContext,
+        config: ExcerptConfig,
+        subject_model: SubjectModelResource,
+        documents: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Fixed-length excerpts (64 tokens by default) in the subject model's tokens; whole documents go to the explanation or the scoring pool."""
+        from neuron_assets.sampling.excerpts import make_excerpts
+
+        model = subject_model.load()
+        frame = make_excerpts(
+            documents, model.tokenize, model.token_text, model.name,
+            length=config.length, scoring_fraction=config.scoring_fraction, seed=config.seed,
+        )  # fmt: skip
+        pools = frame.group_by("pool").agg(pl.len(), pl.col("doc_id").n_unique().alias("documents"))
+        context.add_output_metadata(
+            {
+                "excerpts_by_pool": dg.MetadataValue.md(markdown(pools.sort("pool"))),
+                "documents_too_short": documents.height - frame["doc_id"].n_unique(),
+            }
+        )
+        return frame
+
+    @dg.multi_asset(
+        outs={
+            "activation_records": dg.AssetOut(
+                group_name=GROUP,
+                description=(
+                    "Per selected neuron of the layer: its per-token activations on the top-k excerpts of each "
+                    "pool (by maximum activation), on a uniform sample of scoring-pool excerpts, and on "
+                    "quantile-bin samples for viewing."
+                ),
+            ),
+            "neuron_stats": dg.AssetOut(
+                group_name=GROUP,
+                description=(
+                    "Per selected neuron of the layer: mean, variance, maximum, minimum and share of tokens "
+                    "firing, over every token of every excerpt."
+                ),
+            ),
+            "token_lookup": dg.AssetOut(
+                group_name=GROUP,
+                description=(
+                    "The token lookup table: per selected neuron of the layer, the mean activation on each "
+                    "token over the explanation pool (a baseline, method.md §6)."
+                ),
+            ),
+        },
+        partitions_def=partitions,
+        backfill_policy=SINGLE_RUN,
+    )
+    def activation_records(
+        context: dg.AssetExecutionContext,
+        config: RecordingConfig,
+        subject_model: SubjectModelResource,
+        excerpts: pl.DataFrame,
+    ) -> Any:
+        """Record activations, statistics and lookup tables of the requested layers in one forward pass."""
+        from neuron_assets.baselines.token_baselines import token_texts
+        from neuron_assets.recording.recorder import (
+            NeuronSelection,
+            RecordingSettings,
+            random_sample,
+            record,
+            record_tables,
+        )  # fmt: skip
+        from neuron_assets.recording.subject_model import SubjectModelError
+
+        model = subject_model.load()
+        if excerpts["subject_model"][0] != model.name:
+            raise SubjectModelError(
+                f"excerpts were cut with {excerpts['subject_model'][0]!r}'s tokenizer but the subject "
+                f"model is {model.name!r}: materialize 'excerpts' again"
+            )
+        layers = requested_layers(context)
+        model.check_layers(layers)
+        start = model.document_start_token(config.document_start_token)
+        selection = NeuronSelection(
+            config.selection, config.n_neurons, config.seed, tuple(config.neuron_indices)
+        )
+        neurons = {layer: selection.resolve(model.d_mlp, layer) for layer in layers}
+        recorders = record(
+            model.run_with_mlp_hooks,
+            excerpts,
+            neurons,
+            random_sample(excerpts, config.n_random, config.seed),
+            start_token_id=None if start is None else start[0],
+            batch_size=config.batch_size,
+            top_k=config.top_k,
+            progress=every_quarter(lambda done, total: context.log.info(f"recorded {done}/{total} excerpts")),
+        )
+        records, stats, lookup = record_tables(recorders, RecordingSettings())
+        lookup = lookup.join(token_texts(excerpts), on="token_id").with_columns(subject_model=pl.lit(model.name))
+        provenance = [
+            pl.lit(model.name).alias("subject_model"),
+            pl.lit(excerpts["corpus"][0]).alias("corpus"),
+            pl.lit(None if start is None else start[1], dtype=pl.String).alias("document_start_token"),
+        ]
+        records = with_lineage(records.with_columns(provenance), context)
+        stats = with_lineage(stats.with_columns(provenance), context)
+        yield dg.Output(records, "activation_records", metadata={"layers": str(layers)})
+        yield dg.Output(
+            stats,
+            "neuron_stats",
+            metadata={"neurons": len(stats), "dead_neurons": int((stats["frac_firing"] == 0).sum())},
+        )
+        yield dg.Output(
+            with_lineage(lookup, context),
+            "token_lookup",
+            metadata={"distinct_tokens": lookup["token_id"].n_unique(), "rows": len(lookup)},
+        )
+
+    return [documents, excerpts, activation_records]
+
+
+@dg.asset_check(asset="excerpts", description="No document has excerpts in both pools.")
+def pools_share_no_document(excerpts: pl.DataFrame) -> dg.AssetCheckResult:
+    shared = excerpts.group_by("doc_id").agg(pl.col("pool").n_unique()).filter(pl.col("pool") > 1)
+    return dg.AssetCheckResult(passed=shared.is_empty(), metadata={"shared_documents": len(shared)})
+
+
+
+CHECKS = [pools_share_no_document]

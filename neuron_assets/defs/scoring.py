@@ -1,0 +1,104 @@
+"""Scoring: every method's correlation score with held-out calibration, and methods compared per layer.
+"""
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from neuron_assets.defs.common import SINGLE_RUN, markdown, preview, with_lineage
+from neuron_assets.defs.resources import ResultStoreResource
+
+GROUP = "scoring"
+
+
+def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
+    """This domain's assets, partitioned by the subject model's layers."""
+
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    def scores(
+        context: dg.AssetExecutionContext,
+        simulations: pl.DataFrame,
+        token_predictions: pl.DataFrame,
+        explanations: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """Every method's score per neuron: correlation of simulated (or predicted) with true activations on top-and-random and random-only excerpts, and explained variance under a held-out calibration."""
+        from neuron_assets.scorers.scoring import score_simulations
+
+        columns = ["layer", "neuron", "sample", "method", "explanation_neuron", "excerpt_id", "excerpt_kind",
+                   "simulated", "true_activations"]  # fmt: skip
+        predictions = token_predictions.with_columns(
+            sample=pl.lit(0, dtype=pl.Int64),
+            explanation_neuron=pl.lit(None, dtype=pl.Int64),
+            simulated=pl.col("predicted"),
+        )
+        frame = with_lineage(
+            score_simulations(pl.concat([simulations.select(columns), predictions.select(columns)])), context
+        )
+        named = explanations.select("layer", "neuron", "sample", "method", "explanation")
+        by_set = frame.join(named, on=["layer", "neuron", "sample", "method"])
+        summary = frame.group_by("method", "scoring_set").agg(
+            pl.col("correlation").mean().alias("mean"),
+            pl.col("correlation").is_not_null().sum().alias("scored"),
+            pl.col("correlation").is_null().sum().alias("undefined"),
+        ).sort("method", "scoring_set")
+        context.add_output_metadata(
+            {  # a mean never stands without how many scores it covers and how many it leaves out
+                "by_method": dg.MetadataValue.md(markdown(summary.with_columns(pl.col("mean").round(3)))),
+                "undefined_scores": int(frame["correlation"].is_null().sum()),
+                "top_and_random_preview": dg.MetadataValue.md(
+                    preview(
+                        by_set.filter((pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")),
+                        "correlation",
+                    )
+                ),
+            }
+        )
+        return frame
+
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    def method_comparisons(context: dg.AssetExecutionContext, scores: pl.DataFrame) -> pl.DataFrame:
+        """Per layer and scoring set: each method's mean score and its paired difference from the explanation's, with bootstrap intervals."""
+        from neuron_assets.baselines.controls import compare_methods
+
+        frame = compare_methods(scores)
+        shown = frame.filter(pl.col("scoring_set") == "top_and_random").select(
+            "layer", "method", "n_neurons", *(pl.col(c).round(3) for c in (
+                "mean_score", "explanation_minus_method", "difference_ci_low", "difference_ci_high"))
+        )  # fmt: skip
+        context.add_output_metadata({"top_and_random": dg.MetadataValue.md(markdown(shown))})
+        return with_lineage(frame, context)
+
+    return [scores, method_comparisons]
+
+
+@dg.asset_check(
+    asset="scores",
+    description="Every stored score is a number in [-1, 1] or NULL with its reason; never NaN.",
+)
+def undefined_scores_carry_a_reason(results: ResultStoreResource) -> dg.AssetCheckResult:
+    store = results.store()
+    scores = store.read("scores", store.partitions("scores"))
+    nan = scores.filter(pl.col("correlation").is_nan())
+    unexplained = scores.filter(pl.col("correlation").is_null() & pl.col("undefined_reason").is_null())
+    return dg.AssetCheckResult(
+        passed=nan.is_empty() and unexplained.is_empty(),
+        metadata={"nan_scores": len(nan), "null_scores_without_reason": len(unexplained)},
+    )
+
+
+@dg.asset_check(
+    asset="scores",
+    description="Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones counted).",
+)
+def every_method_is_scored_on_the_same_tokens(results: ResultStoreResource) -> dg.AssetCheckResult:
+    store = results.store()
+    scores = store.read("scores", store.partitions("scores"))
+    differing = scores.group_by("layer", "neuron", "scoring_set").agg(pl.col("n_tokens").n_unique()).filter(
+        pl.col("n_tokens") > 1
+    )
+    return dg.AssetCheckResult(passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)})
+
+
+
+CHECKS = [undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens]

@@ -1,0 +1,152 @@
+"""Simulation: each neuron's scoring excerpts, the simulator LLM's predictions from an explanation
+(its own, the lookup explanation's, a control's), and the token baselines' predictions.
+"""
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from neuron_assets.defs.common import SINGLE_RUN, markdown, with_lineage
+from neuron_assets.defs.resources import LLMResource, SubjectModelResource
+from neuron_assets.scorers.methods import SIMULATED, TOKEN_BASELINES
+
+GROUP = "simulation"
+
+
+class ScoringExcerptConfig(dg.Config):
+    n_top: int = Field(default=5, description="top scoring-pool excerpts scored per neuron")
+    n_random: int = Field(default=5, description="random scoring-pool excerpts scored per neuron")
+    n_calibration_top: int = Field(default=2, description="further top excerpts, held out to fit the calibration")
+    n_calibration_random: int = Field(default=3, description="further random excerpts, held out to fit the calibration")
+
+
+
+class SimulationConfig(dg.Config):
+    methods: list[str] = Field(
+        default_factory=lambda: list(SIMULATED),
+        description="explanations to simulate: 'explanation', 'lookup_explanation', 'control' (another neuron's)",
+    )
+    control_seed: int = Field(default=0, description="seed of the shuffle that gives each neuron another's explanation")
+    mode: str = Field(
+        default="auto",
+        description=(
+            "'auto' (what the backend supports), 'all_at_once' (prompt log-probabilities), "
+            "'chat_logprobs' (generated-token top_logprobs), 'one_at_a_time' (a call per token, "
+            "the reference) or 'json' (no log-probabilities)"
+        ),
+    )
+
+
+
+class TokenBaselineConfig(dg.Config):
+    methods: list[str] = Field(
+        default_factory=lambda: list(TOKEN_BASELINES), description="'lookup_table' and/or 'weight_based'"
+    )
+
+
+
+def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
+    """This domain's assets, partitioned by the subject model's layers."""
+
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    def scoring_excerpts(
+        context: dg.AssetExecutionContext, config: ScoringExcerptConfig, activation_records: pl.DataFrame
+    ) -> pl.DataFrame:
+        """Each neuron's scoring excerpts (top and random) and held-out calibration excerpts: every method of a neuron is scored on these same tokens."""
+        from neuron_assets.scorers.scoring import select_scoring_excerpts
+
+        frame = select_scoring_excerpts(
+            activation_records, config.n_top, config.n_random, config.n_calibration_top, config.n_calibration_random
+        )
+        kinds = frame.group_by("excerpt_kind").len().sort("excerpt_kind")
+        context.add_output_metadata({"excerpts_by_kind": dg.MetadataValue.md(markdown(kinds))})
+        return with_lineage(frame, context)
+
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    def simulations(
+        context: dg.AssetExecutionContext,
+        config: SimulationConfig,
+        llm: LLMResource,
+        explanations: pl.DataFrame,
+        scoring_excerpts: pl.DataFrame,
+        excerpts: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """The simulator LLM's predicted activations, from the explanation alone, on each neuron's scoring and calibration excerpts; also for the lookup explanation and the control (another neuron's explanation)."""
+        from neuron_assets.baselines.controls import control_explanations
+        from neuron_assets.scorers.methods import CONTROL, check_methods
+        from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode, simulate_neurons
+
+        methods = check_methods(config.methods, SIMULATED, "simulations config 'methods'")
+        own = explanations.with_columns(explanation_neuron=pl.col("neuron"))
+        missing = [m for m in methods if m != CONTROL and m not in own["method"].unique().to_list()]
+        if missing:
+            raise ValueError(f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'")
+        to_simulate = [own.filter(pl.col("method").is_in(methods))]
+        if CONTROL in methods:
+            to_simulate.append(control_explanations(explanations, seed=config.control_seed))
+        columns = ["layer", "neuron", "sample", "method", "explanation_neuron", "explanation"]
+        jobs = pl.concat([frame.select(columns) for frame in to_simulate], how="vertical")
+        _, simulator = llm.model_names()
+        client = llm.client()
+        mode = resolve_mode(client, simulator, config.mode)
+        ten_handling = probe_ten_handling(client, simulator, mode)
+        context.log.info(f"simulation mode: {mode} (asked for {config.mode}); the value 10 is read as {ten_handling}")
+        frame = simulate_neurons(
+            client, simulator, jobs, scoring_excerpts, excerpts, mode=mode,
+            distribution_shift=llm.prompt_logprobs_shift, ten_handling=ten_handling, concurrency=llm.max_concurrency,
+            on_neuron=lambda layer, neuron: context.log.info(f"simulated layer {layer} neuron {neuron}"),
+        )  # fmt: skip
+        context.add_output_metadata(
+            {
+                "simulated_excerpts": len(frame),
+                "methods": str(methods),
+                "simulator_model": simulator,
+                "simulation_mode": mode,
+                "simulation_mode_requested": config.mode,
+                "ten_handling": ten_handling,
+                "unsimulated_tokens": int(frame["n_unsimulated"].sum()),
+                "misaligned_tokens": int(frame["n_misaligned"].sum()),
+                **client.stats.as_metadata(),
+                **llm.server_metadata(),
+            }
+        )
+        return with_lineage(frame, context)
+
+    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    def token_predictions(
+        context: dg.AssetExecutionContext,
+        config: TokenBaselineConfig,
+        subject_model: SubjectModelResource,
+        token_lookup: pl.DataFrame,
+        scoring_excerpts: pl.DataFrame,
+        excerpts: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """The token baselines' predictions on each neuron's scoring and calibration excerpts: the lookup table's and the weight-based ones (no LLM)."""
+        from neuron_assets.baselines.token_baselines import (
+            lookup_fallback,
+            predict_from_token_table,
+            weight_based_table,
+        )
+        from neuron_assets.scorers.methods import LOOKUP_TABLE, WEIGHT_BASED, check_methods
+
+        methods = check_methods(config.methods, TOKEN_BASELINES, "token_predictions config 'methods'")
+        frames = []
+        if LOOKUP_TABLE in methods:
+            table = token_lookup.rename({"mean_activation": "value"})
+            frames.append(predict_from_token_table(table, lookup_fallback(token_lookup), scoring_excerpts, excerpts, LOOKUP_TABLE))
+        if WEIGHT_BASED in methods:
+            model = subject_model.load()
+            if excerpts["subject_model"][0] != model.name:
+                raise ValueError(
+                    f"excerpts were cut with {excerpts['subject_model'][0]!r}'s tokenizer but the subject "
+                    f"model is {model.name!r}: materialize 'excerpts' again"
+                )
+            table = weight_based_table(model.direct_token_activations, scoring_excerpts, excerpts)
+            frames.append(predict_from_token_table(table, None, scoring_excerpts, excerpts, WEIGHT_BASED))
+        frame = pl.concat(frames, how="vertical")
+        context.add_output_metadata({"predicted_excerpts": len(frame), "methods": str(methods)})
+        return with_lineage(frame, context)
+
+    return [scoring_excerpts, simulations, token_predictions]

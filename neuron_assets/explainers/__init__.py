@@ -1,0 +1,1 @@
+"""Stage 3: explanations written by the explainer LLM (method.md §3)."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible LLM layer: cached, checked calls and the local llama.cpp server."""

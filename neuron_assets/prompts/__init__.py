@@ -1,0 +1,1 @@
+"""Prompt text shared by the LLM stages: normalization, explainer and simulator prompts, worked examples."""

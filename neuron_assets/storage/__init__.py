@@ -1,0 +1,1 @@
+"""Pandera table models, Parquet partitions and DuckDB views."""
