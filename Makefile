@@ -25,7 +25,7 @@ LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
-.PHONY: install demo test dev bench bench-modes bench-llama-build clean-results
+.PHONY: install demo puzzles test dev bench bench-modes bench-llama-build clean-results
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ $(LLAMA_NATIVE_WHEELS)/.built: requirements.lock
 
 demo: install
 	$(PY) -W ignore -m neuron_assets.demo
+
+# The puzzle scorer and explainer tests (method.md §10) on our puzzles, or ARGS="--path FILE".
+puzzles: install
+	$(PY) -W ignore -m neuron_assets.puzzles.run $(ARGS)
 
 test: install
 	$(PY) -m pytest

@@ -216,3 +216,38 @@ LEFT JOIN simulation_sets s USING (layer, neuron, sample, method)
 LEFT JOIN explanations e ON e.layer = sc.layer AND e.neuron = sc.explanation_neuron
     AND e.sample = (CASE WHEN sc.method = 'control' THEN 0 ELSE sc.sample END)
     AND e.method = (CASE WHEN sc.method = 'control' THEN 'explanation' ELSE sc.method END);
+
+-- The puzzle scorer test (method.md §10), per puzzle file and simulator: how often the true
+-- explanation ranked first and in the top two, against what picking at random would give.
+CREATE OR REPLACE VIEW puzzle_scorer_summary AS
+SELECT
+    puzzle_file,
+    simulator_model,
+    simulation_mode,
+    count(*) AS n_puzzles,
+    count(*) FILTER (WHERE rank = 1) AS top_1,
+    count(*) FILTER (WHERE rank <= 2) AS top_2,
+    round(sum(1.0 / n_candidates), 2) AS chance_top_1,
+    round(sum(least(2, n_candidates) * 1.0 / n_candidates), 2) AS chance_top_2,
+    avg(correlation) AS mean_true_score
+FROM puzzle_scores
+WHERE candidate_kind = 'true'
+GROUP BY ALL;
+
+-- The puzzle explainer test: per puzzle, the explainer's explanation beside the true one, and
+-- whether it scored at least as well as the true one / better than every false one.
+CREATE OR REPLACE VIEW puzzle_explainer_results AS
+SELECT
+    puzzle_file,
+    puzzle,
+    true_explanation,
+    explanation,
+    correlation,
+    true_correlation,
+    best_false_correlation,
+    coalesce(correlation >= true_correlation, false) AS matches_true_score,
+    coalesce(correlation > best_false_correlation, false) AS beats_false_explanations,
+    explainer_model,
+    simulator_model,
+    simulation_mode
+FROM puzzle_explanations;

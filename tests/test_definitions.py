@@ -34,7 +34,8 @@ def test_asset_graph_has_every_stage(tmp_path):
     keys = load_in_fresh_process(tmp_path)["keys"]
     assert keys == sorted(
         ["documents", "excerpts", "activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
-         "explanations", "simulations", "token_predictions", "scores", "method_comparisons"]
+         "explanations", "simulations", "token_predictions", "scores", "method_comparisons",
+         "puzzle_scores", "puzzle_explanations"]
     )  # fmt: skip
 
 

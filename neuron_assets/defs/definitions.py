@@ -1,7 +1,8 @@
 """The code location: ``dagster dev`` and the daemon load ``defs`` from here.
 
 Each pipeline stage is a domain module (``recording``, ``explanation``, ``simulation``,
-``scoring``) with its configs, assets and checks; this module puts them together.
+``scoring``; ``puzzles`` beside them, unpartitioned) with its configs, assets and checks;
+this module puts them together.
 
 Loading must stay cheap: layer partitions come from model metadata (no weights), heavy
 libraries are imported inside the assets, and the results database is not opened.
@@ -13,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from neuron_assets.defs import explanation, recording, scoring, simulation
+from neuron_assets.defs import explanation, puzzles, recording, scoring, simulation
 from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
     LLMResource,
@@ -32,7 +33,7 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
     partitions = layer_partitions(model_shape(settings.subject_model).n_layers)
     results = ResultStoreResource(data_dir=str(settings.data_dir))
     return dg.Definitions(
-        assets=[asset for domain in DOMAINS for asset in domain.build_assets(partitions)],
+        assets=[*(asset for domain in DOMAINS for asset in domain.build_assets(partitions)), *puzzles.build_assets()],
         asset_checks=[check for domain in DOMAINS for check in getattr(domain, "CHECKS", [])],
         resources={
             "results": results,

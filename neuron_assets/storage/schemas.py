@@ -176,6 +176,47 @@ class MethodComparisons(Lineage):
     difference_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
 
 
+class PuzzleScores(pa.DataFrameModel):
+    """The puzzle scorer test (method.md §10): every candidate explanation of every puzzle, scored and ranked."""
+
+    run_id: str = pa.Field(description="Dagster run that wrote the row")
+    puzzle_file: str = pa.Field(description="the puzzle file the puzzles were read from")
+    puzzle: str = pa.Field(description="the puzzle's name")
+    candidate: int = pa.Field(ge=0, description="the candidate's number within its puzzle (0 = the true explanation)")
+    candidate_kind: str = pa.Field(isin=["true", "false", "common_tokens"], description="'true' (the puzzle's explanation), 'false' (one of its false explanations) or 'common_tokens' (the 3 tokens that most often fire)")
+    explanation: str = pa.Field(description="the candidate explanation that was simulated")
+    correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="correlation of simulated with true activations over all the puzzle's sentences; null when undefined")
+    undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined; null when defined")
+    n_tokens: int = pa.Field(ge=0, description="tokens scored")
+    n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0")
+    rank: int = pa.Field(ge=1, description="1 + the number of other candidates of the puzzle scoring at least as well (ties count against; undefined ranks last)")
+    n_candidates: int = pa.Field(ge=1, description="candidates of the puzzle")
+    simulator_model: str = pa.Field(description="model that simulated the puzzle from each candidate")
+    simulation_mode: str = pa.Field(description="simulator mode (see simulations.simulation_mode)")
+    prompt_version: str = pa.Field(description="version of the simulator prompt")
+    ten_handling: str = pa.Field(description="how the value 10 was read (see simulations.ten_handling)")
+
+
+class PuzzleExplanations(pa.DataFrameModel):
+    """The puzzle explainer test (method.md §10): the explainer's explanation of each puzzle, scored beside the true one."""
+
+    run_id: str = pa.Field(description="Dagster run that wrote the row")
+    puzzle_file: str = pa.Field(description="the puzzle file the puzzles were read from")
+    puzzle: str = pa.Field(description="the puzzle's name")
+    true_explanation: str = pa.Field(description="the puzzle's own explanation")
+    explanation: str = pa.Field(str_length={"min_value": 1}, description="the explainer's explanation, from all the puzzle's sentences")
+    raw_reply: str = pa.Field(description="the explainer's reply before cleaning")
+    explainer_model: str = pa.Field(description="model that wrote the explanation")
+    prompt_version: str = pa.Field(description="version of the explainer prompt")
+    prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the explainer's context; null if nothing")
+    correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="the explainer's explanation's score on the puzzle; null when undefined")
+    undefined_reason: Optional[str] = pa.Field(nullable=True, description="why that score is undefined")
+    true_correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="the true explanation's score on the puzzle, from puzzle_scores (same simulator)")
+    best_false_correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="the best false candidate's score, from puzzle_scores")
+    simulator_model: str = pa.Field(description="model that simulated the puzzle")
+    simulation_mode: str = pa.Field(description="simulator mode")
+
+
 TABLES: dict[str, type[pa.DataFrameModel]] = {
     "documents": Documents,
     "excerpts": Excerpts,
@@ -188,6 +229,8 @@ TABLES: dict[str, type[pa.DataFrameModel]] = {
     "token_predictions": TokenPredictions,
     "scores": Scores,
     "method_comparisons": MethodComparisons,
+    "puzzle_scores": PuzzleScores,
+    "puzzle_explanations": PuzzleExplanations,
 }
 
 

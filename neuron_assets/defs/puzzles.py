@@ -1,0 +1,144 @@
+"""Puzzles: the scorer and explainer tests on synthetic neurons with known explanations (method.md §10).
+
+Unpartitioned: a puzzle file is small, and its results replace the previous run's.
+"""
+
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from neuron_assets.defs.common import markdown
+from neuron_assets.defs.resources import LLMResource
+from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES
+
+GROUP = "puzzles"
+
+
+class PuzzleConfig(dg.Config):
+    path: str = Field(default=str(OUR_PUZZLES), description="puzzle file in the study's JSON format (default: ours)")
+    mode: str = Field(default="auto", description="simulator mode, as for simulations")
+
+
+class PuzzleExplainerConfig(dg.Config):
+    temperature: float = 1.0
+    max_tokens: int = 60
+    seed: int = 0
+
+
+def build_assets() -> list[Any]:
+    """The puzzle assets (they do not depend on the subject model, so they have no partitions)."""
+
+    @dg.asset(group_name=GROUP)
+    def puzzle_scores(context: dg.AssetExecutionContext, config: PuzzleConfig, llm: LLMResource) -> pl.DataFrame:
+        """The scorer test: the true explanation, the false ones and the 3 most common firing tokens of every puzzle, simulated and ranked; the true one should rank first."""
+        import time
+
+        from neuron_assets.puzzles.evaluation import (
+            candidate_explanations,
+            rank_candidates,
+            score_candidates,
+            scorer_summary,
+            simulate_candidates,
+        )  # fmt: skip
+        from neuron_assets.puzzles.puzzle_file import load_puzzles
+        from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode
+
+        puzzles = load_puzzles(config.path)
+        _, simulator = llm.model_names()
+        client = llm.client()
+        mode = resolve_mode(client, simulator, config.mode)
+        ten_handling = probe_ten_handling(client, simulator, mode)
+        candidates = candidate_explanations(puzzles)
+        started = time.perf_counter()
+        simulations = simulate_candidates(
+            client, simulator, puzzles, candidates, mode=mode, ten_handling=ten_handling,
+            distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
+            on_puzzle=lambda name: context.log.info(f"simulated puzzle {name}"),
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        scored = rank_candidates(candidates.join(score_candidates(simulations), on=["puzzle", "candidate"]))
+        settings = simulations.select("puzzle", "simulator_model", "simulation_mode", "prompt_version", "ten_handling").unique("puzzle")
+        frame = scored.join(settings, on="puzzle").with_columns(
+            run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path))
+        )
+        summary = scorer_summary(frame)
+        context.add_output_metadata(
+            {
+                **{k: dg.MetadataValue.float(round(v, 2)) if isinstance(v, float) else v for k, v in summary.items()},
+                "simulation_mode": mode,
+                "seconds_per_puzzle": round(seconds / len(puzzles), 2),  # near 0 when every response was cached
+                **client.stats.as_metadata(),
+                "ranks": dg.MetadataValue.md(
+                    markdown(frame.filter(pl.col("candidate_kind") == "true").select(
+                        "puzzle", "rank", "n_candidates", pl.col("correlation").round(3)))
+                ),  # fmt: skip
+            }
+        )
+        return frame
+
+    @dg.asset(group_name=GROUP)
+    def puzzle_explanations(
+        context: dg.AssetExecutionContext, config: PuzzleExplainerConfig, llm: LLMResource, puzzle_scores: pl.DataFrame
+    ) -> pl.DataFrame:
+        """The explainer test: the explainer explains each puzzle from its sentences, and its explanation is scored on the puzzle beside the true one (same simulator as puzzle_scores)."""
+        from neuron_assets.prompts.templates import EXPLAINER_PROMPT_VERSION
+        from neuron_assets.puzzles.evaluation import (
+            GENERATED,
+            TRUE,
+            explain_puzzles,
+            score_candidates,
+            simulate_candidates,
+        )  # fmt: skip
+        from neuron_assets.puzzles.puzzle_file import load_puzzles
+
+        path = puzzle_scores["puzzle_file"][0]
+        puzzles = load_puzzles(path)
+        if set(p.name for p in puzzles) != set(puzzle_scores["puzzle"]):
+            raise ValueError(f"{path} changed since puzzle_scores was materialized: materialize puzzle_scores again")
+        explainer, simulator = llm.model_names()
+        client = llm.client()
+        written = explain_puzzles(
+            client, explainer, puzzles, temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed
+        )
+        mode = puzzle_scores["simulation_mode"][0]
+        candidates = written.select("puzzle", "explanation").with_columns(
+            candidate=pl.lit(0, dtype=pl.Int64), candidate_kind=pl.lit(GENERATED)
+        )
+        simulations = simulate_candidates(
+            client, simulator, puzzles, candidates, mode=mode, ten_handling=puzzle_scores["ten_handling"][0],
+            distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
+        )  # fmt: skip
+        reference = puzzle_scores.group_by("puzzle").agg(
+            pl.col("explanation").filter(pl.col("candidate_kind") == TRUE).first().alias("true_explanation"),
+            pl.col("correlation").filter(pl.col("candidate_kind") == TRUE).first().alias("true_correlation"),
+            pl.col("correlation").filter(pl.col("candidate_kind") != TRUE).max().alias("best_false_correlation"),
+        )
+        frame = (
+            written.join(score_candidates(simulations).select("puzzle", "correlation", "undefined_reason"), on="puzzle")
+            .join(reference, on="puzzle")
+            .with_columns(
+                run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(path), explainer_model=pl.lit(explainer),
+                prompt_version=pl.lit(EXPLAINER_PROMPT_VERSION), simulator_model=pl.lit(simulator),
+                simulation_mode=pl.lit(mode),
+            )  # fmt: skip
+        )
+        matched = int((frame["correlation"] >= frame["true_correlation"]).fill_null(False).sum())
+        beats_false = int((frame["correlation"] > frame["best_false_correlation"]).fill_null(False).sum())
+        context.add_output_metadata(
+            {
+                "puzzles": len(frame),
+                "scored_at_least_as_well_as_the_true_explanation": matched,
+                "scored_above_every_false_candidate": beats_false,
+                "explainer_model": explainer,
+                **client.stats.as_metadata(),
+                "explanations": dg.MetadataValue.md(
+                    markdown(frame.select("puzzle", "true_explanation", "explanation", pl.col("correlation").round(3),
+                                          pl.col("true_correlation").round(3)))  # fmt: skip
+                ),
+            }
+        )
+        return frame
+
+    return [puzzle_scores, puzzle_explanations]

@@ -1,0 +1,196 @@
+"""The two puzzle tests of method.md §10: can the scorer pick the true explanation, and can the
+explainer find it?
+
+Scorer test: the true explanation, each false one and "the 3 most common high-activation
+tokens" are simulated on every sentence of the puzzle and scored like a neuron's
+explanation (correlation over all tokens pooled). The true one should rank first.
+
+Explainer test: the explainer is shown the puzzle's sentences as a neuron's top records,
+and its explanation is scored on the same sentences, beside the true explanation's score.
+
+Puzzles go through the neuron simulator and explainer unchanged: each puzzle is simulated
+as a synthetic neuron whose excerpts are its sentences.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import polars as pl
+
+from neuron_assets.explainers.explainer import explain
+from neuron_assets.llm.client import LLMError, NeuronFailures
+from neuron_assets.prompts.fewshot import Record
+from neuron_assets.prompts.templates import ExplanationParseError
+from neuron_assets.scorers.scoring import score
+from neuron_assets.simulators.simulator import simulate_neurons
+
+TRUE, FALSE, COMMON_TOKENS, GENERATED = "true", "false", "common_tokens", "generated"
+CANDIDATE_KINDS = (TRUE, FALSE, COMMON_TOKENS, GENERATED)
+
+
+class PuzzleFailures(RuntimeError):
+    """The LLM work of some puzzles failed; the others' responses are cached, so a re-run redoes only these."""
+
+
+def common_tokens_explanation(tokens: Sequence[Sequence[str]], activations: Sequence[Sequence[float]]) -> str:
+    """The study's fixed false candidate: the 3 tokens that most often carry a non-zero activation.
+
+    Ties go to the token with the larger summed activation, then to the one seen first.
+    """
+    counts: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
+    first_seen: dict[str, int] = {}
+    for sentence_tokens, sentence_activations in zip(tokens, activations, strict=True):
+        for token, value in zip(sentence_tokens, sentence_activations, strict=True):
+            word = token.strip()
+            if value > 0 and word:
+                counts[word] += 1
+                totals[word] += value
+                first_seen.setdefault(word, len(first_seen))
+    best = sorted(counts, key=lambda w: (-counts[w], -totals[w], first_seen[w]))[:3]
+    return "the tokens " + ", ".join(f'"{w}"' for w in best)
+
+
+def candidate_explanations(puzzles: Sequence[Any]) -> pl.DataFrame:
+    """(puzzle, candidate, candidate_kind, explanation): the true one first, then the false ones, then common tokens."""
+    rows = []
+    for puzzle in puzzles:
+        explanations = [(TRUE, puzzle.explanation), *((FALSE, f) for f in puzzle.false_explanations)]
+        explanations.append((COMMON_TOKENS, common_tokens_explanation(puzzle.tokens, puzzle.activations)))
+        rows += [(puzzle.name, i, kind, text) for i, (kind, text) in enumerate(explanations)]
+    return pl.DataFrame(
+        rows, schema={"puzzle": pl.String, "candidate": pl.Int64, "candidate_kind": pl.String, "explanation": pl.String},
+        orient="row",
+    )  # fmt: skip
+
+
+def simulate_candidates(
+    client: Any,
+    model: str,
+    puzzles: Sequence[Any],
+    candidates: pl.DataFrame,
+    *,
+    mode: str,
+    ten_handling: str | None,
+    distribution_shift: int = 0,
+    concurrency: int = 1,
+    on_puzzle: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
+    """Simulate every candidate explanation on every sentence of its puzzle.
+
+    Returns one row per (puzzle, candidate, sentence) with ``simulated`` and
+    ``true_activations``, plus the simulator's model, mode, prompt version and 10-handling.
+    """
+    index = {p.name: i for i, p in enumerate(puzzles)}
+    unknown = sorted(set(candidates["puzzle"]) - set(index))
+    if unknown:
+        raise ValueError(f"candidates name puzzles that are not in the puzzle file: {unknown}")
+    sentences = pl.DataFrame(
+        [
+            (i, s, tokens, values)
+            for i, puzzle in enumerate(puzzles)
+            for s, (tokens, values) in enumerate(zip(puzzle.tokens, puzzle.activations, strict=True))
+        ],
+        schema={"neuron": pl.Int64, "sentence": pl.Int64, "tokens": pl.List(pl.String), "activations": pl.List(pl.Float64)},
+        orient="row",
+    ).with_row_index("excerpt_id").with_columns(pl.col("excerpt_id").cast(pl.Int64))
+    # A puzzle is a synthetic neuron: (layer 0, neuron = its index), its sentences the scored excerpts.
+    jobs = candidates.with_columns(
+        layer=pl.lit(0, dtype=pl.Int64),
+        neuron=pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64),
+        sample=pl.col("candidate"),
+        method=pl.col("candidate_kind"),
+        explanation_neuron=pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64),
+    )
+    scoring = sentences.select(
+        layer=pl.lit(0, dtype=pl.Int64), neuron="neuron", excerpt_id="excerpt_id",
+        excerpt_kind=pl.lit("top"), activations="activations",
+    )  # fmt: skip
+    try:
+        frame = simulate_neurons(
+            client, model, jobs, scoring, sentences.select("excerpt_id", "tokens"), mode=mode,
+            distribution_shift=distribution_shift, ten_handling=ten_handling, concurrency=concurrency,
+            on_neuron=None if on_puzzle is None else (lambda _layer, neuron: on_puzzle(puzzles[neuron].name)),
+        )  # fmt: skip
+    except NeuronFailures as failures:
+        lines = [f"  puzzle {puzzles[neuron].name!r}: {message}" for (_, neuron), message in sorted(failures.failures.items())]
+        raise PuzzleFailures(f"simulation failed for {len(lines)} puzzle(s):\n" + "\n".join(lines)) from failures
+    return (
+        frame.join(sentences.select("excerpt_id", "sentence"), on="excerpt_id")
+        .with_columns(puzzle=pl.col("neuron").map_elements(lambda i: puzzles[i].name, return_dtype=pl.String))
+        .rename({"sample": "candidate"})
+        .select("puzzle", "candidate", "sentence", "simulated", "true_activations", "n_unsimulated",
+                "simulator_model", "simulation_mode", "prompt_version", "ten_handling")  # fmt: skip
+    )
+
+
+def score_candidates(simulations: pl.DataFrame) -> pl.DataFrame:
+    """Per (puzzle, candidate): correlation of simulated with true activations over all its sentences."""
+    rows = []
+    for (puzzle, candidate), group in simulations.sort("sentence").group_by("puzzle", "candidate", maintain_order=True):
+        result = score(group["simulated"].to_list(), group["true_activations"].to_list())
+        rows.append((puzzle, candidate, result.correlation, result.undefined_reason, result.n_tokens, result.n_unsimulated))
+    return pl.DataFrame(
+        rows,
+        schema={"puzzle": pl.String, "candidate": pl.Int64, "correlation": pl.Float64, "undefined_reason": pl.String,
+                "n_tokens": pl.Int64, "n_unsimulated": pl.Int64},  # fmt: skip
+        orient="row",
+    )
+
+
+def rank_candidates(scored: pl.DataFrame) -> pl.DataFrame:
+    """Add ``rank`` (1 = best) within each puzzle and ``n_candidates``.
+
+    Ties count against a candidate (its rank is 1 + the number of others scoring at least as
+    well), so a scorer that gives everything the same score solves nothing; an undefined
+    score ranks below every defined one.
+    """
+    value = pl.col("correlation").fill_null(float("-inf"))
+    return scored.with_columns(
+        rank=value.rank("max", descending=True).over("puzzle").cast(pl.Int64),
+        n_candidates=pl.len().over("puzzle").cast(pl.Int64),
+    )
+
+
+def scorer_summary(ranked: pl.DataFrame) -> dict[str, float]:
+    """Top-1 and top-2 counts of the true explanation, and what chance would give."""
+    true = ranked.filter(pl.col("candidate_kind") == TRUE)
+    return {
+        "puzzles": len(true),
+        "top_1": int((true["rank"] == 1).sum()),
+        "top_2": int((true["rank"] <= 2).sum()),
+        "chance_top_1": float((1 / true["n_candidates"]).sum()),
+        "chance_top_2": float((true["n_candidates"].clip(upper_bound=2) / true["n_candidates"]).sum()),
+    }
+
+
+def explain_puzzles(
+    client: Any,
+    model: str,
+    puzzles: Sequence[Any],
+    *,
+    temperature: float = 1.0,
+    max_tokens: int = 60,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """The explainer's explanation of each puzzle, shown all its sentences as the neuron's records."""
+    rows = []
+    failures = []
+    for puzzle in puzzles:
+        records = [Record(t, a) for t, a in zip(puzzle.tokens, puzzle.activations, strict=True)]
+        try:
+            (explanation,) = explain(client, model, records, temperature=temperature, max_tokens=max_tokens, seed=seed)
+        except (ExplanationParseError, LLMError) as error:
+            failures.append(f"  puzzle {puzzle.name!r}: {error}")
+            continue
+        rows.append((puzzle.name, explanation.text, explanation.raw_reply, explanation.shortening))
+    if failures:
+        raise PuzzleFailures(f"explanation failed for {len(failures)} puzzle(s):\n" + "\n".join(failures))
+    return pl.DataFrame(
+        rows,
+        schema={"puzzle": pl.String, "explanation": pl.String, "raw_reply": pl.String, "prompt_shortening": pl.String},
+        orient="row",
+    )

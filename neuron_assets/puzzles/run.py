@@ -1,0 +1,62 @@
+"""``make puzzles``: the scorer and explainer puzzle tests, through Dagster, then their results.
+
+``make puzzles ARGS="--path other.json --mode json"`` runs them on another puzzle file or
+simulator mode; the LLMs are the configured ones (the packaged SmolLM2 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import dagster as dg
+
+from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--path", default=str(OUR_PUZZLES), help="puzzle file in the study's format")
+    parser.add_argument("--mode", default="auto", help="simulator mode, as for simulations")
+    parser.add_argument("--scorer-only", action="store_true", help="skip the explainer test")
+    args = parser.parse_args(argv)
+
+    import duckdb
+
+    from neuron_assets.defs.definitions import defs
+    from neuron_assets.settings import Settings
+    from neuron_assets.storage.store import ResultStore
+
+    selection = [dg.AssetKey("puzzle_scores")] + ([] if args.scorer_only else [dg.AssetKey("puzzle_explanations")])
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        run_config={"ops": {"puzzle_scores": {"config": {"path": args.path, "mode": args.mode}}}},
+        instance=dg.DagsterInstance.get(),
+        asset_selection=selection,
+        raise_on_error=False,
+    )
+    if not result.success:
+        errors = [str(e.step_failure_data.error.message) for e in result.all_events if e.is_step_failure]
+        print("the puzzle run failed:\n" + "\n".join(errors), file=sys.stderr)
+        return 1
+    store = ResultStore(Settings.from_environment().data_dir)
+    with duckdb.connect(str(store.database), read_only=True) as db:
+        print("Scorer test: the true explanation's rank among the candidates (1 = the scorer picked it)")
+        print(db.sql(
+            "SELECT puzzle, rank, n_candidates, round(correlation, 3) AS true_score, "
+            "(SELECT round(max(o.correlation), 3) FROM puzzle_scores o WHERE o.puzzle = t.puzzle "
+            " AND o.candidate_kind <> 'true') AS best_other_score "
+            "FROM puzzle_scores t WHERE candidate_kind = 'true' ORDER BY puzzle"
+        ).pl().to_pandas().to_string(index=False))  # fmt: skip
+        print()
+        print(db.sql("SELECT * EXCLUDE (puzzle_file) FROM puzzle_scorer_summary").pl().to_pandas().to_string(index=False))
+        if not args.scorer_only:
+            print("\nExplainer test: the explainer's explanation, scored on the puzzle beside the true one")
+            print(db.sql(
+                "SELECT puzzle, explanation, round(correlation, 3) AS score, round(true_correlation, 3) AS true_score, "
+                "beats_false_explanations FROM puzzle_explainer_results ORDER BY puzzle"
+            ).pl().to_pandas().to_string(index=False, max_colwidth=60))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
