@@ -25,7 +25,7 @@ LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
-.PHONY: install demo puzzles test dev bench bench-modes bench-llama-build clean-results
+.PHONY: install demo puzzles test dev bench bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP)
 
@@ -77,6 +77,10 @@ bench: install
 # The simulator modes side by side on the local llama.cpp server: costs, speed-up, agreement.
 bench-modes: install
 	$(PY) -W ignore -m neuron_assets.benches.modes $(ARGS)
+
+# The puzzle scorer test for each local LLM and simulator mode: who can tell explanations apart.
+bench-puzzles: install
+	$(PY) -W ignore -m neuron_assets.benches.puzzle_models $(ARGS)
 
 # The portable and AVX-512 llama.cpp builds against one compiled natively for this host
 # (-march=native, the llama-cpp-python default), side by side; each also as-is (no start-up

@@ -22,18 +22,25 @@ EXAMPLE_QUERY = (
 )
 
 
+PIPELINE_GROUPS = ("recording", "explanation", "simulation", "scoring", "revision")
+
+
 def materialize_layers(
     defs: dg.Definitions,
     first_layer: int,
     last_layer: int,
     run_config: dict[str, Any] | None = None,
     instance: dg.DagsterInstance | None = None,
+    groups: tuple[str, ...] = PIPELINE_GROUPS,
 ) -> dg.ExecuteInJobResult:
-    """Materialize every asset for layers first..last in one run (one forward pass, one server)."""
+    """Materialize the assets of ``groups`` for layers first..last in one run (one forward pass,
+    one server). The puzzles are apart: they test the scorer and explainer, not these layers."""
     job = defs.resolve_implicit_global_asset_job_def()
+    selection = dg.AssetSelection.groups(*groups).resolve(defs.resolve_asset_graph())
     return job.execute_in_process(
         run_config=run_config or {},
         instance=instance,
+        asset_selection=sorted(selection, key=lambda key: key.to_user_string()),
         tags={
             "dagster/asset_partition_range_start": layer_key(first_layer),
             "dagster/asset_partition_range_end": layer_key(last_layer),
@@ -46,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-layer", type=int, default=0)
     parser.add_argument("--last-layer", type=int, default=1)
     parser.add_argument("--neurons", type=int, default=3, help="random neurons per layer")
+    parser.add_argument("--no-revision", action="store_true", help="stop at the scores (revision is the slowest stage)")
     args = parser.parse_args(argv)
 
     from neuron_assets.defs.definitions import defs
     from neuron_assets.settings import Settings
 
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
-    result = materialize_layers(defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get())
+    groups = tuple(g for g in PIPELINE_GROUPS if not (args.no_revision and g == "revision"))
+    result = materialize_layers(defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups)
     if not result.success:
         print("the demo run failed; see the errors above", file=sys.stderr)
         return 1
@@ -84,6 +93,18 @@ def print_results(store: ResultStore, first_layer: int, last_layer: int) -> None
         )
         print("\nPer layer, top-and-random, with 95% bootstrap intervals over neurons:")
         print(methods.pl().to_pandas().to_string(index=False))
+        has_revisions = connection.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'revision_neurons'"
+        ).fetchone()[0]
+        revised = None if not has_revisions else connection.sql(
+            "SELECT layer, neuron, revised_explanation, round(original_score, 3) AS original, "
+            "round(revised_score, 3) AS revised, round(original_extended_score, 3) AS original_ext, "
+            "round(revised_extended_score, 3) AS revised_ext, n_false_positives || '/' || n_sentences AS false_positives "
+            f"FROM revision_neurons WHERE {layers} AND revision_kind = 'revised' ORDER BY layer, neuron"
+        )
+        if revised is not None:
+            print("\nRevision: original vs revised explanation, on the original and the extended scoring set:")
+            print(revised.pl().to_pandas().to_string(index=False, max_colwidth=50))
     database = str(store.database)
     print(f"\nResults database: {database}")
     print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")

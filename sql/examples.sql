@@ -45,3 +45,21 @@ SELECT * FROM score_lineage ORDER BY layer, neuron, scoring_set;
 
 -- Neurons that never fired on the corpus.
 SELECT layer, neuron FROM neuron_stats WHERE frac_firing = 0;
+
+-- Token vs next-token explanation per neuron (method.md §7; run explanations and simulations
+-- with 'next_token_explanation' among their methods first).
+SELECT layer, neuron, explanation, round(top_and_random_score, 3) AS token_score,
+    round(next_token_explanation_score, 3) AS next_token_score, next_token_scores_higher
+FROM neuron_scores
+WHERE next_token_explanation_score IS NOT NULL
+ORDER BY layer, neuron;
+
+-- Puzzle scorer test per simulator (make puzzles): how often the true explanation won.
+SELECT * FROM puzzle_scorer_summary;
+
+-- Revision per layer: revised minus original, with its interval and the false-positive rate.
+SELECT layer, scoring_set, revision_kind, n_paired, n_improved, round(revised_minus_original, 3) AS difference,
+    round(difference_ci_low, 3) AS ci_low, round(difference_ci_high, 3) AS ci_high, verdict,
+    round(false_positive_rate, 2) AS false_positive_rate
+FROM revision_layers
+ORDER BY layer, scoring_set, revision_kind;

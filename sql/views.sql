@@ -9,6 +9,10 @@
 -- (another neuron's explanation of the same layer). Every method of a neuron is scored
 -- on the same excerpts.
 --
+-- Every neuron row has a polarity: 'positive' (the activations as recorded) or, where
+-- recording asked for it, 'negative' (the negated activations, explained and scored as a
+-- neuron of their own). Every join matches on it.
+--
 -- explained_variance uses a calibration fitted on held-out calibration excerpts, so it
 -- is not the correlation squared: it can be lower, and it is negative when the
 -- calibrated simulation is further from the truth than the truth's own mean.
@@ -16,7 +20,7 @@
 -- One row per simulated explanation: what the simulator saw and which models ran.
 CREATE OR REPLACE VIEW simulation_sets AS
 SELECT
-    layer, neuron, sample, method,
+    layer, neuron, polarity, sample, method,
     any_value(explanation_neuron) AS explanation_neuron,
     any_value(simulator_model) AS simulator_model,
     any_value(simulation_mode) AS simulation_mode,
@@ -32,14 +36,14 @@ SELECT
     -- null unless some prompt lost few-shot examples to fit the simulator's context
     max(prompt_shortening) AS prompt_shortening
 FROM simulations
-GROUP BY layer, neuron, sample, method;
+GROUP BY layer, neuron, polarity, sample, method;
 
 -- Every scored method of every neuron, one row per (method, sample), both scoring sets
 -- side by side. For 'control', explanation_neuron is the neuron the explanation was
 -- written for; token baselines have no explanation.
 CREATE OR REPLACE VIEW method_scores AS
 SELECT
-    st.subject_model, tr.layer, tr.neuron, tr.method, tr.sample, tr.explanation_neuron,
+    st.subject_model, tr.layer, tr.neuron, tr.polarity, tr.method, tr.sample, tr.explanation_neuron,
     e.explanation,
     tr.correlation AS top_and_random_score,
     ro.correlation AS random_only_score,
@@ -55,10 +59,10 @@ SELECT
     coalesce(tr.n_unsimulated > 0.05 * tr.n_tokens, false)
         OR coalesce(ro.n_unsimulated > 0.05 * ro.n_tokens, false) AS many_unsimulated
 FROM scores tr
-JOIN scores ro ON ro.layer = tr.layer AND ro.neuron = tr.neuron AND ro.sample = tr.sample
-    AND ro.method = tr.method AND ro.scoring_set = 'random_only'
-JOIN neuron_stats st ON st.layer = tr.layer AND st.neuron = tr.neuron
-LEFT JOIN explanations e ON e.layer = tr.layer AND e.neuron = tr.explanation_neuron
+JOIN scores ro ON ro.layer = tr.layer AND ro.neuron = tr.neuron AND ro.polarity = tr.polarity
+    AND ro.sample = tr.sample AND ro.method = tr.method AND ro.scoring_set = 'random_only'
+JOIN neuron_stats st ON st.layer = tr.layer AND st.neuron = tr.neuron AND st.polarity = tr.polarity
+LEFT JOIN explanations e ON e.layer = tr.layer AND e.neuron = tr.explanation_neuron AND e.polarity = tr.polarity
     AND e.sample = (CASE WHEN tr.method = 'control' THEN 0 ELSE tr.sample END)
     AND e.method = (CASE WHEN tr.method = 'control' THEN 'explanation' ELSE tr.method END)
 WHERE tr.scoring_set = 'top_and_random';
@@ -67,7 +71,7 @@ WHERE tr.scoring_set = 'top_and_random';
 CREATE OR REPLACE VIEW explanation_scores AS
 SELECT
     st.subject_model, st.corpus,
-    e.layer, e.neuron, e.sample, e.explanation,
+    e.layer, e.neuron, e.polarity, e.sample, e.explanation,
     e.explainer_model, s.simulator_model,
     m.top_and_random_score, m.random_only_score,
     m.top_and_random_explained_variance, m.random_only_explained_variance,
@@ -75,9 +79,9 @@ SELECT
     m.top_and_random_unsimulated_share, m.random_only_unsimulated_share,
     coalesce(m.many_unsimulated, false) AS many_unsimulated
 FROM explanations e
-JOIN neuron_stats st USING (layer, neuron)
-LEFT JOIN simulation_sets s USING (layer, neuron, sample, method)
-LEFT JOIN method_scores m USING (layer, neuron, sample, method)
+JOIN neuron_stats st USING (layer, neuron, polarity)
+LEFT JOIN simulation_sets s USING (layer, neuron, polarity, sample, method)
+LEFT JOIN method_scores m USING (layer, neuron, polarity, sample, method)
 WHERE e.method = 'explanation';
 
 -- The best scored explanation of each neuron (by top-and-random score; undefined scores
@@ -86,7 +90,8 @@ WHERE e.method = 'explanation';
 -- *_undefined_reason says why. Explanations not yet scored are in unscored_explanations.
 -- beats_best_baseline / beats_control: the explanation scored higher than the best
 -- baseline / than another neuron's explanation on this neuron (one neuron, no interval:
--- see layer_methods for the layer's verdict).
+-- see layer_methods for the layer's verdict). next_token_scores_higher: the next-token
+-- explanation (when simulations asked for it) beat the token explanation on this neuron.
 CREATE OR REPLACE VIEW neuron_scores AS
 WITH best AS (
     SELECT * EXCLUDE (sample)
@@ -94,15 +99,16 @@ WITH best AS (
     WHERE top_and_random_score IS NOT NULL OR top_and_random_undefined_reason IS NOT NULL
         OR random_only_score IS NOT NULL OR random_only_undefined_reason IS NOT NULL
     QUALIFY row_number() OVER (
-        PARTITION BY subject_model, layer, neuron
+        PARTITION BY subject_model, layer, neuron, polarity
         ORDER BY top_and_random_score DESC NULLS LAST, sample
     ) = 1
 ),
 others AS (
-    SELECT subject_model, layer, neuron,
+    SELECT subject_model, layer, neuron, polarity,
         max(top_and_random_score) FILTER (WHERE method = 'lookup_table') AS lookup_table_score,
         max(top_and_random_score) FILTER (WHERE method = 'weight_based') AS weight_based_score,
         max(top_and_random_score) FILTER (WHERE method = 'lookup_explanation') AS lookup_explanation_score,
+        max(top_and_random_score) FILTER (WHERE method = 'next_token_explanation') AS next_token_explanation_score,
         arg_max(method, top_and_random_score)
             FILTER (WHERE method IN ('lookup_table', 'weight_based', 'lookup_explanation')) AS best_baseline,
         max(top_and_random_score)
@@ -110,13 +116,14 @@ others AS (
         max(top_and_random_score) FILTER (WHERE method = 'control') AS control_score,
         any_value(explanation_neuron) FILTER (WHERE method = 'control') AS control_explanation_neuron
     FROM method_scores
-    GROUP BY subject_model, layer, neuron
+    GROUP BY subject_model, layer, neuron, polarity
 )
-SELECT best.*, o.* EXCLUDE (subject_model, layer, neuron),
+SELECT best.*, o.* EXCLUDE (subject_model, layer, neuron, polarity),
     best.top_and_random_score > o.best_baseline_score AS beats_best_baseline,
-    best.top_and_random_score > o.control_score AS beats_control
+    best.top_and_random_score > o.control_score AS beats_control,
+    o.next_token_explanation_score > best.top_and_random_score AS next_token_scores_higher
 FROM best
-LEFT JOIN others o USING (subject_model, layer, neuron);
+LEFT JOIN others o USING (subject_model, layer, neuron, polarity);
 
 -- Per layer, method and scoring set: the mean score over neurons (a neuron's samples
 -- averaged first) beside how many neurons it averages (n_scored), how many it leaves out
@@ -124,26 +131,26 @@ LEFT JOIN others o USING (subject_model, layer, neuron);
 -- tokens unsimulated (n_many_unsimulated).
 CREATE OR REPLACE VIEW layer_scores AS
 WITH per_neuron AS (
-    SELECT subject_model, layer, neuron, method, scoring_set,
+    SELECT subject_model, layer, neuron, polarity, method, scoring_set,
         avg(score) AS score, max(unsimulated_share) AS unsimulated_share
     FROM (
-        SELECT subject_model, layer, neuron, method, 'top_and_random' AS scoring_set,
+        SELECT subject_model, layer, neuron, polarity, method, 'top_and_random' AS scoring_set,
             top_and_random_score AS score, top_and_random_unsimulated_share AS unsimulated_share
         FROM method_scores
         UNION ALL
-        SELECT subject_model, layer, neuron, method, 'random_only',
+        SELECT subject_model, layer, neuron, polarity, method, 'random_only',
             random_only_score, random_only_unsimulated_share
         FROM method_scores
     )
-    GROUP BY subject_model, layer, neuron, method, scoring_set
+    GROUP BY subject_model, layer, neuron, polarity, method, scoring_set
 )
-SELECT subject_model, layer, method, scoring_set,
+SELECT subject_model, layer, polarity, method, scoring_set,
     avg(score) AS mean_score,
     count(score) AS n_scored,
     count(*) - count(score) AS n_undefined,
     count(*) FILTER (WHERE unsimulated_share > 0.05) AS n_many_unsimulated
 FROM per_neuron
-GROUP BY subject_model, layer, method, scoring_set;
+GROUP BY subject_model, layer, polarity, method, scoring_set;
 
 -- Per layer and scoring set, each method against the explanation, with 95% bootstrap
 -- intervals over neurons (from method_comparisons). verdict reads the interval of the
@@ -152,7 +159,7 @@ GROUP BY subject_model, layer, method, scoring_set;
 -- explainer, expect that against 'control': it means the explanations carry no more
 -- about their own neuron than about another one).
 CREATE OR REPLACE VIEW layer_methods AS
-SELECT layer, scoring_set, method, n_neurons,
+SELECT layer, polarity, scoring_set, method, n_neurons,
     mean_score, mean_ci_low, mean_ci_high,
     n_paired, explanation_minus_method, difference_ci_low, difference_ci_high,
     CASE
@@ -167,11 +174,12 @@ FROM method_comparisons;
 -- Explanations with no score yet: a run between its explanation and score steps, or a
 -- scores partition that failed or was never materialized.
 CREATE OR REPLACE VIEW unscored_explanations AS
-SELECT layer, neuron, sample, method, explanation, explainer_model, run_id AS explanation_run_id
+SELECT layer, neuron, polarity, sample, method, explanation, explainer_model, run_id AS explanation_run_id
 FROM explanations e
 WHERE NOT EXISTS (
     SELECT 1 FROM scores sc
-    WHERE sc.layer = e.layer AND sc.neuron = e.neuron AND sc.sample = e.sample AND sc.method = e.method
+    WHERE sc.layer = e.layer AND sc.neuron = e.neuron AND sc.polarity = e.polarity AND sc.sample = e.sample
+        AND sc.method = e.method
 );
 
 -- For any score: which method, explanation, prompts, models, excerpts, subject model,
@@ -179,7 +187,7 @@ WHERE NOT EXISTS (
 -- token baselines, which use neither).
 CREATE OR REPLACE VIEW score_lineage AS
 SELECT
-    sc.layer, sc.neuron, sc.sample, sc.method, sc.explanation_neuron, sc.scoring_set,
+    sc.layer, sc.neuron, sc.polarity, sc.sample, sc.method, sc.explanation_neuron, sc.scoring_set,
     sc.correlation, sc.explained_variance, sc.calibration_slope, sc.calibration_intercept,
     sc.undefined_reason,
     e.explanation,
@@ -202,18 +210,18 @@ SELECT
     sc.run_id AS score_run_id,
     sc.partition
 FROM scores sc
-JOIN neuron_stats st USING (layer, neuron)
+JOIN neuron_stats st USING (layer, neuron, polarity)
 JOIN (
-    SELECT layer, neuron,
+    SELECT layer, neuron, polarity,
         list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind IN ('top', 'random'))
             AS scoring_excerpt_ids,
         list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind LIKE 'calibration%')
             AS calibration_excerpt_ids
     FROM scoring_excerpts
-    GROUP BY layer, neuron
-) x USING (layer, neuron)
-LEFT JOIN simulation_sets s USING (layer, neuron, sample, method)
-LEFT JOIN explanations e ON e.layer = sc.layer AND e.neuron = sc.explanation_neuron
+    GROUP BY layer, neuron, polarity
+) x USING (layer, neuron, polarity)
+LEFT JOIN simulation_sets s USING (layer, neuron, polarity, sample, method)
+LEFT JOIN explanations e ON e.layer = sc.layer AND e.neuron = sc.explanation_neuron AND e.polarity = sc.polarity
     AND e.sample = (CASE WHEN sc.method = 'control' THEN 0 ELSE sc.sample END)
     AND e.method = (CASE WHEN sc.method = 'control' THEN 'explanation' ELSE sc.method END);
 
@@ -251,3 +259,70 @@ SELECT
     simulator_model,
     simulation_mode
 FROM puzzle_explanations;
+
+-- Revision (method.md §8), per neuron: the original explanation and its revision side by side
+-- on the original and the extended scoring set, with the false positives among the sentences.
+CREATE OR REPLACE VIEW revision_neurons AS
+SELECT
+    o.layer,
+    o.neuron,
+    o.polarity,
+    o.explanation AS original_explanation,
+    r.revision_kind,
+    r.explanation AS revised_explanation,
+    o.correlation AS original_score,
+    r.correlation AS revised_score,
+    r.correlation - o.correlation AS revised_minus_original,
+    oe.correlation AS original_extended_score,
+    re.correlation AS revised_extended_score,
+    re.correlation - oe.correlation AS extended_revised_minus_original,
+    fp.n_sentences,
+    fp.n_false_positives,
+    fp.n_rejected
+FROM revision_scores o
+JOIN revision_scores r ON r.layer = o.layer AND r.neuron = o.neuron AND r.polarity = o.polarity
+    AND r.sample = o.sample AND r.scoring_set = 'original' AND r.revision_kind <> 'original'
+JOIN revision_scores oe ON oe.layer = o.layer AND oe.neuron = o.neuron AND oe.polarity = o.polarity
+    AND oe.sample = o.sample AND oe.scoring_set = 'extended' AND oe.revision_kind = 'original'
+JOIN revision_scores re ON re.layer = o.layer AND re.neuron = o.neuron AND re.polarity = o.polarity
+    AND re.sample = o.sample AND re.scoring_set = 'extended' AND re.revision_kind = r.revision_kind
+LEFT JOIN (
+    SELECT layer, neuron, polarity,
+        count(*) AS n_sentences,
+        count(*) FILTER (WHERE is_false_positive) AS n_false_positives,
+        count(*) FILTER (WHERE rejected_reason IS NOT NULL) AS n_rejected
+    FROM revision_sentences
+    GROUP BY layer, neuron, polarity
+) fp ON fp.layer = o.layer AND fp.neuron = o.neuron AND fp.polarity = o.polarity
+WHERE o.revision_kind = 'original' AND o.scoring_set = 'original';
+
+-- Revision per layer: mean difference revised - original with its bootstrap interval, neurons
+-- improved, and the false-positive rate of the generated sentences.
+CREATE OR REPLACE VIEW revision_layers AS
+SELECT
+    c.layer,
+    c.polarity,
+    c.scoring_set,
+    c.revision_kind,
+    c.n_paired,
+    c.n_improved,
+    c.mean_score,
+    c.revised_minus_original,
+    c.difference_ci_low,
+    c.difference_ci_high,
+    CASE
+        WHEN c.difference_ci_low > 0 THEN 'revision better'
+        WHEN c.difference_ci_high < 0 THEN 'revision worse'
+        ELSE 'no clear difference'
+    END AS verdict,
+    s.false_positive_rate,
+    s.neurons_with_a_false_positive
+FROM revision_comparisons c
+LEFT JOIN (
+    SELECT layer, polarity,
+        avg(CASE WHEN is_false_positive THEN 1.0 ELSE 0.0 END) FILTER (WHERE rejected_reason IS NULL) AS false_positive_rate,
+        count(DISTINCT neuron) FILTER (WHERE is_false_positive) AS neurons_with_a_false_positive
+    FROM revision_sentences
+    GROUP BY layer, polarity
+) s USING (layer, polarity)
+WHERE c.revision_kind <> 'original';

@@ -35,6 +35,7 @@ def test_asset_graph_has_every_stage(tmp_path):
     assert keys == sorted(
         ["documents", "excerpts", "activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
          "explanations", "simulations", "token_predictions", "scores", "method_comparisons",
+         "revision_sentences", "revisions", "revision_scores", "revision_comparisons",
          "puzzle_scores", "puzzle_explanations"]
     )  # fmt: skip
 

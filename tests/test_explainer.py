@@ -140,3 +140,15 @@ def test_a_prompt_that_never_fits_fails_naming_the_model():
     client, _ = _context_limited_client(10)
     with pytest.raises(ContextLengthError, match="even one excerpt without few-shot examples is too long for 'm'"):
         explain(client, "m", [Record([" a"], [1.0])] * 2)
+
+
+def test_the_next_token_view_pairs_each_activation_with_the_token_after_it():
+    import polars as pl
+
+    from neuron_assets.explainers.next_token import next_token_view
+
+    records = pl.DataFrame({"excerpt_id": [1], "activations": [[0.0, 5.0, 9.0]], "max_activation": [9.0]})
+    excerpts = pl.DataFrame({"excerpt_id": [1], "tokens": [["a", "b", "c"]]})
+    shifted, texts = next_token_view(records, excerpts)
+    assert shifted["activations"].to_list() == [[0.0, 5.0]] and shifted["max_activation"].to_list() == [5.0]
+    assert texts["tokens"].to_list() == [["b", "c"]]  # activation 5 (at "b") now sits beside "c"

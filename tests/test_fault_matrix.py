@@ -47,11 +47,14 @@ def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
         subject_model=PACKAGED_SUBJECT_MODEL, data_dir=data_dir, llm_base_url=proxy.url,
         explainer_model=PACKAGED_MODEL_ALIAS, simulator_model=PACKAGED_MODEL_ALIAS,
     )  # fmt: skip
-    job = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3).resolve_implicit_global_asset_job_def()
+    defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3)
+    # By default the pipeline up to the scores: revision and the puzzles are other tests' business.
+    selection = dg.AssetSelection.groups("recording", "explanation", "simulation", "scoring")
     with dg.instance_for_test() as instance:
-        return job.execute_in_process(
+        return defs.resolve_implicit_global_asset_job_def().execute_in_process(
             run_config=run_config(mode), instance=instance, partition_key="layer-0", raise_on_error=False,
-            asset_selection=None if steps is None else [dg.AssetKey(s) for s in steps],
+            asset_selection=list(selection.resolve(defs.resolve_asset_graph())) if steps is None
+            else [dg.AssetKey(s) for s in steps],
         )  # fmt: skip
 
 

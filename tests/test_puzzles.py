@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import polars as pl
 import pytest
+from scripted_openai import ScriptedOpenAI
 
 from neuron_assets.puzzles.evaluation import (
     COMMON_TOKENS,
@@ -177,55 +178,6 @@ def test_the_explainer_test_shows_every_sentence_and_names_a_puzzle_it_could_not
         explain_puzzles(client, "m", puzzles)
 
 
-class _OracleServer:
-    """An OpenAI-compatible HTTP server: no completions endpoint, chat without log-probabilities
-    (so ``auto`` resolves to json), the true activations for a true explanation, and a fixed
-    explanation for any explainer request."""
-
-    def __init__(self, puzzles, explainer_reply):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        client = _oracle_json_client(puzzles, [])
-        calls = self.calls = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):  # the client's reachability check lists the models
-                self._send(200, {"object": "list", "data": [{"id": "simulator", "object": "model", "created": 0, "owned_by": "test"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                calls.append(self.path)
-                if not self.path.endswith("/chat/completions"):
-                    return self._send(404, {"error": {"message": "no completions endpoint"}})
-                question = body["messages"][-1]["content"]
-                if question.startswith("Explanation: "):
-                    reply = client.chat.completions.create(**body)
-                else:
-                    reply = {"choices": [{"message": {"content": explainer_reply}}]}
-                self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", **reply["choices"][0]["message"]}}],
-                                 "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}})  # fmt: skip
-
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
 def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_summarize_them(tmp_path, monkeypatch):
     import dagster as dg
     import duckdb
@@ -237,8 +189,14 @@ def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_s
 
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     path = _file(tmp_path, {"colours": COLOURS})
-    server = _OracleServer(load_puzzles(path), "colour words such as red.")
-    try:
+    oracle = _oracle_json_client(load_puzzles(path), [])
+
+    def answer(body):  # simulator requests to the oracle; explainer requests get a wrong explanation
+        if body["messages"][-1]["content"].startswith("Explanation: "):
+            return oracle.chat.completions.create(**body)["choices"][0]["message"]["content"]
+        return "colour words such as red."
+
+    with ScriptedOpenAI(answer) as server:
         settings = Settings(PACKAGED_SUBJECT_MODEL, tmp_path / "data", server.url, "explainer", "simulator")
         job = build_definitions(settings, timeout_s=10, max_attempts=1).resolve_implicit_global_asset_job_def()
         run_config = {"ops": {"puzzle_scores": {"config": {"path": str(path)}}}}
@@ -255,8 +213,6 @@ def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_s
             again = job.execute_in_process(run_config=run_config, instance=instance, asset_selection=selection)
             # every answer came from the cache (only the refused completions probe is asked again)
             assert again.success and server.calls.count("/v1/chat/completions") == chat_calls
-    finally:
-        server.close()
     store = ResultStore(tmp_path / "data")
     scores = store.read("puzzle_scores")
     assert len(scores) == 4 and scores.filter(pl.col("candidate_kind") == "true")["rank"].to_list() == [1]
@@ -265,5 +221,10 @@ def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_s
         summary = db.sql("SELECT n_puzzles, top_1, top_2, chance_top_1 FROM puzzle_scorer_summary").fetchall()
         explained = db.sql("SELECT explanation, true_correlation, matches_true_score FROM puzzle_explainer_results").fetchall()
     assert summary == [(1, 1, 1, 0.25)]
+    from neuron_assets.storage.store import sql_statements
+
+    (example,) = [s for s in sql_statements("examples.sql") if "puzzle_scorer_summary" in s]
+    with duckdb.connect(str(store.database), read_only=True) as db:
+        assert len(db.sql(example).fetchall()) == 1
     assert explained[0][0] == "colour words such as red" and explained[0][1] == pytest.approx(1.0, abs=0.02)
     assert explained[0][2] is False  # a wrong explanation, simulated as firing on first tokens, scores below the truth

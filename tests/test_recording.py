@@ -51,7 +51,7 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
             ids = torch.tensor(excerpts["excerpt_id"].to_list())[rows]
             acts = activations[layer][rows][:, :, selected]  # [e, t, n]
             best = acts.amax(1).topk(4, dim=0)
-            values, top_ids, top_acts = recorders[layer].top(pool)
+            values, top_ids, top_acts = recorders[layer, "positive"].top(pool)
             assert torch.equal(top_ids, ids[best.indices])
             assert torch.allclose(values, best.values)
             for column in range(len(selected)):
@@ -78,7 +78,7 @@ def test_one_forward_pass_per_batch_serves_every_layer_and_stops_after_the_deepe
 def test_statistics_match_the_whole_corpus(corpus):
     excerpts, activations = corpus
     recorders = record(fake_model(activations, []), excerpts, {1: [0, 5]}, [101], start_token_id=None, batch_size=7)
-    stats = recorders[1].stats()
+    stats = recorders[1, "positive"].stats()
     flat = activations[1][:, :, [0, 5]].reshape(-1, 2).double()
     assert stats["mean"].to_list() == pytest.approx(flat.mean(0).tolist())
     assert stats["variance"].to_list() == pytest.approx(flat.var(0, unbiased=False).tolist())
@@ -98,7 +98,7 @@ def test_bos_position_is_fed_to_the_model_but_not_recorded(corpus):
 
     recorders = record(run, excerpts, {1: [0]}, [101], start_token_id=7, batch_size=50)
     assert seen == [LENGTH + 1]
-    assert recorders[1].maximum.item() < 99.0
+    assert recorders[1, "positive"].maximum.item() < 99.0
 
 
 def test_record_tables_hold_top_random_and_quantile_rows(corpus):
@@ -169,3 +169,31 @@ def test_neuron_selection_modes():
 def test_bad_neuron_selections_name_the_problem(selection, message):
     with pytest.raises(ValueError, match=message):
         selection.resolve(4, layer=0)
+
+
+def test_the_negative_side_records_the_most_negative_excerpts_negated_in_the_same_pass(corpus):
+    excerpts, activations = corpus
+    calls = []
+    recorders = record(
+        fake_model(activations, calls), excerpts, {1: [0, 4]}, [101], start_token_id=None, batch_size=5, top_k=3,
+        polarity="both",
+    )  # fmt: skip
+    assert len(calls) == len(range(0, N_EXCERPTS, 5))  # one pass serves both polarities
+    rows = torch.as_tensor((excerpts["pool"] == "explanation").to_numpy())
+    ids = torch.tensor(excerpts["excerpt_id"].to_list())[rows]
+    acts = activations[1][rows][:, :, [0, 4]]
+    lowest = acts.amin(1).topk(3, dim=0, largest=False)
+    values, top_ids, top_acts = recorders[1, "negative"].top("explanation")
+    assert torch.equal(top_ids, ids[lowest.indices])
+    assert torch.allclose(values, -lowest.values)
+    assert torch.allclose(top_acts[:, 1], -acts[lowest.indices[:, 1], :, 1])
+    records, stats, lookup = record_tables(recorders, RecordingSettings())
+    assert set(records["polarity"]) == set(stats["polarity"]) == set(lookup["polarity"]) == {"positive", "negative"}
+    by_side = dict(stats.filter(pl.col("neuron") == 0).select("polarity", "max").rows())
+    assert by_side["negative"] == pytest.approx(-float(activations[1][:, :, 0].min()))
+
+
+def test_an_unknown_polarity_is_refused_by_name(corpus):
+    excerpts, activations = corpus
+    with pytest.raises(ValueError, match="polarity 'up' is not one of"):
+        record(fake_model(activations, []), excerpts, {1: [0]}, [101], start_token_id=None, polarity="up")

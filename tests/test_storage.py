@@ -29,6 +29,7 @@ def scores(layer: int, n: int, run: str = "run-1") -> pl.DataFrame:
             "n_calibration_tokens": [10] * n,
             "run_id": [run] * n,
             "partition": [str(layer)] * n,
+            "polarity": ["positive"] * n,
         }
     )
 
@@ -155,3 +156,13 @@ def test_a_data_directory_with_quotes_spaces_non_ascii_or_glob_characters_is_rea
 def test_a_data_directory_duckdb_cannot_open_is_refused_naming_the_character(tmp_path):
     with pytest.raises(ValueError, match=r"cannot hold results: DuckDB reads '\?' in a database path"):
         ResultStore(tmp_path / "what?" / "data")
+
+
+def test_results_stored_before_the_negative_side_existed_read_as_the_positive_side(tmp_path):
+    store = ResultStore(tmp_path)
+    store.path("scores", "3").parent.mkdir(parents=True)
+    scores(3, 2).drop("polarity").write_parquet(store.path("scores", "3"))
+    assert store.read("scores", ["3"])["polarity"].to_list() == ["positive", "positive"]
+    store.refresh_views()
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        assert connection.execute("SELECT DISTINCT polarity FROM scores").fetchall() == [("positive",)]

@@ -135,3 +135,16 @@ def test_the_weight_based_baseline_of_a_gpt2_model_is_gelu_of_the_layernormed_em
         block = body.h[1]
         expected = block.mlp.act(block.mlp.c_fc(block.ln_2(body.wte.weight[ids])))[:, [0, 3]]
     assert torch.allclose(got, expected.double(), atol=1e-6)
+
+
+def test_activations_on_new_texts_match_the_recorders_view_of_the_same_tokens(model):
+    ids = model.tokenize(["The cat sat on the mat.", "Prices rose 3% in March."])
+    neurons = [5, 700]
+    (first, second) = model.activations_on_token_ids(ids, 3, neurons, start_token_id=0)
+    assert first.shape == (len(ids[0]), 2) and second.shape == (len(ids[1]), 2)
+    seen = {}
+    tokens = torch.tensor([[0, *ids[1]]])
+    model.run_with_mlp_hooks(tokens, {3: lambda acts: seen.setdefault(3, acts[0, 1:, neurons].clone())}, stop_at_layer=4)
+    assert torch.allclose(torch.as_tensor(second), seen[3].double(), atol=1e-5)
+    with pytest.raises(SubjectModelError, match="empty token sequence"):
+        model.activations_on_token_ids([[]], 3, neurons, start_token_id=0)

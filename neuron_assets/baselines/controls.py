@@ -57,9 +57,12 @@ COMPARISON_SCHEMA = {
 }  # fmt: skip
 
 
-def compare_methods(scores: pl.DataFrame, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> pl.DataFrame:
+def compare_methods(
+    scores: pl.DataFrame, n_resamples: int = 2000, seed: int = 0, level: float = 0.95, reference: str = EXPLANATION
+) -> pl.DataFrame:
     """Per layer, scoring set and method: mean score with a bootstrap interval, and the mean
-    paired difference (explanation minus method) over neurons scored by both, with its interval.
+    paired difference (``reference``, the explanation by default, minus method) over neurons
+    scored by both, with its interval.
 
     A neuron's score for a method is the mean over its samples' defined scores, so a
     neuron with several explanation samples is not favoured over its single control.
@@ -71,7 +74,7 @@ def compare_methods(scores: pl.DataFrame, n_resamples: int = 2000, seed: int = 0
         .group_by("layer", "scoring_set", "method", "neuron")
         .agg(score=pl.col("correlation").mean())
     )
-    own = per_neuron.filter(pl.col("method") == EXPLANATION).select(
+    own = per_neuron.filter(pl.col("method") == reference).select(
         "layer", "scoring_set", "neuron", pl.col("score").alias("explanation_score")
     )
     rng = np.random.default_rng(seed)

@@ -1,5 +1,6 @@
 """What every domain's assets share: lineage columns, partition keys, UI metadata helpers."""
 
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -25,11 +26,10 @@ def preview(frame: pl.DataFrame, score_column: str, n: int = 3) -> str:
     """Markdown table of the best and worst rows by ``score_column`` (undefined scores apart)."""
     defined = frame.filter(pl.col(score_column).is_not_null()).sort(score_column, descending=True)
     shown = pl.concat([defined.head(n), defined.tail(n)]).unique(maintain_order=True) if len(defined) > 2 * n else defined
-    columns = [c for c in ("layer", "neuron", "sample", "explanation", score_column) if c in shown.columns]
+    columns = [c for c in ("layer", "neuron", "polarity", "sample", "explanation", score_column) if c in shown.columns]
     table = markdown(shown.select(columns).with_columns(pl.col(score_column).round(3)))
     undefined = len(frame) - len(defined)
     return table + (f"\n\n{undefined} row(s) with an undefined score (see `undefined_reason`)." if undefined else "")
-
 
 
 def every_quarter(log: Any) -> Any:
@@ -49,3 +49,18 @@ def markdown(frame: pl.DataFrame) -> str:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join(lines)
+
+
+def sides(frame: pl.DataFrame) -> list[str]:
+    """The polarities a layer table holds ('positive' first), for assets that treat each side as a neuron."""
+    return sorted(frame["polarity"].unique().to_list(), reverse=True)
+
+
+def side(frame: pl.DataFrame, polarity: str) -> pl.DataFrame:
+    """One polarity's rows, without the column: the core sees a neuron's (possibly negated) activations."""
+    return frame.filter(pl.col("polarity") == polarity).drop("polarity")
+
+
+def each_side(frame: pl.DataFrame, make: Callable[[str], pl.DataFrame]) -> pl.DataFrame:
+    """``make(polarity)`` for every polarity of ``frame``, tagged with it and stacked."""
+    return pl.concat([make(p).with_columns(polarity=pl.lit(p)) for p in sides(frame)], how="vertical")

@@ -1,7 +1,7 @@
 """The code location: ``dagster dev`` and the daemon load ``defs`` from here.
 
 Each pipeline stage is a domain module (``recording``, ``explanation``, ``simulation``,
-``scoring``; ``puzzles`` beside them, unpartitioned) with its configs, assets and checks;
+``scoring``, ``revision``; ``puzzles`` beside them, unpartitioned) with its configs, assets and checks;
 this module puts them together.
 
 Loading must stay cheap: layer partitions come from model metadata (no weights), heavy
@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from neuron_assets.defs import explanation, puzzles, recording, scoring, simulation
+from neuron_assets.defs import explanation, puzzles, recording, revision, scoring, simulation
 from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
     LLMResource,
@@ -25,7 +25,7 @@ from neuron_assets.defs.resources import (
 from neuron_assets.recording.subject_model import model_shape
 from neuron_assets.settings import Settings
 
-DOMAINS = (recording, explanation, simulation, scoring)
+DOMAINS = (recording, explanation, simulation, scoring, revision)
 
 
 def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:

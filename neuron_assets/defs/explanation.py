@@ -7,17 +7,20 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, preview, with_lineage
+from neuron_assets.defs.common import SINGLE_RUN, each_side, preview, side, with_lineage
 from neuron_assets.defs.resources import LLMResource
-from neuron_assets.scorers.methods import EXPLAINED
+from neuron_assets.scorers.methods import DEFAULT_EXPLAINED, EXPLAINED
 
 GROUP = "explanation"
 
 
 class ExplanationConfig(dg.Config):
     methods: list[str] = Field(
-        default_factory=lambda: list(EXPLAINED),
-        description="'explanation' (from top excerpts) and/or 'lookup_explanation' (from the token lookup table)",
+        default_factory=lambda: list(DEFAULT_EXPLAINED),
+        description=(
+            "'explanation' (from top excerpts), 'lookup_explanation' (from the token lookup table) and/or "
+            "'next_token_explanation' (top excerpts with each activation beside the next token)"
+        ),
     )
     n_examples: int = Field(default=5, description="top excerpts shown to the explainer")
     lookup_tokens: int = Field(default=20, description="top lookup-table tokens shown for a lookup explanation")
@@ -26,7 +29,6 @@ class ExplanationConfig(dg.Config):
     temperature: float = 1.0
     max_tokens: int = 60
     seed: int = 0
-
 
 
 def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
@@ -44,7 +46,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         """One-sentence explanation(s) per neuron, written by the explainer LLM from its top explanation-pool excerpts, and the lookup-table explanation baseline."""
         from neuron_assets.baselines.token_baselines import top_lookup_tokens
         from neuron_assets.explainers.explainer import explain_lookup_tables, explain_neurons
-        from neuron_assets.scorers.methods import EXPLANATION, LOOKUP_EXPLANATION, check_methods
+        from neuron_assets.explainers.next_token import next_token_view
+        from neuron_assets.scorers.methods import EXPLANATION, LOOKUP_EXPLANATION, NEXT_TOKEN_EXPLANATION, check_methods
 
         methods = check_methods(config.methods, EXPLAINED, "explanations config 'methods'")
         explainer, _ = llm.model_names()
@@ -53,31 +56,48 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             "n_samples": config.n_samples, "temperature": config.temperature, "max_tokens": config.max_tokens,
             "seed": config.seed, "concurrency": llm.max_concurrency,
         }  # fmt: skip
-        frames = []
-        if EXPLANATION in methods:
-            frames.append(
-                explain_neurons(
-                    client, explainer, activation_records, excerpts, n_examples=config.n_examples,
-                    on_neuron=lambda layer, neuron: context.log.info(f"explained layer {layer} neuron {neuron}"),
-                    **options,
+
+        def explain_side(polarity: str) -> pl.DataFrame:
+            records, lookup, frames = side(activation_records, polarity), side(token_lookup, polarity), []
+            where = "" if polarity == "positive" else f" ({polarity})"
+            if EXPLANATION in methods:
+                frames.append(
+                    explain_neurons(
+                        client, explainer, records, excerpts, n_examples=config.n_examples,
+                        on_neuron=lambda layer, neuron: context.log.info(f"explained layer {layer} neuron {neuron}{where}"),
+                        **options,
+                    )  # fmt: skip
+                )
+            if NEXT_TOKEN_EXPLANATION in methods:
+                frames.append(
+                    explain_neurons(
+                        client, explainer, *next_token_view(records, excerpts), n_examples=config.n_examples,
+                        on_neuron=lambda layer, neuron: context.log.info(
+                            f"next-token explained layer {layer} neuron {neuron}{where}"
+                        ),
+                        **options,
+                    ).with_columns(method=pl.lit(NEXT_TOKEN_EXPLANATION))
                 )  # fmt: skip
-            )
-        if LOOKUP_EXPLANATION in methods:
-            top_tokens = top_lookup_tokens(
-                token_lookup, token_lookup.select("token_id", "token").unique("token_id"),
-                config.lookup_tokens, config.lookup_min_count,
-            )  # fmt: skip
-            frames.append(
-                explain_lookup_tables(
-                    client, explainer, top_tokens,
-                    on_neuron=lambda layer, neuron: context.log.info(f"lookup-explained layer {layer} neuron {neuron}"),
-                    **options,
+            if LOOKUP_EXPLANATION in methods:
+                top_tokens = top_lookup_tokens(
+                    lookup, lookup.select("token_id", "token").unique("token_id"),
+                    config.lookup_tokens, config.lookup_min_count,
                 )  # fmt: skip
-            )
-        frame = pl.concat(frames, how="vertical")
+                frames.append(
+                    explain_lookup_tables(
+                        client, explainer, top_tokens,
+                        on_neuron=lambda layer, neuron: context.log.info(
+                            f"lookup-explained layer {layer} neuron {neuron}{where}"
+                        ),
+                        **options,
+                    )  # fmt: skip
+                )
+            return pl.concat(frames, how="vertical")
+
+        frame = each_side(activation_records, explain_side)
         shown = frame.filter(pl.col("method") == EXPLANATION).join(
-            activation_records.group_by("layer", "neuron").agg(pl.col("max_activation").max()),
-            on=["layer", "neuron"],
+            activation_records.group_by("layer", "neuron", "polarity").agg(pl.col("max_activation").max()),
+            on=["layer", "neuron", "polarity"],
         )
         context.add_output_metadata(
             {

@@ -24,12 +24,10 @@ class CorpusConfig(dg.Config):
     )
 
 
-
 class ExcerptConfig(dg.Config):
     length: int = Field(default=64, description="tokens per excerpt")
     scoring_fraction: float = Field(default=0.5, description="share of documents kept for scoring")
     seed: int = 0
-
 
 
 class RecordingConfig(dg.Config):
@@ -47,7 +45,13 @@ class RecordingConfig(dg.Config):
             "'none', or one token of the vocabulary"
         ),
     )
-
+    polarity: str = Field(
+        default="positive",
+        description=(
+            "'positive', 'negative' (the negated activations: a gated MLP's large negative values) or 'both'; "
+            "each side is explained and scored as its own rows"
+        ),
+    )
 
 
 def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
@@ -153,6 +157,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             batch_size=config.batch_size,
             top_k=config.top_k,
             progress=every_quarter(lambda done, total: context.log.info(f"recorded {done}/{total} excerpts")),
+            polarity=config.polarity,
         )
         records, stats, lookup = record_tables(recorders, RecordingSettings())
         lookup = lookup.join(token_texts(excerpts), on="token_id").with_columns(subject_model=pl.lit(model.name))
@@ -164,10 +169,20 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         records = with_lineage(records.with_columns(provenance), context)
         stats = with_lineage(stats.with_columns(provenance), context)
         yield dg.Output(records, "activation_records", metadata={"layers": str(layers)})
+        # Each side's stats hold the whole range: -min of one side is the max of the other.
+        one_side = stats.filter(pl.col("polarity") == stats["polarity"][0])
+        negative_range, positive_range = (
+            (-one_side["min"], one_side["max"]) if stats["polarity"][0] == "positive" else (one_side["max"], -one_side["min"])
+        )
         yield dg.Output(
             stats,
             "neuron_stats",
-            metadata={"neurons": len(stats), "dead_neurons": int((stats["frac_firing"] == 0).sum())},
+            metadata={
+                "neurons": len(one_side),
+                "polarities": str(sorted(stats["polarity"].unique().to_list(), reverse=True)),
+                "dead_neurons": int((stats.filter(pl.col("polarity") == "positive")["frac_firing"] == 0).sum()),
+                "neurons_with_a_larger_negative_than_positive_range": int((negative_range > positive_range).sum()),
+            },
         )
         yield dg.Output(
             with_lineage(lookup, context),
@@ -182,7 +197,6 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
 def pools_share_no_document(excerpts: pl.DataFrame) -> dg.AssetCheckResult:
     shared = excerpts.group_by("doc_id").agg(pl.col("pool").n_unique()).filter(pl.col("pool") > 1)
     return dg.AssetCheckResult(passed=shared.is_empty(), metadata={"shared_documents": len(shared)})
-
 
 
 CHECKS = [pools_share_no_document]

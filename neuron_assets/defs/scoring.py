@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from neuron_assets.defs.common import SINGLE_RUN, markdown, preview, with_lineage
+from neuron_assets.defs.common import SINGLE_RUN, each_side, markdown, preview, side, with_lineage
 from neuron_assets.defs.resources import ResultStoreResource
 
 GROUP = "scoring"
@@ -32,11 +32,10 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             explanation_neuron=pl.lit(None, dtype=pl.Int64),
             simulated=pl.col("predicted"),
         )
-        frame = with_lineage(
-            score_simulations(pl.concat([simulations.select(columns), predictions.select(columns)])), context
-        )
-        named = explanations.select("layer", "neuron", "sample", "method", "explanation")
-        by_set = frame.join(named, on=["layer", "neuron", "sample", "method"])
+        together = pl.concat([simulations.select(*columns, "polarity"), predictions.select(*columns, "polarity")])
+        frame = with_lineage(each_side(together, lambda polarity: score_simulations(side(together, polarity))), context)
+        named = explanations.select("layer", "neuron", "polarity", "sample", "method", "explanation")
+        by_set = frame.join(named, on=["layer", "neuron", "polarity", "sample", "method"])
         summary = frame.group_by("method", "scoring_set").agg(
             pl.col("correlation").mean().alias("mean"),
             pl.col("correlation").is_not_null().sum().alias("scored"),
@@ -61,9 +60,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         """Per layer and scoring set: each method's mean score and its paired difference from the explanation's, with bootstrap intervals."""
         from neuron_assets.baselines.controls import compare_methods
 
-        frame = compare_methods(scores)
+        frame = each_side(scores, lambda polarity: compare_methods(side(scores, polarity)))
         shown = frame.filter(pl.col("scoring_set") == "top_and_random").select(
-            "layer", "method", "n_neurons", *(pl.col(c).round(3) for c in (
+            "layer", "polarity", "method", "n_neurons", *(pl.col(c).round(3) for c in (
                 "mean_score", "explanation_minus_method", "difference_ci_low", "difference_ci_high"))
         )  # fmt: skip
         context.add_output_metadata({"top_and_random": dg.MetadataValue.md(markdown(shown))})
@@ -89,16 +88,22 @@ def undefined_scores_carry_a_reason(results: ResultStoreResource) -> dg.AssetChe
 
 @dg.asset_check(
     asset="scores",
-    description="Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones counted).",
+    description=(
+        "Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones "
+        "counted); next-token explanations, which have no next token for each excerpt's last position, on "
+        "the same tokens as each other."
+    ),
 )
 def every_method_is_scored_on_the_same_tokens(results: ResultStoreResource) -> dg.AssetCheckResult:
     store = results.store()
     scores = store.read("scores", store.partitions("scores"))
-    differing = scores.group_by("layer", "neuron", "scoring_set").agg(pl.col("n_tokens").n_unique()).filter(
-        pl.col("n_tokens") > 1
+    view = (pl.col("method") == "next_token_explanation").alias("next_token_view")
+    differing = (
+        scores.group_by("layer", "neuron", "polarity", "scoring_set", view)
+        .agg(pl.col("n_tokens").n_unique())
+        .filter(pl.col("n_tokens") > 1)
     )
     return dg.AssetCheckResult(passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)})
-
 
 
 CHECKS = [undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens]

@@ -8,9 +8,9 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, markdown, with_lineage
+from neuron_assets.defs.common import SINGLE_RUN, each_side, markdown, side, with_lineage
 from neuron_assets.defs.resources import LLMResource, SubjectModelResource
-from neuron_assets.scorers.methods import SIMULATED, TOKEN_BASELINES
+from neuron_assets.scorers.methods import DEFAULT_SIMULATED, SIMULATED, TOKEN_BASELINES
 
 GROUP = "simulation"
 
@@ -22,11 +22,13 @@ class ScoringExcerptConfig(dg.Config):
     n_calibration_random: int = Field(default=3, description="further random excerpts, held out to fit the calibration")
 
 
-
 class SimulationConfig(dg.Config):
     methods: list[str] = Field(
-        default_factory=lambda: list(SIMULATED),
-        description="explanations to simulate: 'explanation', 'lookup_explanation', 'control' (another neuron's)",
+        default_factory=lambda: list(DEFAULT_SIMULATED),
+        description=(
+            "explanations to simulate: 'explanation', 'lookup_explanation', 'control' (another neuron's), "
+            "'next_token_explanation' (simulated on the next tokens)"
+        ),
     )
     control_seed: int = Field(default=0, description="seed of the shuffle that gives each neuron another's explanation")
     mode: str = Field(
@@ -39,12 +41,10 @@ class SimulationConfig(dg.Config):
     )
 
 
-
 class TokenBaselineConfig(dg.Config):
     methods: list[str] = Field(
         default_factory=lambda: list(TOKEN_BASELINES), description="'lookup_table' and/or 'weight_based'"
     )
-
 
 
 def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
@@ -57,9 +57,13 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         """Each neuron's scoring excerpts (top and random) and held-out calibration excerpts: every method of a neuron is scored on these same tokens."""
         from neuron_assets.scorers.scoring import select_scoring_excerpts
 
-        frame = select_scoring_excerpts(
-            activation_records, config.n_top, config.n_random, config.n_calibration_top, config.n_calibration_random
-        )
+        frame = each_side(
+            activation_records,
+            lambda polarity: select_scoring_excerpts(
+                side(activation_records, polarity), config.n_top, config.n_random, config.n_calibration_top,
+                config.n_calibration_random,
+            ),
+        )  # fmt: skip
         kinds = frame.group_by("excerpt_kind").len().sort("excerpt_kind")
         context.add_output_metadata({"excerpts_by_kind": dg.MetadataValue.md(markdown(kinds))})
         return with_lineage(frame, context)
@@ -75,29 +79,50 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
     ) -> pl.DataFrame:
         """The simulator LLM's predicted activations, from the explanation alone, on each neuron's scoring and calibration excerpts; also for the lookup explanation and the control (another neuron's explanation)."""
         from neuron_assets.baselines.controls import control_explanations
-        from neuron_assets.scorers.methods import CONTROL, check_methods
+        from neuron_assets.explainers.next_token import next_token_view
+        from neuron_assets.scorers.methods import CONTROL, NEXT_TOKEN_EXPLANATION, check_methods
         from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode, simulate_neurons
 
         methods = check_methods(config.methods, SIMULATED, "simulations config 'methods'")
-        own = explanations.with_columns(explanation_neuron=pl.col("neuron"))
-        missing = [m for m in methods if m != CONTROL and m not in own["method"].unique().to_list()]
+        stored = explanations["method"].unique().to_list()
+        missing = [m for m in methods if m != CONTROL and m not in stored]
         if missing:
             raise ValueError(f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'")
-        to_simulate = [own.filter(pl.col("method").is_in(methods))]
-        if CONTROL in methods:
-            to_simulate.append(control_explanations(explanations, seed=config.control_seed))
-        columns = ["layer", "neuron", "sample", "method", "explanation_neuron", "explanation"]
-        jobs = pl.concat([frame.select(columns) for frame in to_simulate], how="vertical")
         _, simulator = llm.model_names()
         client = llm.client()
         mode = resolve_mode(client, simulator, config.mode)
         ten_handling = probe_ten_handling(client, simulator, mode)
         context.log.info(f"simulation mode: {mode} (asked for {config.mode}); the value 10 is read as {ten_handling}")
-        frame = simulate_neurons(
-            client, simulator, jobs, scoring_excerpts, excerpts, mode=mode,
-            distribution_shift=llm.prompt_logprobs_shift, ten_handling=ten_handling, concurrency=llm.max_concurrency,
-            on_neuron=lambda layer, neuron: context.log.info(f"simulated layer {layer} neuron {neuron}"),
-        )  # fmt: skip
+
+        def simulate_side(polarity: str) -> pl.DataFrame:
+            own = side(explanations, polarity).with_columns(explanation_neuron=pl.col("neuron"))
+            to_simulate = [own.filter(pl.col("method").is_in(methods))]
+            if CONTROL in methods:
+                to_simulate.append(control_explanations(side(explanations, polarity), seed=config.control_seed))
+            columns = ["layer", "neuron", "sample", "method", "explanation_neuron", "explanation"]
+            jobs = pl.concat([frame.select(columns) for frame in to_simulate], how="vertical")
+            scoring = side(scoring_excerpts, polarity)
+            next_token = pl.col("method") == NEXT_TOKEN_EXPLANATION
+            views = [(jobs.filter(~next_token), scoring, excerpts)]
+            if NEXT_TOKEN_EXPLANATION in methods:  # simulated on the next tokens, against the same activations
+                views.append((jobs.filter(next_token), *next_token_view(scoring, excerpts)))
+            return pl.concat(
+                [
+                    simulate_neurons(
+                        client, simulator, view_jobs, view_scoring, view_excerpts, mode=mode,
+                        distribution_shift=llm.prompt_logprobs_shift, ten_handling=ten_handling,
+                        concurrency=llm.max_concurrency,
+                        on_neuron=lambda layer, neuron: context.log.info(
+                            f"simulated layer {layer} neuron {neuron} ({polarity})"
+                        ),
+                    )  # fmt: skip
+                    for view_jobs, view_scoring, view_excerpts in views
+                    if len(view_jobs)
+                ],
+                how="vertical",
+            )
+
+        frame = each_side(explanations, simulate_side)
         context.add_output_metadata(
             {
                 "simulated_excerpts": len(frame),
@@ -132,10 +157,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         from neuron_assets.scorers.methods import LOOKUP_TABLE, WEIGHT_BASED, check_methods
 
         methods = check_methods(config.methods, TOKEN_BASELINES, "token_predictions config 'methods'")
-        frames = []
-        if LOOKUP_TABLE in methods:
-            table = token_lookup.rename({"mean_activation": "value"})
-            frames.append(predict_from_token_table(table, lookup_fallback(token_lookup), scoring_excerpts, excerpts, LOOKUP_TABLE))
+        model = None
         if WEIGHT_BASED in methods:
             model = subject_model.load()
             if excerpts["subject_model"][0] != model.name:
@@ -143,9 +165,21 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                     f"excerpts were cut with {excerpts['subject_model'][0]!r}'s tokenizer but the subject "
                     f"model is {model.name!r}: materialize 'excerpts' again"
                 )
-            table = weight_based_table(model.direct_token_activations, scoring_excerpts, excerpts)
-            frames.append(predict_from_token_table(table, None, scoring_excerpts, excerpts, WEIGHT_BASED))
-        frame = pl.concat(frames, how="vertical")
+
+        def predict_side(polarity: str) -> pl.DataFrame:
+            scoring, frames = side(scoring_excerpts, polarity), []
+            if LOOKUP_TABLE in methods:
+                lookup = side(token_lookup, polarity)  # recorded on the side's own (negated) activations
+                table = lookup.rename({"mean_activation": "value"})
+                frames.append(predict_from_token_table(table, lookup_fallback(lookup), scoring, excerpts, LOOKUP_TABLE))
+            if model is not None:
+                table = weight_based_table(model.direct_token_activations, scoring, excerpts)
+                if polarity == "negative":
+                    table = table.with_columns(-pl.col("value"))
+                frames.append(predict_from_token_table(table, None, scoring, excerpts, WEIGHT_BASED))
+            return pl.concat(frames, how="vertical")
+
+        frame = each_side(scoring_excerpts, predict_side)
         context.add_output_metadata({"predicted_excerpts": len(frame), "methods": str(methods)})
         return with_lineage(frame, context)
 

@@ -177,30 +177,13 @@ def explain_lookup_tables(
 
     def job(tokens: list[str], means: list[float]) -> Callable[[], list[str]]:
         messages = lookup_explainer_messages(tokens, means)
-
-        def run() -> list[str]:
-            replies = []
-            for sample in range(n_samples):
-                for attempt in range(max_attempts):
-                    response = client.chat.completions.create(
-                        model=model, messages=messages, temperature=temperature, max_tokens=max_tokens,
-                        seed=seed + 1000 * sample + attempt,
-                    )  # fmt: skip
-                    raw = response["choices"][0]["message"]["content"] or ""
-                    try:
-                        parse_explanation(raw)
-                    except ExplanationParseError:
-                        if attempt + 1 == max_attempts:
-                            raise ExplanationParseError(
-                                f"{max_attempts} replies from {model!r} to the lookup-table prompt held no "
-                                f"explanation; last: {raw!r}"
-                            ) from None
-                        continue
-                    replies.append(raw)
-                    break
-            return replies
-
-        return run
+        return lambda: [
+            ask_for_explanation(
+                client, model, messages, "the lookup-table prompt", temperature=temperature, max_tokens=max_tokens,
+                max_attempts=max_attempts, seed=seed + 1000 * sample,
+            )  # fmt: skip
+            for sample in range(n_samples)
+        ]
 
     neurons = top_tokens.select("layer", "neuron", "token", "mean_activation").rows()
     replies_per_neuron = map_neurons(
@@ -216,6 +199,35 @@ def explain_lookup_tables(
         for sample, raw in enumerate(replies)
     ]
     return _explanation_frame(rows, LOOKUP_EXPLANATION, model, LOOKUP_EXPLAINER_PROMPT_VERSION, temperature)
+
+
+def ask_for_explanation(
+    client: Any,
+    model: str,
+    messages: list[dict[str, str]],
+    what: str,
+    *,
+    temperature: float,
+    max_tokens: int,
+    max_attempts: int,
+    seed: int,
+) -> str:
+    """The first of up to ``max_attempts`` replies to ``messages`` that holds an explanation (the raw reply).
+
+    Each attempt uses the next seed; after the last, the error names ``what`` was asked and
+    the last reply, so the user sees what came back.
+    """
+    for attempt in range(max_attempts):
+        response = client.chat.completions.create(
+            model=model, messages=messages, temperature=temperature, max_tokens=max_tokens, seed=seed + attempt
+        )
+        raw = response["choices"][0]["message"]["content"] or ""
+        try:
+            parse_explanation(raw)
+            return raw
+        except ExplanationParseError:
+            continue
+    raise ExplanationParseError(f"{max_attempts} replies from {model!r} to {what} held no explanation; last: {raw!r}")
 
 
 def _explanation_frame(

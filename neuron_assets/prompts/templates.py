@@ -45,14 +45,16 @@ def display_token(token: str) -> str:
     return token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
-def format_records(records: Sequence[Record]) -> str:
+def format_records(records: Sequence[Record], max_activation: float | None = None) -> str:
     """The explainer's view of a neuron: normalized listings, plus the sparse-neuron repeat.
 
+    Activations are normalized on ``max_activation`` (default: the records' own maximum).
     When fewer than 20% of shown tokens are non-zero after normalization, the study's
     layout follows: every record's full listing first, then one "zeros filtered out"
     section listing each record's non-zero (token, activation) pairs again.
     """
-    max_activation = max((max(r.activations, default=0.0) for r in records), default=0.0)
+    if max_activation is None:
+        max_activation = max((max(r.activations, default=0.0) for r in records), default=0.0)
     normalized = [normalize(r.activations, max_activation) for r in records]
     n_tokens = sum(len(n) for n in normalized)
     n_nonzero = sum(1 for n in normalized for v in n if v > 0)

@@ -8,12 +8,19 @@ activations), the activations on a fixed random sample of scoring excerpts, runn
 sums for the statistics, and per-token sums over the explanation pool for the token
 lookup-table baseline (method.md §6), so memory grows with neurons x (k + distinct
 tokens), never with the corpus.
+
+Both signs: a gated MLP's unit (SmolLM2, Llama) takes large negative values, which the
+0..10 scale of the explainer and simulator reads as 0. The ``negative`` polarity records
+the negated activations with a second recorder in the same pass (its "top" excerpts are
+the neuron's most negative ones), so the negative side is explained and scored like any
+neuron, on its own rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import polars as pl
@@ -22,6 +29,15 @@ import torch
 from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL
 
 POOLS = (EXPLANATION_POOL, SCORING_POOL)
+POSITIVE, NEGATIVE = "positive", "negative"
+POLARITY_SETTINGS = {POSITIVE: (POSITIVE,), NEGATIVE: (NEGATIVE,), "both": (POSITIVE, NEGATIVE)}
+
+
+def polarities(setting: str) -> tuple[str, ...]:
+    """The polarities a recording setting asks for: 'positive', 'negative' or 'both'."""
+    if setting not in POLARITY_SETTINGS:
+        raise ValueError(f"polarity {setting!r} is not one of {list(POLARITY_SETTINGS)}")
+    return POLARITY_SETTINGS[setting]
 
 
 @dataclass(frozen=True)
@@ -43,8 +59,10 @@ class LayerRecorder:
         excerpt_length: int,
         top_k: int,
         vocabulary: torch.Tensor,
+        polarity: str = POSITIVE,
     ) -> None:
         self.layer = layer
+        self.polarity = polarity
         self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
         n = len(self.neurons)
         # A selection that is a prefix of the layer is a view, not a copy, of each batch.
@@ -74,7 +92,7 @@ class LayerRecorder:
         """Fold a batch: ``activations`` [batch, tokens, d_mlp], ids and pool flags [batch], token ids [batch, tokens]."""
         n = len(self.neurons)
         acts = activations[..., :n] if self._prefix else activations.index_select(-1, self.neurons)
-        acts = acts.float()  # [b, t, n]
+        acts = acts.float() if self.polarity == POSITIVE else -acts.float()  # [b, t, n]
         flat = acts.reshape(-1, n)
         self.total += flat.sum(0).double()
         self.total_sq += (flat * flat).sum(0).double()
@@ -245,8 +263,9 @@ def record(
     batch_size: int = 16,
     top_k: int = 20,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[int, LayerRecorder]:
-    """Run the subject model once over all excerpts and fold every requested layer.
+    polarity: str = POSITIVE,
+) -> dict[tuple[int, str], LayerRecorder]:
+    """Run the subject model once over all excerpts and fold every requested layer, keyed (layer, polarity).
 
     ``run_model(tokens, hooks, stop_at_layer)`` runs a forward pass calling ``hooks[layer]``
     with that layer's post-nonlinearity activations. With ``start_token_id`` each excerpt is
@@ -259,9 +278,11 @@ def record(
         dtype=torch.long,
     )
     recorders = {
-        layer: LayerRecorder(layer, selected, random_excerpt_ids, length, top_k, vocabulary)
+        (layer, sign): LayerRecorder(layer, selected, random_excerpt_ids, length, top_k, vocabulary, sign)
         for layer, selected in neurons.items()
+        for sign in polarities(polarity)
     }
+    by_layer = {layer: [r for (at, _), r in recorders.items() if at == layer] for layer in neurons}
     stop_at = max(neurons) + 1
     offset = 0 if start_token_id is None else 1
     for start in range(0, len(excerpts), batch_size):
@@ -274,13 +295,22 @@ def record(
         is_scoring = torch.tensor((batch["pool"] == SCORING_POOL).to_list())
         # Bind this batch's ids and pools now, not by reference to the loop variables.
         hooks = {
-            layer: (lambda acts, r=recorder, i=ids, s=is_scoring, t=excerpt_tokens: r.update(acts[:, offset:], i, s, t))
-            for layer, recorder in recorders.items()
+            layer: partial(_fold, layer_recorders, offset, ids, is_scoring, excerpt_tokens)
+            for layer, layer_recorders in by_layer.items()
         }
         run_model(tokens, hooks, stop_at)
         if progress is not None:
             progress(min(start + batch_size, len(excerpts)), len(excerpts))
     return recorders
+
+
+def _fold(
+    recorders: list[LayerRecorder], offset: int, ids: torch.Tensor, is_scoring: torch.Tensor, tokens: torch.Tensor,
+    activations: torch.Tensor,
+) -> None:
+    """One layer's hook: fold the batch (start token dropped) into each of its polarities' recorders."""
+    for recorder in recorders:
+        recorder.update(activations[:, offset:], ids, is_scoring, tokens)
 
 
 @dataclass(frozen=True)
@@ -321,10 +351,18 @@ def random_sample(excerpts: pl.DataFrame, n: int, seed: int) -> list[int]:
 
 
 def record_tables(
-    recorders: dict[int, LayerRecorder], settings: RecordingSettings
+    recorders: dict[tuple[int, str], LayerRecorder], settings: RecordingSettings
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The ``activation_records``, ``neuron_stats`` and ``token_lookup`` rows of every recorded layer."""
-    records = pl.concat([r.records(settings) for r in recorders.values()], how="vertical")
-    stats = pl.concat([r.stats() for r in recorders.values()], how="vertical")
-    lookup = pl.concat([r.token_lookup() for r in recorders.values()], how="vertical")
+    """The ``activation_records``, ``neuron_stats`` and ``token_lookup`` rows of every recorded
+    layer and polarity; a ``negative`` row's activations are the negated ones."""
+
+    def tagged(frames: list[pl.DataFrame]) -> pl.DataFrame:
+        return pl.concat(
+            [f.with_columns(polarity=pl.lit(r.polarity)) for f, r in zip(frames, recorders.values(), strict=True)],
+            how="vertical",
+        )
+
+    records = tagged([r.records(settings) for r in recorders.values()])
+    stats = tagged([r.stats() for r in recorders.values()])
+    lookup = tagged([r.token_lookup() for r in recorders.values()])
     return records, stats, lookup

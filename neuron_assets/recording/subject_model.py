@@ -241,6 +241,32 @@ class SubjectModel:
             point.remove_hooks()
         return torch.cat(captured).double().numpy() if captured else torch.zeros(0, len(neurons)).double().numpy()
 
+    def activations_on_token_ids(
+        self, token_ids: list[list[int]], layer: int, neurons: list[int], start_token_id: int | None
+    ) -> list[Any]:
+        """The neurons' activations on each token sequence, one pass per sequence: [tokens, neurons] each.
+
+        Used for texts that are not corpus excerpts (the revision stage's generated
+        sentences); ``start_token_id`` goes first as in recording, and its position is
+        not returned.
+        """
+        import torch
+
+        self.check_layers([layer])
+        selected = torch.as_tensor(neurons, dtype=torch.long)
+        offset = 0 if start_token_id is None else 1
+        results = []
+        for ids in token_ids:
+            if not ids:
+                raise SubjectModelError("cannot run the subject model on an empty token sequence")
+            tokens = torch.as_tensor(([start_token_id] if offset else []) + list(ids), dtype=torch.long)[None]
+            captured: list[Any] = []
+            self.run_with_mlp_hooks(
+                tokens, {layer: lambda a: captured.append(a[0, offset:].index_select(-1, selected))}, layer + 1
+            )
+            results.append(captured[0].double().numpy())
+        return results
+
     def bare_forward(self, tokens: Any) -> None:
         """The transformer body without hooks or LM head: the benchmark's reference pass."""
         import torch

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 EXPLANATION = "explanation"
+NEXT_TOKEN_EXPLANATION = "next_token_explanation"
 LOOKUP_EXPLANATION = "lookup_explanation"
 CONTROL = "control"
 LOOKUP_TABLE = "lookup_table"
@@ -16,13 +17,21 @@ WEIGHT_BASED = "weight_based"
 
 METHODS = {
     EXPLANATION: "the explainer's explanation from top-activating excerpts, simulated",
+    NEXT_TOKEN_EXPLANATION: (
+        "the explainer's explanation from top-activating excerpts with each activation shown beside the next "
+        "token, simulated on the next tokens (method.md §7)"
+    ),
     LOOKUP_EXPLANATION: "the explainer's summary of the token lookup table's top tokens, simulated",
     CONTROL: "another neuron's explanation from the same layer, simulated (the null distribution)",
     LOOKUP_TABLE: "mean activation of each token over the explanation pool (no LLM)",
     WEIGHT_BASED: "the neuron's activation on the pre-MLP norm of the token's embedding alone (no LLM)",
 }
-EXPLAINED = (EXPLANATION, LOOKUP_EXPLANATION)
-SIMULATED = (EXPLANATION, LOOKUP_EXPLANATION, CONTROL)
+EXPLAINED = (EXPLANATION, LOOKUP_EXPLANATION, NEXT_TOKEN_EXPLANATION)
+SIMULATED = (EXPLANATION, LOOKUP_EXPLANATION, CONTROL, NEXT_TOKEN_EXPLANATION)
+# What runs unless a config names methods: next-token explanations cost as much again as the
+# explanation itself and pay off only in some (mostly late-layer) neurons, so they are opt-in.
+DEFAULT_EXPLAINED = (EXPLANATION, LOOKUP_EXPLANATION)
+DEFAULT_SIMULATED = (EXPLANATION, LOOKUP_EXPLANATION, CONTROL)
 TOKEN_BASELINES = (LOOKUP_TABLE, WEIGHT_BASED)
 BASELINES = (LOOKUP_TABLE, WEIGHT_BASED, LOOKUP_EXPLANATION)
 

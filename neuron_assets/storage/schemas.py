@@ -24,6 +24,12 @@ class Lineage(pa.DataFrameModel):
     partition: str = pa.Field(description="Dagster partition that wrote the row: 'layer-N' (a bare 'N' before partition keys named the layer)")
 
 
+class NeuronSide(Lineage):
+    """Rows about one side of a neuron: its activations, or (``negative``) their negation."""
+
+    polarity: str = pa.Field(isin=["positive", "negative"], description="'positive' (the activations as recorded) or 'negative' (negated: the neuron's large negative values, explained and scored as a neuron of their own)")
+
+
 class Documents(pa.DataFrameModel):
     doc_id: int = pa.Field(ge=0, unique=True, description="document number within the corpus")
     corpus: str = pa.Field(description="corpus source as configured ('lee', a folder, 'hf:NAME')")
@@ -44,7 +50,7 @@ class Excerpts(pa.DataFrameModel):
     tokens: list[str] = pa.Field(description="the excerpt's tokens as text")
 
 
-class ActivationRecords(Lineage):
+class ActivationRecords(NeuronSide):
     """Per-token activations of one neuron on one excerpt, and why that excerpt was kept."""
 
     subject_model: str = pa.Field(description="subject model whose neuron this is")
@@ -61,7 +67,7 @@ class ActivationRecords(Lineage):
     activations: list[float] = pa.Field(description="the neuron's activation at every token of the excerpt")
 
 
-class NeuronStats(Lineage):
+class NeuronStats(NeuronSide):
     subject_model: str = pa.Field(description="subject model whose neuron this is")
     corpus: str = pa.Field(description="corpus the statistics were computed over")
     document_start_token: Optional[str] = pa.Field(nullable=True, description="token put before each excerpt when recording; null for none")
@@ -75,7 +81,7 @@ class NeuronStats(Lineage):
     n_tokens: int = pa.Field(gt=0, description="tokens the statistics cover")
 
 
-class TokenLookup(Lineage):
+class TokenLookup(NeuronSide):
     """The token lookup table (method.md §6): each token's mean activation over the explanation pool."""
 
     subject_model: str = pa.Field(description="subject model whose neuron this is")
@@ -87,7 +93,7 @@ class TokenLookup(Lineage):
     mean_activation: float = pa.Field(description="the neuron's mean activation on the token over the explanation pool")
 
 
-class ScoringExcerpts(Lineage):
+class ScoringExcerpts(NeuronSide):
     """Which excerpts every method of a neuron is scored and calibrated on: the same for all."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -97,11 +103,11 @@ class ScoringExcerpts(Lineage):
     activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
 
-class Explanations(Lineage):
+class Explanations(NeuronSide):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which of the neuron's sampled explanations")
-    method: str = pa.Field(isin=list(EXPLAINED), description="'explanation' (from top excerpts) or 'lookup_explanation' (a summary of the token lookup table's top tokens, a baseline)")
+    method: str = pa.Field(isin=list(EXPLAINED), description="'explanation' (from top excerpts), 'next_token_explanation' (from top excerpts, each activation shown beside the next token) or 'lookup_explanation' (a summary of the token lookup table's top tokens, a baseline)")
     explanation: str = pa.Field(str_length={"min_value": 1}, description="what the neuron finds, as the explainer completed the sentence")
     raw_reply: str = pa.Field(description="the explainer's reply before cleaning")
     explainer_model: str = pa.Field(description="model that wrote the explanation")
@@ -111,11 +117,11 @@ class Explanations(Lineage):
     prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the explainer's context; null if nothing")
 
 
-class Simulations(Lineage):
+class Simulations(NeuronSide):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was simulated")
-    method: str = pa.Field(isin=list(SIMULATED), description="whose explanation was simulated: 'explanation', 'lookup_explanation' or 'control' (another neuron's)")
+    method: str = pa.Field(isin=list(SIMULATED), description="whose explanation was simulated: 'explanation', 'next_token_explanation' (simulated on the next tokens: one position fewer per excerpt), 'lookup_explanation' or 'control' (another neuron's)")
     explanation_neuron: int = pa.Field(ge=0, description="the neuron the simulated explanation was written for (another one for 'control')")
     excerpt_id: int = pa.Field(ge=0, description="the scoring or calibration excerpt simulated")
     excerpt_kind: str = pa.Field(isin=list(EXCERPT_KINDS), description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (calibration only)")
@@ -131,7 +137,7 @@ class Simulations(Lineage):
     prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the simulator's context; null if nothing")
 
 
-class TokenPredictions(Lineage):
+class TokenPredictions(NeuronSide):
     """What a token baseline predicts on each scoring and calibration excerpt (no LLM involved)."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -143,7 +149,7 @@ class TokenPredictions(Lineage):
     true_activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
 
-class Scores(Lineage):
+class Scores(NeuronSide):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was scored (0 for token baselines)")
@@ -160,7 +166,7 @@ class Scores(Lineage):
     undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined (constant activations); null when it is defined")
 
 
-class MethodComparisons(Lineage):
+class MethodComparisons(NeuronSide):
     """Per layer, scoring set and method: mean score, and its paired difference from the explanation's."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -217,6 +223,79 @@ class PuzzleExplanations(pa.DataFrameModel):
     simulation_mode: str = pa.Field(description="simulator mode")
 
 
+class RevisionSentences(NeuronSide):
+    """Sentences the explainer wrote to make a neuron fire by its explanation (method.md §8), and what the neuron did on them."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    sample: int = pa.Field(ge=0, description="the explanation sample the sentences were written for (0)")
+    sentence: int = pa.Field(ge=0, description="the sentence's number in the explainer's reply(s)")
+    text: str = pa.Field(description="the sentence as written")
+    explanation: str = pa.Field(description="the explanation the sentence was written from")
+    tokens: list[str] = pa.Field(description="the sentence in the subject model's tokens (empty when rejected)")
+    activations: list[float] = pa.Field(description="the neuron's real activation at every token (empty when rejected)")
+    max_activation: Optional[float] = pa.Field(nullable=True, description="the neuron's largest activation on the sentence; null when rejected")
+    is_false_positive: Optional[bool] = pa.Field(nullable=True, description="max_activation below false_positive_fraction of the neuron's recorded max: the explanation predicted a response that did not come; null when rejected")
+    false_positive_fraction: float = pa.Field(gt=0, le=1, description="the threshold, as a share of the neuron's max (neuron_stats.max)")
+    split: Optional[str] = pa.Field(nullable=True, isin=["revision", "scoring"], description="'revision' (shown to the reviser) or 'scoring' (added to the extended scoring set); null when rejected")
+    rejected_reason: Optional[str] = pa.Field(nullable=True, description="why the subject model was not run on the sentence (no token, too long); null when it was")
+    n_requested: int = pa.Field(gt=0, description="sentences asked for; fewer rows for the neuron mean the explainer wrote fewer")
+    explainer_model: str = pa.Field(description="model that wrote the sentences")
+    prompt_version: str = pa.Field(description="version of the sentence-writer prompt")
+
+
+class Revisions(NeuronSide):
+    """Revised explanations (method.md §8) and the study's controls."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    sample: int = pa.Field(ge=0, description="the explanation sample revised (0)")
+    revision_kind: str = pa.Field(isin=["revised", "reexplained", "random_sentences"], description="'revised' (old explanation + generated sentences), 'reexplained' (control: sentences without the old explanation) or 'random_sentences' (control: old explanation + firing excerpts instead of sentences)")
+    original_explanation: str = pa.Field(description="the explanation that was revised (see explanations)")
+    explanation: str = pa.Field(str_length={"min_value": 1}, description="the revised explanation")
+    raw_reply: str = pa.Field(description="the explainer's reply before cleaning")
+    shown_sentences: list[int] = pa.Field(description="revision_sentences.sentence numbers shown to the reviser")
+    shown_excerpt_ids: list[int] = pa.Field(description="corpus excerpts shown instead (random_sentences control)")
+    explainer_model: str = pa.Field(description="model that revised")
+    prompt_version: str = pa.Field(description="version of the reviser prompt")
+
+
+class RevisionScores(NeuronSide):
+    """Original and revised explanations scored on the original and the extended scoring set."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    sample: int = pa.Field(ge=0, description="the explanation sample (0)")
+    revision_kind: str = pa.Field(isin=["original", "revised", "reexplained", "random_sentences"], description="'original' (the explanation before revision) or a revisions.revision_kind")
+    explanation: str = pa.Field(description="the explanation scored")
+    scoring_set: str = pa.Field(isin=["original", "extended"], description="'original' (the neuron's top and random scoring excerpts) or 'extended' (those plus the scoring split of the generated sentences)")
+    correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="correlation of simulated with true activations over the set; null when undefined")
+    n_tokens: int = pa.Field(ge=0, description="tokens scored")
+    n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0")
+    undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined")
+    simulator_model: str = pa.Field(description="model that simulated")
+    simulation_mode: str = pa.Field(description="simulator mode")
+    prompt_version: str = pa.Field(description="version of the simulator prompt")
+    ten_handling: str = pa.Field(description="how the value 10 was read")
+
+
+class RevisionComparisons(NeuronSide):
+    """Per layer, scoring set and revision kind: mean score and the paired difference from the original."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    scoring_set: str = pa.Field(isin=["original", "extended"], description="as in revision_scores")
+    revision_kind: str = pa.Field(description="as in revision_scores")
+    n_neurons: int = pa.Field(ge=0, description="neurons with a defined score")
+    mean_score: float = pa.Field(description="mean correlation over those neurons")
+    mean_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of the 95% bootstrap interval of the mean (null under 2 neurons)")
+    mean_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
+    n_paired: int = pa.Field(ge=0, description="neurons with defined original and revised scores")
+    revised_minus_original: Optional[float] = pa.Field(nullable=True, description="mean over those neurons of the revised score minus the original's; above 0: revision helped")
+    difference_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of its 95% bootstrap interval; above 0: reliably helped")
+    difference_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
+    n_improved: int = pa.Field(ge=0, description="neurons whose revised score is above the original's")
+
+
 TABLES: dict[str, type[pa.DataFrameModel]] = {
     "documents": Documents,
     "excerpts": Excerpts,
@@ -229,6 +308,10 @@ TABLES: dict[str, type[pa.DataFrameModel]] = {
     "token_predictions": TokenPredictions,
     "scores": Scores,
     "method_comparisons": MethodComparisons,
+    "revision_sentences": RevisionSentences,
+    "revisions": Revisions,
+    "revision_scores": RevisionScores,
+    "revision_comparisons": RevisionComparisons,
     "puzzle_scores": PuzzleScores,
     "puzzle_explanations": PuzzleExplanations,
 }

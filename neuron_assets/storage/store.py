@@ -22,6 +22,9 @@ from neuron_assets.storage.schemas import TABLES, validate
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 UNPARTITIONED = "all"
 VIEWS_TABLE = "neuron_assets_views"  # the view statements in force, to refresh only what changed
+# Columns added after results were first stored, with the value every older row has: all
+# results before the negative side was recorded are of the positive side.
+OLDER_FILES_MEAN = {"polarity": "positive"}
 
 
 class ResultStore:
@@ -65,14 +68,17 @@ class ResultStore:
         if missing:
             raise FileNotFoundError(f"table {table!r} has not been materialized: missing {missing}")
         columns = set(TABLES[table].to_schema().columns)
+        frames = []
         for path in paths:
-            absent = sorted(columns - parquet_columns(path))
-            if absent:
+            absent = columns - parquet_columns(path)
+            if absent - set(OLDER_FILES_MEAN):
                 raise ValueError(
-                    f"{path} was written by an older version of neuron-assets (no column {', '.join(absent)}); "
-                    f"materialize partition {path.stem} of {table!r} again"
+                    f"{path} was written by an older version of neuron-assets (no column "
+                    f"{', '.join(sorted(absent - set(OLDER_FILES_MEAN)))}); materialize partition {path.stem} of {table!r} again"
                 )
-        return validate(table, pl.concat([pl.read_parquet(p, glob=False) for p in paths], how="vertical"))
+            frame = pl.read_parquet(path, glob=False)
+            frames.append(frame.with_columns(pl.lit(OLDER_FILES_MEAN[c]).alias(c) for c in sorted(absent)))
+        return validate(table, pl.concat([f.select(frames[0].columns) for f in frames], how="vertical"))
 
     def partitions(self, table: str) -> list[str]:
         return sorted(p.stem for p in (self.root / table).glob("*.parquet"))
@@ -142,13 +148,18 @@ class ResultStore:
         """``, NULL AS col`` for each column of the table's model that no stored partition has.
 
         Partitions written by an older version lack newer columns; the view still offers
-        every column (NULL there), so the derived views and queries keep working.
+        every column (NULL there, or the value older rows mean: ``OLDER_FILES_MEAN``), so the
+        derived views and queries keep working.
         """
         present: set[str] = set()
         for path in (self.root / table).glob("*.parquet"):
             present.update(parquet_columns(path))
         columns = TABLES[table].to_schema().columns
-        return "".join(f", NULL AS {sql_identifier(c)}" for c in columns if c not in present)
+        return "".join(
+            f", {sql_string(OLDER_FILES_MEAN[c]) if c in OLDER_FILES_MEAN else 'NULL'} AS {sql_identifier(c)}"
+            for c in columns
+            if c not in present
+        )
 
 
 def parquet_columns(path: Path) -> set[str]:
