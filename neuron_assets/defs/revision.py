@@ -23,7 +23,6 @@ class RevisionSentenceConfig(dg.Config):
         default=0.2, description="a sentence is a false positive when its max activation is below this share of the neuron's max"
     )
     max_sentence_tokens: int = Field(default=64, description="longer sentences are recorded as rejected, not run")
-    document_start_token: str = Field(default="auto", description="as for activation_records: the token before each sentence")
     seed: int = 0
 
 
@@ -74,7 +73,14 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         explainer, _ = llm.model_names()
         client = llm.client()
         model = subject_model.load()
-        start = model.document_start_token_id(config.document_start_token)
+        if neuron_stats["subject_model"][0] != model.name:
+            raise ValueError(
+                f"the neurons were recorded on {neuron_stats['subject_model'][0]!r} but the subject model is "
+                f"{model.name!r}: materialize activation_records again"
+            )
+        # Each sentence is preceded by the token the recording put before each excerpt.
+        recorded_start = neuron_stats["document_start_token"][0]
+        start = None if recorded_start is None else model.document_start_token_id(recorded_start)
 
         def sentences_for_side(polarity: str) -> pl.DataFrame:
             sign = 1.0 if polarity == "positive" else -1.0  # the negative side's activations are negated
