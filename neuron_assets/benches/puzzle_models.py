@@ -30,11 +30,11 @@ from neuron_assets.puzzles.evaluation import (
     scorer_summary,
     simulate_candidates,
 )
-from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES, load_puzzles
+from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES, Puzzle, load_puzzles
 from neuron_assets.simulators.simulator import MODES, probe_ten_handling
 
 
-def measure(client: CachingClient, model: str, puzzles: list, mode: str) -> dict[str, object]:
+def measure(client: CachingClient, model: str, puzzles: list[Puzzle], mode: str) -> dict[str, object]:
     """One scorer test, timed, with its summary."""
     started = time.perf_counter()
     ten_handling = probe_ten_handling(client, model, mode)

@@ -24,11 +24,11 @@ from neuron_assets.explainers.explainer import explain
 from neuron_assets.llm.client import LLMError, NeuronFailures
 from neuron_assets.prompts.fewshot import Record
 from neuron_assets.prompts.templates import ExplanationParseError
+from neuron_assets.puzzles.puzzle_file import Puzzle
 from neuron_assets.scorers.scoring import score
 from neuron_assets.simulators.simulator import simulate_neurons
 
 TRUE, FALSE, COMMON_TOKENS, GENERATED = "true", "false", "common_tokens", "generated"
-CANDIDATE_KINDS = (TRUE, FALSE, COMMON_TOKENS, GENERATED)
 
 
 class PuzzleFailures(RuntimeError):
@@ -54,7 +54,7 @@ def common_tokens_explanation(tokens: Sequence[Sequence[str]], activations: Sequ
     return "the tokens " + ", ".join(f'"{w}"' for w in best)
 
 
-def candidate_explanations(puzzles: Sequence[Any]) -> pl.DataFrame:
+def candidate_explanations(puzzles: Sequence[Puzzle]) -> pl.DataFrame:
     """(puzzle, candidate, candidate_kind, explanation): the true one first, then the false ones, then common tokens."""
     rows = []
     for puzzle in puzzles:
@@ -70,7 +70,7 @@ def candidate_explanations(puzzles: Sequence[Any]) -> pl.DataFrame:
 def simulate_candidates(
     client: Any,
     model: str,
-    puzzles: Sequence[Any],
+    puzzles: Sequence[Puzzle],
     candidates: pl.DataFrame,
     *,
     mode: str,
@@ -170,7 +170,7 @@ def scorer_summary(ranked: pl.DataFrame) -> dict[str, float]:
 def explain_puzzles(
     client: Any,
     model: str,
-    puzzles: Sequence[Any],
+    puzzles: Sequence[Puzzle],
     *,
     temperature: float = 1.0,
     max_tokens: int = 60,
