@@ -7,7 +7,8 @@ mean score of the true explanation and of the best false one, and seconds per pu
 
     make bench-puzzles ARGS="--model gemma=/path/gemma-3-270m.gguf --modes all_at_once,json"
 
-The packaged SmolLM2-135M-Instruct is always measured; ``--model NAME=PATH`` adds a GGUF.
+The packaged SmolLM2-135M-Instruct is measured unless ``--without-packaged``; ``--model
+NAME=PATH`` adds a GGUF.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="all_at_once,chat_logprobs,json", help=f"comma-separated, of {sorted(MODES)}")
     parser.add_argument("--puzzles", default=str(OUR_PUZZLES), help="puzzle file")
     parser.add_argument("--limit", type=int, default=None, help="only the first N puzzles (one_at_a_time is a call per token)")
+    parser.add_argument("--without-packaged", action="store_true", help="measure only the --model GGUFs")
     args = parser.parse_args(argv)
 
-    models = {"smollm2-135m-instruct": packaged_gguf_path()}
+    models = {} if args.without_packaged else {"smollm2-135m-instruct": packaged_gguf_path()}
     for item in args.model:
         name, _, path = item.partition("=")
         if not path or not Path(path).is_file():
