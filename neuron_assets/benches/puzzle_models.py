@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     result = measure(client, PACKAGED_MODEL_ALIAS, puzzles, mode)
                 except Exception as error:  # a model that cannot do a mode is a row of the table, not a crash
-                    result = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"}
+                    result = {"error": f"{type(error).__name__}: " + "; ".join(s.strip() for s in str(error).splitlines())[:400]}
                 rows.append({"model": name, "mode": mode, **result})
                 print(rows[-1], flush=True)
     table = pl.DataFrame(rows, infer_schema_length=None)
