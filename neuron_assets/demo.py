@@ -22,7 +22,8 @@ EXAMPLE_QUERY = (
 )
 
 
-PIPELINE_GROUPS = ("recording", "explanation", "simulation", "scoring", "revision")
+UP_TO_SCORES = ("recording", "explanation", "simulation", "scoring")
+PIPELINE_GROUPS = (*UP_TO_SCORES, "revision")
 
 
 def materialize_layers(
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from neuron_assets.settings import Settings
 
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
-    groups = tuple(g for g in PIPELINE_GROUPS if not (args.no_revision and g == "revision"))
+    groups = UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS
     result = materialize_layers(defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups)
     if not result.success:
         print("the demo run failed; see the errors above", file=sys.stderr)

@@ -13,6 +13,7 @@ import pytest
 from fault_proxy import FaultProxy
 
 from neuron_assets.defs.definitions import build_definitions
+from neuron_assets.demo import UP_TO_SCORES
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
@@ -49,7 +50,7 @@ def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
     )  # fmt: skip
     defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3)
     # By default the pipeline up to the scores: revision and the puzzles are other tests' business.
-    selection = dg.AssetSelection.groups("recording", "explanation", "simulation", "scoring")
+    selection = dg.AssetSelection.groups(*UP_TO_SCORES)
     with dg.instance_for_test() as instance:
         return defs.resolve_implicit_global_asset_job_def().execute_in_process(
             run_config=run_config(mode), instance=instance, partition_key="layer-0", raise_on_error=False,

@@ -1,5 +1,6 @@
 """The whole pipeline through Dagster, with the packaged subject model and a real llama.cpp server."""
 
+import contextlib
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import polars as pl
 import pytest
 
 from neuron_assets.defs.definitions import build_definitions
-from neuron_assets.demo import PIPELINE_GROUPS, materialize_layers, print_results
+from neuron_assets.demo import UP_TO_SCORES, materialize_layers, print_results
 from neuron_assets.llm.llama_server import LocalLlamaServer
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
 from neuron_assets.settings import Settings
@@ -39,7 +40,6 @@ TINY = {
 METHODS = ["control", "explanation", "lookup_explanation", "lookup_table", "weight_based"]
 # Revision runs on this backfill's results with a scripted LLM (test_revision_*): with the
 # real one it would add minutes of sentence writing and simulation to the suite.
-WITHOUT_REVISION = tuple(g for g in PIPELINE_GROUPS if g != "revision")
 # Example queries over tables this backfill does not make; the tests that make them run them.
 MATERIALIZED_ELSEWHERE = ("revision_layers", "puzzle_scorer_summary")
 
@@ -75,7 +75,7 @@ def backfill(tmp_path_factory):
     os.environ["OPENAI_API_KEY"] = SECRET  # sent to the server on every call
     try:
         with dg.instance_for_test() as instance:
-            result = materialize_layers(build_definitions(settings(data_dir)), 0, 1, TINY, instance, WITHOUT_REVISION)
+            result = materialize_layers(build_definitions(settings(data_dir)), 0, 1, TINY, instance, UP_TO_SCORES)
     finally:
         SubjectModel.run_with_mlp_hooks = original
         del os.environ["OPENAI_API_KEY"]
@@ -251,7 +251,7 @@ def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill
         assert reader.stdout.readline().strip() == "open"
         with dg.instance_for_test() as instance:
             job = definitions.resolve_implicit_global_asset_job_def()
-            selection = dg.AssetSelection.groups(*WITHOUT_REVISION).resolve(definitions.resolve_asset_graph())
+            selection = dg.AssetSelection.groups(*UP_TO_SCORES).resolve(definitions.resolve_asset_graph())
             second = job.execute_in_process(
                 run_config=TINY, instance=instance, partition_key="layer-1", asset_selection=list(selection)
             )
@@ -427,6 +427,20 @@ def test_the_api_key_is_stored_nowhere_neither_in_results_cache_logs_nor_metadat
     assert SECRET not in "".join(str(event) for event in result.all_events)
 
 
+@contextlib.contextmanager
+def scripted_llm_job(store, answer):
+    """(server, the asset job on ``store``, a test instance), the LLM a ``ScriptedOpenAI`` answering with ``answer``."""
+    from scripted_openai import ScriptedOpenAI
+
+    os.environ["OPENAI_API_KEY"] = SECRET
+    try:
+        with ScriptedOpenAI(answer) as server, dg.instance_for_test() as instance:
+            defs = build_definitions(settings(store.root, llm_base_url=server.url, explainer_model="x", simulator_model="y"))
+            yield server, defs.resolve_implicit_global_asset_job_def(), instance
+    finally:
+        del os.environ["OPENAI_API_KEY"]
+
+
 def _scripted_revision_llm(short_first=True):
     """Sentences (the first neuron's writer falls short: 4 of 6), revisions, and json simulations
     that fire on tokens holding 'cat'."""
@@ -450,8 +464,6 @@ def _scripted_revision_llm(short_first=True):
 
 
 def test_revision_stores_sentences_with_real_activations_revisions_controls_and_scores_on_both_sets(backfill, tmp_path):
-    from scripted_openai import ScriptedOpenAI
-
     _, store, _ = backfill
     copy = copy_without_cache(store, tmp_path)
     config = {
@@ -462,20 +474,14 @@ def test_revision_stores_sentences_with_real_activations_revisions_controls_and_
         }
     }
     steps = [dg.AssetKey(name) for name in ("revision_sentences", "revisions", "revision_scores", "revision_comparisons")]
-    os.environ["OPENAI_API_KEY"] = SECRET
-    try:
-        with ScriptedOpenAI(_scripted_revision_llm()) as server, dg.instance_for_test() as instance:
-            defs = build_definitions(settings(copy.root, llm_base_url=server.url, explainer_model="x", simulator_model="y"))
-            job = defs.resolve_implicit_global_asset_job_def()
-            tags = {"dagster/asset_partition_range_start": "layer-0", "dagster/asset_partition_range_end": "layer-1"}
-            result = job.execute_in_process(run_config=config, instance=instance, asset_selection=steps, tags=tags)
-            assert result.success
-            written = result.asset_materializations_for_node("revision_sentences")[0]  # one per layer
-            calls = len(server.calls)
-            again = job.execute_in_process(run_config=config, instance=instance, asset_selection=steps, tags=tags)
-            assert again.success and len(server.calls) == calls  # every response from the cache
-    finally:
-        del os.environ["OPENAI_API_KEY"]
+    with scripted_llm_job(copy, _scripted_revision_llm()) as (server, job, instance):
+        tags = {"dagster/asset_partition_range_start": "layer-0", "dagster/asset_partition_range_end": "layer-1"}
+        result = job.execute_in_process(run_config=config, instance=instance, asset_selection=steps, tags=tags)
+        assert result.success
+        written = result.asset_materializations_for_node("revision_sentences")[0]  # one per layer
+        calls = len(server.calls)
+        again = job.execute_in_process(run_config=config, instance=instance, asset_selection=steps, tags=tags)
+        assert again.success and len(server.calls) == calls  # every response from the cache
     assert written.metadata["neurons_short_of_sentences"].value == 1
     sentences = copy.read("revision_sentences", ["0", "1"])
     per_neuron = sorted(sentences.group_by("layer", "neuron").len()["len"].to_list())
@@ -506,8 +512,6 @@ def test_revision_stores_sentences_with_real_activations_revisions_controls_and_
 def test_a_next_token_explanation_is_written_and_simulated_on_the_next_tokens_and_scored_beside_the_explanation(
     backfill, tmp_path
 ):
-    from scripted_openai import ScriptedOpenAI
-
     _, store, _ = backfill
     copy = copy_without_cache(store, tmp_path)
     shown = []
@@ -523,15 +527,10 @@ def test_a_next_token_explanation_is_written_and_simulated_on_the_next_tokens_an
     config = {"ops": {**TINY["ops"], "explanations": {"config": {**TINY["ops"]["explanations"]["config"], "methods": methods}},
                       "simulations": {"config": {"methods": methods, "mode": "json"}}}}  # fmt: skip
     steps = [dg.AssetKey(name) for name in ("explanations", "simulations", "token_predictions", "scores")]
-    os.environ["OPENAI_API_KEY"] = SECRET
-    try:
-        with ScriptedOpenAI(answer) as server, dg.instance_for_test() as instance:
-            defs = build_definitions(settings(copy.root, llm_base_url=server.url, explainer_model="x", simulator_model="y"))
-            result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-                run_config=config, instance=instance, asset_selection=steps, partition_key="layer-0"
-            )
-    finally:
-        del os.environ["OPENAI_API_KEY"]
+    with scripted_llm_job(copy, answer) as (_, job, instance):
+        result = job.execute_in_process(
+            run_config=config, instance=instance, asset_selection=steps, partition_key="layer-0"
+        )
     assert result.success
     records = copy.read("activation_records", ["0"]).filter(
         (pl.col("kind") == "top") & (pl.col("pool") == "explanation") & (pl.col("rank") == 0)
@@ -557,8 +556,6 @@ def test_a_next_token_explanation_is_written_and_simulated_on_the_next_tokens_an
 
 
 def test_both_signs_of_a_neuron_are_recorded_in_one_pass_and_explained_and_scored_as_their_own_rows(backfill, tmp_path):
-    from scripted_openai import ScriptedOpenAI
-
     _, store, _ = backfill
     copy = copy_without_cache(store, tmp_path)
 
@@ -579,15 +576,10 @@ def test_both_signs_of_a_neuron_are_recorded_in_one_pass_and_explained_and_score
     steps = [dg.AssetKey(name) for name in ("activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
                                              "explanations", "simulations", "token_predictions", "scores",
                                              "method_comparisons")]  # fmt: skip
-    os.environ["OPENAI_API_KEY"] = SECRET
-    try:
-        with ScriptedOpenAI(answer) as server, dg.instance_for_test() as instance:
-            defs = build_definitions(settings(copy.root, llm_base_url=server.url, explainer_model="x", simulator_model="y"))
-            result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-                run_config=config, instance=instance, asset_selection=steps, partition_key="layer-0"
-            )
-    finally:
-        del os.environ["OPENAI_API_KEY"]
+    with scripted_llm_job(copy, answer) as (_, job, instance):
+        result = job.execute_in_process(
+            run_config=config, instance=instance, asset_selection=steps, partition_key="layer-0"
+        )
     assert result.success
     (stats_event,) = [m for m in result.asset_materializations_for_node("activation_records")
                       if m.asset_key == dg.AssetKey("neuron_stats")]  # fmt: skip

@@ -23,14 +23,7 @@ import polars as pl
 from neuron_assets.llm.client import CachingClient
 from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
-from neuron_assets.puzzles.evaluation import (
-    TRUE,
-    candidate_explanations,
-    rank_candidates,
-    score_candidates,
-    scorer_summary,
-    simulate_candidates,
-)
+from neuron_assets.puzzles.evaluation import TRUE, scorer_summary, scorer_test
 from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES, Puzzle, load_puzzles
 from neuron_assets.simulators.simulator import MODES, probe_ten_handling
 
@@ -39,10 +32,8 @@ def measure(client: CachingClient, model: str, puzzles: list[Puzzle], mode: str)
     """One scorer test, timed, with its summary."""
     started = time.perf_counter()
     ten_handling = probe_ten_handling(client, model, mode)
-    candidates = candidate_explanations(puzzles)
-    simulations = simulate_candidates(client, model, puzzles, candidates, mode=mode, ten_handling=ten_handling)
+    ranked = scorer_test(client, model, puzzles, mode=mode, ten_handling=ten_handling)
     seconds = time.perf_counter() - started
-    ranked = rank_candidates(candidates.join(score_candidates(simulations), on=["puzzle", "candidate"]))
     true = ranked.filter(pl.col("candidate_kind") == TRUE)["correlation"]
     best_false = ranked.filter(pl.col("candidate_kind") != TRUE).group_by("puzzle").agg(pl.col("correlation").max())
     return {

@@ -35,34 +35,18 @@ def build_assets() -> list[Any]:
         """The scorer test: the true explanation, the false ones and the 3 most common firing tokens of every puzzle, simulated and ranked; the true one should rank first."""
         import time
 
-        from neuron_assets.puzzles.evaluation import (
-            candidate_explanations,
-            rank_candidates,
-            score_candidates,
-            scorer_summary,
-            simulate_candidates,
-        )  # fmt: skip
+        from neuron_assets.puzzles.evaluation import scorer_summary, scorer_test
         from neuron_assets.puzzles.puzzle_file import load_puzzles
-        from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode
 
         puzzles = load_puzzles(config.path)
-        _, simulator = llm.model_names()
-        client = llm.client()
-        mode = resolve_mode(client, simulator, config.mode)
-        ten_handling = probe_ten_handling(client, simulator, mode)
-        candidates = candidate_explanations(puzzles)
+        client, simulator, mode, ten_handling = llm.simulator(config.mode)
         started = time.perf_counter()
-        simulations = simulate_candidates(
-            client, simulator, puzzles, candidates, mode=mode, ten_handling=ten_handling,
+        frame = scorer_test(
+            client, simulator, puzzles, mode=mode, ten_handling=ten_handling,
             distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
             on_puzzle=lambda name: context.log.info(f"simulated puzzle {name}"),
-        )  # fmt: skip
+        ).with_columns(run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path)))  # fmt: skip
         seconds = time.perf_counter() - started
-        scored = rank_candidates(candidates.join(score_candidates(simulations), on=["puzzle", "candidate"]))
-        settings = simulations.select("puzzle", "simulator_model", "simulation_mode", "prompt_version", "ten_handling").unique("puzzle")
-        frame = scored.join(settings, on="puzzle").with_columns(
-            run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path))
-        )
         summary = scorer_summary(frame)
         context.add_output_metadata(
             {

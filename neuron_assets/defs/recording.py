@@ -133,14 +133,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             record,
             record_tables,
         )  # fmt: skip
-        from neuron_assets.recording.subject_model import SubjectModelError
 
-        model = subject_model.load()
-        if excerpts["subject_model"][0] != model.name:
-            raise SubjectModelError(
-                f"excerpts were cut with {excerpts['subject_model'][0]!r}'s tokenizer but the subject "
-                f"model is {model.name!r}: materialize 'excerpts' again"
-            )
+        model = subject_model.load_for(excerpts)
         layers = requested_layers(context)
         model.check_layers(layers)
         start = model.document_start_token(config.document_start_token)

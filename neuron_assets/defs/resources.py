@@ -34,6 +34,18 @@ class SubjectModelResource(dg.ConfigurableResource):
             self._model = load_subject_model(self.name, cache, self.device)
         return self._model
 
+    def load_for(self, excerpts: pl.DataFrame) -> Any:
+        """The model, refused with a ``SubjectModelError`` when another model's tokenizer cut ``excerpts``."""
+        from neuron_assets.recording.subject_model import SubjectModelError
+
+        model = self.load()
+        if excerpts["subject_model"][0] != model.name:
+            raise SubjectModelError(
+                f"excerpts were cut with {excerpts['subject_model'][0]!r}'s tokenizer but the subject "
+                f"model is {model.name!r}: materialize 'excerpts' again"
+            )
+        return model
+
 
 class ResultStoreResource(dg.ConfigurableResource):
     """Where results live: Parquet files per table and partition, views in results.duckdb."""
@@ -125,6 +137,16 @@ class LLMResource(dg.ConfigurableResource):
         if self.base_url is not None and not (self.explainer_model and self.simulator_model):
             raise ValueError("with a base_url, set explainer_model and simulator_model too")
         return (self.explainer_model or PACKAGED_MODEL_ALIAS, self.simulator_model or PACKAGED_MODEL_ALIAS)
+
+    def simulator(self, requested_mode: str) -> tuple[Any, str, str, str]:
+        """(client, simulator model, mode, how it reads "10"): ``requested_mode`` resolved against
+        the backend and the simulator's tokenizer probed, as every simulating asset needs."""
+        from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode
+
+        _, model = self.model_names()
+        client = self.client()
+        mode = resolve_mode(client, model, requested_mode)
+        return client, model, mode, probe_ten_handling(client, model, mode)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._server is not None:

@@ -193,12 +193,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         """Original and revised explanations scored on the original scoring set and on the set extended by the scoring split of the generated sentences."""
         from neuron_assets.revision.reviser import ORIGINAL
         from neuron_assets.revision.scores import revision_scoring_inputs, score_revisions
-        from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode, simulate_neurons
+        from neuron_assets.simulators.simulator import simulate_neurons
 
-        _, simulator = llm.model_names()
-        client = llm.client()
-        mode = resolve_mode(client, simulator, config.mode)
-        ten_handling = probe_ten_handling(client, simulator, mode)
+        client, simulator, mode, ten_handling = llm.simulator(config.mode)
         originals = _first_samples(explanations)
 
         def score_side(polarity: str) -> pl.DataFrame:

@@ -81,17 +81,14 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         from neuron_assets.baselines.controls import control_explanations
         from neuron_assets.explainers.next_token import next_token_view
         from neuron_assets.scorers.methods import CONTROL, NEXT_TOKEN_EXPLANATION, check_methods
-        from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode, simulate_neurons
+        from neuron_assets.simulators.simulator import simulate_neurons
 
         methods = check_methods(config.methods, SIMULATED, "simulations config 'methods'")
         stored = explanations["method"].unique().to_list()
         missing = [m for m in methods if m != CONTROL and m not in stored]
         if missing:
             raise ValueError(f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'")
-        _, simulator = llm.model_names()
-        client = llm.client()
-        mode = resolve_mode(client, simulator, config.mode)
-        ten_handling = probe_ten_handling(client, simulator, mode)
+        client, simulator, mode, ten_handling = llm.simulator(config.mode)
         context.log.info(f"simulation mode: {mode} (asked for {config.mode}); the value 10 is read as {ten_handling}")
 
         def simulate_side(polarity: str) -> pl.DataFrame:
@@ -157,14 +154,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         from neuron_assets.scorers.methods import LOOKUP_TABLE, WEIGHT_BASED, check_methods
 
         methods = check_methods(config.methods, TOKEN_BASELINES, "token_predictions config 'methods'")
-        model = None
-        if WEIGHT_BASED in methods:
-            model = subject_model.load()
-            if excerpts["subject_model"][0] != model.name:
-                raise ValueError(
-                    f"excerpts were cut with {excerpts['subject_model'][0]!r}'s tokenizer but the subject "
-                    f"model is {model.name!r}: materialize 'excerpts' again"
-                )
+        model = subject_model.load_for(excerpts) if WEIGHT_BASED in methods else None
 
         def predict_side(polarity: str) -> pl.DataFrame:
             scoring, frames = side(scoring_excerpts, polarity), []

@@ -155,6 +155,29 @@ def rank_candidates(scored: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def scorer_test(
+    client: Any,
+    model: str,
+    puzzles: Sequence[Puzzle],
+    *,
+    mode: str,
+    ten_handling: str | None,
+    distribution_shift: int = 0,
+    concurrency: int = 1,
+    on_puzzle: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
+    """Every candidate of every puzzle simulated, scored and ranked, with the simulator's model,
+    mode, prompt version and 10-handling: the rows of ``puzzle_scores`` (lineage aside)."""
+    candidates = candidate_explanations(puzzles)
+    simulations = simulate_candidates(
+        client, model, puzzles, candidates, mode=mode, ten_handling=ten_handling,
+        distribution_shift=distribution_shift, concurrency=concurrency, on_puzzle=on_puzzle,
+    )  # fmt: skip
+    ranked = rank_candidates(candidates.join(score_candidates(simulations), on=["puzzle", "candidate"]))
+    settings = simulations.select("puzzle", "simulator_model", "simulation_mode", "prompt_version", "ten_handling")
+    return ranked.join(settings.unique("puzzle"), on="puzzle")
+
+
 def scorer_summary(ranked: pl.DataFrame) -> dict[str, float]:
     """Top-1 and top-2 counts of the true explanation, and what chance would give."""
     true = ranked.filter(pl.col("candidate_kind") == TRUE)
