@@ -13,7 +13,9 @@ from typing import Any
 
 import dagster as dg
 
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.partitions import layer_key
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.storage.store import ResultStore
 
 EXAMPLE_QUERY = (
@@ -33,13 +35,15 @@ def materialize_layers(
     run_config: dict[str, Any] | None = None,
     instance: dg.DagsterInstance | None = None,
     groups: tuple[str, ...] = PIPELINE_GROUPS,
+    experiment: Experiment = Experiment(PACKAGED_SUBJECT_MODEL),
 ) -> dg.ExecuteInJobResult:
-    """Materialize the assets of ``groups`` for layers first..last in one run (one forward pass,
-    one server). The puzzles are apart: they test the scorer and explainer, not these layers."""
+    """Materialize the assets of ``groups`` of ``experiment`` for layers first..last in one run (one
+    forward pass, one server); ``run_config``'s ops are named by table. The puzzles are apart: they
+    test the scorer and explainer, not these layers."""
     job = defs.resolve_implicit_global_asset_job_def()
-    selection = dg.AssetSelection.groups(*groups).resolve(defs.resolve_asset_graph())
+    selection = experiment.selection(*groups).resolve(defs.resolve_asset_graph())
     return job.execute_in_process(
-        run_config=run_config or {},
+        run_config=experiment.run_config(run_config or {}),
         instance=instance,
         asset_selection=sorted(selection, key=lambda key: key.to_user_string()),
         tags={
@@ -55,19 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-layer", type=int, default=1)
     parser.add_argument("--neurons", type=int, default=3, help="random neurons per layer")
     parser.add_argument("--no-revision", action="store_true", help="stop at the scores (revision is the slowest stage)")
+    parser.add_argument("--variant", default=None, help="variant of the LLM stages (default: the first configured)")
     args = parser.parse_args(argv)
 
     from neuron_assets.defs.definitions import defs
     from neuron_assets.settings import Settings
 
+    settings = Settings.from_environment()
+    experiment = Experiment(settings.subject_model, args.variant or settings.variants[0])
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
     groups = UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS
-    result = materialize_layers(defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups)
+    result = materialize_layers(
+        defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups, experiment
+    )
     if not result.success:
         print("the demo run failed; see the errors above", file=sys.stderr)
         return 1
-    store = ResultStore(Settings.from_environment().data_dir)
-    print_results(store, args.first_layer, args.last_layer)
+    print_results(ResultStore(settings.data_dir), args.first_layer, args.last_layer)
     return 0
 
 

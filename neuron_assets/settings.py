@@ -12,23 +12,52 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
+from neuron_assets.storage.layout import check_variant, model_slug
+from neuron_assets.storage.store import DEFAULT_VARIANT
 
 
 @dataclass(frozen=True)
 class Settings:
-    subject_model: str
+    """``subject_models``: one or more (comma-separated in the environment), each with its own
+    assets and layer partitions; ``variants``: named configurations of the LLM stages, each
+    with its own LLM-stage assets, so results of each stay side by side."""
+
+    subject_models: tuple[str, ...]
     data_dir: Path
     llm_base_url: str | None
     explainer_model: str | None
     simulator_model: str | None
+    variants: tuple[str, ...] = (DEFAULT_VARIANT,)
+
+    def __post_init__(self) -> None:
+        if not self.subject_models or not self.variants:
+            raise ValueError("settings need at least one subject model and one variant")
+        for variant in self.variants:
+            check_variant(variant)
+        for names, what in ((self.subject_models, "subject model"), (self.variants, "variant")):
+            if len(set(names)) < len(names):
+                raise ValueError(f"a {what} is named twice in {list(names)}")
+        slugs = [model_slug(name) for name in self.subject_models]
+        if len(set(slugs)) < len(slugs):
+            raise ValueError(f"subject models {list(self.subject_models)} would share a results folder ({slugs})")
+
+    @property
+    def subject_model(self) -> str:
+        """The first subject model: the one ``make demo`` materializes."""
+        return self.subject_models[0]
 
     @classmethod
     def from_environment(cls) -> Settings:
         env = os.environ
         return cls(
-            subject_model=env.get("NEURON_ASSETS_SUBJECT_MODEL", PACKAGED_SUBJECT_MODEL),
+            subject_models=_names(env.get("NEURON_ASSETS_SUBJECT_MODEL", PACKAGED_SUBJECT_MODEL)),
             data_dir=Path(env.get("NEURON_ASSETS_DATA_DIR", "data")).resolve(),
             llm_base_url=env.get("NEURON_ASSETS_LLM_BASE_URL") or None,
             explainer_model=env.get("NEURON_ASSETS_EXPLAINER_MODEL") or None,
             simulator_model=env.get("NEURON_ASSETS_SIMULATOR_MODEL") or None,
+            variants=_names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)),
         )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -1,16 +1,18 @@
 -- Example queries over data/results.duckdb (open it with: duckdb -readonly data/results.duckdb).
--- Each query ends with a semicolon.
+-- Each query ends with a semicolon. Rows name their subject_model, and rows of the LLM
+-- stages their variant: filter on them when several are stored.
 
 -- Best explanation of each neuron, best first.
-SELECT layer, neuron, explanation, top_and_random_score, random_only_score
+SELECT subject_model, variant, layer, neuron, explanation, top_and_random_score, random_only_score
 FROM neuron_scores
 ORDER BY top_and_random_score DESC NULLS LAST;
 
 -- Mean scores per layer and method, with how many neurons each mean covers and how many
 -- it leaves out as undefined.
-SELECT layer, method, scoring_set, round(mean_score, 3) AS mean_score, n_scored, n_undefined, n_many_unsimulated
+SELECT subject_model, variant, layer, method, scoring_set, round(mean_score, 3) AS mean_score, n_scored,
+    n_undefined, n_many_unsimulated
 FROM layer_scores
-ORDER BY layer, method, scoring_set;
+ORDER BY subject_model, variant, layer, method, scoring_set;
 
 -- Does the explanation beat the baselines and the control? Per layer, with 95% bootstrap
 -- intervals over neurons.
@@ -35,10 +37,11 @@ WHERE layer = 0
 ORDER BY neuron, method, sample;
 
 -- The excerpts an explanation was written from, as text.
-SELECT e.layer, e.neuron, e.explanation, x.excerpt_id, array_to_string(x.tokens, '') AS text
+SELECT e.subject_model, e.variant, e.layer, e.neuron, e.explanation, x.excerpt_id,
+    array_to_string(x.tokens, '') AS text
 FROM explanations e, unnest(e.excerpt_ids) AS shown(excerpt_id)
-JOIN excerpts x USING (excerpt_id)
-ORDER BY e.layer, e.neuron, x.excerpt_id;
+JOIN excerpts x ON x.subject_model = e.subject_model AND x.excerpt_id = shown.excerpt_id
+ORDER BY e.subject_model, e.variant, e.layer, e.neuron, x.excerpt_id;
 
 -- Full provenance of every score.
 SELECT * FROM score_lineage ORDER BY layer, neuron, scoring_set;
@@ -63,3 +66,19 @@ SELECT layer, scoring_set, revision_kind, n_paired, n_improved, round(revised_mi
     round(false_positive_rate, 2) AS false_positive_rate
 FROM revision_layers
 ORDER BY layer, scoring_set, revision_kind;
+
+-- Two variants of one layer side by side (NEURON_ASSETS_VARIANTS=default,other): per layer and
+-- method, the mean score of each, b minus a and its 95% bootstrap interval over neurons.
+SELECT subject_model, layer, method, variant_a, variant_b, n_paired, round(mean_score_a, 3) AS mean_a,
+    round(mean_score_b, 3) AS mean_b, round(b_minus_a, 3) AS b_minus_a,
+    round(difference_ci_low, 3) AS ci_low, round(difference_ci_high, 3) AS ci_high, verdict
+FROM variant_layers
+WHERE scoring_set = 'top_and_random'
+ORDER BY subject_model, layer, method;
+
+-- ... and per neuron: where the variants' explanations differ most.
+SELECT layer, neuron, variant_a, explanation_a, top_and_random_score_a, variant_b, explanation_b,
+    top_and_random_score_b, round(top_and_random_b_minus_a, 3) AS b_minus_a
+FROM variant_scores
+WHERE method = 'explanation'
+ORDER BY abs(top_and_random_b_minus_a) DESC NULLS LAST;

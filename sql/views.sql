@@ -13,6 +13,12 @@
 -- recording asked for it, 'negative' (the negated activations, explained and scored as a
 -- neuron of their own). Every join matches on it.
 --
+-- Every row names its subject_model, and rows of the LLM stages (explanations, simulations,
+-- scores, method_comparisons, revision_*) their variant: a named configuration of
+-- explainer, simulator, prompts and settings. Results of different models and variants
+-- live side by side; every join matches on both, and variant_scores / variant_layers
+-- compare variants.
+--
 -- explained_variance uses a calibration fitted on held-out calibration excerpts, so it
 -- is not the correlation squared: it can be lower, and it is negative when the
 -- calibrated simulation is further from the truth than the truth's own mean.
@@ -20,7 +26,7 @@
 -- One row per simulated explanation: what the simulator saw and which models ran.
 CREATE OR REPLACE VIEW simulation_sets AS
 SELECT
-    layer, neuron, polarity, sample, method,
+    subject_model, variant, layer, neuron, polarity, sample, method,
     any_value(explanation_neuron) AS explanation_neuron,
     any_value(simulator_model) AS simulator_model,
     any_value(simulation_mode) AS simulation_mode,
@@ -36,14 +42,14 @@ SELECT
     -- null unless some prompt lost few-shot examples to fit the simulator's context
     max(prompt_shortening) AS prompt_shortening
 FROM simulations
-GROUP BY layer, neuron, polarity, sample, method;
+GROUP BY subject_model, variant, layer, neuron, polarity, sample, method;
 
 -- Every scored method of every neuron, one row per (method, sample), both scoring sets
 -- side by side. For 'control', explanation_neuron is the neuron the explanation was
 -- written for; token baselines have no explanation.
 CREATE OR REPLACE VIEW method_scores AS
 SELECT
-    st.subject_model, tr.layer, tr.neuron, tr.polarity, tr.method, tr.sample, tr.explanation_neuron,
+    tr.subject_model, tr.variant, tr.layer, tr.neuron, tr.polarity, tr.method, tr.sample, tr.explanation_neuron,
     e.explanation,
     tr.correlation AS top_and_random_score,
     ro.correlation AS random_only_score,
@@ -59,10 +65,11 @@ SELECT
     coalesce(tr.n_unsimulated > 0.05 * tr.n_tokens, false)
         OR coalesce(ro.n_unsimulated > 0.05 * ro.n_tokens, false) AS many_unsimulated
 FROM scores tr
-JOIN scores ro ON ro.layer = tr.layer AND ro.neuron = tr.neuron AND ro.polarity = tr.polarity
+JOIN scores ro ON ro.subject_model = tr.subject_model AND ro.variant = tr.variant AND ro.layer = tr.layer
+    AND ro.neuron = tr.neuron AND ro.polarity = tr.polarity
     AND ro.sample = tr.sample AND ro.method = tr.method AND ro.scoring_set = 'random_only'
-JOIN neuron_stats st ON st.layer = tr.layer AND st.neuron = tr.neuron AND st.polarity = tr.polarity
-LEFT JOIN explanations e ON e.layer = tr.layer AND e.neuron = tr.explanation_neuron AND e.polarity = tr.polarity
+LEFT JOIN explanations e ON e.subject_model = tr.subject_model AND e.variant = tr.variant AND e.layer = tr.layer
+    AND e.neuron = tr.explanation_neuron AND e.polarity = tr.polarity
     AND e.sample = (CASE WHEN tr.method = 'control' THEN 0 ELSE tr.sample END)
     AND e.method = (CASE WHEN tr.method = 'control' THEN 'explanation' ELSE tr.method END)
 WHERE tr.scoring_set = 'top_and_random';
@@ -70,7 +77,7 @@ WHERE tr.scoring_set = 'top_and_random';
 -- Every explanation sample (method 'explanation') with both of its scores.
 CREATE OR REPLACE VIEW explanation_scores AS
 SELECT
-    st.subject_model, st.corpus,
+    st.subject_model, e.variant, st.corpus,
     e.layer, e.neuron, e.polarity, e.sample, e.explanation,
     e.explainer_model, s.simulator_model,
     m.top_and_random_score, m.random_only_score,
@@ -79,9 +86,9 @@ SELECT
     m.top_and_random_unsimulated_share, m.random_only_unsimulated_share,
     coalesce(m.many_unsimulated, false) AS many_unsimulated
 FROM explanations e
-JOIN neuron_stats st USING (layer, neuron, polarity)
-LEFT JOIN simulation_sets s USING (layer, neuron, polarity, sample, method)
-LEFT JOIN method_scores m USING (layer, neuron, polarity, sample, method)
+JOIN neuron_stats st USING (subject_model, layer, neuron, polarity)
+LEFT JOIN simulation_sets s USING (subject_model, variant, layer, neuron, polarity, sample, method)
+LEFT JOIN method_scores m USING (subject_model, variant, layer, neuron, polarity, sample, method)
 WHERE e.method = 'explanation';
 
 -- The best scored explanation of each neuron (by top-and-random score; undefined scores
@@ -99,12 +106,12 @@ WITH best AS (
     WHERE top_and_random_score IS NOT NULL OR top_and_random_undefined_reason IS NOT NULL
         OR random_only_score IS NOT NULL OR random_only_undefined_reason IS NOT NULL
     QUALIFY row_number() OVER (
-        PARTITION BY subject_model, layer, neuron, polarity
+        PARTITION BY subject_model, variant, layer, neuron, polarity
         ORDER BY top_and_random_score DESC NULLS LAST, sample
     ) = 1
 ),
 others AS (
-    SELECT subject_model, layer, neuron, polarity,
+    SELECT subject_model, variant, layer, neuron, polarity,
         max(top_and_random_score) FILTER (WHERE method = 'lookup_table') AS lookup_table_score,
         max(top_and_random_score) FILTER (WHERE method = 'weight_based') AS weight_based_score,
         max(top_and_random_score) FILTER (WHERE method = 'lookup_explanation') AS lookup_explanation_score,
@@ -116,14 +123,14 @@ others AS (
         max(top_and_random_score) FILTER (WHERE method = 'control') AS control_score,
         any_value(explanation_neuron) FILTER (WHERE method = 'control') AS control_explanation_neuron
     FROM method_scores
-    GROUP BY subject_model, layer, neuron, polarity
+    GROUP BY subject_model, variant, layer, neuron, polarity
 )
-SELECT best.*, o.* EXCLUDE (subject_model, layer, neuron, polarity),
+SELECT best.*, o.* EXCLUDE (subject_model, variant, layer, neuron, polarity),
     best.top_and_random_score > o.best_baseline_score AS beats_best_baseline,
     best.top_and_random_score > o.control_score AS beats_control,
     o.next_token_explanation_score > best.top_and_random_score AS next_token_scores_higher
 FROM best
-LEFT JOIN others o USING (subject_model, layer, neuron, polarity);
+LEFT JOIN others o USING (subject_model, variant, layer, neuron, polarity);
 
 -- Per layer, method and scoring set: the mean score over neurons (a neuron's samples
 -- averaged first) beside how many neurons it averages (n_scored), how many it leaves out
@@ -131,26 +138,26 @@ LEFT JOIN others o USING (subject_model, layer, neuron, polarity);
 -- tokens unsimulated (n_many_unsimulated).
 CREATE OR REPLACE VIEW layer_scores AS
 WITH per_neuron AS (
-    SELECT subject_model, layer, neuron, polarity, method, scoring_set,
+    SELECT subject_model, variant, layer, neuron, polarity, method, scoring_set,
         avg(score) AS score, max(unsimulated_share) AS unsimulated_share
     FROM (
-        SELECT subject_model, layer, neuron, polarity, method, 'top_and_random' AS scoring_set,
+        SELECT subject_model, variant, layer, neuron, polarity, method, 'top_and_random' AS scoring_set,
             top_and_random_score AS score, top_and_random_unsimulated_share AS unsimulated_share
         FROM method_scores
         UNION ALL
-        SELECT subject_model, layer, neuron, polarity, method, 'random_only',
+        SELECT subject_model, variant, layer, neuron, polarity, method, 'random_only',
             random_only_score, random_only_unsimulated_share
         FROM method_scores
     )
-    GROUP BY subject_model, layer, neuron, polarity, method, scoring_set
+    GROUP BY subject_model, variant, layer, neuron, polarity, method, scoring_set
 )
-SELECT subject_model, layer, polarity, method, scoring_set,
+SELECT subject_model, variant, layer, polarity, method, scoring_set,
     avg(score) AS mean_score,
     count(score) AS n_scored,
     count(*) - count(score) AS n_undefined,
     count(*) FILTER (WHERE unsimulated_share > 0.05) AS n_many_unsimulated
 FROM per_neuron
-GROUP BY subject_model, layer, polarity, method, scoring_set;
+GROUP BY subject_model, variant, layer, polarity, method, scoring_set;
 
 -- Per layer and scoring set, each method against the explanation, with 95% bootstrap
 -- intervals over neurons (from method_comparisons). verdict reads the interval of the
@@ -159,7 +166,7 @@ GROUP BY subject_model, layer, polarity, method, scoring_set;
 -- explainer, expect that against 'control': it means the explanations carry no more
 -- about their own neuron than about another one).
 CREATE OR REPLACE VIEW layer_methods AS
-SELECT layer, polarity, scoring_set, method, n_neurons,
+SELECT subject_model, variant, layer, polarity, scoring_set, method, n_neurons,
     mean_score, mean_ci_low, mean_ci_high,
     n_paired, explanation_minus_method, difference_ci_low, difference_ci_high,
     CASE
@@ -174,11 +181,13 @@ FROM method_comparisons;
 -- Explanations with no score yet: a run between its explanation and score steps, or a
 -- scores partition that failed or was never materialized.
 CREATE OR REPLACE VIEW unscored_explanations AS
-SELECT layer, neuron, polarity, sample, method, explanation, explainer_model, run_id AS explanation_run_id
+SELECT subject_model, variant, layer, neuron, polarity, sample, method, explanation, explainer_model,
+    run_id AS explanation_run_id
 FROM explanations e
 WHERE NOT EXISTS (
     SELECT 1 FROM scores sc
-    WHERE sc.layer = e.layer AND sc.neuron = e.neuron AND sc.polarity = e.polarity AND sc.sample = e.sample
+    WHERE sc.subject_model = e.subject_model AND sc.variant = e.variant
+        AND sc.layer = e.layer AND sc.neuron = e.neuron AND sc.polarity = e.polarity AND sc.sample = e.sample
         AND sc.method = e.method
 );
 
@@ -187,6 +196,7 @@ WHERE NOT EXISTS (
 -- token baselines, which use neither).
 CREATE OR REPLACE VIEW score_lineage AS
 SELECT
+    sc.subject_model, sc.variant,
     sc.layer, sc.neuron, sc.polarity, sc.sample, sc.method, sc.explanation_neuron, sc.scoring_set,
     sc.correlation, sc.explained_variance, sc.calibration_slope, sc.calibration_intercept,
     sc.undefined_reason,
@@ -202,7 +212,6 @@ SELECT
     x.scoring_excerpt_ids,
     x.calibration_excerpt_ids,
     s.prompt_shortening AS simulator_prompt_shortening,
-    st.subject_model,
     st.corpus,
     st.run_id AS recording_run_id,
     e.run_id AS explanation_run_id,
@@ -210,18 +219,19 @@ SELECT
     sc.run_id AS score_run_id,
     sc.partition
 FROM scores sc
-JOIN neuron_stats st USING (layer, neuron, polarity)
+JOIN neuron_stats st USING (subject_model, layer, neuron, polarity)
 JOIN (
-    SELECT layer, neuron, polarity,
+    SELECT subject_model, layer, neuron, polarity,
         list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind IN ('top', 'random'))
             AS scoring_excerpt_ids,
         list(excerpt_id ORDER BY excerpt_kind DESC, excerpt_id) FILTER (WHERE excerpt_kind LIKE 'calibration%')
             AS calibration_excerpt_ids
     FROM scoring_excerpts
-    GROUP BY layer, neuron, polarity
-) x USING (layer, neuron, polarity)
-LEFT JOIN simulation_sets s USING (layer, neuron, polarity, sample, method)
-LEFT JOIN explanations e ON e.layer = sc.layer AND e.neuron = sc.explanation_neuron AND e.polarity = sc.polarity
+    GROUP BY subject_model, layer, neuron, polarity
+) x USING (subject_model, layer, neuron, polarity)
+LEFT JOIN simulation_sets s USING (subject_model, variant, layer, neuron, polarity, sample, method)
+LEFT JOIN explanations e ON e.subject_model = sc.subject_model AND e.variant = sc.variant AND e.layer = sc.layer
+    AND e.neuron = sc.explanation_neuron AND e.polarity = sc.polarity
     AND e.sample = (CASE WHEN sc.method = 'control' THEN 0 ELSE sc.sample END)
     AND e.method = (CASE WHEN sc.method = 'control' THEN 'explanation' ELSE sc.method END);
 
@@ -264,6 +274,8 @@ FROM puzzle_explanations;
 -- on the original and the extended scoring set, with the false positives among the sentences.
 CREATE OR REPLACE VIEW revision_neurons AS
 SELECT
+    o.subject_model,
+    o.variant,
     o.layer,
     o.neuron,
     o.polarity,
@@ -280,26 +292,29 @@ SELECT
     fp.n_false_positives,
     fp.n_rejected
 FROM revision_scores o
-JOIN revision_scores r ON r.layer = o.layer AND r.neuron = o.neuron AND r.polarity = o.polarity
+JOIN revision_scores r ON r.subject_model = o.subject_model AND r.variant = o.variant AND r.layer = o.layer AND r.neuron = o.neuron AND r.polarity = o.polarity
     AND r.sample = o.sample AND r.scoring_set = 'original' AND r.revision_kind <> 'original'
-JOIN revision_scores oe ON oe.layer = o.layer AND oe.neuron = o.neuron AND oe.polarity = o.polarity
+JOIN revision_scores oe ON oe.subject_model = o.subject_model AND oe.variant = o.variant AND oe.layer = o.layer AND oe.neuron = o.neuron AND oe.polarity = o.polarity
     AND oe.sample = o.sample AND oe.scoring_set = 'extended' AND oe.revision_kind = 'original'
-JOIN revision_scores re ON re.layer = o.layer AND re.neuron = o.neuron AND re.polarity = o.polarity
+JOIN revision_scores re ON re.subject_model = o.subject_model AND re.variant = o.variant AND re.layer = o.layer AND re.neuron = o.neuron AND re.polarity = o.polarity
     AND re.sample = o.sample AND re.scoring_set = 'extended' AND re.revision_kind = r.revision_kind
 LEFT JOIN (
-    SELECT layer, neuron, polarity,
+    SELECT subject_model, variant, layer, neuron, polarity,
         count(*) AS n_sentences,
         count(*) FILTER (WHERE is_false_positive) AS n_false_positives,
         count(*) FILTER (WHERE rejected_reason IS NOT NULL) AS n_rejected
     FROM revision_sentences
-    GROUP BY layer, neuron, polarity
-) fp ON fp.layer = o.layer AND fp.neuron = o.neuron AND fp.polarity = o.polarity
+    GROUP BY subject_model, variant, layer, neuron, polarity
+) fp ON fp.subject_model = o.subject_model AND fp.variant = o.variant AND fp.layer = o.layer AND fp.neuron = o.neuron
+    AND fp.polarity = o.polarity
 WHERE o.revision_kind = 'original' AND o.scoring_set = 'original';
 
 -- Revision per layer: mean difference revised - original with its bootstrap interval, neurons
 -- improved, and the false-positive rate of the generated sentences.
 CREATE OR REPLACE VIEW revision_layers AS
 SELECT
+    c.subject_model,
+    c.variant,
     c.layer,
     c.polarity,
     c.scoring_set,
@@ -319,10 +334,100 @@ SELECT
     s.neurons_with_a_false_positive
 FROM revision_comparisons c
 LEFT JOIN (
-    SELECT layer, polarity,
+    SELECT subject_model, variant, layer, polarity,
         avg(CASE WHEN is_false_positive THEN 1.0 ELSE 0.0 END) FILTER (WHERE rejected_reason IS NULL) AS false_positive_rate,
         count(DISTINCT neuron) FILTER (WHERE is_false_positive) AS neurons_with_a_false_positive
     FROM revision_sentences
-    GROUP BY layer, polarity
-) s USING (layer, polarity)
+    GROUP BY subject_model, variant, layer, polarity
+) s USING (subject_model, variant, layer, polarity)
 WHERE c.revision_kind <> 'original';
+
+-- Variants side by side, per neuron: each method's top-and-random and random-only score (a
+-- neuron's samples averaged) under variant_a and variant_b (every pair of variants of the
+-- subject model, variant_a < variant_b by name), and b minus a.
+CREATE OR REPLACE VIEW variant_scores AS
+WITH per_neuron AS (
+    SELECT subject_model, variant, layer, neuron, polarity, method,
+        avg(top_and_random_score) AS top_and_random_score,
+        avg(random_only_score) AS random_only_score,
+        any_value(explanation) FILTER (WHERE sample = 0) AS explanation
+    FROM method_scores
+    GROUP BY ALL
+)
+SELECT
+    a.subject_model, a.layer, a.neuron, a.polarity, a.method,
+    a.variant AS variant_a,
+    b.variant AS variant_b,
+    a.explanation AS explanation_a,
+    b.explanation AS explanation_b,
+    a.top_and_random_score AS top_and_random_score_a,
+    b.top_and_random_score AS top_and_random_score_b,
+    b.top_and_random_score - a.top_and_random_score AS top_and_random_b_minus_a,
+    a.random_only_score AS random_only_score_a,
+    b.random_only_score AS random_only_score_b,
+    b.random_only_score - a.random_only_score AS random_only_b_minus_a
+FROM per_neuron a
+JOIN per_neuron b ON b.subject_model = a.subject_model AND b.layer = a.layer AND b.neuron = a.neuron
+    AND b.polarity = a.polarity AND b.method = a.method AND b.variant > a.variant;
+
+-- Variants side by side, per layer, method and scoring set: the mean score under each
+-- variant over the neurons both scored (a defined score in both), the mean of b minus a,
+-- and its 95% bootstrap interval over those neurons (1,000 resamples drawn by hashing, so
+-- the interval is the same at every query). verdict reads the interval.
+CREATE OR REPLACE VIEW variant_layers AS
+WITH paired AS (
+    SELECT subject_model, layer, polarity, method, variant_a, variant_b, scoring_set, score_a, score_b,
+        score_b - score_a AS difference,
+        row_number() OVER (PARTITION BY subject_model, layer, polarity, method, variant_a, variant_b, scoring_set
+            ORDER BY neuron) - 1 AS slot,
+        count(*) OVER (PARTITION BY subject_model, layer, polarity, method, variant_a, variant_b, scoring_set) AS n
+    FROM (
+        SELECT subject_model, layer, neuron, polarity, method, variant_a, variant_b, 'top_and_random' AS scoring_set,
+            top_and_random_score_a AS score_a, top_and_random_score_b AS score_b
+        FROM variant_scores
+        UNION ALL
+        SELECT subject_model, layer, neuron, polarity, method, variant_a, variant_b, 'random_only',
+            random_only_score_a, random_only_score_b
+        FROM variant_scores
+    )
+    WHERE score_a IS NOT NULL AND score_b IS NOT NULL
+),
+groups AS (
+    SELECT subject_model, layer, polarity, method, variant_a, variant_b, scoring_set, any_value(n) AS n,
+        avg(score_a) AS mean_score_a, avg(score_b) AS mean_score_b, avg(difference) AS b_minus_a
+    FROM paired
+    GROUP BY ALL
+),
+draws AS (
+    SELECT g.subject_model, g.layer, g.polarity, g.method, g.variant_a, g.variant_b, g.scoring_set, r.resample,
+        hash(g.subject_model, g.layer, g.polarity, g.method, g.scoring_set, r.resample, d.draw) % g.n AS slot
+    FROM groups g
+    CROSS JOIN range(1000) r(resample)
+    CROSS JOIN LATERAL (SELECT unnest(range(g.n)) AS draw) d
+    WHERE g.n >= 2
+),
+resampled AS (
+    SELECT d.subject_model, d.layer, d.polarity, d.method, d.variant_a, d.variant_b, d.scoring_set,
+        avg(p.difference) AS mean_difference
+    FROM draws d
+    JOIN paired p USING (subject_model, layer, polarity, method, variant_a, variant_b, scoring_set, slot)
+    GROUP BY d.subject_model, d.layer, d.polarity, d.method, d.variant_a, d.variant_b, d.scoring_set, d.resample
+),
+intervals AS (
+    SELECT subject_model, layer, polarity, method, variant_a, variant_b, scoring_set,
+        quantile_cont(mean_difference, 0.025) AS difference_ci_low,
+        quantile_cont(mean_difference, 0.975) AS difference_ci_high
+    FROM resampled
+    GROUP BY ALL
+)
+SELECT g.subject_model, g.layer, g.polarity, g.method, g.scoring_set, g.variant_a, g.variant_b,
+    g.n AS n_paired, g.mean_score_a, g.mean_score_b, g.b_minus_a,
+    i.difference_ci_low, i.difference_ci_high,
+    CASE
+        WHEN i.difference_ci_low IS NULL THEN 'too few neurons'
+        WHEN i.difference_ci_low > 0 THEN 'variant_b better'
+        WHEN i.difference_ci_high < 0 THEN 'variant_a better'
+        ELSE 'no clear difference'
+    END AS verdict
+FROM groups g
+LEFT JOIN intervals i USING (subject_model, layer, polarity, method, variant_a, variant_b, scoring_set);

@@ -8,20 +8,32 @@ import pytest
 HEAVY = ["torch", "transformers", "transformer_lens", "openai", "duckdb", "llama_cpp"]
 
 
-def load_in_fresh_process(tmp_path):
+SMOL = "smollm2_135m_instruct_gguf"
+
+
+def load_in_fresh_process(tmp_path, **env_settings):
     code = (
         "import json, sys\n"
+        "import dagster as dg\n"
         "from neuron_assets.defs.definitions import defs\n"
         "graph = defs.resolve_asset_graph()\n"
         "keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())\n"
-        "parts = defs.resolve_assets_def('scores').partitions_def.get_partition_keys()\n"
+        "parts = {k.to_user_string(): sorted(defs.resolve_assets_def(k).partitions_def.get_partition_keys(), key=len)\n"
+        "         for k in defs.resolve_all_asset_keys() if k.path[-1] == 'scores'}\n"
         "descriptions = {k.to_user_string(): graph.get(k).description for k in defs.resolve_all_asset_keys()}\n"
         f"print(json.dumps({{'keys': keys, 'partitions': parts, 'descriptions': descriptions, "
         f"'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
     )
-    env = {**os.environ, "NEURON_ASSETS_DATA_DIR": str(tmp_path / "data")}
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True, check=True)
+    env = {**os.environ, "NEURON_ASSETS_DATA_DIR": str(tmp_path / "data"), **env_settings}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+STAGES = ["documents", "excerpts", "activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
+          "token_predictions"]  # fmt: skip
+LLM_STAGES = ["explanations", "simulations", "scores", "method_comparisons",
+              "revision_sentences", "revisions", "revision_scores", "revision_comparisons"]  # fmt: skip
 
 
 def test_loading_definitions_imports_no_heavy_library_and_opens_no_database(tmp_path):
@@ -33,16 +45,38 @@ def test_loading_definitions_imports_no_heavy_library_and_opens_no_database(tmp_
 def test_asset_graph_has_every_stage(tmp_path):
     keys = load_in_fresh_process(tmp_path)["keys"]
     assert keys == sorted(
-        ["documents", "excerpts", "activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
-         "explanations", "simulations", "token_predictions", "scores", "method_comparisons",
-         "revision_sentences", "revisions", "revision_scores", "revision_comparisons",
-         "puzzle_scores", "puzzle_explanations"]
-    )  # fmt: skip
+        [f"{SMOL}/{t}" for t in STAGES] + [f"{SMOL}/default/{t}" for t in LLM_STAGES]
+        + ["puzzle_scores", "puzzle_explanations"]
+    )
 
 
 def test_layer_partitions_follow_the_subject_models_layer_count_and_say_they_are_layers(tmp_path):
     partitions = load_in_fresh_process(tmp_path)["partitions"]
-    assert partitions == [f"layer-{layer}" for layer in range(30)]  # SmolLM2-135M has 30 layers
+    assert partitions == {f"{SMOL}/default/scores": [f"layer-{layer}" for layer in range(30)]}  # SmolLM2-135M: 30
+
+
+def test_two_subject_models_and_two_variants_get_their_own_assets_and_layer_partitions(tmp_path):
+    tiny = tmp_path / "tiny_gpt2"
+    tiny.mkdir()
+    (tiny / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 8}))
+    loaded = load_in_fresh_process(
+        tmp_path, NEURON_ASSETS_SUBJECT_MODEL=f"smollm2-135m-instruct-gguf, {tiny}", NEURON_ASSETS_VARIANTS="default,other"
+    )
+    for model in (SMOL, "tiny_gpt2"):
+        assert {f"{model}/{t}" for t in STAGES} <= set(loaded["keys"])
+        for variant in ("default", "other"):
+            assert {f"{model}/{variant}/{t}" for t in LLM_STAGES} <= set(loaded["keys"])
+    assert loaded["partitions"][f"tiny_gpt2/other/scores"] == ["layer-0", "layer-1"]
+    assert len(loaded["partitions"][f"{SMOL}/other/scores"]) == 30
+
+
+@pytest.mark.parametrize("name", ["Other", "a-b", "a/b", "1st", "a b", ""])
+def test_a_variant_name_that_cannot_be_a_folder_is_refused_naming_it(name):
+    from neuron_assets.settings import Settings
+    from neuron_assets.storage.layout import ExperimentNameError
+
+    with pytest.raises((ExperimentNameError, ValueError), match="variant"):
+        Settings(("m",), None, None, None, None, variants=(name,))
 
 
 def test_a_partition_key_that_is_not_a_layer_is_an_error_naming_it():
@@ -61,7 +95,7 @@ def test_every_asset_has_its_own_description_including_the_multi_assets_outputs(
 
 
 def test_the_ui_column_table_shows_every_columns_description():
-    from neuron_assets.defs.resources import column_schema
+    from neuron_assets.defs.common import column_schema
     from neuron_assets.storage.schemas import TABLES
 
     for table in TABLES:

@@ -45,7 +45,7 @@ def run_config(mode):
 
 def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
     settings = Settings(
-        subject_model=PACKAGED_SUBJECT_MODEL, data_dir=data_dir, llm_base_url=proxy.url,
+        subject_models=(PACKAGED_SUBJECT_MODEL,), data_dir=data_dir, llm_base_url=proxy.url,
         explainer_model=PACKAGED_MODEL_ALIAS, simulator_model=PACKAGED_MODEL_ALIAS,
     )  # fmt: skip
     defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3)

@@ -46,7 +46,7 @@ MATERIALIZED_ELSEWHERE = ("revision_layers", "puzzle_scorer_summary")
 
 def settings(data_dir, **overrides):
     values = dict(
-        subject_model=PACKAGED_SUBJECT_MODEL, data_dir=data_dir,
+        subject_models=(PACKAGED_SUBJECT_MODEL,), data_dir=data_dir,
         llm_base_url=None, explainer_model=None, simulator_model=None,
     )  # fmt: skip
     return Settings(**{**values, **overrides})

@@ -197,7 +197,7 @@ def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_s
         return "colour words such as red."
 
     with ScriptedOpenAI(answer) as server:
-        settings = Settings(PACKAGED_SUBJECT_MODEL, tmp_path / "data", server.url, "explainer", "simulator")
+        settings = Settings((PACKAGED_SUBJECT_MODEL,), tmp_path / "data", server.url, "explainer", "simulator")
         job = build_definitions(settings, timeout_s=10, max_attempts=1).resolve_implicit_global_asset_job_def()
         run_config = {"ops": {"puzzle_scores": {"config": {"path": str(path)}}}}
         selection = [dg.AssetKey("puzzle_scores"), dg.AssetKey("puzzle_explanations")]

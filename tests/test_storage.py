@@ -10,16 +10,19 @@ import pytest
 from neuron_assets.storage.store import ResultStore
 
 
-def scores(layer: int, n: int, run: str = "run-1") -> pl.DataFrame:
+def scores(layer: int, n: int, run: str = "run-1", variant: str = "default", correlation: float = 0.5,
+           scoring_set: str = "top_and_random") -> pl.DataFrame:  # fmt: skip
     return pl.DataFrame(
         {
+            "subject_model": ["m"] * n,
+            "variant": [variant] * n,
             "layer": [layer] * n,
             "neuron": list(range(n)),
             "sample": [0] * n,
             "method": ["explanation"] * n,
             "explanation_neuron": list(range(n)),
-            "scoring_set": ["top_and_random"] * n,
-            "correlation": [0.5] * n,
+            "scoring_set": [scoring_set] * n,
+            "correlation": [correlation + (neuron % 4) / 10 for neuron in range(n)],
             "explained_variance": [0.25] * n,
             "calibration_slope": [1.0] * n,
             "calibration_intercept": [0.0] * n,
@@ -32,6 +35,10 @@ def scores(layer: int, n: int, run: str = "run-1") -> pl.DataFrame:
             "polarity": ["positive"] * n,
         }
     )
+
+
+def documents(n: int) -> pl.DataFrame:
+    return pl.DataFrame({"doc_id": list(range(n)), "corpus": ["t"] * n, "source": ["s"] * n, "text": ["x"] * n})
 
 
 def count(store: ResultStore, sql: str) -> int:
@@ -57,6 +64,83 @@ def test_an_invalid_frame_is_rejected_and_the_stored_partition_kept(tmp_path):
         store.write("scores", bad, "0")
     assert len(store.read("scores", ["0"])) == 3
     assert [p.name for p in (tmp_path / "scores").iterdir()] == ["0.parquet"]
+
+
+def test_two_variants_of_one_layer_are_kept_side_by_side(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write("scores", scores(3, 2, variant="a"), "3", ["m", "a"])
+    store.write("scores", scores(3, 2, variant="b"), "3", ["m", "b"])
+    assert store.path("scores", "3", ["m", "b"]) == tmp_path / "scores" / "m" / "b" / "3.parquet"
+    assert store.read("scores", ["3"], ["m", "a"])["variant"].unique().to_list() == ["a"]
+    store.refresh_views()
+    assert count(store, "SELECT count(DISTINCT variant) FROM scores WHERE layer = 3") == 2
+
+
+def explanations(layer: int, n: int, variant: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "subject_model": ["m"] * n, "variant": [variant] * n, "run_id": ["r"] * n,
+            "partition": [f"layer-{layer}"] * n, "polarity": ["positive"] * n, "layer": [layer] * n,
+            "neuron": list(range(n)), "sample": [0] * n, "method": ["explanation"] * n,
+            "explanation": [f"{variant} {i}" for i in range(n)], "raw_reply": ["x"] * n, "explainer_model": ["e"] * n,
+            "prompt_version": ["v"] * n, "temperature": [1.0] * n, "excerpt_ids": [[0]] * n,
+            "prompt_shortening": pl.Series([None] * n, dtype=pl.String),
+        }
+    )  # fmt: skip
+
+
+def test_variants_of_one_layer_are_compared_per_neuron_and_per_layer_with_a_bootstrap_interval(tmp_path):
+    store = ResultStore(tmp_path)
+    for variant, correlation in (("a", 0.2), ("b", 0.5)):
+        prefix = ["m", variant]
+        both_sets = pl.concat([scores(3, 4, variant=variant, correlation=correlation, scoring_set=s)
+                               for s in ("top_and_random", "random_only")])  # fmt: skip
+        store.write("scores", both_sets, "3", prefix)
+        store.write("explanations", explanations(3, 4, variant), "3", prefix)
+    store.refresh_views()
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        neurons = connection.sql(
+            "SELECT neuron, explanation_a, explanation_b, top_and_random_b_minus_a FROM variant_scores "
+            "WHERE method = 'explanation' ORDER BY neuron"
+        ).fetchall()
+        layer = connection.sql(
+            "SELECT variant_a, variant_b, n_paired, mean_score_a, mean_score_b, b_minus_a, difference_ci_low, "
+            "difference_ci_high, verdict FROM variant_layers WHERE scoring_set = 'top_and_random'"
+        ).fetchall()
+    assert [(n, a, b) for n, a, b, _ in neurons] == [(i, f"a {i}", f"b {i}") for i in range(4)]
+    assert [round(d, 9) for *_, d in neurons] == [0.3] * 4
+    (a, b, n, mean_a, mean_b, difference, low, high, verdict), = layer
+    assert (a, b, n) == ("a", "b", 4)
+    assert (round(mean_a, 9), round(mean_b, 9), round(difference, 9)) == (0.35, 0.65, 0.3)
+    assert round(low, 9) == round(high, 9) == 0.3  # every neuron differs by 0.3: no spread to resample
+    assert verdict == "variant_b better"
+
+
+def test_results_in_the_layout_before_experiments_are_moved_to_their_subject_model_and_the_default_variant(tmp_path):
+    old = tmp_path / "data"
+    (old / "excerpts").mkdir(parents=True)
+    (old / "scores").mkdir()
+    (old / "documents").mkdir()
+    pl.DataFrame({"subject_model": ["gpt2"], "excerpt_id": [0]}).write_parquet(old / "excerpts" / "all.parquet")
+    documents(2).write_parquet(old / "documents" / "all.parquet")
+    scores(3, 2).drop("subject_model", "variant", "polarity").write_parquet(old / "scores" / "3.parquet")
+    store = ResultStore(old)
+    moved = store.migrate_old_layout()
+    assert sorted(p.relative_to(old).as_posix() for p in moved) == [
+        "documents/gpt2/all.parquet", "excerpts/gpt2/all.parquet", "scores/gpt2/default/3.parquet"
+    ]
+    migrated = store.read("scores", ["3"], ["gpt2", "default"])
+    assert migrated.select("subject_model", "variant", "polarity").unique().rows() == [("gpt2", "default", "positive")]
+    assert not (old / "scores" / "3.parquet").exists()
+    assert store.migrate_old_layout() == []  # nothing left to move
+
+
+def test_old_results_with_no_excerpts_to_name_their_subject_model_are_refused_and_left_in_place(tmp_path):
+    (tmp_path / "scores").mkdir()
+    scores(3, 2).write_parquet(tmp_path / "scores" / "3.parquet")
+    with pytest.raises(ValueError, match="no .*excerpts.*naming their subject model"):
+        ResultStore(tmp_path).migrate_old_layout()
+    assert (tmp_path / "scores" / "3.parquet").exists()
 
 
 def test_reading_a_missing_partition_names_it(tmp_path):
@@ -86,10 +170,6 @@ def test_views_only_cover_tables_that_have_data(tmp_path):
     store.write("scores", scores(0, 1), "0")
     created = store.refresh_views()
     assert created == ["scores"]  # derived views wait for explanations and simulations
-
-
-def documents(n: int) -> pl.DataFrame:
-    return pl.DataFrame({"doc_id": list(range(n)), "corpus": ["t"] * n, "source": ["s"] * n, "text": ["x"] * n})
 
 
 def open_reader(store: ResultStore) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""What every domain's assets share: lineage columns, partition keys, UI metadata helpers."""
+"""What every domain's assets share: partition keys, column schemas, UI metadata helpers."""
 
 from collections.abc import Callable
 from typing import Any
@@ -6,16 +6,11 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from neuron_assets.defs.partitions import layer_key_column, layer_of
+from neuron_assets.defs.partitions import layer_of
 
 # Layer-partitioned assets backfill as one run: one forward pass over the corpus records every
 # requested layer, and one LLM server serves all of them.
 SINGLE_RUN = dg.BackfillPolicy.single_run()
-
-
-def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext) -> pl.DataFrame:
-    """Tag rows with the run that wrote them and their layer partition's key."""
-    return frame.with_columns(run_id=pl.lit(context.run.run_id), partition=layer_key_column())
 
 
 def requested_layers(context: dg.AssetExecutionContext) -> list[int]:
@@ -64,3 +59,16 @@ def side(frame: pl.DataFrame, polarity: str) -> pl.DataFrame:
 def each_side(frame: pl.DataFrame, make: Callable[[str], pl.DataFrame]) -> pl.DataFrame:
     """``make(polarity)`` for every polarity of ``frame``, tagged with it and stacked."""
     return pl.concat([make(p).with_columns(polarity=pl.lit(p)) for p in sides(frame)], how="vertical")
+
+
+def column_schema(table: str) -> dg.TableSchema:
+    """The table's columns with their descriptions, from its pandera model, for the Dagster UI's column table."""
+    from neuron_assets.storage.schemas import TABLES
+
+    columns = TABLES[table].to_schema().columns
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, str(column.dtype), description=column.description)
+            for name, column in columns.items()
+        ]
+    )

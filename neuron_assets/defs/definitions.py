@@ -2,7 +2,8 @@
 
 Each pipeline stage is a domain module (``recording``, ``explanation``, ``simulation``,
 ``scoring``, ``revision``; ``puzzles`` beside them, unpartitioned) with its configs, assets and checks;
-this module puts them together.
+this module puts them together: once per subject model for what the model's variants share
+(``build_model_assets``), and once per variant for the LLM stages (``build_variant_assets``).
 
 Loading must stay cheap: layer partitions come from model metadata (no weights), heavy
 libraries are imported inside the assets, and the results database is not opened.
@@ -15,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from neuron_assets.defs import explanation, puzzles, recording, revision, scoring, simulation
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
     LLMResource,
@@ -30,15 +32,23 @@ DOMAINS = (recording, explanation, simulation, scoring, revision)
 
 def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
     """The code location for ``settings``; ``llm_options`` set other ``LLMResource`` fields (timeouts, retries)."""
-    partitions = layer_partitions(model_shape(settings.subject_model).n_layers)
+    built = [*puzzles.build_assets()]
+    for subject_model in settings.subject_models:
+        partitions = layer_partitions(model_shape(subject_model).n_layers)
+        experiments = [Experiment(subject_model, variant, partitions) for variant in settings.variants]
+        built += [a for domain in DOMAINS if hasattr(domain, "build_model_assets") for a in domain.build_model_assets(experiments[0])]
+        built += [
+            a for experiment in experiments for domain in DOMAINS if hasattr(domain, "build_variant_assets")
+            for a in domain.build_variant_assets(experiment)
+        ]  # fmt: skip
     results = ResultStoreResource(data_dir=str(settings.data_dir))
     return dg.Definitions(
-        assets=[*(asset for domain in DOMAINS for asset in domain.build_assets(partitions)), *puzzles.build_assets()],
-        asset_checks=[check for domain in DOMAINS for check in getattr(domain, "CHECKS", [])],
+        assets=[a for a in built if not isinstance(a, dg.AssetChecksDefinition)],
+        asset_checks=[a for a in built if isinstance(a, dg.AssetChecksDefinition)],
         resources={
             "results": results,
             "io_manager": ResultStoreIOManager(results=results),
-            "subject_model": SubjectModelResource(name=settings.subject_model),
+            "subject_model": SubjectModelResource(),
             "llm": LLMResource(
                 results=results,
                 base_url=settings.llm_base_url,

@@ -7,7 +7,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, each_side, preview, side, with_lineage
+from neuron_assets.defs.common import each_side, preview, side
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import LLMResource
 from neuron_assets.scorers.methods import DEFAULT_EXPLAINED, EXPLAINED
 
@@ -31,10 +32,10 @@ class ExplanationConfig(dg.Config):
     seed: int = 0
 
 
-def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
-    """This domain's assets, partitioned by the subject model's layers."""
+def build_variant_assets(experiment: Experiment) -> list[Any]:
+    """This domain's assets for one variant of one subject model, partitioned by its layers."""
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("explanations", "activation_records", "token_lookup", "excerpts"))
     def explanations(
         context: dg.AssetExecutionContext,
         config: ExplanationConfig,
@@ -109,6 +110,6 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 "preview_by_max_activation": dg.MetadataValue.md(preview(shown, "max_activation")),
             }
         )
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "explanations")
 
     return [explanations]

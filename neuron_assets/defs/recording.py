@@ -10,7 +10,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, every_quarter, markdown, requested_layers, with_lineage
+from neuron_assets.defs.common import SINGLE_RUN, column_schema, every_quarter, markdown, requested_layers
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import SubjectModelResource
 from neuron_assets.sampling.corpus import DEFAULT_CORPUS
 
@@ -54,10 +55,10 @@ class RecordingConfig(dg.Config):
     )
 
 
-def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
-    """This domain's assets, partitioned by the subject model's layers."""
+def build_model_assets(experiment: Experiment) -> list[Any]:
+    """This domain's assets and checks for one subject model (shared by its variants)."""
 
-    @dg.asset(group_name=GROUP)
+    @dg.asset(group_name=GROUP, **experiment.asset("documents", partitioned=False))
     def documents(context: dg.AssetExecutionContext, config: CorpusConfig) -> pl.DataFrame:
         """Corpus documents the excerpts are cut from: the embedded Lee news corpus by default."""
         from neuron_assets.sampling.corpus import load_documents
@@ -66,7 +67,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         context.add_output_metadata({"documents": len(frame), "corpus": config.source})
         return frame
 
-    @dg.asset(group_name=GROUP)
+    @dg.asset(group_name=GROUP, **experiment.asset("excerpts", "documents", partitioned=False))
     def excerpts(
         context: dg.AssetExecutionContext,
         config: ExcerptConfig,
@@ -76,7 +77,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         """Fixed-length excerpts (64 tokens by default) in the subject model's tokens; whole documents go to the explanation or the scoring pool."""
         from neuron_assets.sampling.excerpts import make_excerpts
 
-        model = subject_model.load()
+        model = subject_model.load(experiment.subject_model)
         frame = make_excerpts(
             documents, model.tokenize, model.token_text, model.name,
             length=config.length, scoring_fraction=config.scoring_fraction, seed=config.seed,
@@ -93,6 +94,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
     @dg.multi_asset(
         outs={
             "activation_records": dg.AssetOut(
+                key=experiment.key("activation_records"),
+                metadata={"dagster/column_schema": column_schema("activation_records")},
                 group_name=GROUP,
                 description=(
                     "Per selected neuron of the layer: its per-token activations on the top-k excerpts of each "
@@ -101,6 +104,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 ),
             ),
             "neuron_stats": dg.AssetOut(
+                key=experiment.key("neuron_stats"),
+                metadata={"dagster/column_schema": column_schema("neuron_stats")},
                 group_name=GROUP,
                 description=(
                     "Per selected neuron of the layer: mean, variance, maximum, minimum and share of tokens "
@@ -108,6 +113,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 ),
             ),
             "token_lookup": dg.AssetOut(
+                key=experiment.key("token_lookup"),
+                metadata={"dagster/column_schema": column_schema("token_lookup")},
                 group_name=GROUP,
                 description=(
                     "The token lookup table: per selected neuron of the layer, the mean activation on each "
@@ -115,7 +122,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 ),
             ),
         },
-        partitions_def=partitions,
+        ins=experiment.ins("excerpts"),
+        partitions_def=experiment.partitions,
         backfill_policy=SINGLE_RUN,
     )
     def activation_records(
@@ -134,7 +142,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             record_tables,
         )  # fmt: skip
 
-        model = subject_model.load_for(excerpts)
+        model = subject_model.load_for(experiment.subject_model, excerpts)
         layers = requested_layers(context)
         model.check_layers(layers)
         start = model.document_start_token(config.document_start_token)
@@ -160,8 +168,8 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             pl.lit(excerpts["corpus"][0]).alias("corpus"),
             pl.lit(None if start is None else start[1], dtype=pl.String).alias("document_start_token"),
         ]
-        records = with_lineage(records.with_columns(provenance), context)
-        stats = with_lineage(stats.with_columns(provenance), context)
+        records = experiment.lineage(records.with_columns(provenance), context, "activation_records")
+        stats = experiment.lineage(stats.with_columns(provenance), context, "neuron_stats")
         yield dg.Output(records, "activation_records", metadata={"layers": str(layers)})
         # Each side's stats hold the whole range: -min of one side is the max of the other.
         one_side = stats.filter(pl.col("polarity") == stats["polarity"][0])
@@ -179,18 +187,14 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             },
         )
         yield dg.Output(
-            with_lineage(lookup, context),
+            experiment.lineage(lookup, context, "token_lookup"),
             "token_lookup",
             metadata={"distinct_tokens": lookup["token_id"].n_unique(), "rows": len(lookup)},
         )
 
-    return [documents, excerpts, activation_records]
+    @dg.asset_check(asset=experiment.key("excerpts"), description="No document has excerpts in both pools.")
+    def pools_share_no_document(excerpts: pl.DataFrame) -> dg.AssetCheckResult:
+        shared = excerpts.group_by("doc_id").agg(pl.col("pool").n_unique()).filter(pl.col("pool") > 1)
+        return dg.AssetCheckResult(passed=shared.is_empty(), metadata={"shared_documents": len(shared)})
 
-
-@dg.asset_check(asset="excerpts", description="No document has excerpts in both pools.")
-def pools_share_no_document(excerpts: pl.DataFrame) -> dg.AssetCheckResult:
-    shared = excerpts.group_by("doc_id").agg(pl.col("pool").n_unique()).filter(pl.col("pool") > 1)
-    return dg.AssetCheckResult(passed=shared.is_empty(), metadata={"shared_documents": len(shared)})
-
-
-CHECKS = [pools_share_no_document]
+    return [documents, excerpts, activation_records, pools_share_no_document]

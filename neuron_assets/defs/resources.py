@@ -9,6 +9,7 @@ import dagster as dg
 import polars as pl
 from pydantic import PrivateAttr
 
+from neuron_assets.defs.common import column_schema
 from neuron_assets.defs.partitions import stored_partitions
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 
@@ -16,29 +17,32 @@ PACKAGED_LLM = "packaged SmolLM2-135M-Instruct on a local llama.cpp server"
 
 
 class SubjectModelResource(dg.ConfigurableResource):
-    """The network whose neurons we explain, booted once per process when first used."""
+    """The networks whose neurons we explain, each booted once per process when first used.
 
-    name: str = PACKAGED_SUBJECT_MODEL
+    Which model an asset needs is fixed by its experiment (the asset key's prefix); this
+    resource holds how models are loaded (device, weights cache) and keeps them loaded.
+    """
+
     device: str = "cpu"
     cache_dir: Optional[str] = None
 
-    _model: Any = PrivateAttr(default=None)
+    _models: dict[str, Any] = PrivateAttr(default_factory=dict)
 
-    def load(self) -> Any:
-        if self._model is None:
+    def load(self, name: str) -> Any:
+        if name not in self._models:
             from pathlib import Path
 
             from neuron_assets.recording.subject_model import load_subject_model
 
             cache = Path(self.cache_dir) if self.cache_dir else None
-            self._model = load_subject_model(self.name, cache, self.device)
-        return self._model
+            self._models[name] = load_subject_model(name, cache, self.device)
+        return self._models[name]
 
-    def load_for(self, excerpts: pl.DataFrame) -> Any:
-        """The model, refused with a ``SubjectModelError`` when another model's tokenizer cut ``excerpts``."""
+    def load_for(self, name: str, excerpts: pl.DataFrame) -> Any:
+        """Model ``name``, refused with a ``SubjectModelError`` when another model's tokenizer cut ``excerpts``."""
         from neuron_assets.recording.subject_model import SubjectModelError
 
-        model = self.load()
+        model = self.load(name)
         if excerpts["subject_model"][0] != model.name:
             raise SubjectModelError(
                 f"excerpts were cut with {excerpts['subject_model'][0]!r}'s tokenizer but the subject "
@@ -48,14 +52,17 @@ class SubjectModelResource(dg.ConfigurableResource):
 
 
 class ResultStoreResource(dg.ConfigurableResource):
-    """Where results live: Parquet files per table and partition, views in results.duckdb."""
+    """Where results live: Parquet files per table, experiment and partition, views in results.duckdb."""
 
     data_dir: str
 
     def store(self) -> Any:
+        """The store, with results of the layout before experiments first moved to their place."""
         from neuron_assets.storage.store import ResultStore
 
-        return ResultStore(self.data_dir)
+        store = ResultStore(self.data_dir)
+        store.migrate_old_layout()
+        return store
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -156,20 +163,20 @@ class LLMResource(dg.ConfigurableResource):
 
 
 class ResultStoreIOManager(dg.ConfigurableIOManager):
-    """Stores each asset as validated Parquet, one file per layer partition (see ``storage``)."""
+    """Stores each asset as validated Parquet under its key's prefix, one file per layer partition (see ``storage``)."""
 
     results: ResultStoreResource
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
-        table = context.asset_key.path[-1]
+        *prefix, table = context.asset_key.path
         store = self.results.store()
         if context.has_asset_partitions:
             paths = [
-                store.write(table, obj.filter(pl.col("layer") == int(layer)), layer)
+                store.write(table, obj.filter(pl.col("layer") == int(layer)), layer, prefix)
                 for layer in stored_partitions(context.asset_partition_keys)
             ]
         else:
-            paths = [store.write(table, obj)]
+            paths = [store.write(table, obj, None, prefix)]
         self._refresh_views(context, store)
         context.add_output_metadata(
             {
@@ -181,9 +188,9 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
-        table = context.upstream_output.asset_key.path[-1]
+        *prefix, table = context.upstream_output.asset_key.path
         partitions = stored_partitions(context.asset_partition_keys) if context.has_asset_partitions else None
-        return self.results.store().read(table, partitions)
+        return self.results.store().read(table, partitions, prefix)
 
     @staticmethod
     def _refresh_views(context: dg.OutputContext, store: Any) -> None:
@@ -202,15 +209,3 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
         if written:
             context.log.info(f"DuckDB views written: {', '.join(written)}")
 
-
-def column_schema(table: str) -> dg.TableSchema:
-    """The table's columns for the Dagster UI, derived from its pandera model."""
-    from neuron_assets.storage.schemas import TABLES
-
-    columns = TABLES[table].to_schema().columns
-    return dg.TableSchema(
-        columns=[
-            dg.TableColumn(name, str(column.dtype), description=column.description)
-            for name, column in columns.items()
-        ]
-    )

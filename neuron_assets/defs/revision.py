@@ -10,7 +10,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, each_side, markdown, side, with_lineage
+from neuron_assets.defs.common import each_side, markdown, side
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import LLMResource, SubjectModelResource
 
 GROUP = "revision"
@@ -46,10 +47,10 @@ def _first_samples(explanations: pl.DataFrame) -> pl.DataFrame:
     return explanations.filter((pl.col("method") == "explanation") & (pl.col("sample") == 0))
 
 
-def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
-    """The revision assets, partitioned by layer like the rest."""
+def build_variant_assets(experiment: Experiment) -> list[Any]:
+    """The revision assets for one variant of one subject model, partitioned by its layers."""
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("revision_sentences", "explanations", "neuron_stats"))
     def revision_sentences(
         context: dg.AssetExecutionContext,
         config: RevisionSentenceConfig,
@@ -72,7 +73,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         originals = _first_samples(explanations)
         explainer, _ = llm.model_names()
         client = llm.client()
-        model = subject_model.load()
+        model = subject_model.load(experiment.subject_model)
         if neuron_stats["subject_model"][0] != model.name:
             raise ValueError(
                 f"the neurons were recorded on {neuron_stats['subject_model'][0]!r} but the subject model is "
@@ -125,9 +126,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 "per_neuron": dg.MetadataValue.md(markdown(per_neuron.sort("layer", "neuron", "polarity"))),
             }
         )
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "revision_sentences")
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("revisions", "revision_sentences", "activation_records", "explanations", "excerpts"))
     def revisions(
         context: dg.AssetExecutionContext,
         config: RevisionConfig,
@@ -177,9 +178,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 ),
             }
         )
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "revisions")
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("revision_scores", "revisions", "revision_sentences", "explanations", "scoring_excerpts", "excerpts"))
     def revision_scores(
         context: dg.AssetExecutionContext,
         config: RevisionScoreConfig,
@@ -231,9 +232,9 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         context.add_output_metadata(
             {"by_kind": dg.MetadataValue.md(markdown(summary)), "simulation_mode": mode, **client.stats.as_metadata()}
         )
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "revision_scores")
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("revision_comparisons", "revision_scores"))
     def revision_comparisons(context: dg.AssetExecutionContext, revision_scores: pl.DataFrame) -> pl.DataFrame:
         """Per layer, scoring set and kind: mean score, and the mean paired difference revised minus original with a bootstrap interval and the count of neurons improved."""
         from neuron_assets.baselines.controls import compare_methods
@@ -264,6 +265,6 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                              *(pl.col(c).round(3) for c in ("mean_score", "revised_minus_original", "difference_ci_low",
                                                             "difference_ci_high")))  # fmt: skip
         context.add_output_metadata({"comparison": dg.MetadataValue.md(markdown(shown))})
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "revision_comparisons")
 
     return [revision_sentences, revisions, revision_scores, revision_comparisons]

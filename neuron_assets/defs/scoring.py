@@ -6,16 +6,17 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from neuron_assets.defs.common import SINGLE_RUN, each_side, markdown, preview, side, with_lineage
+from neuron_assets.defs.common import each_side, markdown, preview, side
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import ResultStoreResource
 
 GROUP = "scoring"
 
 
-def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
-    """This domain's assets, partitioned by the subject model's layers."""
+def build_variant_assets(experiment: Experiment) -> list[Any]:
+    """This domain's assets for one variant of one subject model, partitioned by its layers."""
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("scores", "simulations", "token_predictions", "explanations"))
     def scores(
         context: dg.AssetExecutionContext,
         simulations: pl.DataFrame,
@@ -33,7 +34,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
             simulated=pl.col("predicted"),
         )
         together = pl.concat([simulations.select(*columns, "polarity"), predictions.select(*columns, "polarity")])
-        frame = with_lineage(each_side(together, lambda polarity: score_simulations(side(together, polarity))), context)
+        frame = experiment.lineage(each_side(together, lambda polarity: score_simulations(side(together, polarity))), context, "scores")
         named = explanations.select("layer", "neuron", "polarity", "sample", "method", "explanation")
         by_set = frame.join(named, on=["layer", "neuron", "polarity", "sample", "method"])
         summary = frame.group_by("method", "scoring_set").agg(
@@ -55,7 +56,7 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         )
         return frame
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("method_comparisons", "scores"))
     def method_comparisons(context: dg.AssetExecutionContext, scores: pl.DataFrame) -> pl.DataFrame:
         """Per layer and scoring set: each method's mean score and its paired difference from the explanation's, with bootstrap intervals."""
         from neuron_assets.baselines.controls import compare_methods
@@ -66,44 +67,42 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 "mean_score", "explanation_minus_method", "difference_ci_low", "difference_ci_high"))
         )  # fmt: skip
         context.add_output_metadata({"top_and_random": dg.MetadataValue.md(markdown(shown))})
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "method_comparisons")
 
-    return [scores, method_comparisons]
-
-
-@dg.asset_check(
-    asset="scores",
-    description="Every stored score is a number in [-1, 1] or NULL with its reason; never NaN.",
-)
-def undefined_scores_carry_a_reason(results: ResultStoreResource) -> dg.AssetCheckResult:
-    store = results.store()
-    scores = store.read("scores", store.partitions("scores"))
-    nan = scores.filter(pl.col("correlation").is_nan())
-    unexplained = scores.filter(pl.col("correlation").is_null() & pl.col("undefined_reason").is_null())
-    return dg.AssetCheckResult(
-        passed=nan.is_empty() and unexplained.is_empty(),
-        metadata={"nan_scores": len(nan), "null_scores_without_reason": len(unexplained)},
+    @dg.asset_check(
+        asset=experiment.key("scores"),
+        description="Every stored score is a number in [-1, 1] or NULL with its reason; never NaN.",
     )
+    def undefined_scores_carry_a_reason(results: ResultStoreResource) -> dg.AssetCheckResult:
+        store = results.store()
+        prefix = experiment.prefix("scores")
+        scores = store.read("scores", store.partitions("scores", prefix), prefix)
+        nan = scores.filter(pl.col("correlation").is_nan())
+        unexplained = scores.filter(pl.col("correlation").is_null() & pl.col("undefined_reason").is_null())
+        return dg.AssetCheckResult(
+            passed=nan.is_empty() and unexplained.is_empty(),
+            metadata={"nan_scores": len(nan), "null_scores_without_reason": len(unexplained)},
+        )
 
 
-@dg.asset_check(
-    asset="scores",
-    description=(
-        "Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones "
-        "counted); next-token explanations, which have no next token for each excerpt's last position, on "
-        "the same tokens as each other."
-    ),
-)
-def every_method_is_scored_on_the_same_tokens(results: ResultStoreResource) -> dg.AssetCheckResult:
-    store = results.store()
-    scores = store.read("scores", store.partitions("scores"))
-    view = (pl.col("method") == "next_token_explanation").alias("next_token_view")
-    differing = (
-        scores.group_by("layer", "neuron", "polarity", "scoring_set", view)
-        .agg(pl.col("n_tokens").n_unique())
-        .filter(pl.col("n_tokens") > 1)
+    @dg.asset_check(
+        asset=experiment.key("scores"),
+        description=(
+            "Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones "
+            "counted); next-token explanations, which have no next token for each excerpt's last position, on "
+            "the same tokens as each other."
+        ),
     )
-    return dg.AssetCheckResult(passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)})
+    def every_method_is_scored_on_the_same_tokens(results: ResultStoreResource) -> dg.AssetCheckResult:
+        store = results.store()
+        prefix = experiment.prefix("scores")
+        scores = store.read("scores", store.partitions("scores", prefix), prefix)
+        view = (pl.col("method") == "next_token_explanation").alias("next_token_view")
+        differing = (
+            scores.group_by("layer", "neuron", "polarity", "scoring_set", view)
+            .agg(pl.col("n_tokens").n_unique())
+            .filter(pl.col("n_tokens") > 1)
+        )
+        return dg.AssetCheckResult(passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)})
 
-
-CHECKS = [undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens]
+    return [scores, method_comparisons, undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens]

@@ -8,7 +8,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, each_side, markdown, side, with_lineage
+from neuron_assets.defs.common import each_side, markdown, side
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import LLMResource, SubjectModelResource
 from neuron_assets.scorers.methods import DEFAULT_SIMULATED, SIMULATED, TOKEN_BASELINES
 
@@ -47,10 +48,10 @@ class TokenBaselineConfig(dg.Config):
     )
 
 
-def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
-    """This domain's assets, partitioned by the subject model's layers."""
+def build_model_assets(experiment: Experiment) -> list[Any]:
+    """What one subject model's variants share: the scoring excerpts and the token baselines (no LLM)."""
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("scoring_excerpts", "activation_records"))
     def scoring_excerpts(
         context: dg.AssetExecutionContext, config: ScoringExcerptConfig, activation_records: pl.DataFrame
     ) -> pl.DataFrame:
@@ -66,9 +67,52 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
         )  # fmt: skip
         kinds = frame.group_by("excerpt_kind").len().sort("excerpt_kind")
         context.add_output_metadata({"excerpts_by_kind": dg.MetadataValue.md(markdown(kinds))})
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "scoring_excerpts")
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
+    @dg.asset(group_name=GROUP, **experiment.asset("token_predictions", "token_lookup", "scoring_excerpts", "excerpts"))
+    def token_predictions(
+        context: dg.AssetExecutionContext,
+        config: TokenBaselineConfig,
+        subject_model: SubjectModelResource,
+        token_lookup: pl.DataFrame,
+        scoring_excerpts: pl.DataFrame,
+        excerpts: pl.DataFrame,
+    ) -> pl.DataFrame:
+        """The token baselines' predictions on each neuron's scoring and calibration excerpts: the lookup table's and the weight-based ones (no LLM)."""
+        from neuron_assets.baselines.token_baselines import (
+            lookup_fallback,
+            predict_from_token_table,
+            weight_based_table,
+        )
+        from neuron_assets.scorers.methods import LOOKUP_TABLE, WEIGHT_BASED, check_methods
+
+        methods = check_methods(config.methods, TOKEN_BASELINES, "token_predictions config 'methods'")
+        model = subject_model.load_for(experiment.subject_model, excerpts) if WEIGHT_BASED in methods else None
+
+        def predict_side(polarity: str) -> pl.DataFrame:
+            scoring, frames = side(scoring_excerpts, polarity), []
+            if LOOKUP_TABLE in methods:
+                lookup = side(token_lookup, polarity)  # recorded on the side's own (negated) activations
+                table = lookup.rename({"mean_activation": "value"})
+                frames.append(predict_from_token_table(table, lookup_fallback(lookup), scoring, excerpts, LOOKUP_TABLE))
+            if model is not None:
+                table = weight_based_table(model.direct_token_activations, scoring, excerpts)
+                if polarity == "negative":
+                    table = table.with_columns(-pl.col("value"))
+                frames.append(predict_from_token_table(table, None, scoring, excerpts, WEIGHT_BASED))
+            return pl.concat(frames, how="vertical")
+
+        frame = each_side(scoring_excerpts, predict_side)
+        context.add_output_metadata({"predicted_excerpts": len(frame), "methods": str(methods)})
+        return experiment.lineage(frame, context, "token_predictions")
+
+    return [scoring_excerpts, token_predictions]
+
+
+def build_variant_assets(experiment: Experiment) -> list[Any]:
+    """The simulator LLM's simulations for one variant of one subject model, partitioned by its layers."""
+
+    @dg.asset(group_name=GROUP, **experiment.asset("simulations", "explanations", "scoring_excerpts", "excerpts"))
     def simulations(
         context: dg.AssetExecutionContext,
         config: SimulationConfig,
@@ -134,43 +178,6 @@ def build_assets(partitions: dg.PartitionsDefinition) -> list[Any]:
                 **llm.server_metadata(),
             }
         )
-        return with_lineage(frame, context)
+        return experiment.lineage(frame, context, "simulations")
 
-    @dg.asset(group_name=GROUP, partitions_def=partitions, backfill_policy=SINGLE_RUN)
-    def token_predictions(
-        context: dg.AssetExecutionContext,
-        config: TokenBaselineConfig,
-        subject_model: SubjectModelResource,
-        token_lookup: pl.DataFrame,
-        scoring_excerpts: pl.DataFrame,
-        excerpts: pl.DataFrame,
-    ) -> pl.DataFrame:
-        """The token baselines' predictions on each neuron's scoring and calibration excerpts: the lookup table's and the weight-based ones (no LLM)."""
-        from neuron_assets.baselines.token_baselines import (
-            lookup_fallback,
-            predict_from_token_table,
-            weight_based_table,
-        )
-        from neuron_assets.scorers.methods import LOOKUP_TABLE, WEIGHT_BASED, check_methods
-
-        methods = check_methods(config.methods, TOKEN_BASELINES, "token_predictions config 'methods'")
-        model = subject_model.load_for(excerpts) if WEIGHT_BASED in methods else None
-
-        def predict_side(polarity: str) -> pl.DataFrame:
-            scoring, frames = side(scoring_excerpts, polarity), []
-            if LOOKUP_TABLE in methods:
-                lookup = side(token_lookup, polarity)  # recorded on the side's own (negated) activations
-                table = lookup.rename({"mean_activation": "value"})
-                frames.append(predict_from_token_table(table, lookup_fallback(lookup), scoring, excerpts, LOOKUP_TABLE))
-            if model is not None:
-                table = weight_based_table(model.direct_token_activations, scoring, excerpts)
-                if polarity == "negative":
-                    table = table.with_columns(-pl.col("value"))
-                frames.append(predict_from_token_table(table, None, scoring, excerpts, WEIGHT_BASED))
-            return pl.concat(frames, how="vertical")
-
-        frame = each_side(scoring_excerpts, predict_side)
-        context.add_output_metadata({"predicted_excerpts": len(frame), "methods": str(methods)})
-        return with_lineage(frame, context)
-
-    return [scoring_excerpts, simulations, token_predictions]
+    return [simulations]

@@ -27,7 +27,14 @@ class Lineage(pa.DataFrameModel):
 class NeuronSide(Lineage):
     """Rows about one side of a neuron: its activations, or (``negative``) their negation."""
 
+    subject_model: str = pa.Field(description="subject model whose neuron this is")
     polarity: str = pa.Field(isin=["positive", "negative"], description="'positive' (the activations as recorded) or 'negative' (negated: the neuron's large negative values, explained and scored as a neuron of their own)")
+
+
+class VariantRows(NeuronSide):
+    """Rows an LLM stage wrote: they belong to one variant (a named configuration of the LLM stages)."""
+
+    variant: str = pa.Field(description="the variant (named configuration of explainer, simulator, prompts and settings) that wrote the row")
 
 
 class Documents(pa.DataFrameModel):
@@ -53,7 +60,6 @@ class Excerpts(pa.DataFrameModel):
 class ActivationRecords(NeuronSide):
     """Per-token activations of one neuron on one excerpt, and why that excerpt was kept."""
 
-    subject_model: str = pa.Field(description="subject model whose neuron this is")
     corpus: str = pa.Field(description="corpus the excerpts come from")
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
@@ -68,7 +74,6 @@ class ActivationRecords(NeuronSide):
 
 
 class NeuronStats(NeuronSide):
-    subject_model: str = pa.Field(description="subject model whose neuron this is")
     corpus: str = pa.Field(description="corpus the statistics were computed over")
     document_start_token: Optional[str] = pa.Field(nullable=True, description="token put before each excerpt when recording; null for none")
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -84,7 +89,6 @@ class NeuronStats(NeuronSide):
 class TokenLookup(NeuronSide):
     """The token lookup table (method.md §6): each token's mean activation over the explanation pool."""
 
-    subject_model: str = pa.Field(description="subject model whose neuron this is")
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     token_id: int = pa.Field(ge=0, description="the token's id in the subject model's vocabulary")
@@ -103,7 +107,7 @@ class ScoringExcerpts(NeuronSide):
     activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
 
-class Explanations(NeuronSide):
+class Explanations(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which of the neuron's sampled explanations")
@@ -117,7 +121,7 @@ class Explanations(NeuronSide):
     prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the explainer's context; null if nothing")
 
 
-class Simulations(NeuronSide):
+class Simulations(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was simulated")
@@ -149,7 +153,7 @@ class TokenPredictions(NeuronSide):
     true_activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
 
-class Scores(NeuronSide):
+class Scores(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was scored (0 for token baselines)")
@@ -166,7 +170,7 @@ class Scores(NeuronSide):
     undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined (constant activations); null when it is defined")
 
 
-class MethodComparisons(NeuronSide):
+class MethodComparisons(VariantRows):
     """Per layer, scoring set and method: mean score, and its paired difference from the explanation's."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -223,7 +227,7 @@ class PuzzleExplanations(pa.DataFrameModel):
     simulation_mode: str = pa.Field(description="simulator mode")
 
 
-class RevisionSentences(NeuronSide):
+class RevisionSentences(VariantRows):
     """Sentences the explainer wrote to make a neuron fire by its explanation (method.md §8), and what the neuron did on them."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -244,7 +248,7 @@ class RevisionSentences(NeuronSide):
     prompt_version: str = pa.Field(description="version of the sentence-writer prompt")
 
 
-class Revisions(NeuronSide):
+class Revisions(VariantRows):
     """Revised explanations (method.md §8) and the study's controls."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -260,7 +264,7 @@ class Revisions(NeuronSide):
     prompt_version: str = pa.Field(description="version of the reviser prompt")
 
 
-class RevisionScores(NeuronSide):
+class RevisionScores(VariantRows):
     """Original and revised explanations scored on the original and the extended scoring set."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -279,7 +283,7 @@ class RevisionScores(NeuronSide):
     ten_handling: str = pa.Field(description="how the value 10 was read")
 
 
-class RevisionComparisons(NeuronSide):
+class RevisionComparisons(VariantRows):
     """Per layer, scoring set and revision kind: mean score and the paired difference from the original."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -315,6 +319,10 @@ TABLES: dict[str, type[pa.DataFrameModel]] = {
     "puzzle_scores": PuzzleScores,
     "puzzle_explanations": PuzzleExplanations,
 }
+
+
+# Tables kept per subject model (under its folder); the puzzles test the LLMs alone.
+MODEL_TABLES = tuple(name for name in TABLES if not name.startswith("puzzle_"))
 
 
 def validate(table: str, frame: pl.DataFrame) -> pl.DataFrame:

@@ -1,4 +1,8 @@
-"""Results on disk: one Parquet file per table and layer partition, DuckDB views over them.
+"""Results on disk: one Parquet file per table, experiment and layer partition, DuckDB views over them.
+
+A file's place is ``<table>/<subject model>/[<variant>/]<layer>.parquet``: the Dagster asset
+key's prefix (see ``defs.experiments``) names the subject model, and for the LLM stages the
+variant, so results of different models and configurations stay side by side.
 
 DuckDB allows one writing process per database file, and researchers keep a session
 open on their results while a backfill runs. So the pipeline never writes table data
@@ -13,18 +17,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
 
-from neuron_assets.storage.schemas import TABLES, validate
+from neuron_assets.storage.schemas import MODEL_TABLES, TABLES, validate
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 UNPARTITIONED = "all"
 VIEWS_TABLE = "neuron_assets_views"  # the view statements in force, to refresh only what changed
 # Columns added after results were first stored, with the value every older row has: all
-# results before the negative side was recorded are of the positive side.
-OLDER_FILES_MEAN = {"polarity": "positive"}
+# results before the negative side was recorded are of the positive side, and all results
+# before variants existed are of the default variant.
+DEFAULT_VARIANT = "default"
+OLDER_FILES_MEAN = {"polarity": "positive", "variant": DEFAULT_VARIANT}
 
 
 class ResultStore:
@@ -42,13 +49,14 @@ class ResultStore:
     def database(self) -> Path:
         return self.root / "results.duckdb"
 
-    def path(self, table: str, partition: str | None = None) -> Path:
-        return self.root / table / f"{partition if partition is not None else UNPARTITIONED}.parquet"
+    def path(self, table: str, partition: str | None = None, prefix: Sequence[str] = ()) -> Path:
+        """``<table>/<prefix...>/<partition>.parquet``; ``prefix`` is the asset key's (subject model, variant)."""
+        return self.root.joinpath(table, *prefix, f"{partition if partition is not None else UNPARTITIONED}.parquet")
 
-    def write(self, table: str, frame: pl.DataFrame, partition: str | None = None) -> Path:
+    def write(self, table: str, frame: pl.DataFrame, partition: str | None = None, prefix: Sequence[str] = ()) -> Path:
         """Validate, then atomically replace the table's file for this partition."""
         frame = validate(table, frame)
-        target = self.path(table, partition)
+        target = self.path(table, partition, prefix)
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
         os.close(handle)
@@ -61,9 +69,9 @@ class ResultStore:
             raise
         return target
 
-    def read(self, table: str, partitions: list[str] | None = None) -> pl.DataFrame:
+    def read(self, table: str, partitions: list[str] | None = None, prefix: Sequence[str] = ()) -> pl.DataFrame:
         """Read (and validate) the given partitions, or the unpartitioned file when ``None``."""
-        paths = [self.path(table, p) for p in (partitions if partitions is not None else [None])]
+        paths = [self.path(table, p, prefix) for p in (partitions if partitions is not None else [None])]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"table {table!r} has not been materialized: missing {missing}")
@@ -80,8 +88,52 @@ class ResultStore:
             frames.append(frame.with_columns(pl.lit(OLDER_FILES_MEAN[c]).alias(c) for c in sorted(absent)))
         return validate(table, pl.concat([f.select(frames[0].columns) for f in frames], how="vertical"))
 
-    def partitions(self, table: str) -> list[str]:
-        return sorted(p.stem for p in (self.root / table).glob("*.parquet"))
+    def partitions(self, table: str, prefix: Sequence[str] = ()) -> list[str]:
+        return sorted(p.stem for p in self.root.joinpath(table, *prefix).glob("*.parquet"))
+
+    def has_results(self, table: str) -> bool:
+        """Whether any experiment has a file of ``table``."""
+        return next((self.root / table).glob("**/*.parquet"), None) is not None
+
+    def migrate_old_layout(self) -> list[Path]:
+        """Move files of the layout before experiments (``<table>/<layer>.parquet``) to their place.
+
+        They all belong to the one subject model that cut the stored excerpts, and to the
+        default variant; columns they lack (``subject_model``, ``variant``) are added with
+        those values. Each file is written whole at its new place before the old one goes,
+        so an interrupted migration loses nothing and the next one finishes it.
+        """
+        from neuron_assets.storage.layout import VARIANT_TABLES, model_slug
+
+        old = [p for table in MODEL_TABLES for p in sorted((self.root / table).glob("*.parquet"))]
+        if not old:
+            return []
+        excerpts = self.root / "excerpts" / f"{UNPARTITIONED}.parquet"
+        subject_model = self._old_subject_model(excerpts)
+        moved = []
+        for path in old:
+            table = path.parent.name
+            prefix = [model_slug(subject_model)] + ([DEFAULT_VARIANT] if table in VARIANT_TABLES else [])
+            frame = pl.read_parquet(path, glob=False)
+            wanted = TABLES[table].to_schema().columns
+            added = {"subject_model": subject_model, "variant": DEFAULT_VARIANT}
+            frame = frame.with_columns(pl.lit(v).alias(c) for c, v in added.items() if c in wanted and c not in frame.columns)
+            target = self.path(table, path.stem, prefix)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.stem}.migrating")
+            frame.write_parquet(temporary)
+            os.replace(temporary, target)
+            path.unlink()
+            moved.append(target)
+        return moved
+
+    def _old_subject_model(self, excerpts: Path) -> str:
+        if not excerpts.exists():
+            raise ValueError(
+                f"{self.root} holds results in the layout before experiments but no {excerpts} naming their "
+                f"subject model; move each <table>/<layer>.parquet to <table>/<model>/[default/]<layer>.parquet"
+            )
+        return pl.read_parquet(excerpts, columns=["subject_model"], glob=False)["subject_model"][0]
 
     def view_definitions(self) -> dict[str, str]:
         """Every view the stored tables allow, as name -> ``CREATE OR REPLACE VIEW`` statement.
@@ -91,8 +143,8 @@ class ResultStore:
         """
         definitions: dict[str, str] = {}
         for table in TABLES:
-            if self.partitions(table):
-                files = sql_string(escape_glob((self.root / table).as_posix()) + "/*.parquet")
+            if self.has_results(table):
+                files = sql_string(escape_glob((self.root / table).as_posix()) + "/**/*.parquet")
                 definitions[table] = (
                     f"CREATE OR REPLACE VIEW {sql_identifier(table)} AS "
                     f"SELECT *{self._absent_columns(table)} FROM read_parquet({files}, union_by_name = true)"
@@ -152,7 +204,7 @@ class ResultStore:
         derived views and queries keep working.
         """
         present: set[str] = set()
-        for path in (self.root / table).glob("*.parquet"):
+        for path in (self.root / table).glob("**/*.parquet"):
             present.update(parquet_columns(path))
         columns = TABLES[table].to_schema().columns
         return "".join(

@@ -1,0 +1,87 @@
+"""Experiments side by side: one set of assets per subject model, and of LLM stages per variant.
+
+Asset keys are prefixed ``<model>/`` (recording, token baselines) or ``<model>/<variant>/``
+(the LLM stages), and the IO manager files results under the same prefix, so another
+subject model or another variant never replaces earlier results. Each subject model keeps
+its own layer partitions (models differ in depth), so the partition picker and layer
+backfills work as before, per model and per variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from neuron_assets.storage.layout import VARIANT_TABLES, check_variant, model_slug
+from neuron_assets.storage.store import DEFAULT_VARIANT
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Where a domain's assets go: the subject model, the variant, and the model's layer partitions
+    (needed only to build assets; without them an experiment names keys, ops and selections)."""
+
+    subject_model: str
+    variant: str = DEFAULT_VARIANT
+    partitions: dg.PartitionsDefinition | None = None
+
+    def __post_init__(self) -> None:
+        check_variant(self.variant)
+
+    @property
+    def slug(self) -> str:
+        return model_slug(self.subject_model)
+
+    def prefix(self, table: str) -> list[str]:
+        return [self.slug, self.variant] if table in VARIANT_TABLES else [self.slug]
+
+    def key(self, table: str) -> dg.AssetKey:
+        return dg.AssetKey([*self.prefix(table), table])
+
+    def op_name(self, table: str) -> str:
+        """The name Dagster gives the asset's op: what run config is keyed by (``ops: {name: ...}``)."""
+        return "__".join(self.key(table).path)
+
+    def asset(self, table: str, *inputs: str, partitioned: bool = True) -> dict[str, Any]:
+        """``@dg.asset`` arguments for ``table``: its key, inputs, columns (with descriptions) and,
+        when ``partitioned``, the layer partitions backfilled as one run."""
+        from neuron_assets.defs.common import SINGLE_RUN, column_schema
+
+        layers = {"partitions_def": self.partitions, "backfill_policy": SINGLE_RUN} if partitioned else {}
+        return {"key": self.key(table), "ins": self.ins(*inputs), "metadata": {"dagster/column_schema": column_schema(table)}, **layers}
+
+    def keys(self, *tables: str) -> list[dg.AssetKey]:
+        return [self.key(table) for table in tables]
+
+    def run_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` with its ``ops`` entries named by table (``activation_records``) renamed to this
+        experiment's op names, so one run config serves any subject model and variant."""
+        from neuron_assets.storage.schemas import MODEL_TABLES
+
+        ops = {self.op_name(name) if name in MODEL_TABLES else name: value for name, value in config.get("ops", {}).items()}
+        return {**config, **({"ops": ops} if ops else {})}
+
+    def ins(self, *tables: str) -> dict[str, dg.AssetIn]:
+        """Inputs named after the tables, read from this experiment's assets."""
+        return {table: dg.AssetIn(key=self.key(table)) for table in tables}
+
+    def selection(self, *groups: str) -> dg.AssetSelection:
+        """The assets of ``groups`` (stages) of this subject model, LLM stages of this variant only."""
+        from neuron_assets.storage.schemas import MODEL_TABLES
+
+        shared = [self.key(table) for table in MODEL_TABLES if table not in VARIANT_TABLES]
+        mine = dg.AssetSelection.key_prefixes([self.slug, self.variant]) | dg.AssetSelection.assets(*shared)
+        return dg.AssetSelection.groups(*groups) & mine
+
+    def lineage(self, frame: pl.DataFrame, context: dg.AssetExecutionContext, table: str) -> pl.DataFrame:
+        """Tag ``table``'s rows with the run that wrote them, their layer partition, the subject model
+        and, for an LLM stage, the variant."""
+        from neuron_assets.defs.partitions import layer_key_column
+
+        tags = {"run_id": pl.lit(context.run.run_id), "partition": layer_key_column(), "subject_model": pl.lit(self.subject_model)}
+        if table in VARIANT_TABLES:
+            tags["variant"] = pl.lit(self.variant)
+        return frame.with_columns(**tags)
