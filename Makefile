@@ -25,7 +25,7 @@ LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
-.PHONY: install demo puzzles test dev bench bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo puzzles test view dev bench bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP)
 
@@ -65,8 +65,16 @@ demo: install
 puzzles: install
 	$(PY) -W ignore -m neuron_assets.puzzles.run $(ARGS)
 
+# The viewer's browser tests drive Debian's Chromium (no library downloads a browser of its
+# own); where it is missing and apt-get can run, it is installed first, else they skip.
 test: install
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } || echo "no Chromium: the browser tests will skip"
 	$(PY) -m pytest
+
+# The neuron viewer on http://127.0.0.1:8765/ (ARGS="--port N --data-dir D").
+view: install
+	$(PY) -W ignore -m neuron_assets.viewer.server $(ARGS)
 
 dev: install
 	$(VENV)/bin/dagster dev -w workspace.yaml

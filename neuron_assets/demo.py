@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from neuron_assets.settings import Settings
 
     settings = Settings.from_environment()
-    experiment = Experiment(settings.subject_model, args.variant or settings.variants[0])
+    experiment = Experiment(settings.subject_model, args.variant or settings.variants[0], viewer_url=settings.viewer_url)
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
     groups = UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS
     result = materialize_layers(
@@ -75,15 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     if not result.success:
         print("the demo run failed; see the errors above", file=sys.stderr)
         return 1
-    print_results(ResultStore(settings.data_dir), args.first_layer, args.last_layer)
+    print_results(ResultStore(settings.data_dir), args.first_layer, args.last_layer, experiment)
     return 0
 
 
-def print_results(store: ResultStore, first_layer: int, last_layer: int) -> None:
+def print_results(
+    store: ResultStore, first_layer: int, last_layer: int, experiment: Experiment = Experiment(PACKAGED_SUBJECT_MODEL)
+) -> None:
     """The scored neurons of the demo's layers beside their baselines and controls, read back from the DuckDB views."""
     import duckdb
 
-    layers = f"layer BETWEEN {first_layer} AND {last_layer}"
+    from neuron_assets.storage.store import sql_string
+
+    layers = (
+        f"layer BETWEEN {int(first_layer)} AND {int(last_layer)} AND subject_model = {sql_string(experiment.subject_model)} "
+        f"AND variant = {sql_string(experiment.variant)}"
+    )
     with duckdb.connect(str(store.database), read_only=True) as connection:
         neurons = connection.sql(
             "SELECT layer, neuron, explanation, round(top_and_random_score, 3) AS explanation_score, "
@@ -115,7 +122,8 @@ def print_results(store: ResultStore, first_layer: int, last_layer: int) -> None
             print("\nRevision: original vs revised explanation, on the original and the extended scoring set:")
             print(revised.pl().to_pandas().to_string(index=False, max_colwidth=50))
     database = str(store.database)
-    print(f"\nResults database: {database}")
+    print(f"\nNeuron viewer (make view): {experiment.viewer}/")
+    print(f"Results database: {database}")
     print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")
     print(f"  duckdb -readonly {shell_quote(database)} {shell_quote(EXAMPLE_QUERY)}")
     python = f"import duckdb; duckdb.connect({database!r}, read_only=True).sql({EXAMPLE_QUERY!r}).show()"

@@ -28,6 +28,7 @@ class Settings:
     explainer_model: str | None
     simulator_model: str | None
     variants: tuple[str, ...] = (DEFAULT_VARIANT,)
+    viewer_url: str = "http://127.0.0.1:8765"  # where make view serves; asset metadata links there
 
     def __post_init__(self) -> None:
         if not self.subject_models or not self.variants:
@@ -56,6 +57,7 @@ class Settings:
             explainer_model=env.get("NEURON_ASSETS_EXPLAINER_MODEL") or None,
             simulator_model=env.get("NEURON_ASSETS_SIMULATOR_MODEL") or None,
             variants=_names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)),
+            viewer_url=env.get("NEURON_ASSETS_VIEWER_URL", "http://127.0.0.1:8765"),
         )
 
 

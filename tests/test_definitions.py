@@ -21,7 +21,9 @@ def load_in_fresh_process(tmp_path, **env_settings):
         "parts = {k.to_user_string(): sorted(defs.resolve_assets_def(k).partitions_def.get_partition_keys(), key=len)\n"
         "         for k in defs.resolve_all_asset_keys() if k.path[-1] == 'scores'}\n"
         "descriptions = {k.to_user_string(): graph.get(k).description for k in defs.resolve_all_asset_keys()}\n"
-        f"print(json.dumps({{'keys': keys, 'partitions': parts, 'descriptions': descriptions, "
+        "columns = {k.to_user_string(): [c.description for c in graph.get(k).metadata['dagster/column_schema'].columns]\n"
+        "           for k in defs.resolve_all_asset_keys()}\n"
+        f"print(json.dumps({{'keys': keys, 'partitions': parts, 'descriptions': descriptions, 'columns': columns, "
         f"'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
     )
     env = {**os.environ, "NEURON_ASSETS_DATA_DIR": str(tmp_path / "data"), **env_settings}
@@ -66,7 +68,7 @@ def test_two_subject_models_and_two_variants_get_their_own_assets_and_layer_part
         assert {f"{model}/{t}" for t in STAGES} <= set(loaded["keys"])
         for variant in ("default", "other"):
             assert {f"{model}/{variant}/{t}" for t in LLM_STAGES} <= set(loaded["keys"])
-    assert loaded["partitions"][f"tiny_gpt2/other/scores"] == ["layer-0", "layer-1"]
+    assert loaded["partitions"]["tiny_gpt2/other/scores"] == ["layer-0", "layer-1"]
     assert len(loaded["partitions"][f"{SMOL}/other/scores"]) == 30
 
 
@@ -92,6 +94,12 @@ def test_every_asset_has_its_own_description_including_the_multi_assets_outputs(
     descriptions = load_in_fresh_process(tmp_path)["descriptions"]
     assert all(descriptions.values()), descriptions
     assert len(set(descriptions.values())) == len(descriptions)
+
+
+def test_every_asset_definition_carries_its_columns_with_descriptions_for_the_ui(tmp_path):
+    columns = load_in_fresh_process(tmp_path)["columns"]
+    assert len(columns) == len(STAGES) + len(LLM_STAGES) + 2
+    assert all(descriptions and all(descriptions) for descriptions in columns.values()), columns
 
 
 def test_the_ui_column_table_shows_every_columns_description():

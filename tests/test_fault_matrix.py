@@ -13,6 +13,7 @@ import pytest
 from fault_proxy import FaultProxy
 
 from neuron_assets.defs.definitions import build_definitions
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.demo import UP_TO_SCORES
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
@@ -20,6 +21,7 @@ from neuron_assets.settings import Settings
 from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
+EXP = Experiment(PACKAGED_SUBJECT_MODEL)  # the one subject model and variant these tests materialize
 TIMEOUT_S = 20
 LLM_TABLES = ("explanations", "simulations", "scores")
 KEYS = {
@@ -50,12 +52,12 @@ def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
     )  # fmt: skip
     defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3)
     # By default the pipeline up to the scores: revision and the puzzles are other tests' business.
-    selection = dg.AssetSelection.groups(*UP_TO_SCORES)
+    selection = EXP.selection(*UP_TO_SCORES)
     with dg.instance_for_test() as instance:
         return defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            run_config=run_config(mode), instance=instance, partition_key="layer-0", raise_on_error=False,
+            run_config=EXP.run_config(run_config(mode)), instance=instance, partition_key="layer-0", raise_on_error=False,
             asset_selection=list(selection.resolve(defs.resolve_asset_graph())) if steps is None
-            else [dg.AssetKey(s) for s in steps],
+            else [EXP.key(s) for s in steps],
         )  # fmt: skip
 
 
@@ -63,7 +65,7 @@ def stored_rows(data_dir):
     """Rows per LLM table of layer 0, after checking that no key appears twice."""
     store, counts = ResultStore(data_dir), {}
     for table in LLM_TABLES:
-        frame = store.read(table, ["0"])
+        frame = store.read(table, ["0"], EXP.prefix(table))
         assert not frame.select(KEYS[table]).is_duplicated().any(), f"duplicate rows in {table}"
         counts[table] = len(frame)
     return counts
@@ -74,7 +76,7 @@ def error_text(result):
 
 
 def metadata(result, step, name):
-    (materialization,) = result.asset_materializations_for_node(step)
+    (materialization,) = result.asset_materializations_for_node(EXP.op_name(step))
     return materialization.metadata[name].value
 
 
@@ -141,16 +143,16 @@ def test_a_persistent_content_fault_fails_clearly_keeps_what_was_stored_and_a_re
     mode, fault, problem, proxy, baseline, results
 ):
     store = ResultStore(results)
-    before = {table: store.path(table, "0").read_bytes() for table in ("simulations", "scores")}
+    before = {table: store.path(table, "0", EXP.prefix(table)).read_bytes() for table in ("simulations", "scores")}
     proxy.inject(fault, ENDPOINT[mode], times=None, after=int(mode == "all_at_once"))  # spare the tokenizer probe
     failed = materialize(proxy, results, ["simulations", "scores"], mode)
     proxy.clear()
     assert not failed.success
     message = error_text(failed)
     assert "simulation failed for 1 neuron(s)" in message and "layer 0 neuron" in message and problem in message
-    assert {table: store.path(table, "0").read_bytes() for table in before} == before
+    assert {table: store.path(table, "0", EXP.prefix(table)).read_bytes() for table in before} == before
 
     rerun = materialize(proxy, results, ["simulations", "scores"], mode)
     assert rerun.success, error_text(rerun)
     assert stored_rows(results) == baseline[1]
-    assert store.read("simulations", ["0"])["simulation_mode"].unique().to_list() == [mode]
+    assert store.read("simulations", ["0"], EXP.prefix("simulations"))["simulation_mode"].unique().to_list() == [mode]

@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 
 from neuron_assets.defs.definitions import build_definitions
+from neuron_assets.defs.experiments import Experiment
 from neuron_assets.demo import UP_TO_SCORES, materialize_layers, print_results
 from neuron_assets.llm.llama_server import LocalLlamaServer
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
@@ -26,6 +27,7 @@ from neuron_assets.settings import Settings
 from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
+EXP = Experiment(PACKAGED_SUBJECT_MODEL)  # the one subject model and variant these tests materialize
 SECRET = "sk-neuron-assets-test-0123456789"
 
 TINY = {
@@ -251,9 +253,9 @@ def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill
         assert reader.stdout.readline().strip() == "open"
         with dg.instance_for_test() as instance:
             job = definitions.resolve_implicit_global_asset_job_def()
-            selection = dg.AssetSelection.groups(*UP_TO_SCORES).resolve(definitions.resolve_asset_graph())
+            selection = EXP.selection(*UP_TO_SCORES).resolve(definitions.resolve_asset_graph())
             second = job.execute_in_process(
-                run_config=TINY, instance=instance, partition_key="layer-1", asset_selection=list(selection)
+                run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-1", asset_selection=list(selection)
             )
             logs = instance.all_logs(second.run_id)
     finally:
@@ -266,7 +268,7 @@ def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill
     assert runs == {0: first.run_id, 1: second.run_id}
     assert query(store, "SELECT DISTINCT partition FROM scores WHERE layer = 1") == [("layer-1",)]
     for step in ("explanations", "simulations"):  # unchanged work: every response from the cache
-        (materialization,) = second.asset_materializations_for_node(step)
+        (materialization,) = second.asset_materializations_for_node(EXP.op_name(step))
         assert materialization.metadata["llm_calls"].value == 0
         assert materialization.metadata["llm_cache_hits"].value > 0
 
@@ -281,7 +283,7 @@ def copy_without_cache(store, tmp_path):
 def test_neuron_scores_lists_scored_explanations_and_unscored_ones_wait_in_their_own_view(backfill, tmp_path):
     _, store, _ = backfill
     copy = copy_without_cache(store, tmp_path)
-    copy.path("scores", "1").unlink()  # as between the explanation and score steps of layer 1
+    copy.path("scores", "1", EXP.prefix("scores")).unlink()  # as between the explanation and score steps of layer 1
     copy.refresh_views()
     assert query(copy, "SELECT DISTINCT layer FROM neuron_scores") == [(0,)]
     assert query(copy, "SELECT DISTINCT layer FROM unscored_explanations") == [(1,)]
@@ -290,7 +292,7 @@ def test_neuron_scores_lists_scored_explanations_and_unscored_ones_wait_in_their
 def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_rerun_resumes(backfill, tmp_path):
     _, store, _ = backfill
     copy = copy_without_cache(store, tmp_path)
-    before = {table: copy.path(table, "0").read_bytes() for table in ("simulations", "scores")}
+    before = {table: copy.path(table, "0", EXP.prefix(table)).read_bytes() for table in ("simulations", "scores")}
     servers, killed_at = [], []
     enter = LocalLlamaServer.__enter__
 
@@ -310,12 +312,12 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     LocalLlamaServer.__enter__ = remembering_enter
     killer = threading.Thread(target=kill_after_five_responses, daemon=True)
     killer.start()
-    llm_steps = [dg.AssetKey(name) for name in ("explanations", "simulations", "scores")]
+    llm_steps = [EXP.key(name) for name in ("explanations", "simulations", "scores")]
     job = build_definitions(settings(copy.root)).resolve_implicit_global_asset_job_def()
     try:
         with dg.instance_for_test() as instance:
             result = job.execute_in_process(
-                run_config=TINY, instance=instance, partition_key="layer-0", raise_on_error=False,
+                run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", raise_on_error=False,
                 asset_selection=llm_steps,
             )  # fmt: skip
     finally:
@@ -327,36 +329,36 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     assert failure.step_key == "simulations"
     assert "the local llama.cpp server exited (signal 9, SIGKILL); the last lines of its log:" in message
     print(f"step failed {failed_at - killed_at[0]:.1f} s after the kill (teardown included)")
-    assert {table: copy.path(table, "0").read_bytes() for table in before} == before
+    assert {table: copy.path(table, "0", EXP.prefix(table)).read_bytes() for table in before} == before
     cached = len(list((copy.root / "llm_cache").rglob("*.json")))
     with dg.instance_for_test() as instance:
-        rerun = job.execute_in_process(run_config=TINY, instance=instance, partition_key="layer-0", asset_selection=llm_steps)
+        rerun = job.execute_in_process(run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", asset_selection=llm_steps)
     assert rerun.success
-    calls = sum(rerun.asset_materializations_for_node(step)[0].metadata["llm_calls"].value
+    calls = sum(rerun.asset_materializations_for_node(EXP.op_name(step))[0].metadata["llm_calls"].value
                 for step in ("explanations", "simulations"))  # fmt: skip
     # every response stored before the kill is reused: each call of the rerun stored a new
     # response, none asked again for one already stored (identical requests, such as a
     # control whose explanation reads like the neuron's own, are hits within the run too)
     assert calls == len(list((copy.root / "llm_cache").rglob("*.json"))) - cached
-    assert rerun.asset_materializations_for_node("explanations")[0].metadata["llm_calls"].value == 0
+    assert rerun.asset_materializations_for_node(EXP.op_name("explanations"))[0].metadata["llm_calls"].value == 0
 
 
 def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(backfill):
     _, store, _ = backfill
-    stored = store.path("explanations", "0").read_bytes()
+    stored = store.path("explanations", "0", EXP.prefix("explanations")).read_bytes()
     unreachable = settings(
         store.root, llm_base_url="http://127.0.0.1:9/v1", explainer_model="m", simulator_model="m"
     )
     job = build_definitions(unreachable).resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            run_config=TINY, instance=instance, partition_key="layer-0", raise_on_error=False,
-            asset_selection=[dg.AssetKey("explanations")],
+            run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", raise_on_error=False,
+            asset_selection=[EXP.key("explanations")],
         )  # fmt: skip
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "cannot reach the LLM server at http://127.0.0.1:9/v1" in str(failure.step_failure_data.error)
-    assert store.path("explanations", "0").read_bytes() == stored
+    assert store.path("explanations", "0", EXP.prefix("explanations")).read_bytes() == stored
 
 
 def error_messages(error):
@@ -374,30 +376,30 @@ def test_a_baseline_asked_for_on_a_layer_that_was_not_recorded_names_what_is_mis
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
             instance=instance, partition_key="layer-5", raise_on_error=False,
-            asset_selection=[dg.AssetKey("token_predictions")],
+            asset_selection=[EXP.key("token_predictions")],
         )  # fmt: skip
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     messages = error_messages(failure.step_failure_data.error)
     assert "table 'scoring_excerpts' has not been materialized" in messages  # the first input it loads
     assert "scoring_excerpts/5.parquet" in messages
-    assert not store.path("token_predictions", "5").exists()
+    assert not store.path("token_predictions", "5", EXP.prefix("token_predictions")).exists()
 
 
 def test_an_unknown_method_fails_the_step_naming_it_and_keeps_stored_simulations(backfill):
     _, store, _ = backfill
-    stored = store.path("simulations", "0").read_bytes()
+    stored = store.path("simulations", "0", EXP.prefix("simulations")).read_bytes()
     job = build_definitions(settings(store.root)).resolve_implicit_global_asset_job_def()
     config = {"ops": {"simulations": {"config": {"methods": ["explanation", "random_words"]}}}}
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            run_config=config, instance=instance, partition_key="layer-0", raise_on_error=False,
-            asset_selection=[dg.AssetKey("simulations")],
+            run_config=EXP.run_config(config), instance=instance, partition_key="layer-0", raise_on_error=False,
+            asset_selection=[EXP.key("simulations")],
         )  # fmt: skip
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unknown method(s) ['random_words']" in str(failure.step_failure_data.error)
-    assert store.path("simulations", "0").read_bytes() == stored
+    assert store.path("simulations", "0", EXP.prefix("simulations")).read_bytes() == stored
 
 
 def test_stored_scores_pass_the_asset_check(backfill):
@@ -473,28 +475,28 @@ def test_revision_stores_sentences_with_real_activations_revisions_controls_and_
             "revision_scores": {"config": {"mode": "json"}},
         }
     }
-    steps = [dg.AssetKey(name) for name in ("revision_sentences", "revisions", "revision_scores", "revision_comparisons")]
+    steps = [EXP.key(name) for name in ("revision_sentences", "revisions", "revision_scores", "revision_comparisons")]
     with scripted_llm_job(copy, _scripted_revision_llm()) as (server, job, instance):
         tags = {"dagster/asset_partition_range_start": "layer-0", "dagster/asset_partition_range_end": "layer-1"}
-        result = job.execute_in_process(run_config=config, instance=instance, asset_selection=steps, tags=tags)
+        result = job.execute_in_process(run_config=EXP.run_config(config), instance=instance, asset_selection=steps, tags=tags)
         assert result.success
-        written = result.asset_materializations_for_node("revision_sentences")[0]  # one per layer
+        written = result.asset_materializations_for_node(EXP.op_name("revision_sentences"))[0]  # one per layer
         calls = len(server.calls)
-        again = job.execute_in_process(run_config=config, instance=instance, asset_selection=steps, tags=tags)
+        again = job.execute_in_process(run_config=EXP.run_config(config), instance=instance, asset_selection=steps, tags=tags)
         assert again.success and len(server.calls) == calls  # every response from the cache
     assert written.metadata["neurons_short_of_sentences"].value == 1
-    sentences = copy.read("revision_sentences", ["0", "1"])
+    sentences = copy.read("revision_sentences", ["0", "1"], EXP.prefix("revision_sentences"))
     per_neuron = sorted(sentences.group_by("layer", "neuron").len()["len"].to_list())
     assert per_neuron == [4, 6, 6, 6]  # the shortfall is on record, not padded
     assert (sentences["tokens"].list.len() == sentences["activations"].list.len()).all()
     assert sentences["split"].value_counts().sort("split").rows() == [("revision", 12), ("scoring", 10)]
     assert not sentences.select("layer", "neuron", "sentence").is_duplicated().any()
-    revisions = copy.read("revisions", ["0", "1"])
+    revisions = copy.read("revisions", ["0", "1"], EXP.prefix("revisions"))
     assert revisions.group_by("revision_kind").len().sort("revision_kind").rows() == [
         ("random_sentences", 4), ("reexplained", 4), ("revised", 4)
     ]  # fmt: skip
     assert set(revisions.filter(pl.col("revision_kind") == "revised")["explanation"]) == {"cats, but not on mats"}
-    scores = copy.read("revision_scores", ["0", "1"])
+    scores = copy.read("revision_scores", ["0", "1"], EXP.prefix("revision_scores"))
     assert len(scores) == 4 * 4 * 2 and not scores.select("layer", "neuron", "revision_kind", "scoring_set").is_duplicated().any()
     tokens = dict(scores.filter(pl.col("revision_kind") == "original").group_by("scoring_set").agg(pl.col("n_tokens").sum()).rows())
     assert tokens["extended"] > tokens["original"]  # the scoring split of the sentences joined the set
@@ -526,16 +528,16 @@ def test_a_next_token_explanation_is_written_and_simulated_on_the_next_tokens_an
     methods = ["explanation", "next_token_explanation"]
     config = {"ops": {**TINY["ops"], "explanations": {"config": {**TINY["ops"]["explanations"]["config"], "methods": methods}},
                       "simulations": {"config": {"methods": methods, "mode": "json"}}}}  # fmt: skip
-    steps = [dg.AssetKey(name) for name in ("explanations", "simulations", "token_predictions", "scores")]
+    steps = [EXP.key(name) for name in ("explanations", "simulations", "token_predictions", "scores")]
     with scripted_llm_job(copy, answer) as (_, job, instance):
         result = job.execute_in_process(
-            run_config=config, instance=instance, asset_selection=steps, partition_key="layer-0"
+            run_config=EXP.run_config(config), instance=instance, asset_selection=steps, partition_key="layer-0"
         )
     assert result.success
-    records = copy.read("activation_records", ["0"]).filter(
+    records = copy.read("activation_records", ["0"], EXP.prefix("activation_records")).filter(
         (pl.col("kind") == "top") & (pl.col("pool") == "explanation") & (pl.col("rank") == 0)
     )
-    tokens = dict(copy.read("excerpts").select("excerpt_id", "tokens").rows())
+    tokens = dict(copy.read("excerpts", None, EXP.prefix("excerpts")).select("excerpt_id", "tokens").rows())
     excerpt_id = records["excerpt_id"][0]
     from neuron_assets.prompts.templates import display_token
 
@@ -547,7 +549,7 @@ def test_a_next_token_explanation_is_written_and_simulated_on_the_next_tokens_an
     as_is = [q for q in shown if listing_starting_at(0).search(q)]
     shifted = [q for q in shown if listing_starting_at(1).search(q)]
     assert as_is and shifted and not set(as_is) & set(shifted)  # the next-token prompt is shifted by one
-    simulations = copy.read("simulations", ["0"])
+    simulations = copy.read("simulations", ["0"], EXP.prefix("simulations"))
     lengths = simulations.group_by("method").agg(pl.col("true_activations").list.len().max()).sort("method").rows()
     assert lengths == [("explanation", 64), ("next_token_explanation", 63)]
     assert result.get_asset_check_evaluations() and all(e.passed for e in result.get_asset_check_evaluations())
@@ -573,28 +575,28 @@ def test_both_signs_of_a_neuron_are_recorded_in_one_pass_and_explained_and_score
             "simulations": {"config": {"mode": "json"}},
         }
     }
-    steps = [dg.AssetKey(name) for name in ("activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
+    steps = [EXP.key(name) for name in ("activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
                                              "explanations", "simulations", "token_predictions", "scores",
                                              "method_comparisons")]  # fmt: skip
     with scripted_llm_job(copy, answer) as (_, job, instance):
         result = job.execute_in_process(
-            run_config=config, instance=instance, asset_selection=steps, partition_key="layer-0"
+            run_config=EXP.run_config(config), instance=instance, asset_selection=steps, partition_key="layer-0"
         )
     assert result.success
-    (stats_event,) = [m for m in result.asset_materializations_for_node("activation_records")
-                      if m.asset_key == dg.AssetKey("neuron_stats")]  # fmt: skip
+    (stats_event,) = [m for m in result.asset_materializations_for_node(EXP.op_name("activation_records"))
+                      if m.asset_key == EXP.key("neuron_stats")]  # fmt: skip
     assert stats_event.metadata["polarities"].value == "['positive', 'negative']"
     assert 0 <= stats_event.metadata["neurons_with_a_larger_negative_than_positive_range"].value <= 2
-    stats = copy.read("neuron_stats", ["0"])
+    stats = copy.read("neuron_stats", ["0"], EXP.prefix("neuron_stats"))
     sides = {p: dict(stats.filter(pl.col("polarity") == p).select("neuron", "max").rows()) for p in ("positive", "negative")}
     minima = dict(stats.filter(pl.col("polarity") == "positive").select("neuron", "min").rows())
     assert sides["negative"] == pytest.approx({n: -m for n, m in minima.items()})
-    records = copy.read("activation_records", ["0"]).filter((pl.col("kind") == "top") & (pl.col("rank") == 0))
+    records = copy.read("activation_records", ["0"], EXP.prefix("activation_records")).filter((pl.col("kind") == "top") & (pl.col("rank") == 0))
     negative_top = dict(records.filter((pl.col("polarity") == "negative") & (pl.col("pool") == "explanation"))
                         .select("neuron", "max_activation").rows())  # fmt: skip
     assert all(negative_top[n] <= sides["negative"][n] + 1e-6 for n in negative_top)
     for table in ("scoring_excerpts", "explanations", "simulations", "token_predictions", "scores", "method_comparisons"):
-        assert set(copy.read(table, ["0"])["polarity"]) == {"positive", "negative"}, table
+        assert set(copy.read(table, ["0"], EXP.prefix(table))["polarity"]) == {"positive", "negative"}, table
     rows = query(copy, "SELECT polarity, count(*) FROM neuron_scores WHERE layer = 0 GROUP BY polarity ORDER BY polarity")
     assert rows == [("negative", 2), ("positive", 2)]
     assert all(e.passed for e in result.get_asset_check_evaluations())

@@ -17,12 +17,19 @@ def requested_layers(context: dg.AssetExecutionContext) -> list[int]:
     return sorted(layer_of(key) for key in context.partition_keys)
 
 
-def preview(frame: pl.DataFrame, score_column: str, n: int = 3) -> str:
-    """Markdown table of the best and worst rows by ``score_column`` (undefined scores apart)."""
+def preview(frame: pl.DataFrame, score_column: str, viewer: str | None = None, n: int = 3) -> str:
+    """Markdown table of the best and worst rows by ``score_column`` (undefined scores apart);
+    with ``viewer`` (the experiment's viewer address) each neuron links to its viewer page."""
     defined = frame.filter(pl.col(score_column).is_not_null()).sort(score_column, descending=True)
     shown = pl.concat([defined.head(n), defined.tail(n)]).unique(maintain_order=True) if len(defined) > 2 * n else defined
     columns = [c for c in ("layer", "neuron", "polarity", "sample", "explanation", score_column) if c in shown.columns]
-    table = markdown(shown.select(columns).with_columns(pl.col(score_column).round(3)))
+    shown = shown.select(columns).with_columns(pl.col(score_column).round(3))
+    if viewer is not None:
+        side = pl.when(pl.col("polarity") == "negative").then(pl.lit("-negative")).otherwise(pl.lit(""))
+        shown = shown.with_columns(
+            neuron=pl.format("[{}]({}/layer-{}/neuron-{}{})", "neuron", pl.lit(viewer), "layer", "neuron", side)
+        )
+    table = markdown(shown)
     undefined = len(frame) - len(defined)
     return table + (f"\n\n{undefined} row(s) with an undefined score (see `undefined_reason`)." if undefined else "")
 

@@ -35,7 +35,7 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
     built = [*puzzles.build_assets()]
     for subject_model in settings.subject_models:
         partitions = layer_partitions(model_shape(subject_model).n_layers)
-        experiments = [Experiment(subject_model, variant, partitions) for variant in settings.variants]
+        experiments = [Experiment(subject_model, variant, partitions, settings.viewer_url) for variant in settings.variants]
         built += [a for domain in DOMAINS if hasattr(domain, "build_model_assets") for a in domain.build_model_assets(experiments[0])]
         built += [
             a for experiment in experiments for domain in DOMAINS if hasattr(domain, "build_variant_assets")

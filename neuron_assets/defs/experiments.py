@@ -18,6 +18,8 @@ import polars as pl
 from neuron_assets.storage.layout import VARIANT_TABLES, check_variant, model_slug
 from neuron_assets.storage.store import DEFAULT_VARIANT
 
+DEFAULT_VIEWER_URL = "http://127.0.0.1:8765"  # where make view serves (NEURON_ASSETS_VIEWER_URL)
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -27,6 +29,12 @@ class Experiment:
     subject_model: str
     variant: str = DEFAULT_VARIANT
     partitions: dg.PartitionsDefinition | None = None
+    viewer_url: str = DEFAULT_VIEWER_URL
+
+    @property
+    def viewer(self) -> str:
+        """This experiment's index in the neuron viewer (``make view``); neuron pages are below it."""
+        return f"{self.viewer_url.rstrip('/')}/{self.slug}/{self.variant}"
 
     def __post_init__(self) -> None:
         check_variant(self.variant)

@@ -9,7 +9,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import markdown
+from neuron_assets.defs.common import column_schema, markdown
 from neuron_assets.defs.resources import LLMResource
 from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES
 
@@ -30,7 +30,7 @@ class PuzzleExplainerConfig(dg.Config):
 def build_assets() -> list[Any]:
     """The puzzle assets (they do not depend on the subject model, so they have no partitions)."""
 
-    @dg.asset(group_name=GROUP)
+    @dg.asset(group_name=GROUP, metadata={"dagster/column_schema": column_schema("puzzle_scores")})
     def puzzle_scores(context: dg.AssetExecutionContext, config: PuzzleConfig, llm: LLMResource) -> pl.DataFrame:
         """The scorer test: the true explanation, the false ones and the 3 most common firing tokens of every puzzle, simulated and ranked; the true one should rank first."""
         import time
@@ -62,7 +62,7 @@ def build_assets() -> list[Any]:
         )
         return frame
 
-    @dg.asset(group_name=GROUP)
+    @dg.asset(group_name=GROUP, metadata={"dagster/column_schema": column_schema("puzzle_explanations")})
     def puzzle_explanations(
         context: dg.AssetExecutionContext, config: PuzzleExplainerConfig, llm: LLMResource, puzzle_scores: pl.DataFrame
     ) -> pl.DataFrame:

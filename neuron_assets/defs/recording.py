@@ -92,6 +92,7 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         return frame
 
     @dg.multi_asset(
+        name=experiment.op_name("activation_records"),
         outs={
             "activation_records": dg.AssetOut(
                 key=experiment.key("activation_records"),

@@ -11,7 +11,6 @@ from pydantic import PrivateAttr
 
 from neuron_assets.defs.common import column_schema
 from neuron_assets.defs.partitions import stored_partitions
-from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 
 PACKAGED_LLM = "packaged SmolLM2-135M-Instruct on a local llama.cpp server"
 

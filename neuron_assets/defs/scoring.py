@@ -7,10 +7,32 @@ import dagster as dg
 import polars as pl
 
 from neuron_assets.defs.common import each_side, markdown, preview, side
+from neuron_assets.defs.common import sides as sides_of
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import ResultStoreResource
 
 GROUP = "scoring"
+
+
+def score_plots(scores: pl.DataFrame) -> str:
+    """The layers' plots as Markdown images: mean explanation score by layer with intervals, the
+    score distribution per layer, and the explanation against each baseline scored."""
+    from neuron_assets.baselines.controls import compare_methods
+    from neuron_assets.viewer import plots
+    from neuron_assets.viewer.data import BASELINES
+
+    sides = sides_of(scores)
+    images = []
+    for polarity in sides:
+        one = scores.filter(pl.col("polarity") == polarity)
+        where = "" if sides == ["positive"] else f" ({polarity})"
+        images.append(plots.as_markdown_image(plots.layer_means(compare_methods(one)), f"mean score by layer{where}"))
+        images.append(plots.as_markdown_image(plots.score_distributions(one), f"scores per layer{where}"))
+        images += [
+            plots.as_markdown_image(plots.explanation_vs(one, method), f"explanation vs {method}{where}")
+            for method in BASELINES if method in set(one["method"].to_list())
+        ]  # fmt: skip
+    return "\n\n".join(images)
 
 
 def build_variant_assets(experiment: Experiment) -> list[Any]:
@@ -50,8 +72,11 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                     preview(
                         by_set.filter((pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")),
                         "correlation",
+                        experiment.viewer,
                     )
                 ),
+                "plots": dg.MetadataValue.md(score_plots(frame)),
+                "viewer": dg.MetadataValue.url(f"{experiment.viewer}/"),
             }
         )
         return frame

@@ -1,0 +1,1 @@
+"""The neuron viewer: pages and plots of stored results, served locally (``make view``)."""

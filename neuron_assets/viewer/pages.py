@@ -1,0 +1,208 @@
+"""The viewer's HTML: an index per subject model and variant, a page per neuron, an error page.
+
+Pages are self-contained (inline CSS, inline script, inline SVG): they work offline and
+load nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import polars as pl
+
+from neuron_assets.viewer import plots
+from neuron_assets.viewer.data import BASELINES, Experiment
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th[data-sort] { cursor: pointer; background: #f3f3f3; }
+th[data-sort]:hover { background: #e6e6e6; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.excerpt { font-family: monospace; font-size: 13px; line-height: 1.9; margin: 2px 0 10px 0; white-space: pre-wrap; }
+.tok { border-radius: 2px; }
+.label { display: inline-block; width: 6.5em; color: #666; font-family: sans-serif; font-size: 11px; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px; }
+.error { background: #fdecea; border: 1px solid #e0a39a; padding: 1em; }
+nav { margin-bottom: 1em; font-size: 13px; }
+"""
+
+SORT_SCRIPT = """
+document.querySelectorAll('th[data-sort]').forEach(function (th) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0], index = th.cellIndex;
+    var descending = th.dataset.order !== 'desc';
+    th.dataset.order = descending ? 'desc' : 'asc';
+    var rows = Array.from(body.rows);
+    rows.sort(function (a, b) {
+      var x = a.cells[index].dataset.value, y = b.cells[index].dataset.value;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      if (x === '' && y === '') return 0;
+      if (x === '') return 1;
+      if (y === '') return -1;
+      var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return descending ? -order : order;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  });
+});
+var search = document.getElementById('search');
+if (search) {
+  search.addEventListener('input', function () {
+    var needle = search.value.toLowerCase();
+    document.querySelectorAll('#neurons tbody tr').forEach(function (row) {
+      row.hidden = needle && row.dataset.explanation.indexOf(needle) === -1;
+    });
+  });
+}
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n<script>{SORT_SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def error_page(message: str) -> str:
+    """What a person sees when a page cannot be shown: the reason, never a stack trace."""
+    return page("Not found", f'<nav><a href="/">all results</a></nav><div class="error" id="error">{escape(message)}</div>')
+
+
+def neuron_href(experiment: Experiment, layer: int, neuron: int, polarity: str = "positive") -> str:
+    side = "" if polarity == "positive" else f"-{polarity}"
+    return f"/{experiment.model}/{experiment.variant}/layer-{layer}/neuron-{neuron}{side}"
+
+
+def home(experiments: list[Experiment]) -> str:
+    if not experiments:
+        return page("neuron-assets", "<h1>neuron-assets</h1><p class=\"error\" id=\"error\">No scores stored yet: "
+                    "materialize the pipeline (make demo) first.</p>")  # fmt: skip
+    items = "".join(
+        f'<li><a href="/{escape(e.model)}/{escape(e.variant)}/">{escape(e.model)} / {escape(e.variant)}</a></li>'
+        for e in experiments
+    )
+    return page("neuron-assets", f"<h1>Results</h1><p>Subject model / variant:</p><ul id=\"experiments\">{items}</ul>")
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def index(experiment: Experiment, neurons: pl.DataFrame, scores: pl.DataFrame, comparisons: pl.DataFrame) -> str:
+    """Neurons sortable by every score column and searchable by explanation, with the layer plots."""
+    methods = [c for c in ["explanation", "explanation (random-only)", *BASELINES] if c in neurons.columns]
+    header = "".join(
+        f'<th data-sort>{escape(name)}</th>'
+        for name in ["layer", "neuron", "polarity", "explanation", *methods, "max activation"]
+    )
+    rows = []
+    for r in neurons.iter_rows(named=True):
+        text = r["explanation_text"] or ""
+        cells = [
+            f'<td class="num" data-value="{r["layer"]}">{r["layer"]}</td>',
+            f'<td class="num" data-value="{r["neuron"]}"><a href="{neuron_href(experiment, r["layer"], r["neuron"], r["polarity"])}">'
+            f'{r["neuron"]}</a></td>',
+            f'<td data-value="{r["polarity"]}">{r["polarity"]}</td>',
+            f'<td data-value="{escape(text)}">{escape(text)}</td>',
+            *(f'<td class="num" data-value="{_number(r[m])}">{_number(r[m])}</td>' for m in methods),
+            f'<td class="num" data-value="{_number(r["max"])}">{_number(r["max"])}</td>',
+        ]
+        rows.append(f'<tr data-explanation="{escape(text.lower())}">{"".join(cells)}</tr>')
+    figures = [plots.layer_means(comparisons), plots.score_distributions(scores)]
+    figures += [plots.explanation_vs(scores, m) for m in BASELINES if m in set(scores["method"].to_list())]
+    body = (
+        f'<nav><a href="/">all results</a></nav>'
+        f"<h1>{escape(experiment.model)} <small>variant {escape(experiment.variant)}</small></h1>"
+        f'<div class="plots">{"".join(figures)}</div>'
+        f'<h2>Neurons</h2><p>Scores are top-and-random correlations (samples averaged) unless marked random-only; '
+        f'click a column to sort.</p>'
+        f'<p><input id="search" type="search" placeholder="search explanations" size="40"></p>'
+        f'<table id="neurons"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+    return page(f"{experiment.model} / {experiment.variant}", body)
+
+
+def _colour(value: float | None, scale: float) -> str:
+    """Background for a token: green with opacity by value/scale; none at or below 0 or when unknown."""
+    if value is None or scale <= 0 or value <= 0:
+        return ""
+    return f"background: rgba(46, 160, 67, {min(value / scale, 1.0):.3f});"
+
+
+def tokens_html(tokens: list[str], values: list[float | None], scale: float, label: str) -> str:
+    """One line of tokens, each coloured by its value; tokens with a positive value carry class ``lit``."""
+    spans = []
+    for token, value in zip(tokens, values):
+        style = _colour(value, scale)
+        shown = "" if value is None else f"{value:.3g}"
+        spans.append(
+            f'<span class="tok{" lit" if style else ""}" style="{style}" title="{shown}">{escape(token)}</span>'
+        )
+    return f'<div class="excerpt"><span class="label">{escape(label)}</span>{"".join(spans)}</div>'
+
+
+def neuron_page(experiment: Experiment, layer: int, neuron: int, polarity: str, parts: dict[str, pl.DataFrame]) -> str:
+    stats = parts["stats"].row(0, named=True)
+    scale = max(stats["max"], 1e-9)
+    title = f"layer {layer} neuron {neuron}" + ("" if polarity == "positive" else f" ({polarity})")
+    sides = "".join(
+        f' <a href="{neuron_href(experiment, layer, neuron, other)}">{escape(other)} side</a>'
+        for other in parts["other_sides"]["polarity"].to_list()
+    )
+    stat_rows = "".join(
+        f'<tr><th>{name}</th><td class="num">{stats[name]:.4g}</td></tr>'
+        for name in ("max", "min", "mean", "variance", "frac_firing", "n_tokens")
+    )
+    scores = parts["scores"].group_by("sample", "method", "scoring_set").agg(pl.col("correlation").first())
+    explanation_rows = []
+    for e in parts["explanations"].sort("method", "sample").iter_rows(named=True):
+        by_set = {
+            r["scoring_set"]: r["correlation"]
+            for r in scores.filter((pl.col("method") == e["method"]) & (pl.col("sample") == e["sample"])).iter_rows(named=True)
+        }
+        explanation_rows.append(
+            f'<tr class="explanation"><td>{escape(e["method"])}</td><td class="num">{e["sample"]}</td>'
+            f'<td>{escape(e["explanation"])}</td><td class="num">{_number(by_set.get("top_and_random"))}</td>'
+            f'<td class="num">{_number(by_set.get("random_only"))}</td><td>{escape(e["explainer_model"])}</td></tr>'
+        )
+    baseline_rows = "".join(
+        f'<tr><td>{escape(r["method"])}</td><td class="num">{_number(r["correlation"])}</td></tr>'
+        for r in scores.filter((pl.col("scoring_set") == "top_and_random") & ~pl.col("method").is_in(
+            parts["explanations"]["method"].unique().to_list())).sort("method").iter_rows(named=True)
+    )  # fmt: skip
+    simulated = []
+    for s in parts["simulations"].sort("excerpt_kind", "excerpt_id", descending=[True, False]).iter_rows(named=True):
+        simulated.append(
+            f'<div class="pair" data-excerpt="{s["excerpt_id"]}"><b>{escape(s["excerpt_kind"])} excerpt {s["excerpt_id"]}</b>'
+            + tokens_html(s["tokens"], s["true_activations"], scale, "true")
+            + tokens_html(s["tokens"], s["simulated"], 10.0, "simulated")
+            + "</div>"
+        )
+    sections = []
+    records = parts["records"]
+    for kind, heading in (("top", "Top-activating excerpts"), ("random", "Random excerpts"), ("quantile", "Quantile-bin excerpts")):
+        chosen = records.filter(pl.col("kind") == kind).sort("pool", "quantile_bin", "rank", nulls_last=True)
+        if chosen.is_empty():
+            continue
+        lines = [
+            tokens_html(r["tokens"], r["activations"], scale, f'{r["pool"][:5]} {r["quantile_bin"] or r["rank"]}')
+            for r in chosen.iter_rows(named=True)
+        ]
+        sections.append(f'<h2>{heading}</h2><div class="records" data-kind="{kind}">{"".join(lines)}</div>')
+    body = (
+        f'<nav><a href="/">all results</a> · <a href="/{escape(experiment.model)}/{escape(experiment.variant)}/">'
+        f"{escape(experiment.model)} / {escape(experiment.variant)}</a>{sides}</nav>"
+        f"<h1>{escape(title)}</h1>"
+        f'<h2>Explanations</h2><table id="explanations"><thead><tr><th>method</th><th>sample</th><th>explanation</th>'
+        f"<th>top-and-random</th><th>random-only</th><th>explainer</th></tr></thead><tbody>{''.join(explanation_rows)}</tbody></table>"
+        + (f'<h2>Baselines and control</h2><table id="baselines"><tbody>{baseline_rows}</tbody></table>' if baseline_rows else "")
+        + f'<h2>Neuron statistics</h2><table id="stats">{stat_rows}</table>'
+        f"<h2>Scoring excerpts: true activation and the explanation's simulation</h2>"
+        f'<p>True activations are coloured on the neuron\'s maximum ({stats["max"]:.3g}), simulations on 0-10.</p>'
+        f'<div id="simulations">{"".join(simulated) or "<p>No simulation of the explanation stored.</p>"}</div>'
+        + "".join(sections)
+    )
+    return page(title, body)

@@ -1,0 +1,104 @@
+"""``make view``: serve the neuron viewer for a data directory on a local port.
+
+Pages are rendered from the stored Parquet files at each request, so a page shows what a
+running backfill has written so far. Routes:
+
+- ``/``: every subject model and variant with scores;
+- ``/<model>/<variant>/``: the neuron index with the layer plots;
+- ``/<model>/<variant>/layer-<L>/neuron-<N>[-negative]``: one neuron (side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from neuron_assets.storage.store import ResultStore
+from neuron_assets.viewer import pages
+from neuron_assets.viewer.data import Experiment, ViewerData, ViewerError
+
+DEFAULT_PORT = 8765
+_NAME = r"[a-z][a-z0-9_]*"
+_INDEX = re.compile(rf"/({_NAME})/({_NAME})/?")
+_NEURON = re.compile(rf"/({_NAME})/({_NAME})/layer-(\d+)/neuron-(\d+)(-negative)?")
+
+
+def render(data: ViewerData, path: str) -> str:
+    """The page for ``path``; a ``ViewerError`` for anything that is not a stored result."""
+    if path in ("", "/"):
+        return pages.home(data.experiments())
+    if match := _INDEX.fullmatch(path):
+        experiment = Experiment(*match.groups())
+        neurons = data.neurons(experiment)
+        return pages.index(experiment, neurons, data.table("scores", experiment), data.comparisons(experiment))
+    if match := _NEURON.fullmatch(path):
+        model, variant, layer, neuron, negative = match.groups()
+        experiment, polarity = Experiment(model, variant), "negative" if negative else "positive"
+        parts = data.neuron(experiment, int(layer), int(neuron), polarity)
+        return pages.neuron_page(experiment, int(layer), int(neuron), polarity, parts)
+    raise ViewerError(
+        f"{path!r} is not a viewer page: pages are /<model>/<variant>/ and /<model>/<variant>/layer-L/neuron-N, "
+        f"where model and variant are lowercase names"
+    )
+
+
+def handler_for(data: ViewerData) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            path = unquote(urlsplit(self.path).path)
+            try:
+                status, html = HTTPStatus.OK, render(data, path)
+            except ViewerError as error:
+                status, html = HTTPStatus.NOT_FOUND, pages.error_page(str(error))
+            except Exception as error:  # a bad file, a schema error: say what, keep the trace for the terminal
+                traceback.print_exc()
+                status, html = HTTPStatus.INTERNAL_SERVER_ERROR, pages.error_page(
+                    f"this page could not be built: {type(error).__name__}: {error}"
+                )
+            body = html.encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the http.server signature)
+            sys.stderr.write(f"viewer: {format % args}\n")
+
+    return Handler
+
+
+def serve(data_dir: Path, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """A server for ``data_dir`` bound to ``host:port`` (port 0: any free one); call ``serve_forever``."""
+    store = ResultStore(data_dir)
+    store.migrate_old_layout()
+    return ThreadingHTTPServer((host, port), handler_for(ViewerData(store)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neuron_assets.settings import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=None, help="results folder (default: NEURON_ASSETS_DATA_DIR or data)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    data_dir = args.data_dir or Settings.from_environment().data_dir
+    server = serve(data_dir, args.port)
+    print(f"neuron viewer for {data_dir} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
