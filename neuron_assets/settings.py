@@ -14,6 +14,7 @@ from pathlib import Path
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.storage.layout import check_variant, model_slug
 from neuron_assets.storage.store import DEFAULT_VARIANT
+from neuron_assets.viewer import DEFAULT_URL as VIEWER_URL
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Settings:
     explainer_model: str | None
     simulator_model: str | None
     variants: tuple[str, ...] = (DEFAULT_VARIANT,)
-    viewer_url: str = "http://127.0.0.1:8765"  # where make view serves; asset metadata links there
+    viewer_url: str = VIEWER_URL
 
     def __post_init__(self) -> None:
         if not self.subject_models or not self.variants:
@@ -57,7 +58,7 @@ class Settings:
             explainer_model=env.get("NEURON_ASSETS_EXPLAINER_MODEL") or None,
             simulator_model=env.get("NEURON_ASSETS_SIMULATOR_MODEL") or None,
             variants=_names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)),
-            viewer_url=env.get("NEURON_ASSETS_VIEWER_URL", "http://127.0.0.1:8765"),
+            viewer_url=env.get("NEURON_ASSETS_VIEWER_URL", VIEWER_URL),
         )
 
 

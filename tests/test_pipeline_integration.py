@@ -326,7 +326,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     assert killed_at and not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = str(failure.step_failure_data.error)
-    assert failure.step_key == "simulations"
+    assert failure.step_key == EXP.op_name("simulations")
     assert "the local llama.cpp server exited (signal 9, SIGKILL); the last lines of its log:" in message
     print(f"step failed {failed_at - killed_at[0]:.1f} s after the kill (teardown included)")
     assert {table: copy.path(table, "0", EXP.prefix(table)).read_bytes() for table in before} == before
@@ -382,7 +382,7 @@ def test_a_baseline_asked_for_on_a_layer_that_was_not_recorded_names_what_is_mis
     failure = next(e for e in result.all_events if e.is_step_failure)
     messages = error_messages(failure.step_failure_data.error)
     assert "table 'scoring_excerpts' has not been materialized" in messages  # the first input it loads
-    assert "scoring_excerpts/5.parquet" in messages
+    assert f"scoring_excerpts/{EXP.slug}/5.parquet" in messages
     assert not store.path("token_predictions", "5", EXP.prefix("token_predictions")).exists()
 
 

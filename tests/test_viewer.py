@@ -128,6 +128,11 @@ def test_the_index_lists_every_scored_neuron_with_its_explanation_and_scores(sto
     assert html.count("<svg") >= 3  # layer means, distribution, explanation vs baselines
 
 
+def test_a_layer_index_lists_that_layers_neurons_and_links_every_stored_layer(store):
+    html = render(ViewerData(store), f"/{DEFAULT.slug}/default/layer-0/")
+    assert "variant default, layer 0</small>" in html and html.count(">the first half of the text</td>") == 3
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [
@@ -135,6 +140,7 @@ def test_the_index_lists_every_scored_neuron_with_its_explanation_and_scores(sto
         (f"/{DEFAULT.slug}/missing/", "variant 'missing'"),
         (f"/{DEFAULT.slug}/Bad-Name/", "is not a viewer page"),
         (f"/{DEFAULT.slug}/default/layer-7/neuron-0", "no neuron_stats stored for subject model"),
+        (f"/{DEFAULT.slug}/default/layer-7/", "no scores stored for subject model .*, variant 'default' for layer 7"),
         (f"/{DEFAULT.slug}/default/layer-0/neuron-99999", "neuron 99999 (positive) of layer 0 was not recorded"),
     ],
 )

@@ -17,8 +17,7 @@ import polars as pl
 
 from neuron_assets.storage.layout import VARIANT_TABLES, check_variant, model_slug
 from neuron_assets.storage.store import DEFAULT_VARIANT
-
-DEFAULT_VIEWER_URL = "http://127.0.0.1:8765"  # where make view serves (NEURON_ASSETS_VIEWER_URL)
+from neuron_assets.viewer import DEFAULT_URL
 
 
 @dataclass(frozen=True)
@@ -29,15 +28,15 @@ class Experiment:
     subject_model: str
     variant: str = DEFAULT_VARIANT
     partitions: dg.PartitionsDefinition | None = None
-    viewer_url: str = DEFAULT_VIEWER_URL
+    viewer_url: str = DEFAULT_URL
+
+    def __post_init__(self) -> None:
+        check_variant(self.variant)
 
     @property
     def viewer(self) -> str:
         """This experiment's index in the neuron viewer (``make view``); neuron pages are below it."""
         return f"{self.viewer_url.rstrip('/')}/{self.slug}/{self.variant}"
-
-    def __post_init__(self) -> None:
-        check_variant(self.variant)
 
     @property
     def slug(self) -> str:
@@ -59,17 +58,15 @@ class Experiment:
         from neuron_assets.defs.common import SINGLE_RUN, column_schema
 
         layers = {"partitions_def": self.partitions, "backfill_policy": SINGLE_RUN} if partitioned else {}
-        return {"key": self.key(table), "ins": self.ins(*inputs), "metadata": {"dagster/column_schema": column_schema(table)}, **layers}
-
-    def keys(self, *tables: str) -> list[dg.AssetKey]:
-        return [self.key(table) for table in tables]
+        columns = {"dagster/column_schema": column_schema(table)}
+        return {"key": self.key(table), "ins": self.ins(*inputs), "metadata": columns, **layers}
 
     def run_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """``config`` with its ``ops`` entries named by table (``activation_records``) renamed to this
         experiment's op names, so one run config serves any subject model and variant."""
         from neuron_assets.storage.schemas import MODEL_TABLES
 
-        ops = {self.op_name(name) if name in MODEL_TABLES else name: value for name, value in config.get("ops", {}).items()}
+        ops = {self.op_name(n) if n in MODEL_TABLES else n: value for n, value in config.get("ops", {}).items()}
         return {**config, **({"ops": ops} if ops else {})}
 
     def ins(self, *tables: str) -> dict[str, dg.AssetIn]:
@@ -89,7 +86,11 @@ class Experiment:
         and, for an LLM stage, the variant."""
         from neuron_assets.defs.partitions import layer_key_column
 
-        tags = {"run_id": pl.lit(context.run.run_id), "partition": layer_key_column(), "subject_model": pl.lit(self.subject_model)}
+        tags = {
+            "run_id": pl.lit(context.run.run_id),
+            "partition": layer_key_column(),
+            "subject_model": pl.lit(self.subject_model),
+        }
         if table in VARIANT_TABLES:
             tags["variant"] = pl.lit(self.variant)
         return frame.with_columns(**tags)

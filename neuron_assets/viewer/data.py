@@ -62,11 +62,15 @@ class ViewerData:
                 f"(stored: {known})"
             )
 
-    def neurons(self, experiment: Experiment) -> pl.DataFrame:
+    def layers(self, experiment: Experiment) -> list[int]:
+        """The layers with stored scores, in order."""
+        return sorted(int(p) for p in self.store.partitions("scores", [experiment.model, experiment.variant]))
+
+    def neurons(self, experiment: Experiment, layers: list[int] | None = None) -> pl.DataFrame:
         """One row per scored neuron side: its explanation (``explanation_text``), each method's score
         (samples averaged; a column per method, top-and-random, and ``<method> (random-only)``), its max activation."""
         self.check_experiment(experiment)
-        scores = self.table("scores", experiment)
+        scores = self.table("scores", experiment, layers)
         per_method = (
             scores.group_by("layer", "neuron", "polarity", "method", "scoring_set")
             .agg(pl.col("correlation").mean())
@@ -75,11 +79,11 @@ class ViewerData:
             .pivot(on="column", index=["layer", "neuron", "polarity"], values="correlation")
         )  # fmt: skip
         explanations = (
-            self.table("explanations", experiment)
+            self.table("explanations", experiment, layers)
             .filter((pl.col("method") == "explanation") & (pl.col("sample") == 0))
             .select("layer", "neuron", "polarity", pl.col("explanation").alias("explanation_text"))
         )
-        stats = self.table("neuron_stats", experiment).select("layer", "neuron", "polarity", "max", "frac_firing")
+        stats = self.table("neuron_stats", experiment, layers).select("layer", "neuron", "polarity", "max", "frac_firing")
         return (
             per_method.join(explanations, on=["layer", "neuron", "polarity"], how="left")
             .join(stats, on=["layer", "neuron", "polarity"], how="left")
@@ -112,6 +116,3 @@ class ViewerData:
             "stats": stats, "records": records, "scores": scores, "explanations": explanations,
             "simulations": simulations, "other_sides": pl.DataFrame({"polarity": other_sides}, schema={"polarity": pl.String}),
         }  # fmt: skip
-
-    def comparisons(self, experiment: Experiment) -> pl.DataFrame:
-        return self.table("method_comparisons", experiment)

@@ -91,8 +91,16 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def index(experiment: Experiment, neurons: pl.DataFrame, scores: pl.DataFrame, comparisons: pl.DataFrame) -> str:
-    """Neurons sortable by every score column and searchable by explanation, with the layer plots."""
+def index(
+    experiment: Experiment,
+    neurons: pl.DataFrame,
+    scores: pl.DataFrame,
+    comparisons: pl.DataFrame,
+    all_layers: list[int],
+    layers: list[int] | None = None,
+) -> str:
+    """Neurons sortable by every score column and searchable by explanation, with the layer plots;
+    all stored layers, or only ``layers``."""
     methods = [c for c in ["explanation", "explanation (random-only)", *BASELINES] if c in neurons.columns]
     header = "".join(
         f'<th data-sort>{escape(name)}</th>'
@@ -113,9 +121,14 @@ def index(experiment: Experiment, neurons: pl.DataFrame, scores: pl.DataFrame, c
         rows.append(f'<tr data-explanation="{escape(text.lower())}">{"".join(cells)}</tr>')
     figures = [plots.layer_means(comparisons), plots.score_distributions(scores)]
     figures += [plots.explanation_vs(scores, m) for m in BASELINES if m in set(scores["method"].to_list())]
+    home = f"/{escape(experiment.model)}/{escape(experiment.variant)}/"
+    layer_links = " ".join(
+        f'<a href="{home}layer-{layer}/">{layer}</a>' if layers != [layer] else f"<b>{layer}</b>" for layer in all_layers
+    )
+    which = "all layers" if layers is None else f"layer {', '.join(map(str, layers))}"
     body = (
-        f'<nav><a href="/">all results</a></nav>'
-        f"<h1>{escape(experiment.model)} <small>variant {escape(experiment.variant)}</small></h1>"
+        f'<nav><a href="/">all results</a> · <a href="{home}">all layers</a> · layer: {layer_links}</nav>'
+        f"<h1>{escape(experiment.model)} <small>variant {escape(experiment.variant)}, {which}</small></h1>"
         f'<div class="plots">{"".join(figures)}</div>'
         f'<h2>Neurons</h2><p>Scores are top-and-random correlations (samples averaged) unless marked random-only; '
         f'click a column to sort.</p>'

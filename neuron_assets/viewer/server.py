@@ -4,7 +4,7 @@ Pages are rendered from the stored Parquet files at each request, so a page show
 running backfill has written so far. Routes:
 
 - ``/``: every subject model and variant with scores;
-- ``/<model>/<variant>/``: the neuron index with the layer plots;
+- ``/<model>/<variant>/``: the neuron index with the layer plots (``.../layer-<L>/``: one layer's);
 - ``/<model>/<variant>/layer-<L>/neuron-<N>[-negative]``: one neuron (side).
 """
 
@@ -20,12 +20,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from neuron_assets.storage.store import ResultStore
-from neuron_assets.viewer import pages
+from neuron_assets.viewer import DEFAULT_PORT, pages
 from neuron_assets.viewer.data import Experiment, ViewerData, ViewerError
 
-DEFAULT_PORT = 8765
 _NAME = r"[a-z][a-z0-9_]*"
-_INDEX = re.compile(rf"/({_NAME})/({_NAME})/?")
+_INDEX = re.compile(rf"/({_NAME})/({_NAME})(?:/layer-(\d+))?/?")
 _NEURON = re.compile(rf"/({_NAME})/({_NAME})/layer-(\d+)/neuron-(\d+)(-negative)?")
 
 
@@ -34,9 +33,11 @@ def render(data: ViewerData, path: str) -> str:
     if path in ("", "/"):
         return pages.home(data.experiments())
     if match := _INDEX.fullmatch(path):
-        experiment = Experiment(*match.groups())
-        neurons = data.neurons(experiment)
-        return pages.index(experiment, neurons, data.table("scores", experiment), data.comparisons(experiment))
+        model, variant, layer = match.groups()
+        experiment, layers = Experiment(model, variant), None if layer is None else [int(layer)]
+        neurons = data.neurons(experiment, layers)
+        scores, comparisons = data.table("scores", experiment, layers), data.table("method_comparisons", experiment, layers)
+        return pages.index(experiment, neurons, scores, comparisons, data.layers(experiment), layers)
     if match := _NEURON.fullmatch(path):
         model, variant, layer, neuron, negative = match.groups()
         experiment, polarity = Experiment(model, variant), "negative" if negative else "positive"
