@@ -77,8 +77,9 @@ def test_a_repeated_request_is_answered_from_the_cache(server_with):
     assert len(server.requests) == 1
     assert client.stats.as_metadata() == {
         "llm_calls": 1, "llm_cache_hits": 1, "llm_retries": 0, "llm_rejected_replies": 0,
-        "prompt_tokens": 11, "completion_tokens": 2,
+        "prompt_tokens": 11, "completion_tokens": 2, "llm_cache_bytes_written": client.stats.cached_bytes,
     }  # fmt: skip
+    assert 0 < client.stats.cached_bytes < len(json.dumps(CHAT_OK))
 
 
 def test_changing_a_sampling_parameter_or_seed_misses_the_cache(server_with):
@@ -122,8 +123,8 @@ def test_the_api_key_is_sent_but_never_cached(server_with, tmp_path):
     server, client = server_with((200, {}, CHAT_OK), api_key="sk-secret-0123456789")
     ask(client)
     assert server.requests[0][0] == "Bearer sk-secret-0123456789"
-    stored = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
-    assert stored and "sk-secret-0123456789" not in stored
+    stored = json.dumps(list(ResponseCache(tmp_path / "cache").entries()))
+    assert "commas." in stored and "sk-secret-0123456789" not in stored
 
 
 def test_map_neurons_keeps_at_most_the_given_number_in_flight_and_returns_in_job_order():
@@ -295,7 +296,7 @@ def test_a_reply_rejected_every_time_raises_the_callers_error_and_caches_nothing
     with pytest.raises(ReplyFormatError, match="no digits"):
         client.chat.completions.create(model="m", messages=[], read=_insist_on_digits)
     assert len(server.requests) == 2
-    assert not list((tmp_path / "cache").rglob("*.json"))
+    assert ResponseCache(tmp_path / "cache").count() == 0
 
 
 def test_a_cached_reply_the_check_now_rejects_is_asked_again_and_replaced(server_with):
@@ -307,3 +308,134 @@ def test_a_cached_reply_the_check_now_rejects_is_asked_again_and_replaced(server
     assert client.chat.completions.create(**request, read=_insist_on_digits)["choices"][0]["message"]["content"] == "3"
     assert client.chat.completions.create(**request, read=_insist_on_digits)["choices"][0]["message"]["content"] == "3"
     assert len(server.requests) == 2
+
+
+class CountingServer:
+    """A scripted server that answers after ``delay_s``, counting the requests it holds at once."""
+
+    def __init__(self, delay_s=0.05):
+        from scripted_openai import ScriptedOpenAI
+
+        self.in_flight = self.most_in_flight = self.answered = 0
+        lock = threading.Lock()
+
+        def answer(body):
+            import time
+
+            with lock:
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            time.sleep(delay_s)
+            with lock:
+                self.in_flight -= 1
+                self.answered += 1
+            return body["messages"][-1]["content"].upper()
+
+        self.scripted = ScriptedOpenAI(answer)
+        self.url = self.scripted.url
+
+    def stop(self):
+        self.scripted.__exit__(None, None, None)
+
+
+def pooled_client(servers, per_server, tmp_path=None):
+    from neuron_assets.llm.client import Server, ServerPool
+
+    pool = ServerPool(
+        [Server(s.url, openai.OpenAI(base_url=s.url, api_key="k", max_retries=0, timeout=5)) for s in servers], per_server
+    )
+    return pool, CachingClient(pool, "pool", None, RetryPolicy(max_attempts=4, base_delay_s=0.01))
+
+
+def ask_all(client, n, concurrency):
+    from neuron_assets.llm.client import map_neurons
+
+    def job(i):
+        return lambda: client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"q{i}"}])
+
+    replies = map_neurons("test", [((0, i), job(i)) for i in range(n)], expected_errors=(), concurrency=concurrency)
+    return [r["choices"][0]["message"]["content"] for r in replies]
+
+
+def test_calls_spread_over_several_servers_never_above_the_per_server_limit():
+    servers = [CountingServer(), CountingServer()]
+    try:
+        pool, client = pooled_client(servers, per_server=2)
+        assert ask_all(client, 16, concurrency=6) == [f"Q{i}" for i in range(16)]
+    finally:
+        for s in servers:
+            s.stop()
+    assert [s.most_in_flight for s in servers] == [2, 2]  # 6 threads, but 2 a server
+    assert sum(s.answered for s in servers) == 16 and min(s.answered for s in servers) >= 4
+
+
+def test_a_server_that_goes_down_mid_run_only_slows_the_run():
+    servers = [CountingServer(), CountingServer()]
+    pool, client = pooled_client(servers, per_server=1)
+    try:
+        assert ask_all(client, 4, concurrency=2) == [f"Q{i}" for i in range(4)]
+        servers[0].stop()  # gone for good
+        assert ask_all(client, 10, concurrency=2) == [f"Q{i}" for i in range(10)]
+    finally:
+        servers[1].stop()
+    down, up = pool.servers
+    assert down.failures >= 1 and up.calls >= 10 - 1 and servers[1].answered >= 10
+    assert client.stats.calls == 14
+
+
+def test_an_llm_resource_that_reaches_none_of_its_servers_names_them(tmp_path):
+    from neuron_assets.defs.resources import LLMResource, ResultStoreResource
+
+    dead = ["http://127.0.0.1:9/v1", "http://127.0.0.1:7/v1"]
+    llm = LLMResource(
+        results=ResultStoreResource(data_dir=str(tmp_path)), base_url=dead[0], base_urls=dead[1:],
+        explainer_model="x", simulator_model="y", timeout_s=2,
+    )  # fmt: skip
+    with pytest.raises(ConnectionError, match="cannot reach the LLM server.*127.0.0.1:9.*127.0.0.1:7"):
+        llm.client()
+
+
+def test_an_llm_resource_with_one_server_down_at_the_start_uses_the_others(tmp_path):
+    from neuron_assets.defs.resources import LLMResource, ResultStoreResource
+
+    live = CountingServer()
+    try:
+        llm = LLMResource(
+            results=ResultStoreResource(data_dir=str(tmp_path)), base_url="http://127.0.0.1:9/v1", base_urls=[live.url],
+            explainer_model="x", simulator_model="y", timeout_s=2, cache=False,
+        )  # fmt: skip
+        assert ask_all(llm.client(), 3, concurrency=1) == ["Q0", "Q1", "Q2"]
+        assert llm.server_metadata()["llm_server_1"].endswith("3 calls, 0 failed")
+    finally:
+        live.stop()
+
+
+def test_a_cache_row_keeps_what_readers_use_and_what_the_call_says_to_keep(tmp_path):
+    from neuron_assets.llm.client import compact
+
+    response = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "logprobs": {"content": [
+        {"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": [{"token": "a", "logprob": -0.1, "bytes": [97]}]}
+    ]}}]}  # fmt: skip
+    kept = compact(response)
+    assert set(kept) == {"choices", "usage"} and "bytes" not in json.dumps(kept)
+    assert kept["choices"][0]["logprobs"]["content"][0]["top_logprobs"] == [{"token": "a", "logprob": -0.1}]
+    server = ScriptedServer([(200, {}, CHAT_OK)])
+    try:
+        raw = openai.OpenAI(base_url=server.url, api_key="k", max_retries=0)
+        cache = ResponseCache(tmp_path / "cache")
+        client = CachingClient(raw, server.url, cache)
+        request = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+        first = client.chat.completions.create(**request, keep=lambda r: {**r, "usage": {"kept": True}})
+        second = client.chat.completions.create(**request)
+    finally:
+        server.close()
+    assert first["usage"]["prompt_tokens"] == 11  # the caller gets the whole response once
+    assert second["usage"] == {"kept": True} and len(server.requests) == 1 and cache.count() == 1
+
+
+def test_entries_of_the_older_one_file_per_request_cache_still_answer(tmp_path):
+    cache = ResponseCache(tmp_path)
+    key = ResponseCache.key("b", "chat", {"model": "m"})
+    (tmp_path / key[:2]).mkdir()
+    (tmp_path / key[:2] / f"{key}.json").write_text(json.dumps(CHAT_OK))
+    assert cache.get(key) == CHAT_OK and cache.count() == 0

@@ -46,3 +46,28 @@ def test_a_context_too_small_for_the_prompt_is_met_by_deliberate_shortening(tmp_
     assert explanation.n_shown < len(shown)
     assert calls == 2 + len(shown) - explanation.n_shown + 1  # each refused size once, then the one that fits
     assert again == explanation
+
+
+def test_an_all_at_once_simulation_replays_exactly_from_a_row_a_tenth_the_size_of_the_response(tmp_path):
+    import json
+
+    from neuron_assets.simulators.simulator import simulate
+
+    (tokens,) = word_tokens(1)
+    with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server:
+        first = caching_client(server, tmp_path)
+        original = first.completions.create
+        responses = []
+
+        def remembering(**request):
+            response = original(**request)
+            responses.append(response)
+            return response
+
+        first.completions.create = remembering
+        simulated = simulate(first, PACKAGED_MODEL_ALIAS, "words about animals", tokens[:16], distribution_shift=0)
+        again = caching_client(server, tmp_path)
+        replayed = simulate(again, PACKAGED_MODEL_ALIAS, "words about animals", tokens[:16], distribution_shift=0)
+    assert again.stats.calls == 0 and replayed == simulated
+    (response,) = responses
+    assert first.stats.cached_bytes * 10 < len(json.dumps(response))

@@ -21,6 +21,7 @@ import pytest
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.demo import UP_TO_SCORES, materialize_layers, print_results
+from neuron_assets.llm.client import ResponseCache
 from neuron_assets.llm.llama_server import LocalLlamaServer
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
 from neuron_assets.settings import Settings
@@ -302,7 +303,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
 
     def kill_after_five_responses():  # 2 explanations, 2 lookup explanations, the simulator's mode probe
         cache, deadline = copy.root / "llm_cache", time.monotonic() + 600
-        while len(list(cache.rglob("*.json"))) < 5:
+        while ResponseCache(cache).count() < 5:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.05)
@@ -330,7 +331,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     assert "the local llama.cpp server exited (signal 9, SIGKILL); the last lines of its log:" in message
     print(f"step failed {failed_at - killed_at[0]:.1f} s after the kill (teardown included)")
     assert {table: copy.path(table, "0", EXP.prefix(table)).read_bytes() for table in before} == before
-    cached = len(list((copy.root / "llm_cache").rglob("*.json")))
+    cached = ResponseCache(copy.root / "llm_cache").count()
     with dg.instance_for_test() as instance:
         rerun = job.execute_in_process(run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", asset_selection=llm_steps)
     assert rerun.success
@@ -339,7 +340,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     # every response stored before the kill is reused: each call of the rerun stored a new
     # response, none asked again for one already stored (identical requests, such as a
     # control whose explanation reads like the neuron's own, are hits within the run too)
-    assert calls == len(list((copy.root / "llm_cache").rglob("*.json"))) - cached
+    assert calls == ResponseCache(copy.root / "llm_cache").count() - cached
     assert rerun.asset_materializations_for_node(EXP.op_name("explanations"))[0].metadata["llm_calls"].value == 0
 
 
@@ -426,6 +427,8 @@ def test_the_api_key_is_stored_nowhere_neither_in_results_cache_logs_nor_metadat
     for path in store.root.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+    cached = json.dumps(list(ResponseCache(store.root / "llm_cache").entries()))  # rows are compressed
+    assert "choices" in cached and SECRET not in cached
     assert SECRET not in "".join(str(event) for event in result.all_events)
 
 

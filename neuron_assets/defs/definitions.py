@@ -35,13 +35,17 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
     built = [*puzzles.build_assets()]
     for subject_model in settings.subject_models:
         partitions = layer_partitions(model_shape(subject_model).n_layers)
-        experiments = [Experiment(subject_model, variant, partitions, settings.viewer_url) for variant in settings.variants]
+        experiments = [
+            Experiment(subject_model, variant, partitions, settings.viewer_url, settings.llm_layers_per_run)
+            for variant in settings.variants
+        ]
         built += [a for domain in DOMAINS if hasattr(domain, "build_model_assets") for a in domain.build_model_assets(experiments[0])]
         built += [
             a for experiment in experiments for domain in DOMAINS if hasattr(domain, "build_variant_assets")
             for a in domain.build_variant_assets(experiment)
         ]  # fmt: skip
     results = ResultStoreResource(data_dir=str(settings.data_dir))
+    urls = [url.strip() for url in (settings.llm_base_url or "").split(",") if url.strip()]
     return dg.Definitions(
         assets=[a for a in built if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in built if isinstance(a, dg.AssetChecksDefinition)],
@@ -51,7 +55,8 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
             "subject_model": SubjectModelResource(),
             "llm": LLMResource(
                 results=results,
-                base_url=settings.llm_base_url,
+                base_url=urls[0] if urls else None,
+                base_urls=urls[1:],
                 explainer_model=settings.explainer_model,
                 simulator_model=settings.simulator_model,
                 **llm_options,

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import dagster as dg
 import polars as pl
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from neuron_assets.defs.common import column_schema
 from neuron_assets.defs.partitions import stored_partitions
@@ -69,7 +69,9 @@ class LLMResource(dg.ConfigurableResource):
 
     With no ``base_url`` the packaged SmolLM2 GGUF is served by a llama.cpp server on a
     free loopback port, started on first use and stopped when the run ends. Otherwise any
-    OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp). The API key is read from
+    OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp), or several serving the same
+    models (``base_urls``): calls spread over them, at most ``per_server_concurrency`` at a
+    time on each, and one that goes down rests while the others carry on. The API key is read from
     the environment variable named by ``api_key_env`` at call time and stored nowhere.
     Responses are cached under the results folder (``llm_cache/``), so re-materializing
     unchanged work makes no LLM call.
@@ -77,17 +79,26 @@ class LLMResource(dg.ConfigurableResource):
 
     results: ResultStoreResource
     base_url: Optional[str] = None
+    base_urls: list[str] = Field(default_factory=list, description="more servers beside base_url, serving the same models")
+    per_server_concurrency: Optional[int] = Field(default=None, description="requests in flight per server (none: no limit)")
+    backend_name: Optional[str] = Field(
+        default=None,
+        description="what the response cache keys on instead of the URLs, so servers can be added or moved",
+    )
     explainer_model: Optional[str] = None
     simulator_model: Optional[str] = None
     api_key_env: str = "OPENAI_API_KEY"
     prompt_logprobs_shift: int = 0
     timeout_s: float = 300.0
     max_attempts: int = 5
-    max_concurrency: int = 1  # neurons in flight at once; llama.cpp's server answers one at a time
+    max_concurrency: int = 1  # neurons in flight at once: at least servers x per-server concurrency to use them all
     cache: bool = True
 
     _server: Any = PrivateAttr(default=None)
-    _openai: Any = PrivateAttr(default=None)
+    _pool: Any = PrivateAttr(default=None)
+
+    def urls(self) -> list[str]:
+        return ([self.base_url] if self.base_url else []) + list(self.base_urls)
 
     def client(self) -> Any:
         """A ``CachingClient`` with fresh call counts; the backend is checked reachable once.
@@ -97,50 +108,64 @@ class LLMResource(dg.ConfigurableResource):
         """
         from neuron_assets.llm.client import CachingClient, ResponseCache, RetryPolicy
 
-        if self._openai is None:
-            self._openai = self._connect()
+        if self._pool is None:
+            self._pool = self._connect()
         cache = ResponseCache(self.results.store().root / "llm_cache") if self.cache else None
         liveness = self._server.check_alive if self._server is not None else None
         return CachingClient(
-            self._openai, self.backend(), cache, RetryPolicy(max_attempts=self.max_attempts), liveness=liveness
+            self._pool, self.backend(), cache, RetryPolicy(max_attempts=self.max_attempts), liveness=liveness
         )
 
     def backend(self) -> str:
-        """What the cache keys on: the base URL, or the packaged model (its port changes per run)."""
+        """What the cache keys on: ``backend_name``, the URL(s), or the packaged model (its port changes per run)."""
         from neuron_assets.llm.llama_server import PACKAGED_GGUF
 
-        return self.base_url or f"local llama.cpp: {PACKAGED_GGUF}"
+        return self.backend_name or ", ".join(sorted(self.urls())) or f"local llama.cpp: {PACKAGED_GGUF}"
 
     def _connect(self) -> Any:
+        """A ``ServerPool`` of the configured servers (or the local one); servers that cannot be
+        reached start resting, and only when none can be reached is that an error."""
         import openai
 
-        base_url = self.base_url
-        if base_url is None:
+        from neuron_assets.llm.client import Server, ServerPool
+
+        urls = self.urls()
+        if not urls:
             from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 
             self._server = LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS).__enter__()
-            base_url = self._server.base_url
-        client = openai.OpenAI(
-            base_url=base_url,
-            api_key=os.environ.get(self.api_key_env) or "not-needed",
-            timeout=self.timeout_s,
-            max_retries=0,  # CachingClient retries, with its own policy
-        )
-        try:
-            client.models.list()
-        except openai.APIConnectionError as error:
-            raise ConnectionError(f"cannot reach the LLM server at {base_url}: {error}") from error
-        return client
+            urls = [self._server.base_url]
+        servers = [
+            Server(url, openai.OpenAI(
+                base_url=url, api_key=os.environ.get(self.api_key_env) or "not-needed", timeout=self.timeout_s,
+                max_retries=0,  # CachingClient retries, with its own policy
+            ))  # fmt: skip
+            for url in urls
+        ]
+        pool = ServerPool(servers, self.per_server_concurrency)
+        unreachable = {}
+        for server in servers:
+            try:
+                server.client.models.list()
+            except openai.APIConnectionError as error:
+                unreachable[server.url] = str(error)
+                pool.failed(server)
+        if len(unreachable) == len(servers):
+            raise ConnectionError(f"cannot reach the LLM server(s): {unreachable}")
+        return pool
 
     def server_metadata(self) -> dict[str, str]:
-        """For asset metadata: which local llama.cpp build serves, and why faster ones were passed over."""
-        return {"local_llama_build": self._server.describe_build()} if self._server is not None else {}
+        """For asset metadata: calls per server when there are several, and which local llama.cpp
+        build serves and why faster ones were passed over."""
+        local = {"local_llama_build": self._server.describe_build()} if self._server is not None else {}
+        several = self._pool.describe() if self._pool is not None and len(self._pool.servers) > 1 else {}
+        return {**several, **local}
 
     def model_names(self) -> tuple[str, str]:
         """(explainer model, simulator model); both default to the packaged model's alias."""
         from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS
 
-        if self.base_url is not None and not (self.explainer_model and self.simulator_model):
+        if self.urls() and not (self.explainer_model and self.simulator_model):
             raise ValueError("with a base_url, set explainer_model and simulator_model too")
         return (self.explainer_model or PACKAGED_MODEL_ALIAS, self.simulator_model or PACKAGED_MODEL_ALIAS)
 
@@ -158,7 +183,7 @@ class LLMResource(dg.ConfigurableResource):
         if self._server is not None:
             self._server.__exit__(None, None, None)
             self._server = None
-        self._openai = None
+        self._pool = None
 
 
 class ResultStoreIOManager(dg.ConfigurableIOManager):

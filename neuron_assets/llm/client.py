@@ -4,10 +4,12 @@
 ``completions.create``, with the openai SDK's arguments; it returns each response as
 plain JSON (a dict, exactly what the cache stores) and adds:
 
-- a response cache: one JSON file per request under the results folder, keyed by the
+- a response cache: one SQLite file per cache, a compressed row per request, keyed by the
   backend URL, the endpoint and the full request (model, prompt, sampling parameters,
-  seed). A re-run of unchanged work makes no call; a changed prompt, model or sampling
-  parameter misses. Sampled requests carry their own seed, so a temperature > 0 run with
+  seed). A row keeps only what the readers use: the choices and the usage, without
+  per-token byte lists, and for calls that say so (``keep=``, e.g. the all-at-once
+  simulator's prompt log-probabilities) only the positions they read. A re-run of
+  unchanged work makes no call; a changed prompt, model or sampling parameter misses. Sampled requests carry their own seed, so a temperature > 0 run with
   several samples replays exactly. The API key is never part of a key or an entry.
 - retries with exponential backoff and jitter on 429, 5xx, connection errors,
   timeouts and malformed bodies, honouring ``Retry-After``; any other 4xx fails at once
@@ -22,6 +24,10 @@ plain JSON (a dict, exactly what the cache stores) and adds:
 - a liveness check: when a request cannot connect, ``liveness()`` (for the local server:
   is its process still running?) may raise; that error ends the request, and the step,
   at once instead of retrying every neuron against a dead port.
+- several servers (``ServerPool``): each request goes to the least busy server that is
+  up, at most ``per_server`` requests at a time on each; a server that cannot be reached
+  or answers 5xx rests a while and the request goes to another at once, so a server that
+  goes down mid-run only slows the run.
 - counts of calls, cache hits and prompt/completion tokens, for asset metadata.
 """
 
@@ -29,14 +35,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -183,6 +190,7 @@ class CallStats:
     rejected_replies: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -198,48 +206,180 @@ class CallStats:
             "llm_rejected_replies": self.rejected_replies,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "llm_cache_bytes_written": self.cached_bytes,
         }
 
 
 class ResponseCache:
-    """One JSON file per request; written atomically, so concurrent runs never see half an entry."""
+    """Responses in one SQLite file (``responses.sqlite`` under ``root``), zlib-compressed JSON per row.
+
+    SQLite's write-ahead log lets concurrent runs and threads read and write it; each entry
+    is one committed row, so no reader sees half an entry. Entries of the older layout (one
+    JSON file per request under ``root/<2 hex>/``) are still read, so an old cache keeps
+    answering; new entries go to the database only.
+    """
+
+    FILE = "responses.sqlite"
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._local = threading.local()
 
     @staticmethod
     def key(backend: str, endpoint: str, request: dict[str, Any]) -> str:
         text = json.dumps({"backend": backend, "endpoint": endpoint, "request": request}, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+    @property
+    def path(self) -> Path:
+        return self.root / self.FILE
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=60.0)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, body BLOB NOT NULL)")
+            self._local.connection = connection
+        return connection
 
     def get(self, key: str) -> dict[str, Any] | None:
-        path = self._path(key)
-        if not path.exists():
-            return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        row = self._connection().execute("SELECT body FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            return json.loads(zlib.decompress(row[0]))
+        legacy = self.root / key[:2] / f"{key}.json"
+        return json.loads(legacy.read_text(encoding="utf-8")) if legacy.exists() else None
 
-    def put(self, key: str, response: dict[str, Any]) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(response, out)
-        os.replace(temporary, path)
+    def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every (key, response) of the database, for inspection."""
+        if self.path.exists():
+            for key, body in self._connection().execute("SELECT key, body FROM responses ORDER BY key"):
+                yield key, json.loads(zlib.decompress(body))
+
+    def count(self) -> int:
+        return self._connection().execute("SELECT count(*) FROM responses").fetchone()[0] if self.path.exists() else 0
+
+    def put(self, key: str, response: dict[str, Any]) -> int:
+        """Store ``response`` (as given: compact it first); returns the bytes the row holds."""
+        body = zlib.compress(json.dumps(response, separators=(",", ":")).encode("utf-8"), 6)
+        with self._connection() as connection:
+            connection.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, body))
+        return len(body)
+
+
+def compact(response: dict[str, Any]) -> dict[str, Any]:
+    """What readers use of a response: its choices (without per-token ``bytes``) and usage."""
+
+    def without_bytes(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: without_bytes(v) for k, v in value.items() if k != "bytes"}
+        if isinstance(value, list):
+            return [without_bytes(v) for v in value]
+        return value
+
+    kept = {"choices": without_bytes(response["choices"])} if "choices" in response else dict(response)
+    if "usage" in response:
+        kept["usage"] = response["usage"]
+    return kept
+
+
+@dataclass(eq=False)
+class Server:
+    """One OpenAI-compatible server of a pool, and what the pool knows of it."""
+
+    url: str
+    client: Any  # an openai.OpenAI with max_retries=0
+    in_flight: int = 0
+    resting_until: float = 0.0
+    calls: int = 0
+    failures: int = 0
+
+    def create(self, endpoint: str, request: dict[str, Any]) -> Any:
+        api = self.client.chat.completions if endpoint == "chat" else self.client.completions
+        return api.create(**request)
+
+
+class ServerPool:
+    """Servers that serve the same models, spread over by load.
+
+    A request takes the server with the fewest requests in flight among those that are up
+    and below ``per_server`` (None: no limit), waiting for a free slot when every server is
+    full. A server that failed (no connection, a timeout, 5xx) rests ``rest_s`` seconds:
+    while any other is up it gets no request; when all rest, the one back soonest is tried.
+    """
+
+    def __init__(self, servers: Sequence[Server], per_server: int | None = None, rest_s: float = 30.0) -> None:
+        if not servers:
+            raise ValueError("a server pool needs at least one server")
+        if per_server is not None and per_server < 1:
+            raise ValueError(f"per_server must be at least 1, got {per_server}")
+        self.servers, self.per_server, self.rest_s = list(servers), per_server, rest_s
+        self._changed = threading.Condition()
+
+    @classmethod
+    def of(cls, client: Any, url: str = "") -> ServerPool:
+        """A pool of one openai client, with no limit of its own (the caller's threads are the limit)."""
+        return cls([Server(url, client)])
+
+    @contextmanager
+    def server(self) -> Iterator[Server]:
+        """A server for one request, its slot held until the block ends."""
+        with self._changed:
+            while (chosen := self._choose()) is None:
+                self._changed.wait(timeout=1.0)  # a resting server comes back with time, unannounced
+            chosen.in_flight += 1
+            chosen.calls += 1
+        try:
+            yield chosen
+        finally:
+            with self._changed:
+                chosen.in_flight -= 1
+                self._changed.notify_all()
+
+    def failed(self, server: Server) -> bool:
+        """Rest ``server``; whether another server is up to take the request at once."""
+        with self._changed:
+            server.failures += 1
+            server.resting_until = time.monotonic() + self.rest_s
+            self._changed.notify_all()
+            return any(s.resting_until <= time.monotonic() for s in self.servers if s is not server)
+
+    def succeeded(self, server: Server) -> None:
+        with self._changed:
+            server.resting_until = 0.0
+
+    def _choose(self) -> Server | None:
+        now = time.monotonic()
+        free = [s for s in self.servers if self.per_server is None or s.in_flight < self.per_server]
+        up = [s for s in free if s.resting_until <= now]
+        if up:
+            return min(up, key=lambda s: (s.in_flight, s.calls))
+        if free and all(s.resting_until > now for s in self.servers):
+            return min(free, key=lambda s: s.resting_until)  # all resting: try the one back soonest
+        return None
+
+    def describe(self) -> dict[str, str]:
+        """Calls and failures per server, for asset metadata."""
+        return {f"llm_server_{i}": f"{s.url}: {s.calls} calls, {s.failures} failed" for i, s in enumerate(self.servers)}
 
 
 class _Endpoint:
-    def __init__(self, owner: CachingClient, endpoint: str, call: Callable[..., Any]) -> None:
-        self._owner, self._endpoint, self._call = owner, endpoint, call
+    def __init__(self, owner: CachingClient, endpoint: str) -> None:
+        self._owner, self._endpoint = owner, endpoint
 
-    def create(self, read: Callable[[dict[str, Any]], Any] | None = None, **request: Any) -> dict[str, Any]:
-        return self._owner.request(self._endpoint, self._call, request, read)
+    def create(
+        self,
+        read: Callable[[dict[str, Any]], Any] | None = None,
+        keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        **request: Any,
+    ) -> dict[str, Any]:
+        return self._owner.request(self._endpoint, request, read, keep)
 
 
 class CachingClient:
-    """Wraps an ``openai.OpenAI`` client (created with ``max_retries=0``) as described above."""
+    """Wraps an ``openai.OpenAI`` client (created with ``max_retries=0``), or a ``ServerPool`` of
+    them, as described above."""
 
     def __init__(
         self,
@@ -249,23 +389,25 @@ class CachingClient:
         retry: RetryPolicy | None = None,
         liveness: Callable[[], None] | None = None,
     ) -> None:
+        self.pool = client if isinstance(client, ServerPool) else ServerPool.of(client, backend)
         self.backend = backend
         self.cache = cache
         self.retry = retry or RetryPolicy()
         self.liveness = liveness
         self.stats = CallStats()
         self.chat = type("Chat", (), {})()
-        self.chat.completions = _Endpoint(self, "chat", client.chat.completions.create)
-        self.completions = _Endpoint(self, "completions", client.completions.create)
+        self.chat.completions = _Endpoint(self, "chat")
+        self.completions = _Endpoint(self, "completions")
 
     def request(
         self,
         endpoint: str,
-        call: Callable[..., Any],
         request: dict[str, Any],
         read: Callable[[dict[str, Any]], Any] | None = None,
+        keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """The response to ``request``, from the cache or from the backend (then cached once ``read`` accepts it)."""
+        """The response to ``request``, from the cache or from the backend (then cached once ``read``
+        accepts it, reduced by ``keep`` to what ``read`` needs, if given)."""
         key = ResponseCache.key(self.backend, endpoint, request)
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None and CONTEXT_REFUSAL in cached:
@@ -277,7 +419,7 @@ class CachingClient:
         rejection: ReplyFormatError | None = None
         for _ in range(self.retry.format_attempts):
             try:
-                response = self._call_with_retries(call, request)
+                response = self._call_with_retries(endpoint, request)
             except ContextLengthError as error:
                 self.stats.add(calls=1)
                 if self.cache is not None:
@@ -294,37 +436,44 @@ class CachingClient:
                 self.stats.add(rejected_replies=1)
                 continue
             if self.cache is not None:
-                self.cache.put(key, response)
+                self.stats.add(cached_bytes=self.cache.put(key, compact(keep(response) if keep else response)))
             return response
         assert rejection is not None
         raise rejection
 
-    def _call_with_retries(self, call: Callable[..., Any], request: dict[str, Any]) -> dict[str, Any]:
+    def _call_with_retries(self, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
         import openai
 
         failure: Exception
         for attempt in range(self.retry.max_attempts):
-            try:
-                response = call(**request).model_dump(mode="json")
-                if not isinstance(response.get("choices"), list) or not response["choices"]:
-                    raise MalformedResponseError(f"a response without choices: {json.dumps(response)[:200]}")
-                return response
-            except (json.JSONDecodeError, MalformedResponseError) as error:
-                failure, retry_after = MalformedResponseError(f"malformed response body: {error}"), None
-            except openai.APIStatusError as error:
-                if error.status_code not in RETRYABLE_STATUS:
-                    message = f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
-                    if _is_context_length(error):
-                        raise ContextLengthError(message) from error
-                    raise LLMError(message, status=error.status_code) from error
-                failure, retry_after = error, _retry_after_s(error)
-            except (openai.APIConnectionError, openai.APITimeoutError) as error:
-                if self.liveness is not None:
-                    self.liveness()  # raises when the backend is gone for good: no retry can help
-                failure, retry_after = error, None
+            another_is_up = False
+            with self.pool.server() as server:
+                try:
+                    response = server.create(endpoint, request).model_dump(mode="json")
+                    if not isinstance(response.get("choices"), list) or not response["choices"]:
+                        raise MalformedResponseError(f"a response without choices: {json.dumps(response)[:200]}")
+                    self.pool.succeeded(server)
+                    return response
+                except (json.JSONDecodeError, MalformedResponseError) as error:
+                    failure, retry_after = MalformedResponseError(f"malformed response body: {error}"), None
+                except openai.APIStatusError as error:
+                    if error.status_code not in RETRYABLE_STATUS:
+                        message = f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
+                        if _is_context_length(error):
+                            raise ContextLengthError(message) from error
+                        raise LLMError(message, status=error.status_code) from error
+                    failure, retry_after = error, _retry_after_s(error)
+                    if error.status_code >= 500:
+                        another_is_up = self.pool.failed(server)
+                except (openai.APIConnectionError, openai.APITimeoutError) as error:
+                    if self.liveness is not None:
+                        self.liveness()  # raises when the backend is gone for good: no retry can help
+                    failure, retry_after = error, None
+                    another_is_up = self.pool.failed(server)
             if attempt + 1 < self.retry.max_attempts:
                 self.stats.add(retries=1)
-                time.sleep(self.retry.delay(attempt, retry_after))
+                if not another_is_up:  # another server takes the request at once; else back off
+                    time.sleep(self.retry.delay(attempt, retry_after))
         raise LLMError(f"{self.backend}: still failing after {self.retry.max_attempts} attempts: {failure}") from failure
 
 

@@ -264,9 +264,20 @@ def simulate(
         )
         return _some_value([expected_value(distribution, top=top) for distribution in distributions])
 
+    def keep(response: dict[str, Any]) -> dict[str, Any]:
+        """For the cache: the offsets, and the distributions at the placeholders only (nearly all
+        of an echoed response is distributions at prompt positions no reader looks at)."""
+        choice = response["choices"][0]
+        offsets = choice["logprobs"]["text_offset"]
+        read_at = {bisect.bisect_right(offsets, offset) - 1 + distribution_shift for offset in prompt.placeholder_offsets}
+        distributions = [d if k in read_at else None for k, d in enumerate(choice["logprobs"]["top_logprobs"])]
+        logprobs = {"text_offset": offsets, "top_logprobs": distributions}
+        return {**response, "choices": [{**choice, "logprobs": logprobs}]}
+
     response = client.completions.create(
-        model=model, prompt=prompt.text, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS, read=read
-    )
+        model=model, prompt=prompt.text, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS,
+        read=read, keep=keep,
+    )  # fmt: skip
     return Simulation(read(response), _prompt_tokens(response))
 
 
