@@ -30,6 +30,7 @@ class Settings:
     simulator_model: str | None
     variants: tuple[str, ...] = (DEFAULT_VARIANT,)
     viewer_url: str = VIEWER_URL
+    llm_layers_per_run: int | None = None  # None: a backfill's LLM stages run as one run
 
     def __post_init__(self) -> None:
         if not self.subject_models or not self.variants:
@@ -59,7 +60,17 @@ class Settings:
             simulator_model=env.get("NEURON_ASSETS_SIMULATOR_MODEL") or None,
             variants=_names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)),
             viewer_url=env.get("NEURON_ASSETS_VIEWER_URL", VIEWER_URL),
+            llm_layers_per_run=_positive(env, "NEURON_ASSETS_LLM_LAYERS_PER_RUN"),
         )
+
+
+def _positive(env: os._Environ[str], name: str) -> int | None:
+    text = env.get(name, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a whole number of layers, at least 1; got {text!r}")
+    return int(text)
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -114,3 +114,34 @@ def test_the_ui_column_table_shows_every_columns_description():
 def test_workspace_points_the_ui_at_the_definitions_module():
     with open(os.path.join(os.path.dirname(__file__), "..", "workspace.yaml"), encoding="utf-8") as handle:
         assert "neuron_assets.defs.definitions" in handle.read()
+
+
+def test_the_llm_stages_fan_out_per_n_layers_when_asked_while_recording_stays_one_run(monkeypatch, tmp_path):
+    from neuron_assets.defs.definitions import build_definitions
+    from neuron_assets.settings import Settings
+
+    monkeypatch.setenv("NEURON_ASSETS_LLM_LAYERS_PER_RUN", "4")
+    monkeypatch.setenv("NEURON_ASSETS_DATA_DIR", str(tmp_path))
+    defs = build_definitions(Settings.from_environment())
+    policies = {k.path[-1]: defs.resolve_assets_def(k).backfill_policy for k in defs.resolve_all_asset_keys()
+                if k.path[-1] in ("activation_records", "token_predictions", "explanations", "scores")}  # fmt: skip
+    assert policies["activation_records"].max_partitions_per_run is None  # one forward pass for all layers
+    assert policies["token_predictions"].max_partitions_per_run is None
+    assert policies["explanations"].max_partitions_per_run == policies["scores"].max_partitions_per_run == 4
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_layers_per_run_that_is_not_a_positive_number_is_refused_naming_the_setting(monkeypatch, value):
+    from neuron_assets.settings import Settings
+
+    monkeypatch.setenv("NEURON_ASSETS_LLM_LAYERS_PER_RUN", value)
+    with pytest.raises(ValueError, match="NEURON_ASSETS_LLM_LAYERS_PER_RUN must be a whole number"):
+        Settings.from_environment()
+
+
+def test_the_projects_dagster_instance_runs_more_than_one_run_at_a_time():
+    import dagster as dg
+
+    home = os.path.join(os.path.dirname(__file__), "..", "dagster_home")
+    with dg.DagsterInstance.from_config(home) as instance:
+        assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs >= 2

@@ -29,6 +29,7 @@ class Experiment:
     variant: str = DEFAULT_VARIANT
     partitions: dg.PartitionsDefinition | None = None
     viewer_url: str = DEFAULT_URL
+    llm_layers_per_run: int | None = None
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
@@ -52,12 +53,21 @@ class Experiment:
         """The name Dagster gives the asset's op: what run config is keyed by (``ops: {name: ...}``)."""
         return "__".join(self.key(table).path)
 
+    def backfill_policy(self, table: str) -> dg.BackfillPolicy:
+        """One run for all requested layers, except the LLM stages when ``llm_layers_per_run`` is
+        set: those fan out as one run per that many layers (for workers, or several LLM servers)."""
+        from neuron_assets.defs.common import SINGLE_RUN
+
+        if table in VARIANT_TABLES and self.llm_layers_per_run is not None:
+            return dg.BackfillPolicy.multi_run(max_partitions_per_run=self.llm_layers_per_run)
+        return SINGLE_RUN
+
     def asset(self, table: str, *inputs: str, partitioned: bool = True) -> dict[str, Any]:
         """``@dg.asset`` arguments for ``table``: its key, inputs, columns (with descriptions) and,
-        when ``partitioned``, the layer partitions backfilled as one run."""
-        from neuron_assets.defs.common import SINGLE_RUN, column_schema
+        when ``partitioned``, the layer partitions with their backfill policy."""
+        from neuron_assets.defs.common import column_schema
 
-        layers = {"partitions_def": self.partitions, "backfill_policy": SINGLE_RUN} if partitioned else {}
+        layers = {"partitions_def": self.partitions, "backfill_policy": self.backfill_policy(table)} if partitioned else {}
         columns = {"dagster/column_schema": column_schema(table)}
         return {"key": self.key(table), "ins": self.ins(*inputs), "metadata": columns, **layers}
 

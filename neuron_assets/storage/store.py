@@ -109,21 +109,30 @@ class ResultStore:
         if not old:
             return []
         excerpts = self.root / "excerpts" / f"{UNPARTITIONED}.parquet"
-        subject_model = self._old_subject_model(excerpts)
+        try:
+            subject_model = self._old_subject_model(excerpts)
+        except ValueError:
+            if not any(path.exists() for path in old):
+                return []  # a parallel run moved them all meanwhile
+            raise
         moved = []
         for path in old:
             table = path.parent.name
             prefix = [model_slug(subject_model)] + ([DEFAULT_VARIANT] if table in VARIANT_TABLES else [])
-            frame = pl.read_parquet(path, glob=False)
+            try:
+                frame = pl.read_parquet(path, glob=False)
+            except FileNotFoundError:
+                continue  # another process (a parallel run) moved it first
             wanted = TABLES[table].to_schema().columns
             added = {"subject_model": subject_model, "variant": DEFAULT_VARIANT}
             frame = frame.with_columns(pl.lit(v).alias(c) for c, v in added.items() if c in wanted and c not in frame.columns)
             target = self.path(table, path.stem, prefix)
             target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.stem}.migrating")
+            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".migrating")
+            os.close(handle)
             frame.write_parquet(temporary)
             os.replace(temporary, target)
-            path.unlink()
+            path.unlink(missing_ok=True)
             moved.append(target)
         return moved
 

@@ -1,0 +1,97 @@
+"""Runs in parallel on one machine (what the daemon's run queue does with max_concurrent_runs > 1):
+three processes materialize the LLM stages of layers 0, 1 and 1 again at once, on one data
+directory, one response cache and one scripted LLM, after one recording run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from neuron_assets.defs.definitions import build_definitions
+from neuron_assets.defs.experiments import Experiment
+from neuron_assets.demo import materialize_layers
+from neuron_assets.llm.client import ResponseCache
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
+from neuron_assets.settings import Settings
+from neuron_assets.storage.store import ResultStore
+
+pytestmark = pytest.mark.slow
+EXP = Experiment(PACKAGED_SUBJECT_MODEL)
+CONFIG = {
+    "ops": {
+        "activation_records": {"config": {"n_neurons": 3, "n_random": 4, "batch_size": 32}},
+        "scoring_excerpts": {"config": {"n_top": 2, "n_random": 2, "n_calibration_top": 1, "n_calibration_random": 1}},
+        "explanations": {"config": {"n_examples": 2, "max_tokens": 30}},
+        "simulations": {"config": {"mode": "json"}},
+    }
+}  # fmt: skip
+RUN_LAYER = """
+import json, sys
+import dagster as dg
+from neuron_assets.defs.definitions import build_definitions
+from neuron_assets.defs.experiments import Experiment
+from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
+from neuron_assets.settings import Settings
+data_dir, url, layer, config = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+experiment = Experiment(PACKAGED_SUBJECT_MODEL)
+defs = build_definitions(Settings((PACKAGED_SUBJECT_MODEL,), data_dir, url, "x", "y"))
+stages = experiment.selection("explanation", "simulation", "scoring") & dg.AssetSelection.key_prefixes(
+    [experiment.slug, experiment.variant])
+with dg.instance_for_test() as instance:
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        run_config=experiment.run_config(config), instance=instance, partition_key=f"layer-{layer}",
+        asset_selection=list(stages.resolve(defs.resolve_asset_graph())), raise_on_error=False)
+print("RUN", result.run_id, result.success)
+"""
+
+
+def answer(body):
+    question = body["messages"][-1]["content"]
+    if question.startswith("Explanation: "):
+        tokens = json.loads(question.split("): ", 1)[1])
+        return json.dumps([10 if "e" in token else 0 for token in tokens])
+    return "tokens with an e."
+
+
+def test_parallel_runs_write_complete_duplicate_free_partitions(tmp_path):
+    from scripted_openai import ScriptedOpenAI
+
+    data_dir = tmp_path / "data"
+    with ScriptedOpenAI(answer) as server:
+        settings = Settings((PACKAGED_SUBJECT_MODEL,), data_dir, server.url, "x", "y")
+        with dg.instance_for_test() as instance:
+            recording = materialize_layers(build_definitions(settings), 0, 1, CONFIG, instance, ("recording",), EXP)
+        assert recording.success
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", RUN_LAYER, str(data_dir), server.url, str(layer), json.dumps(CONFIG)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            )  # fmt: skip
+            for layer in (0, 1, 1)
+        ]
+        outputs = [process.communicate(timeout=900)[0] for process in processes]
+    runs = [line.split()[1:] for output in outputs for line in output.splitlines() if line.startswith("RUN ")]
+    assert [success for _, success in runs] == ["True"] * 3, "\n".join(o[-3000:] for o in outputs)
+    store = ResultStore(data_dir)
+    records = store.read("activation_records", ["0", "1"], EXP.prefix("activation_records"))
+    neurons = records.select("layer", "neuron").unique()
+    keys = {
+        "explanations": ["layer", "neuron", "polarity", "sample", "method"],
+        "simulations": ["layer", "neuron", "polarity", "sample", "method", "excerpt_id"],
+        "scores": ["layer", "neuron", "polarity", "sample", "method", "scoring_set"],
+    }
+    for table, key in keys.items():
+        frame = store.read(table, ["0", "1"], EXP.prefix(table))
+        assert not frame.select(key).is_duplicated().any(), table
+        assert frame.select("layer", "neuron").unique().sort("layer", "neuron").equals(neurons.sort("layer", "neuron"))
+        for layer in (0, 1):  # each partition file was written whole by one run
+            assert frame.filter(pl.col("layer") == layer)["run_id"].n_unique() == 1, (table, layer)
+    scores = store.read("scores", ["0", "1"], EXP.prefix("scores"))
+    assert len(scores) == len(neurons) * 2 * scores["method"].n_unique()  # every method, both scoring sets
+    assert ResponseCache(data_dir / "llm_cache").count() > 0
+    assert not list(data_dir.rglob("*.tmp")) and not list(data_dir.rglob("*.migrating"))
