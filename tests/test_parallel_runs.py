@@ -1,6 +1,9 @@
-"""Runs in parallel on one machine (what the daemon's run queue does with max_concurrent_runs > 1):
-three processes materialize the LLM stages of layers 0, 1 and 1 again at once, on one data
-directory, one response cache and one scripted LLM, after one recording run."""
+"""Runs in parallel on one machine (what the daemon's run queue does with max_concurrent_runs > 1).
+
+Three processes materialize the LLM stages of layers 0, 1 and 1 again at once, on one data
+directory, one response cache and one scripted LLM, after one run of what they share
+(recordings, scoring excerpts, token baselines).
+"""
 
 import json
 import os
@@ -13,7 +16,6 @@ import pytest
 
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
-from neuron_assets.demo import materialize_layers
 from neuron_assets.llm.client import ResponseCache
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
@@ -63,8 +65,14 @@ def test_parallel_runs_write_complete_duplicate_free_partitions(tmp_path):
     data_dir = tmp_path / "data"
     with ScriptedOpenAI(answer) as server:
         settings = Settings((PACKAGED_SUBJECT_MODEL,), data_dir, server.url, "x", "y")
-        with dg.instance_for_test() as instance:
-            recording = materialize_layers(build_definitions(settings), 0, 1, CONFIG, instance, ("recording",), EXP)
+        defs = build_definitions(settings)
+        shared = EXP.selection("recording", "simulation") - dg.AssetSelection.key_prefixes([EXP.slug, EXP.variant])
+        with dg.instance_for_test() as instance:  # what every variant shares: recordings, scoring excerpts, baselines
+            recording = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+                run_config=EXP.run_config(CONFIG), instance=instance,
+                asset_selection=list(shared.resolve(defs.resolve_asset_graph())),
+                tags={"dagster/asset_partition_range_start": "layer-0", "dagster/asset_partition_range_end": "layer-1"},
+            )  # fmt: skip
         assert recording.success
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         processes = [
