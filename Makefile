@@ -25,7 +25,7 @@ LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
-.PHONY: install demo puzzles test view dev bench bench-cache bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo puzzles test view dev bench bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP)
 
@@ -81,6 +81,10 @@ dev: install
 
 bench: install
 	$(PY) -W ignore -m neuron_assets.benches.recording $(ARGS)
+
+# The LLM stage against its server's own speed, on the same prompts (ARGS="--lever '--n_batch 2048'").
+bench-llm: install
+	$(PY) -W ignore -m neuron_assets.benches.llm $(ARGS)
 
 # Bytes the response cache keeps per simulated excerpt: the old one-file-per-request layout vs the compact store.
 bench-cache: install

@@ -391,7 +391,7 @@ def test_an_llm_resource_that_reaches_none_of_its_servers_names_them(tmp_path):
         results=ResultStoreResource(data_dir=str(tmp_path)), base_url=dead[0], base_urls=dead[1:],
         explainer_model="x", simulator_model="y", timeout_s=2,
     )  # fmt: skip
-    with pytest.raises(ConnectionError, match="cannot reach the LLM server.*127.0.0.1:9.*127.0.0.1:7"):
+    with pytest.raises(ConnectionError, match=r"cannot reach any of the LLM servers: http://127.0.0.1:9/v1 \(.*127.0.0.1:7"):
         llm.client()
 
 

@@ -151,7 +151,11 @@ class LLMResource(dg.ConfigurableResource):
                 unreachable[server.url] = str(error)
                 pool.failed(server)
         if len(unreachable) == len(servers):
-            raise ConnectionError(f"cannot reach the LLM server(s): {unreachable}")
+            if len(servers) == 1:
+                ((url, error),) = unreachable.items()
+                raise ConnectionError(f"cannot reach the LLM server at {url}: {error}")
+            named = "; ".join(f"{url} ({error})" for url, error in unreachable.items())
+            raise ConnectionError(f"cannot reach any of the LLM servers: {named}")
         return pool
 
     def server_metadata(self) -> dict[str, str]:

@@ -80,8 +80,10 @@ class LocalLlamaServer:
         n_ctx: int = 4096,
         startup_timeout_s: float = 120.0,
         builds: list[LlamaBuild] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.model_path = model_path
+        self.extra_args = extra_args  # more llama_cpp.server settings (make bench-llm tries some)
         self.alias = alias
         self.n_ctx = n_ctx
         self.startup_timeout_s = startup_timeout_s
@@ -105,6 +107,7 @@ class LocalLlamaServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--logits_all", "true",
             "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            *self.extra_args,
         ]  # fmt: skip
 
     def __enter__(self) -> LocalLlamaServer:

@@ -1,0 +1,107 @@
+"""``make bench-llm``: the LLM stage against the speed of its server, on the packaged llama.cpp server.
+
+In one run, on the same all-at-once simulator prompts (excerpts of the embedded corpus,
+64 whitespace tokens each), interleaved excerpt by excerpt with the order rotated:
+
+- **prompt evaluation**: the prompt alone (no echo, no log-probabilities), the server's
+  raw prompt-evaluation throughput;
+- **raw request**: the very request the simulator sends (echo, 20 log-probabilities), by
+  plain HTTP, nothing read;
+- **pipeline**: ``simulate`` through ``CachingClient`` (an empty response cache, so every
+  call is made, parsed, checked and cached).
+
+Prints tokens per second of each, the pipeline against the raw request and against
+prompt evaluation, and the explainer's seconds per explanation. ``--lever "ARGS"`` runs
+the same measures again with more llama_cpp.server settings (e.g. ``"--n_batch 2048"``,
+``"--cache true"``), one server per setting, so each setting's effect is printed beside
+the default's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+
+from neuron_assets.benches.cache_size import word_excerpts
+from neuron_assets.explainers.explainer import explain
+from neuron_assets.llm.client import CachingClient, ResponseCache
+from neuron_assets.llm.llama_build import cpu_model
+from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.prompts.templates import Record, simulator_prompt
+from neuron_assets.simulators.simulator import TOP_LOGPROBS, simulate
+
+EXPLANATION = "words about sport"
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())
+
+
+def measure(extra_args: tuple[str, ...], excerpts: list[list[str]]) -> dict[str, float]:
+    """Seconds and prompt tokens of each way over ``excerpts``, and seconds per explanation."""
+    totals = {name: [0.0, 0] for name in ("prompt evaluation", "raw request", "pipeline")}
+    with tempfile.TemporaryDirectory() as folder, LocalLlamaServer(
+        packaged_gguf_path(), PACKAGED_MODEL_ALIAS, extra_args=extra_args
+    ) as server:
+        url = f"{server.base_url}/completions"
+        raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)
+        client = CachingClient(raw, "bench", ResponseCache(Path(folder)))
+        base = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "temperature": 0.0}
+
+        def evaluate(tokens: list[str]) -> int:
+            return post(url, {**base, "prompt": simulator_prompt(EXPLANATION, tokens).text})["usage"]["prompt_tokens"]
+
+        def raw_request(tokens: list[str]) -> int:
+            body = {**base, "prompt": simulator_prompt(EXPLANATION, tokens).text, "echo": True, "logprobs": TOP_LOGPROBS}
+            return post(url, body)["usage"]["prompt_tokens"]
+
+        def pipeline(tokens: list[str]) -> int:
+            return simulate(client, PACKAGED_MODEL_ALIAS, EXPLANATION, tokens, distribution_shift=0).prompt_tokens
+
+        ways = [("prompt evaluation", evaluate), ("raw request", raw_request), ("pipeline", pipeline)]
+        for i, tokens in enumerate(excerpts):
+            for name, way in ways[i % 3 :] + ways[: i % 3]:
+                started = time.perf_counter()
+                n = way(tokens)
+                totals[name][0] += time.perf_counter() - started
+                totals[name][1] += n
+        records = [Record(tokens, [float(j % 7) for j in range(len(tokens))]) for tokens in excerpts[:5]]
+        started = time.perf_counter()
+        explanations = [explain(client, PACKAGED_MODEL_ALIAS, records, seed=seed, max_tokens=60) for seed in (1, 2)]
+        per_explanation = (time.perf_counter() - started) / len(explanations)
+    return {**{name: n / seconds for name, (seconds, n) in totals.items()}, "seconds per explanation": per_explanation}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--excerpts", type=int, default=6)
+    parser.add_argument("--lever", action="append", default=[], help="more llama_cpp.server arguments, quoted")
+    args = parser.parse_args(argv)
+    print(f"CPU: {cpu_model()}")
+    excerpts = word_excerpts(args.excerpts)
+    settings = [(), *(tuple(shlex.split(lever)) for lever in args.lever)]
+    print(f"{len(excerpts)} all-at-once prompts of 64-token excerpts per way; 2 explanations of 5 excerpts")
+    print("| server settings | prompt evaluation (tokens/s) | raw request (tokens/s) | pipeline (tokens/s) | "
+          "pipeline / raw request | pipeline / prompt evaluation | s per explanation |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for extra in settings:
+        m = measure(extra, excerpts)
+        print(
+            f"| {' '.join(extra) or 'default'} | {m['prompt evaluation']:.0f} | {m['raw request']:.0f} | "
+            f"{m['pipeline']:.0f} | {m['pipeline'] / m['raw request']:.2f} | "
+            f"{m['pipeline'] / m['prompt evaluation']:.2f} | {m['seconds per explanation']:.1f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
