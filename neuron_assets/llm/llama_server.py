@@ -107,6 +107,10 @@ class LocalLlamaServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--logits_all", "true",
             "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            # Keep evaluated prompt states in RAM (up to 2 GiB): a simulation then evaluates only
+            # what follows the few-shot prefix it shares with the previous ones; in make bench-llm
+            # this took the pipeline from 350 to 657 prompt tokens/s, with identical values.
+            "--cache", "true",
             *self.extra_args,
         ]  # fmt: skip
 
