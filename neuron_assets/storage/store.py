@@ -131,6 +131,7 @@ class ResultStore:
             handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".migrating")
             os.close(handle)
             frame.write_parquet(temporary)
+            os.chmod(temporary, 0o644)  # as write() leaves results: shared
             os.replace(temporary, target)
             path.unlink(missing_ok=True)
             moved.append(target)
