@@ -3,7 +3,7 @@
 import polars as pl
 
 from neuron_assets.viewer import pages, plots
-from neuron_assets.viewer.data import Experiment
+from neuron_assets.viewer.data import ExperimentFolder
 
 
 def comparisons() -> pl.DataFrame:
@@ -63,6 +63,6 @@ def test_an_error_page_shows_the_message_escaped_and_nothing_else_of_the_server(
 
 
 def test_neuron_links_name_the_side_only_when_negative():
-    shown = Experiment("gpt2", "default")
+    shown = ExperimentFolder("gpt2", "default")
     assert pages.neuron_href(shown, 3, 7) == "/gpt2/default/layer-3/neuron-7"
     assert pages.neuron_href(shown, 3, 7, "negative") == "/gpt2/default/layer-3/neuron-7-negative"

@@ -20,7 +20,7 @@ from neuron_assets.demo import UP_TO_SCORES, materialize_layers
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
 from neuron_assets.storage.store import ResultStore
-from neuron_assets.viewer.data import Experiment as Shown
+from neuron_assets.viewer.data import ExperimentFolder as Shown
 from neuron_assets.viewer.data import ViewerData, ViewerError
 from neuron_assets.viewer.server import render, serve
 

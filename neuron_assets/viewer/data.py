@@ -21,7 +21,7 @@ class ViewerError(LookupError):
 
 
 @dataclass(frozen=True, order=True)
-class Experiment:
+class ExperimentFolder:
     """A subject model's results folder and one variant of its LLM stages."""
 
     model: str
@@ -34,16 +34,16 @@ class ViewerData:
     def __init__(self, store: ResultStore) -> None:
         self.store = store
 
-    def experiments(self) -> list[Experiment]:
+    def experiments(self) -> list[ExperimentFolder]:
         """Every (subject model folder, variant) with stored scores."""
         scores = self.store.root / "scores"
         return sorted(
-            Experiment(variant.parent.name, variant.name)
+            ExperimentFolder(variant.parent.name, variant.name)
             for variant in scores.glob("*/*")
             if variant.is_dir() and any(variant.glob("*.parquet"))
         ) if scores.is_dir() else []  # fmt: skip
 
-    def table(self, table: str, experiment: Experiment, layers: list[int] | None = None) -> pl.DataFrame:
+    def table(self, table: str, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
         """``table``'s rows of the experiment (all stored layers unless ``layers``); a ``ViewerError`` when none."""
         prefix = [experiment.model, experiment.variant] if table in VARIANT_TABLES else [experiment.model]
         stored = self.store.partitions(table, prefix)
@@ -54,7 +54,7 @@ class ViewerData:
             raise ViewerError(f"no {table} stored for {where}{layer_text}: materialize them first")
         return self.store.read(table, wanted, prefix)
 
-    def check_experiment(self, experiment: Experiment) -> None:
+    def check_experiment(self, experiment: ExperimentFolder) -> None:
         if experiment not in self.experiments():
             known = ", ".join(f"{e.model}/{e.variant}" for e in self.experiments()) or "none yet"
             raise ViewerError(
@@ -62,11 +62,11 @@ class ViewerData:
                 f"(stored: {known})"
             )
 
-    def layers(self, experiment: Experiment) -> list[int]:
+    def layers(self, experiment: ExperimentFolder) -> list[int]:
         """The layers with stored scores, in order."""
         return sorted(int(p) for p in self.store.partitions("scores", [experiment.model, experiment.variant]))
 
-    def neurons(self, experiment: Experiment, layers: list[int] | None = None) -> pl.DataFrame:
+    def neurons(self, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
         """One row per scored neuron side: its explanation (``explanation_text``), each method's score
         (samples averaged; a column per method, top-and-random, and ``<method> (random-only)``), its max activation."""
         self.check_experiment(experiment)
@@ -90,7 +90,7 @@ class ViewerData:
             .sort("layer", "neuron", pl.col("polarity"), descending=[False, False, True])
         )
 
-    def neuron(self, experiment: Experiment, layer: int, neuron: int, polarity: str) -> dict[str, pl.DataFrame]:
+    def neuron(self, experiment: ExperimentFolder, layer: int, neuron: int, polarity: str) -> dict[str, pl.DataFrame]:
         """Everything the neuron page shows, as frames keyed by what they are."""
         self.check_experiment(experiment)
         key = (pl.col("neuron") == neuron) & (pl.col("polarity") == polarity)

@@ -11,7 +11,7 @@ from html import escape
 import polars as pl
 
 from neuron_assets.viewer import plots
-from neuron_assets.viewer.data import BASELINES, Experiment
+from neuron_assets.viewer.data import BASELINES, ExperimentFolder
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
@@ -71,12 +71,12 @@ def error_page(message: str) -> str:
     return page("Not found", f'<nav><a href="/">all results</a></nav><div class="error" id="error">{escape(message)}</div>')
 
 
-def neuron_href(experiment: Experiment, layer: int, neuron: int, polarity: str = "positive") -> str:
+def neuron_href(experiment: ExperimentFolder, layer: int, neuron: int, polarity: str = "positive") -> str:
     side = "" if polarity == "positive" else f"-{polarity}"
     return f"/{experiment.model}/{experiment.variant}/layer-{layer}/neuron-{neuron}{side}"
 
 
-def home(experiments: list[Experiment]) -> str:
+def home(experiments: list[ExperimentFolder]) -> str:
     if not experiments:
         return page("neuron-assets", "<h1>neuron-assets</h1><p class=\"error\" id=\"error\">No scores stored yet: "
                     "materialize the pipeline (make demo) first.</p>")  # fmt: skip
@@ -92,7 +92,7 @@ def _number(value: float | None) -> str:
 
 
 def index(
-    experiment: Experiment,
+    experiment: ExperimentFolder,
     neurons: pl.DataFrame,
     scores: pl.DataFrame,
     comparisons: pl.DataFrame,
@@ -157,7 +157,7 @@ def tokens_html(tokens: list[str], values: list[float | None], scale: float, lab
     return f'<div class="excerpt"><span class="label">{escape(label)}</span>{"".join(spans)}</div>'
 
 
-def neuron_page(experiment: Experiment, layer: int, neuron: int, polarity: str, parts: dict[str, pl.DataFrame]) -> str:
+def neuron_page(experiment: ExperimentFolder, layer: int, neuron: int, polarity: str, parts: dict[str, pl.DataFrame]) -> str:
     stats = parts["stats"].row(0, named=True)
     scale = max(stats["max"], 1e-9)
     title = f"layer {layer} neuron {neuron}" + ("" if polarity == "positive" else f" ({polarity})")

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from neuron_assets.storage.store import ResultStore
 from neuron_assets.viewer import DEFAULT_PORT, pages
-from neuron_assets.viewer.data import Experiment, ViewerData, ViewerError
+from neuron_assets.viewer.data import ExperimentFolder, ViewerData, ViewerError
 
 _NAME = r"[a-z][a-z0-9_]*"
 _INDEX = re.compile(rf"/({_NAME})/({_NAME})(?:/layer-(\d+))?/?")
@@ -34,13 +34,13 @@ def render(data: ViewerData, path: str) -> str:
         return pages.home(data.experiments())
     if match := _INDEX.fullmatch(path):
         model, variant, layer = match.groups()
-        experiment, layers = Experiment(model, variant), None if layer is None else [int(layer)]
+        experiment, layers = ExperimentFolder(model, variant), None if layer is None else [int(layer)]
         neurons = data.neurons(experiment, layers)
         scores, comparisons = data.table("scores", experiment, layers), data.table("method_comparisons", experiment, layers)
         return pages.index(experiment, neurons, scores, comparisons, data.layers(experiment), layers)
     if match := _NEURON.fullmatch(path):
         model, variant, layer, neuron, negative = match.groups()
-        experiment, polarity = Experiment(model, variant), "negative" if negative else "positive"
+        experiment, polarity = ExperimentFolder(model, variant), "negative" if negative else "positive"
         parts = data.neuron(experiment, int(layer), int(neuron), polarity)
         return pages.neuron_page(experiment, int(layer), int(neuron), polarity, parts)
     raise ViewerError(
