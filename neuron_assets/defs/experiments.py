@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from neuron_assets.storage.layout import VARIANT_TABLES, check_variant, model_slug
+from neuron_assets.storage.layout import VARIANT_TABLES, check_variant, model_slug, prefix
 from neuron_assets.storage.store import DEFAULT_VARIANT
 from neuron_assets.viewer import DEFAULT_URL
 
@@ -44,7 +44,7 @@ class Experiment:
         return model_slug(self.subject_model)
 
     def prefix(self, table: str) -> list[str]:
-        return [self.slug, self.variant] if table in VARIANT_TABLES else [self.slug]
+        return prefix(self.slug, self.variant, table)
 
     def key(self, table: str) -> dg.AssetKey:
         return dg.AssetKey([*self.prefix(table), table])

@@ -22,6 +22,12 @@ class ExperimentNameError(ValueError):
     """A variant name that cannot be a folder and asset key part."""
 
 
+def prefix(model_folder: str, variant: str, table: str) -> list[str]:
+    """The folders (and asset key parts) ``table``'s results go under: the model's, then the
+    variant's for an LLM stage."""
+    return [model_folder, variant] if table in VARIANT_TABLES else [model_folder]
+
+
 def check_variant(name: str) -> str:
     """``name`` if it can name a variant; else an ``ExperimentNameError`` saying what is allowed."""
     if not _NAME.fullmatch(name):

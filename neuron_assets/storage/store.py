@@ -103,7 +103,7 @@ class ResultStore:
         those values. Each file is written whole at its new place before the old one goes,
         so an interrupted migration loses nothing and the next one finishes it.
         """
-        from neuron_assets.storage.layout import VARIANT_TABLES, model_slug
+        from neuron_assets.storage.layout import model_slug, prefix
 
         old = [p for table in MODEL_TABLES for p in sorted((self.root / table).glob("*.parquet"))]
         if not old:
@@ -118,7 +118,7 @@ class ResultStore:
         moved = []
         for path in old:
             table = path.parent.name
-            prefix = [model_slug(subject_model)] + ([DEFAULT_VARIANT] if table in VARIANT_TABLES else [])
+            folders = prefix(model_slug(subject_model), DEFAULT_VARIANT, table)
             try:
                 frame = pl.read_parquet(path, glob=False)
             except FileNotFoundError:
@@ -126,7 +126,7 @@ class ResultStore:
             wanted = TABLES[table].to_schema().columns
             added = {"subject_model": subject_model, "variant": DEFAULT_VARIANT}
             frame = frame.with_columns(pl.lit(v).alias(c) for c, v in added.items() if c in wanted and c not in frame.columns)
-            target = self.path(table, path.stem, prefix)
+            target = self.path(table, path.stem, folders)
             target.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".migrating")
             os.close(handle)

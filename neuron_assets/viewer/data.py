@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from neuron_assets.storage.layout import VARIANT_TABLES
+from neuron_assets.storage.layout import VARIANT_TABLES, prefix
 from neuron_assets.storage.store import ResultStore
 
 BASELINES = ("lookup_table", "weight_based", "lookup_explanation", "next_token_explanation", "control")
@@ -45,14 +45,14 @@ class ViewerData:
 
     def table(self, table: str, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
         """``table``'s rows of the experiment (all stored layers unless ``layers``); a ``ViewerError`` when none."""
-        prefix = [experiment.model, experiment.variant] if table in VARIANT_TABLES else [experiment.model]
-        stored = self.store.partitions(table, prefix)
+        folders = prefix(experiment.model, experiment.variant, table)
+        stored = self.store.partitions(table, folders)
         wanted = stored if layers is None else [str(layer) for layer in layers if str(layer) in stored]
         if not wanted:
             where = f"subject model {experiment.model!r}" + (f", variant {experiment.variant!r}" if table in VARIANT_TABLES else "")
             layer_text = "" if layers is None else f" for layer {', '.join(map(str, layers))}"
             raise ViewerError(f"no {table} stored for {where}{layer_text}: materialize them first")
-        return self.store.read(table, wanted, prefix)
+        return self.store.read(table, wanted, folders)
 
     def check_experiment(self, experiment: ExperimentFolder) -> None:
         if experiment not in self.experiments():
