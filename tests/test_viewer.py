@@ -114,7 +114,8 @@ def test_the_scores_asset_metadata_links_its_preview_to_the_viewer_and_carries_t
 
 def neuron_pages(store):
     data = ViewerData(store)
-    neurons = data.neurons(Shown(DEFAULT.slug, "default"))
+    shown = Shown(DEFAULT.slug, "default")
+    neurons = data.neurons(shown, data.table("scores", shown))
     return data, neurons
 
 

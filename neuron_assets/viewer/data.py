@@ -55,8 +55,9 @@ class ViewerData:
         return self.store.read(table, wanted, folders)
 
     def check_experiment(self, experiment: ExperimentFolder) -> None:
-        if experiment not in self.experiments():
-            known = ", ".join(f"{e.model}/{e.variant}" for e in self.experiments()) or "none yet"
+        stored = self.experiments()
+        if experiment not in stored:
+            known = ", ".join(f"{e.model}/{e.variant}" for e in stored) or "none yet"
             raise ViewerError(
                 f"no scores stored for subject model {experiment.model!r}, variant {experiment.variant!r} "
                 f"(stored: {known})"
@@ -64,13 +65,15 @@ class ViewerData:
 
     def layers(self, experiment: ExperimentFolder) -> list[int]:
         """The layers with stored scores, in order."""
-        return sorted(int(p) for p in self.store.partitions("scores", [experiment.model, experiment.variant]))
+        folders = prefix(experiment.model, experiment.variant, "scores")
+        return sorted(int(p) for p in self.store.partitions("scores", folders))
 
-    def neurons(self, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
-        """One row per scored neuron side: its explanation (``explanation_text``), each method's score
-        (samples averaged; a column per method, top-and-random, and ``<method> (random-only)``), its max activation."""
-        self.check_experiment(experiment)
-        scores = self.table("scores", experiment, layers)
+    def neurons(
+        self, experiment: ExperimentFolder, scores: pl.DataFrame, layers: list[int] | None = None
+    ) -> pl.DataFrame:
+        """One row per neuron side in ``scores`` (the experiment's, of ``layers``): its explanation
+        (``explanation_text``), each method's score (samples averaged; a column per method,
+        top-and-random, and ``<method> (random-only)``), its max activation."""
         per_method = (
             scores.group_by("layer", "neuron", "polarity", "method", "scoring_set")
             .agg(pl.col("correlation").mean())
@@ -94,9 +97,9 @@ class ViewerData:
         """Everything the neuron page shows, as frames keyed by what they are."""
         self.check_experiment(experiment)
         key = (pl.col("neuron") == neuron) & (pl.col("polarity") == polarity)
-        stats = self.table("neuron_stats", experiment, [layer]).filter(key)
+        recorded = self.table("neuron_stats", experiment, [layer])
+        stats = recorded.filter(key)
         if stats.is_empty():
-            recorded = self.table("neuron_stats", experiment, [layer])
             sides = recorded.select("neuron", "polarity").unique().sort("neuron", "polarity").rows()
             raise ViewerError(
                 f"neuron {neuron} ({polarity}) of layer {layer} was not recorded for subject model {experiment.model!r}; "
@@ -109,7 +112,7 @@ class ViewerData:
         simulations = self.table("simulations", experiment, [layer]).filter(
             key & (pl.col("method") == "explanation") & (pl.col("sample") == 0) & pl.col("excerpt_kind").is_in(["top", "random"])
         ).join(excerpts, on="excerpt_id")
-        other_sides = self.table("neuron_stats", experiment, [layer]).filter(
+        other_sides = recorded.filter(
             (pl.col("neuron") == neuron) & (pl.col("polarity") != polarity)
         )["polarity"].to_list()
         return {

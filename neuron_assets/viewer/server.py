@@ -35,8 +35,9 @@ def render(data: ViewerData, path: str) -> str:
     if match := _INDEX.fullmatch(path):
         model, variant, layer = match.groups()
         experiment, layers = ExperimentFolder(model, variant), None if layer is None else [int(layer)]
-        neurons = data.neurons(experiment, layers)
+        data.check_experiment(experiment)
         scores, comparisons = data.table("scores", experiment, layers), data.table("method_comparisons", experiment, layers)
+        neurons = data.neurons(experiment, scores, layers)
         return pages.index(experiment, neurons, scores, comparisons, data.layers(experiment), layers)
     if match := _NEURON.fullmatch(path):
         model, variant, layer, neuron, negative = match.groups()
