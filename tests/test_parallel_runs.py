@@ -13,6 +13,7 @@ import sys
 import dagster as dg
 import polars as pl
 import pytest
+from test_viewer import CONFIG, answer  # the viewer's small run config and scripted LLM
 
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
@@ -23,14 +24,6 @@ from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
 EXP = Experiment(PACKAGED_SUBJECT_MODEL)
-CONFIG = {
-    "ops": {
-        "activation_records": {"config": {"n_neurons": 3, "n_random": 4, "batch_size": 32}},
-        "scoring_excerpts": {"config": {"n_top": 2, "n_random": 2, "n_calibration_top": 1, "n_calibration_random": 1}},
-        "explanations": {"config": {"n_examples": 2, "max_tokens": 30}},
-        "simulations": {"config": {"mode": "json"}},
-    }
-}  # fmt: skip
 RUN_LAYER = """
 import json, sys
 import dagster as dg
@@ -49,14 +42,6 @@ with dg.instance_for_test() as instance:
         asset_selection=list(stages.resolve(defs.resolve_asset_graph())), raise_on_error=False)
 print("RUN", result.run_id, result.success)
 """
-
-
-def answer(body):
-    question = body["messages"][-1]["content"]
-    if question.startswith("Explanation: "):
-        tokens = json.loads(question.split("): ", 1)[1])
-        return json.dumps([10 if "e" in token else 0 for token in tokens])
-    return "tokens with an e."
 
 
 def test_parallel_runs_write_complete_duplicate_free_partitions(tmp_path):
