@@ -55,12 +55,17 @@ class ResultStoreResource(dg.ConfigurableResource):
 
     data_dir: str
 
+    _migrated: bool = PrivateAttr(default=False)
+
     def store(self) -> Any:
-        """The store, with results of the layout before experiments first moved to their place."""
+        """The store, with results of the layout before experiments moved to their place the first
+        time this resource opens it (nothing writes that layout any more)."""
         from neuron_assets.storage.store import ResultStore
 
         store = ResultStore(self.data_dir)
-        store.migrate_old_layout()
+        if not self._migrated:
+            store.migrate_old_layout()
+            self._migrated = True
         return store
 
 
