@@ -79,6 +79,15 @@ class Experiment:
         ops = {self.op_name(n) if n in MODEL_TABLES else n: value for n, value in config.get("ops", {}).items()}
         return {**config, **({"ops": ops} if ops else {})}
 
+    def out(self, table: str, group: str, description: str) -> dg.AssetOut:
+        """A multi-asset's output for ``table``: its key and columns, as ``asset`` gives a single asset."""
+        from neuron_assets.defs.common import column_schema
+
+        return dg.AssetOut(
+            key=self.key(table), metadata={"dagster/column_schema": column_schema(table)}, group_name=group,
+            description=description,
+        )  # fmt: skip
+
     def ins(self, *tables: str) -> dict[str, dg.AssetIn]:
         """Inputs named after the tables, read from this experiment's assets."""
         return {table: dg.AssetIn(key=self.key(table)) for table in tables}

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, column_schema, every_quarter, markdown, requested_layers
+from neuron_assets.defs.common import SINGLE_RUN, every_quarter, markdown, requested_layers
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import SubjectModelResource
 from neuron_assets.sampling.corpus import DEFAULT_CORPUS
@@ -94,30 +94,27 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
     @dg.multi_asset(
         name=experiment.op_name("activation_records"),
         outs={
-            "activation_records": dg.AssetOut(
-                key=experiment.key("activation_records"),
-                metadata={"dagster/column_schema": column_schema("activation_records")},
-                group_name=GROUP,
-                description=(
+            "activation_records": experiment.out(
+                "activation_records",
+                GROUP,
+                (
                     "Per selected neuron of the layer: its per-token activations on the top-k excerpts of each "
                     "pool (by maximum activation), on a uniform sample of scoring-pool excerpts, and on "
                     "quantile-bin samples for viewing."
                 ),
             ),
-            "neuron_stats": dg.AssetOut(
-                key=experiment.key("neuron_stats"),
-                metadata={"dagster/column_schema": column_schema("neuron_stats")},
-                group_name=GROUP,
-                description=(
+            "neuron_stats": experiment.out(
+                "neuron_stats",
+                GROUP,
+                (
                     "Per selected neuron of the layer: mean, variance, maximum, minimum and share of tokens "
                     "firing, over every token of every excerpt."
                 ),
             ),
-            "token_lookup": dg.AssetOut(
-                key=experiment.key("token_lookup"),
-                metadata={"dagster/column_schema": column_schema("token_lookup")},
-                group_name=GROUP,
-                description=(
+            "token_lookup": experiment.out(
+                "token_lookup",
+                GROUP,
+                (
                     "The token lookup table: per selected neuron of the layer, the mean activation on each "
                     "token over the explanation pool (a baseline, method.md §6)."
                 ),
