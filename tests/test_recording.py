@@ -197,3 +197,38 @@ def test_an_unknown_polarity_is_refused_by_name(corpus):
     excerpts, activations = corpus
     with pytest.raises(ValueError, match="polarity 'up' is not one of"):
         record(fake_model(activations, []), excerpts, {1: [0]}, [101], start_token_id=None, polarity="up")
+
+
+def test_neuron_ranges_for_threads_cover_the_layer_on_cache_line_bounds():
+    from neuron_assets.recording.recorder import _ranges
+
+    assert _ranges(1536, 2) == [(0, 768), (768, 1536)]
+    assert _ranges(1000, 3) == [(0, 336), (336, 672), (672, 1000)]
+    assert _ranges(300, 4) == [(0, 300)]  # under 256 neurons a range: one thread
+    assert _ranges(10, 2) == [(0, 10)]
+
+
+def test_a_batch_folded_by_several_threads_gives_exactly_what_one_thread_gives(corpus):
+    excerpts, _ = corpus
+    generator = torch.Generator().manual_seed(2)
+    wide = torch.randn(N_EXCERPTS, LENGTH, 600, generator=generator)
+    # the first token names the excerpt for the fake model; the rest vary, for the token sums
+    excerpts = excerpts.with_columns(token_ids=pl.Series([[i] + [i % 4] * (LENGTH - 1) for i in range(N_EXCERPTS)]))
+
+    def run(tokens, hooks, stop_at_layer):
+        hooks[1](wide[tokens[:, 0]])
+
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n_threads in (1, 3):
+            torch.set_num_threads(n_threads)
+            recorders = record(run, excerpts, {1: range(600)}, [101, 103], start_token_id=None, batch_size=8, top_k=3)
+            results.append(record_tables(recorders, RecordingSettings()))
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(*results, strict=True):
+        assert one.equals(several)
+    records = results[0][0].filter(pl.col("kind") == "top", pl.col("neuron") == 599, pl.col("pool") == "scoring")
+    best = wide[1::2, :, 599].amax(1).topk(3)
+    assert records["max_activation"].to_list() == pytest.approx(best.values.tolist())

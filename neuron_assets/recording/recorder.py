@@ -7,7 +7,8 @@ the top-k excerpts of each pool by maximum activation (with their per-token
 activations), the activations on a fixed random sample of scoring excerpts, running
 sums for the statistics, and per-token sums over the explanation pool for the token
 lookup-table baseline (method.md §6), so memory grows with neurons x (k + distinct
-tokens), never with the corpus.
+tokens), never with the corpus. Each batch is folded by one compiled pass
+(``recording.fold``), its neurons split over threads.
 
 Both signs: a gated MLP's unit (SmolLM2, Llama) takes large negative values, which the
 0..10 scale of the explainer and simulator reads as 0. The ``negative`` polarity records
@@ -18,17 +19,21 @@ neuron, on its own rows.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import numpy as np
 import polars as pl
 import torch
 
+from neuron_assets.recording.fold import BLOCK, EXPLANATION, SCORING, fold_batch
 from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL
 
-POOLS = (EXPLANATION_POOL, SCORING_POOL)
+POOL_INDEX = {EXPLANATION_POOL: EXPLANATION, SCORING_POOL: SCORING}  # pool -> its index in fold's arrays
+POOLS = tuple(POOL_INDEX)
 POSITIVE, NEGATIVE = "positive", "negative"
 POLARITY_SETTINGS = {POSITIVE: (POSITIVE,), NEGATIVE: (NEGATIVE,), "both": (POSITIVE, NEGATIVE)}
 
@@ -49,7 +54,10 @@ class RecordingSettings:
 
 
 class LayerRecorder:
-    """Folds batches of one layer's activations into top-k, random-sample and statistics state."""
+    """Folds batches of one layer's activations into top-k, random-sample and statistics state.
+
+    The state is numpy arrays that ``fold.fold_batch`` updates in place, one pass per batch.
+    """
 
     def __init__(
         self,
@@ -65,92 +73,73 @@ class LayerRecorder:
         self.polarity = polarity
         self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
         n = len(self.neurons)
-        # A selection that is a prefix of the layer is a view, not a copy, of each batch.
+        # A selection that is a prefix of the layer is read in place, not copied out of each batch.
         self._prefix = bool(torch.equal(self.neurons, torch.arange(n)))
+        self._sign = np.float32(1.0 if polarity == POSITIVE else -1.0)
         self.top_k = top_k
-        # k unordered slots per neuron; -inf marks a slot not filled yet.
-        self.top_values = {p: torch.full((top_k, n), float("-inf")) for p in POOLS}
-        self.top_ids = {p: torch.full((top_k, n), -1, dtype=torch.long) for p in POOLS}
-        self.top_acts = {p: torch.zeros(top_k, excerpt_length, n) for p in POOLS}
+        # k unordered slots per pool and neuron; -inf marks a slot not filled yet.
+        self.top_values = np.full((2, n, top_k), -np.inf, dtype=np.float32)
+        self.top_ids = np.full((2, n, top_k), -1, dtype=np.int64)
+        self.top_acts = np.zeros((2, n, top_k, excerpt_length), dtype=np.float32)
         self.random_ids = list(random_excerpt_ids)
         self._random_slot = {e: i for i, e in enumerate(self.random_ids)}
-        self.random_acts = torch.full((len(self.random_ids), n, excerpt_length), float("nan"))
-        self.total = torch.zeros(n, dtype=torch.float64)
-        self.total_sq = torch.zeros(n, dtype=torch.float64)
-        self.maximum = torch.full((n,), float("-inf"))
-        self.minimum = torch.full((n,), float("inf"))
-        self.firing = torch.zeros(n, dtype=torch.long)
+        self.random_acts = np.full((len(self.random_ids), n, excerpt_length), np.nan, dtype=np.float32)
+        self.total = np.zeros(n, dtype=np.float64)
+        self.total_sq = np.zeros(n, dtype=np.float64)
+        self.maximum = np.full(n, -np.inf, dtype=np.float32)
+        self.minimum = np.full(n, np.inf, dtype=np.float32)
+        self.firing = np.zeros(n, dtype=np.int64)
         self.n_tokens = 0
         # Sorted ids of the explanation pool's distinct tokens, and each one's sums there.
         self.vocabulary = vocabulary
-        self.token_sums = torch.zeros(len(vocabulary), n, dtype=torch.float64)
-        self.token_counts = torch.zeros(len(vocabulary), dtype=torch.long)
+        self.token_sums = np.zeros((len(vocabulary), n), dtype=np.float64)
+        self.token_counts = np.zeros(len(vocabulary), dtype=np.int64)
 
     def update(
-        self, activations: torch.Tensor, excerpt_ids: torch.Tensor, is_scoring: torch.Tensor, token_ids: torch.Tensor
-    ) -> None:
-        """Fold a batch: ``activations`` [batch, tokens, d_mlp], ids and pool flags [batch], token ids [batch, tokens]."""
+        self, activations: torch.Tensor, excerpt_ids: torch.Tensor, pools: torch.Tensor, slots: torch.Tensor,
+        offset: int = 0,
+    ) -> None:  # fmt: skip
+        """Fold a batch: ``activations`` [batch, offset + tokens, d_mlp] (the first ``offset``
+        positions are not recorded), excerpt ids and pool indexes (``fold.EXPLANATION`` or
+        ``fold.SCORING``) [batch], and each token's row of the vocabulary [batch, tokens]."""
         n = len(self.neurons)
-        acts = activations[..., :n] if self._prefix else activations.index_select(-1, self.neurons)
-        acts = acts.float() if self.polarity == POSITIVE else -acts.float()  # [b, t, n]
-        flat = acts.reshape(-1, n)
-        self.total += flat.sum(0).double()
-        self.total_sq += (flat * flat).sum(0).double()
-        self.minimum = torch.minimum(self.minimum, flat.amin(0))
-        self.firing += (flat > 0).sum(0)
-        self.n_tokens += flat.shape[0]
-        maxima = acts.amax(1)  # [b, n]
-        self.maximum = torch.maximum(self.maximum, maxima.amax(0))
-        for pool, rows in ((SCORING_POOL, is_scoring), (EXPLANATION_POOL, ~is_scoring)):
-            if rows.any():
-                self._merge_top(pool, maxima.masked_fill(~rows[:, None], float("-inf")), acts, excerpt_ids)
-        if (~is_scoring).any():
-            slots = torch.searchsorted(self.vocabulary, token_ids[~is_scoring].reshape(-1))
-            self.token_sums.index_add_(0, slots, acts[~is_scoring].reshape(-1, n).double())
-            self.token_counts.index_add_(0, slots, torch.ones_like(slots))
+        acts = activations.detach().to("cpu", torch.float32)
+        if not self._prefix:
+            acts = acts.index_select(-1, self.neurons)
+        acts = np.ascontiguousarray(acts.numpy())
+        # The fold is compiled and lets go of the GIL: disjoint neuron ranges run on threads.
+        calls = [
+            (
+                acts, offset, lo, hi, lo == 0, self._sign, pools.numpy(), excerpt_ids.numpy(), slots.numpy(),
+                self.total, self.total_sq, self.minimum, self.maximum, self.firing,
+                self.token_sums, self.token_counts, self.top_values, self.top_ids, self.top_acts,
+            )  # fmt: skip
+            for lo, hi in _ranges(n, torch.get_num_threads())
+        ]
+        others = [_fold_threads().submit(fold_batch, *call) for call in calls[1:]]
+        fold_batch(*calls[0])
+        for other in others:
+            other.result()
+        self.n_tokens += acts.shape[0] * (acts.shape[1] - offset)
         for row, excerpt_id in enumerate(excerpt_ids.tolist()):
             slot = self._random_slot.get(excerpt_id)
             if slot is not None:
-                self.random_acts[slot] = acts[row].T
-
-    def _merge_top(self, pool: str, maxima: torch.Tensor, acts: torch.Tensor, ids: torch.Tensor) -> None:
-        """Merge a batch (other-pool rows masked to -inf) into the pool's top-k slots.
-
-        Only the slots whose excerpt is pushed out are rewritten, so the data moved per
-        batch is the number of changes, which shrinks as the stream goes on.
-        """
-        held = self.top_values[pool]
-        k = held.shape[0]
-        # Only neurons whose weakest held excerpt is beaten by this batch can change.
-        columns = (maxima > held.amin(0)).any(0).nonzero().squeeze(1)
-        if len(columns) == 0:
-            return
-        candidates = maxima[:, columns]
-        best = torch.cat([held[:, columns], candidates]).topk(k, dim=0).indices  # [k, c]
-        is_new = best >= k
-        kept = torch.zeros(k, len(columns), dtype=torch.uint8)
-        kept.scatter_reduce_(0, best.clamp(max=k - 1), (~is_new).to(torch.uint8), reduce="amax")
-        free_slots = kept.argsort(dim=0, stable=True)  # per neuron: dropped slots first
-        new_rows = torch.where(is_new, best - k, maxima.shape[0]).sort(dim=0).values  # batch rows first
-        pair, column = (torch.arange(k)[:, None] < is_new.sum(0)[None, :]).nonzero(as_tuple=True)
-        slot, row, neuron = free_slots[pair, column], new_rows[pair, column], columns[column]
-        held[slot, neuron] = maxima[row, neuron]
-        self.top_ids[pool][slot, neuron] = ids[row]
-        self.top_acts[pool][slot, :, neuron] = acts[row, :, neuron]
+                self.random_acts[slot] = self._sign * acts[row, offset:, :n].T
 
     def top(self, pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first.
 
         Slots never filled (a pool with fewer than k excerpts) have id -1.
         """
-        values, order = self.top_values[pool].sort(dim=0, descending=True)
-        ids = self.top_ids[pool].gather(0, order).masked_fill(values == float("-inf"), -1)
-        acts = self.top_acts[pool].gather(0, order[:, None, :].expand(-1, self.top_acts[pool].shape[1], -1))
-        return values, ids, acts.transpose(1, 2)
+        p = POOL_INDEX[pool]
+        values, order = torch.from_numpy(self.top_values[p].T).sort(dim=0, descending=True, stable=True)
+        ids = torch.from_numpy(self.top_ids[p].T).gather(0, order).masked_fill(values == float("-inf"), -1)
+        held = torch.from_numpy(self.top_acts[p]).transpose(0, 1)  # [k, n, tokens]
+        return values, ids, held.gather(0, order[:, :, None].expand(-1, -1, held.shape[2]))
 
     def records(self, settings: RecordingSettings) -> pl.DataFrame:
         """Top, random and quantile-bin records as rows of the ``activation_records`` table."""
-        if torch.isnan(self.random_acts).any():
+        if np.isnan(self.random_acts).any():
             raise RuntimeError(f"layer {self.layer}: some random-sample excerpts were never seen")
         frames = [
             _rows(self.layer, self.neurons, pool, "top", None, *self.top(pool)[1:]).filter(pl.col("excerpt_id") >= 0)
@@ -159,7 +148,8 @@ class LayerRecorder:
         random_ids = torch.as_tensor(self.random_ids, dtype=torch.long)[:, None].expand(
             -1, len(self.neurons)
         )
-        frames.append(_rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, self.random_acts))
+        random_acts = torch.from_numpy(self.random_acts)
+        frames.append(_rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, random_acts))
         frames += self._quantile_records(settings, random_ids)
         return pl.concat([f for f in frames if not f.is_empty()], how="vertical")
 
@@ -167,7 +157,7 @@ class LayerRecorder:
         """Bins of the per-excerpt maximum, estimated from the random sample (for viewing only)."""
         if not self.random_ids:
             return []
-        maxima = self.random_acts.amax(-1).numpy()  # [r, n]
+        maxima = self.random_acts.max(-1)  # [r, n]
         frames = []
         for lo, hi in settings.quantile_bins:
             bounds = np.quantile(maxima, [lo, hi], axis=0)  # [2, n]
@@ -185,22 +175,23 @@ class LayerRecorder:
                         "quantile",
                         f"{lo}-{hi}",
                         random_ids[index, column : column + 1],
-                        self.random_acts[index, column : column + 1],
+                        torch.from_numpy(self.random_acts[rows, column : column + 1]),
                     )
                 )
         return frames
 
     def token_lookup(self) -> pl.DataFrame:
         """Mean activation of every (token, neuron) over the explanation pool: the lookup table."""
-        seen = self.token_counts > 0
-        means = self.token_sums[seen] / self.token_counts[seen, None]  # [tokens, n]
+        seen = torch.from_numpy(self.token_counts > 0)
+        counts = torch.from_numpy(self.token_counts)[seen]
+        means = torch.from_numpy(self.token_sums)[seen] / counts[:, None]  # [tokens, n]
         n_tokens, n = means.shape
         return pl.DataFrame(
             {
                 "layer": pl.Series([self.layer] * (n_tokens * n), dtype=pl.Int64),
                 "neuron": pl.Series(self.neurons.repeat(n_tokens).tolist(), dtype=pl.Int64),
                 "token_id": pl.Series(self.vocabulary[seen].repeat_interleave(n).tolist(), dtype=pl.Int64),
-                "count": pl.Series(self.token_counts[seen].repeat_interleave(n).tolist(), dtype=pl.Int64),
+                "count": pl.Series(counts.repeat_interleave(n).tolist(), dtype=pl.Int64),
                 "mean_activation": means.reshape(-1).numpy(),
             }
         ).sort("neuron", "token_id")
@@ -209,19 +200,32 @@ class LayerRecorder:
         """Mean, variance, max, min and firing fraction over every recorded token."""
         n = self.n_tokens
         mean = self.total / n
-        variance = (self.total_sq / n - mean**2).clamp(min=0.0)
+        variance = np.clip(self.total_sq / n - mean**2, 0.0, None)
         return pl.DataFrame(
             {
                 "layer": pl.Series([self.layer] * len(self.neurons), dtype=pl.Int64),
                 "neuron": pl.Series(self.neurons.tolist(), dtype=pl.Int64),
-                "mean": mean.numpy(),
-                "variance": variance.numpy(),
-                "max": self.maximum.double().numpy(),
-                "min": self.minimum.double().numpy(),
-                "frac_firing": (self.firing.double() / n).numpy(),
+                "mean": mean,
+                "variance": variance,
+                "max": self.maximum.astype(np.float64),
+                "min": self.minimum.astype(np.float64),
+                "frac_firing": self.firing / n,
                 "n_tokens": pl.Series([n] * len(self.neurons), dtype=pl.Int64),
             }
         )
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """``n`` neurons cut into at most ``parts`` ranges of whole cache lines (16 float32), at least 256 each."""
+    parts = max(1, min(parts, n // 256))
+    step = -(-n // parts // BLOCK) * BLOCK
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+@cache
+def _fold_threads() -> ThreadPoolExecutor:
+    """The threads that fold a batch's other neuron ranges while the caller folds the first."""
+    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="fold")
 
 
 def _rows(
@@ -292,10 +296,12 @@ def record(
         if start_token_id is not None:
             tokens = torch.cat([torch.full((len(tokens), 1), start_token_id), tokens], dim=1)
         ids = torch.tensor(batch["excerpt_id"].to_list(), dtype=torch.long)
-        is_scoring = torch.tensor((batch["pool"] == SCORING_POOL).to_list())
+        pools = torch.tensor(batch["pool"].replace_strict(POOL_INDEX).to_list(), dtype=torch.int8)
+        # Only explanation-pool tokens are looked up; the rest may land anywhere in range.
+        slots = torch.searchsorted(vocabulary, excerpt_tokens).clamp_(0, max(len(vocabulary) - 1, 0))
         # Bind this batch's ids and pools now, not by reference to the loop variables.
         hooks = {
-            layer: partial(_fold, layer_recorders, offset, ids, is_scoring, excerpt_tokens)
+            layer: partial(_fold, layer_recorders, offset, ids, pools, slots)
             for layer, layer_recorders in by_layer.items()
         }
         run_model(tokens, hooks, stop_at)
@@ -305,12 +311,12 @@ def record(
 
 
 def _fold(
-    recorders: list[LayerRecorder], offset: int, ids: torch.Tensor, is_scoring: torch.Tensor, tokens: torch.Tensor,
+    recorders: list[LayerRecorder], offset: int, ids: torch.Tensor, pools: torch.Tensor, slots: torch.Tensor,
     activations: torch.Tensor,
 ) -> None:
-    """One layer's hook: fold the batch (start token dropped) into each of its polarities' recorders."""
+    """One layer's hook: fold the batch (start token skipped) into each of its polarities' recorders."""
     for recorder in recorders:
-        recorder.update(activations[:, offset:], ids, is_scoring, tokens)
+        recorder.update(activations, ids, pools, slots, offset)
 
 
 @dataclass(frozen=True)
