@@ -8,6 +8,7 @@ Secrets are not settings: the API key is read from the environment at call time 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,13 @@ class Settings:
     variants: tuple[str, ...] = (DEFAULT_VARIANT,)
     viewer_url: str = VIEWER_URL
     llm_layers_per_run: int | None = None  # None: a backfill's LLM stages run as one run
+    device: str = "auto"  # the subject models' torch device: auto (a CUDA GPU if torch sees one), cpu, cuda[:N]
 
     def __post_init__(self) -> None:
         if not self.subject_models or not self.variants:
             raise ValueError("settings need at least one subject model and one variant")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         for variant in self.variants:
             check_variant(variant)
         for names, what in ((self.subject_models, "subject model"), (self.variants, "variant")):
@@ -61,6 +65,7 @@ class Settings:
             variants=_names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)),
             viewer_url=env.get("NEURON_ASSETS_VIEWER_URL", VIEWER_URL),
             llm_layers_per_run=_positive(env, "NEURON_ASSETS_LLM_LAYERS_PER_RUN"),
+            device=env.get("NEURON_ASSETS_DEVICE", "auto").strip() or "auto",
         )
 
 

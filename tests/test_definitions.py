@@ -130,6 +130,16 @@ def test_the_llm_stages_fan_out_per_n_layers_when_asked_while_recording_stays_on
     assert policies["explanations"].max_partitions_per_run == policies["scores"].max_partitions_per_run == 4
 
 
+def test_the_subject_models_device_comes_from_the_environment_and_defaults_to_auto(monkeypatch, tmp_path):
+    from neuron_assets.defs.definitions import build_definitions
+    from neuron_assets.settings import Settings
+
+    monkeypatch.setenv("NEURON_ASSETS_DATA_DIR", str(tmp_path))
+    assert build_definitions(Settings.from_environment()).resources["subject_model"].device == "auto"
+    monkeypatch.setenv("NEURON_ASSETS_DEVICE", "cpu")
+    assert build_definitions(Settings.from_environment()).resources["subject_model"].device == "cpu"
+
+
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_a_layers_per_run_that_is_not_a_positive_number_is_refused_naming_the_setting(monkeypatch, value):
     from neuron_assets.settings import Settings

@@ -52,7 +52,7 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
         resources={
             "results": results,
             "io_manager": ResultStoreIOManager(results=results),
-            "subject_model": SubjectModelResource(),
+            "subject_model": SubjectModelResource(device=settings.device),
             "llm": LLMResource(
                 results=results,
                 base_url=urls[0] if urls else None,

@@ -22,7 +22,10 @@ class SubjectModelResource(dg.ConfigurableResource):
     resource holds how models are loaded (device, weights cache) and keeps them loaded.
     """
 
-    device: str = "cpu"
+    device: str = Field(
+        default="auto", description="torch device of the subject models: 'auto' (a CUDA GPU where torch sees one, "
+        "else the CPU), 'cpu', 'cuda' or 'cuda:N'"
+    )
     cache_dir: Optional[str] = None
 
     _models: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -131,12 +131,41 @@ def materialize_packaged_model(cache_dir: Path) -> Path:
     return target
 
 
+AUTO_DEVICE = "auto"
+
+
+def resolve_device(setting: str) -> str:
+    """The torch device a ``device`` setting names: ``auto`` is the GPU where torch sees one, else the CPU.
+
+    Refused by name: a string torch cannot parse, and a GPU asked for where none is usable,
+    so a run never falls back to a device other than the one asked for.
+    """
+    import torch
+
+    if setting == AUTO_DEVICE:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, ValueError) as error:
+        raise SubjectModelError(
+            f"device {setting!r} is not a torch device (use 'auto', 'cpu', 'cuda' or 'cuda:N')"
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SubjectModelError(f"device {setting!r} asked for, but torch sees no CUDA GPU here (use 'auto' or 'cpu')")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SubjectModelError(f"device {setting!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise SubjectModelError(f"device {setting!r}: only 'cpu' and 'cuda' devices are supported")
+    return str(device)
+
+
 class SubjectModel:
     """A booted bridge plus what recording needs to know about it."""
 
-    def __init__(self, name: str, bridge: Any) -> None:
+    def __init__(self, name: str, bridge: Any, device: str = "cpu") -> None:
         self.name = name
         self.bridge = bridge
+        self.device = device
         self.tokenizer = bridge.tokenizer
         self.n_layers = int(bridge.cfg.n_layers)
         self.d_mlp = int(bridge.cfg.d_mlp)
@@ -202,7 +231,7 @@ class SubjectModel:
                 point.add_hook(_stop)  # added last, so it runs after that layer's recording
                 points.append(point)
             with torch.inference_mode():
-                self.bridge.original_model.model(input_ids=tokens, use_cache=False)
+                self.bridge.original_model.model(input_ids=tokens.to(self.device), use_cache=False)
         except _StopForward:
             pass
         finally:
@@ -230,11 +259,11 @@ class SubjectModel:
         point = self.bridge.hook_dict[MLP_POST_HOOK.format(layer=layer)]
         selected = torch.as_tensor(neurons, dtype=torch.long)
         captured: list[Any] = []
-        point.add_hook(_hook(lambda activations: captured.append(activations[0].index_select(-1, selected))))
+        point.add_hook(_hook(lambda activations: captured.append(activations[0].cpu().index_select(-1, selected))))
         try:
             with torch.inference_mode():
                 for start in range(0, len(token_ids), batch_size):
-                    ids = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long)
+                    ids = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=self.device)
                     embedded = self.bridge.original_model.get_input_embeddings()(ids)[None]
                     block.mlp(block.ln2(embedded))
         finally:
@@ -262,7 +291,7 @@ class SubjectModel:
             tokens = torch.as_tensor(([start_token_id] if offset else []) + list(ids), dtype=torch.long)[None]
             captured: list[Any] = []
             self.run_with_mlp_hooks(
-                tokens, {layer: lambda a: captured.append(a[0, offset:].index_select(-1, selected))}, layer + 1
+                tokens, {layer: lambda a: captured.append(a[0, offset:].cpu().index_select(-1, selected))}, layer + 1
             )
             results.append(captured[0].double().numpy())
         return results
@@ -272,7 +301,9 @@ class SubjectModel:
         import torch
 
         with torch.inference_mode():
-            self.bridge.original_model.model(input_ids=tokens, use_cache=False)
+            self.bridge.original_model.model(input_ids=tokens.to(self.device), use_cache=False)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()  # the pass is timed: wait for the GPU to finish it
 
 
 class _StopForward(Exception):
@@ -291,10 +322,11 @@ def _hook(fn: Any) -> Any:
     return hook
 
 
-def load_subject_model(name: str, cache_dir: Path | None = None, device: str = "cpu") -> SubjectModel:
-    """Boot ``name`` (the packaged model, a local folder or a hub name) as a TransformerBridge."""
+def load_subject_model(name: str, cache_dir: Path | None = None, device: str = AUTO_DEVICE) -> SubjectModel:
+    """Boot ``name`` (the packaged model, a local folder or a hub name) as a TransformerBridge on ``device``."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    device = resolve_device(device)
     source = name
     if name == PACKAGED_SUBJECT_MODEL:
         source = str(materialize_packaged_model(cache_dir or default_cache_dir()))
@@ -303,4 +335,4 @@ def load_subject_model(name: str, cache_dir: Path | None = None, device: str = "
     except Exception as error:  # hub, config and architecture errors all mean "cannot load"
         raise SubjectModelError(f"cannot load subject model {name!r}: {error}") from error
     bridge.eval()
-    return SubjectModel(name, bridge)
+    return SubjectModel(name, bridge, device)
