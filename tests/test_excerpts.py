@@ -29,6 +29,15 @@ def test_excerpts_never_cross_a_document_boundary_and_drop_short_tails():
         assert len(row["token_ids"]) == 8
 
 
+def test_a_long_document_gives_each_of_its_windows_once_in_order():
+    text = "".join(chr(65 + i % 26) for i in range(5000))
+    excerpts = make_excerpts(documents(text, "z" * 70), char_tokenize, char_text, "m", length=64)
+    first = excerpts.filter(pl.col("doc_id") == 0)
+    assert first["position"].to_list() == list(range(0, 4992, 64))  # 78 windows; the 8-token tail dropped
+    assert "".join("".join(tokens) for tokens in first["tokens"]) == text[:4992]
+    assert excerpts["excerpt_id"].to_list() == list(range(79))
+
+
 def test_excerpt_ids_are_unique_and_carry_their_tokenizer():
     excerpts = make_excerpts(documents("x" * 16, "y" * 16), char_tokenize, char_text, "model-a", length=4)
     assert excerpts["excerpt_id"].is_unique().all()

@@ -56,15 +56,16 @@ def make_excerpts(
     tokenized = documents.select("doc_id", "corpus").with_columns(
         token_ids=pl.Series(tokenize(documents["text"].to_list()), dtype=pl.List(pl.Int64))
     )
+    # One row per token, then one per window: memory in proportion to the corpus's tokens
+    # (slicing each window out of its document's whole token list copied the document once
+    # per window, quadratic in a long document's length).
     windows = (
-        tokenized.with_columns(window=pl.int_ranges(0, pl.col("token_ids").list.len() // length))
-        .explode("window")
-        .drop_nulls("window")
-        .with_columns(
-            position=pl.col("window") * length,
-            token_ids=pl.col("token_ids").list.slice(pl.col("window") * length, length),
-        )
-        .drop("window")
+        tokenized.with_columns(pl.col("token_ids").list.head(pl.col("token_ids").list.len() // length * length))
+        .explode("token_ids")
+        .drop_nulls("token_ids")  # a document shorter than one window leaves one null row
+        .with_columns(position=pl.int_range(pl.len()).over("doc_id") // length * length)
+        .group_by("doc_id", "corpus", "position", maintain_order=True)
+        .agg("token_ids")
     )
     if windows.is_empty():
         raise ExcerptError(f"no document is at least {length} tokens long; nothing to excerpt")
