@@ -32,6 +32,7 @@ class Settings:
     variants: tuple[str, ...] = (DEFAULT_VARIANT,)
     viewer_url: str = VIEWER_URL
     llm_layers_per_run: int | None = None  # None: a backfill's LLM stages run as one run
+    recording_layers_per_run: int | None = None  # None: one forward pass records every layer of a backfill
     device: str = "auto"  # the subject models' torch device: auto (a CUDA GPU if torch sees one), cpu, cuda[:N]
 
     def __post_init__(self) -> None:
@@ -65,6 +66,7 @@ class Settings:
             variants=_names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)),
             viewer_url=env.get("NEURON_ASSETS_VIEWER_URL", VIEWER_URL),
             llm_layers_per_run=_positive(env, "NEURON_ASSETS_LLM_LAYERS_PER_RUN"),
+            recording_layers_per_run=_positive(env, "NEURON_ASSETS_RECORDING_LAYERS_PER_RUN"),
             device=env.get("NEURON_ASSETS_DEVICE", "auto").strip() or "auto",
         )
 

@@ -130,6 +130,20 @@ def test_the_llm_stages_fan_out_per_n_layers_when_asked_while_recording_stays_on
     assert policies["explanations"].max_partitions_per_run == policies["scores"].max_partitions_per_run == 4
 
 
+def test_recording_fans_out_per_n_layers_when_asked_so_each_pass_holds_that_many_layers(monkeypatch, tmp_path):
+    from neuron_assets.defs.definitions import build_definitions
+    from neuron_assets.settings import Settings
+
+    monkeypatch.setenv("NEURON_ASSETS_RECORDING_LAYERS_PER_RUN", "2")
+    monkeypatch.setenv("NEURON_ASSETS_DATA_DIR", str(tmp_path))
+    defs = build_definitions(Settings.from_environment())
+    policies = {k.path[-1]: defs.resolve_assets_def(k).backfill_policy for k in defs.resolve_all_asset_keys()
+                if k.path[-1] in ("activation_records", "neuron_stats", "explanations")}  # fmt: skip
+    assert policies["activation_records"].max_partitions_per_run == 2
+    assert policies["neuron_stats"].max_partitions_per_run == 2  # the same multi-asset, the same runs
+    assert policies["explanations"].max_partitions_per_run is None
+
+
 def test_the_subject_models_device_comes_from_the_environment_and_defaults_to_auto(monkeypatch, tmp_path):
     from neuron_assets.defs.definitions import build_definitions
     from neuron_assets.settings import Settings

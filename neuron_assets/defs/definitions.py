@@ -36,7 +36,10 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
     for subject_model in settings.subject_models:
         partitions = layer_partitions(model_shape(subject_model).n_layers)
         experiments = [
-            Experiment(subject_model, variant, partitions, settings.viewer_url, settings.llm_layers_per_run)
+            Experiment(
+                subject_model, variant, partitions, settings.viewer_url,
+                settings.llm_layers_per_run, settings.recording_layers_per_run,
+            )  # fmt: skip
             for variant in settings.variants
         ]
         built += [a for domain in DOMAINS if hasattr(domain, "build_model_assets") for a in domain.build_model_assets(experiments[0])]

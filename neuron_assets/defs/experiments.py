@@ -30,6 +30,7 @@ class Experiment:
     partitions: dg.PartitionsDefinition | None = None
     viewer_url: str = DEFAULT_URL
     llm_layers_per_run: int | None = None
+    recording_layers_per_run: int | None = None
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
@@ -54,12 +55,16 @@ class Experiment:
         return "__".join(self.key(table).path)
 
     def backfill_policy(self, table: str) -> dg.BackfillPolicy:
-        """One run for all requested layers, except the LLM stages when ``llm_layers_per_run`` is
-        set: those fan out as one run per that many layers (for workers, or several LLM servers)."""
+        """One run for all requested layers, except where a setting fans a stage out as one run
+        per that many layers: the LLM stages with ``llm_layers_per_run`` (for workers, or several
+        LLM servers), recording with ``recording_layers_per_run`` (each run's forward pass then
+        holds the state of that many layers only, at the cost of one pass per run)."""
         from neuron_assets.defs.common import SINGLE_RUN
 
         if table in VARIANT_TABLES and self.llm_layers_per_run is not None:
             return dg.BackfillPolicy.multi_run(max_partitions_per_run=self.llm_layers_per_run)
+        if table == "activation_records" and self.recording_layers_per_run is not None:
+            return dg.BackfillPolicy.multi_run(max_partitions_per_run=self.recording_layers_per_run)
         return SINGLE_RUN
 
     def asset(self, table: str, *inputs: str, partitioned: bool = True) -> dict[str, Any]:

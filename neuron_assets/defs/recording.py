@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import SINGLE_RUN, every_quarter, markdown, requested_layers
+from neuron_assets.defs.common import every_quarter, markdown, requested_layers
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import SubjectModelResource
 from neuron_assets.sampling.corpus import DEFAULT_CORPUS
@@ -122,7 +122,7 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         },
         ins=experiment.ins("excerpts"),
         partitions_def=experiment.partitions,
-        backfill_policy=SINGLE_RUN,
+        backfill_policy=experiment.backfill_policy("activation_records"),
     )
     def activation_records(
         context: dg.AssetExecutionContext,
