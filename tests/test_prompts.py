@@ -10,6 +10,7 @@ from neuron_assets.prompts.templates import (
     normalize,
     parse_explanation,
     simulator_prompt,
+    simulator_prompt_for_excerpts,
 )
 
 
@@ -118,6 +119,19 @@ def test_simulator_prompt_places_one_unknown_per_token_at_the_recorded_offsets()
         assert prompt.text[offset - 1] == "\t"
     assert f"{EXPLANATION_PREFIX} cats." in prompt.text
     assert prompt.text.rstrip().endswith("<end>")
+
+
+def test_several_excerpts_share_one_prefix_and_keep_one_placeholder_per_token_in_order():
+    first, second = ["The", " cat"], [" a", " dog", " ran"]
+    prompt = simulator_prompt_for_excerpts("animals", [first, second])
+    single = simulator_prompt("animals", first)
+    assert prompt.text.startswith(single.text)  # the one-excerpt prompt, then the next listing
+    assert prompt.placeholder_offsets[:2] == single.placeholder_offsets
+    assert len(prompt.placeholder_offsets) == 5 and prompt.placeholder_offsets == sorted(prompt.placeholder_offsets)
+    lines = [prompt.text[: offset - 1].rsplit("\n", 1)[-1] for offset in prompt.placeholder_offsets]
+    assert lines == ["The", " cat", " a", " dog", " ran"]
+    assert prompt.text.count(f"{EXPLANATION_PREFIX} animals.") == 1
+    assert prompt.text.endswith("<end>\n\n<start>\n a\tunknown\n dog\tunknown\n ran\tunknown\n<end>\n")
 
 
 def test_simulator_prompt_is_deterministic_for_a_seed():

@@ -187,7 +187,19 @@ class SimulatorPrompt:
 def simulator_prompt(
     explanation: str, tokens: Sequence[str], seed: int = 0, n_fewshot: int | None = None, top: int = MAX_NORMALIZED
 ) -> SimulatorPrompt:
-    """All-at-once prompt: few-shot neurons, then the target excerpt with every activation unknown.
+    """All-at-once prompt: few-shot neurons, then the target excerpt with every activation unknown."""
+    return simulator_prompt_for_excerpts(explanation, [tokens], seed, n_fewshot, top)
+
+
+def simulator_prompt_for_excerpts(
+    explanation: str,
+    excerpts: Sequence[Sequence[str]],
+    seed: int = 0,
+    n_fewshot: int | None = None,
+    top: int = MAX_NORMALIZED,
+) -> SimulatorPrompt:
+    """All-at-once prompt for one or more excerpts of one neuron, each listed after the
+    explanation between ``<start>`` and ``<end>``; placeholder offsets run over all of them.
 
     Few-shot listings switch from "unknown" to real values at a random position, so the
     model learns that a number may follow a tab at any point, including after "unknown".
@@ -203,13 +215,15 @@ def simulator_prompt(
             switch = rng.randrange(len(values))
             values = [UNKNOWN if j < switch else v for j, v in enumerate(values)]
             text += _listing(record.tokens, values, keep_zeros=True) + "\n\n"
-    text += _simulator_header(len(EXAMPLE_NEURONS[:n_fewshot]) + 1, explanation) + "<start>\n"
+    text += _simulator_header(len(EXAMPLE_NEURONS[:n_fewshot]) + 1, explanation)
     offsets = []
-    for token in tokens:
-        text += f"{display_token(token)}\t"
-        offsets.append(len(text))
-        text += f"{UNKNOWN}\n"
-    text += "<end>\n"
+    for i, excerpt in enumerate(excerpts):
+        text += "\n<start>\n" if i else "<start>\n"  # a blank line between listings, as in the examples
+        for token in excerpt:
+            text += f"{display_token(token)}\t"
+            offsets.append(len(text))
+            text += f"{UNKNOWN}\n"
+        text += "<end>\n"
     return SimulatorPrompt(text, offsets)
 
 
