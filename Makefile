@@ -25,7 +25,7 @@ LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
-.PHONY: install demo puzzles test view dev bench bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo puzzles test view dev bench bench-memory bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP)
 
@@ -81,6 +81,10 @@ dev: install
 
 bench: install
 	$(PY) -W ignore -m neuron_assets.benches.recording $(ARGS)
+
+# Recording's memory as one pass streams through 10k, 25k and 50k excerpts (about 10 minutes here).
+bench-memory: install
+	$(PY) -W ignore -m neuron_assets.benches.recording_memory $(ARGS)
 
 # The LLM stage against its server's own speed, on the same prompts (ARGS="--lever '--n_batch 2048'").
 bench-llm: install

@@ -1,8 +1,11 @@
 """``make bench``: activation-recording throughput as ratios to a bare forward pass.
 
-All timings come from one process on the same excerpts, interleaved round by round so
-that machine noise hits every variant alike; the median round is reported. The bare pass
-is the subject model's transformer body (no hooks, no LM head) over the same batches.
+All timings come from one process on the same excerpts, interleaved round by round (the
+order rotated each round) so that machine noise hits every variant alike. Each variant's
+ratio to the bare pass is taken within a round and the median over rounds is reported,
+with the lowest and highest. The bare pass is the subject model's transformer body (no
+hooks, no LM head) over the same batches. On a virtual machine, time stolen by the host
+shows up as noise: the share of CPU time stolen during the bench is printed beside it.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=PACKAGED_SUBJECT_MODEL)
     parser.add_argument("--excerpts", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--early-layer", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="torch device of the subject model (auto: CUDA if seen)")
     args = parser.parse_args(argv)
 
-    model = load_subject_model(args.model)
+    model = load_subject_model(args.model, device=args.device)
     excerpts = make_excerpts(load_documents("lee"), model.tokenize, model.token_text, model.name)
     excerpts = excerpts.sort("pool").gather_every(max(1, len(excerpts) // args.excerpts)).head(args.excerpts)
     randoms = random_sample(excerpts, 4, seed=0)
@@ -53,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def bridge() -> None:
         for tokens in batches:
-            model.bridge.run_with_hooks(tokens, fwd_hooks=[], stop_at_layer=model.n_layers)
+            model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=[], stop_at_layer=model.n_layers)
+        if model.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     def recording(layers: list[int], selected: list[int]) -> Callable[[], object]:
         neurons = {layer: selected for layer in layers}
@@ -71,21 +77,44 @@ def main(argv: list[str] | None = None) -> None:
         f"record layer {args.early_layer} x {model.d_mlp} neurons": recording([args.early_layer], all_neurons),
     }
     torch.set_grad_enabled(False)
-    for run in variants.values():  # warm-up: allocator, kernels, caches
+    for run in variants.values():  # warm-up: allocator, kernels, compiled fold, caches
         run()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, run in variants.items():
-            times[name].append(_timed(run))
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    stolen_before = _cpu_ticks()
+    for round_ in range(args.rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            times[name].append(_timed(variants[name]))
+    stolen = _stolen_share(stolen_before, _cpu_ticks())
 
-    bare_s = statistics.median(times["bare forward (body, no LM head)"])
-    print(f"CPU: {cpu_model()}")
+    bare = times[names[0]]
+    print(f"CPU: {cpu_model()}; subject model on {model.device}"
+          + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.startswith("cuda") else ""))
     print(f"model {model.name}, {len(excerpts)} excerpts, {n_tokens} tokens/round, {args.rounds} rounds, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"{'variant':45s} {'median s':>9s} {'tokens/s':>9s} {'x bare':>7s}")
+          f"torch threads {torch.get_num_threads()}, CPU time stolen by the host {stolen}")  # fmt: skip
+    print(f"{'variant':45s} {'median s':>9s} {'tokens/s':>9s} {'x bare':>7s} {'rounds':>11s}")
     for name, samples in times.items():
         median = statistics.median(samples)
-        print(f"{name:45s} {median:9.3f} {n_tokens / median:9.0f} {bare_s / median:7.2f}")
+        ratios = [b / s for b, s in zip(bare, samples, strict=True)]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{name:45s} {median:9.3f} {n_tokens / median:9.0f} {statistics.median(ratios):7.2f} {spread:>11s}")
+
+
+def _cpu_ticks() -> list[int] | None:
+    """The machine's CPU time counters (Linux /proc/stat), to tell how much the host stole."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def _stolen_share(before: list[int] | None, after: list[int] | None) -> str:
+    """Share of CPU time stolen between two readings ('steal' is /proc/stat's eighth counter)."""
+    if before is None or after is None or len(after) < 8:
+        return "unknown"
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    return f"{spent[7] / max(1, sum(spent)):.1%}"
 
 
 def _with_start(model: SubjectModel, batch: pl.DataFrame) -> torch.Tensor:
