@@ -12,6 +12,11 @@ in two rounds with the order of the ways rotated:
 - **pipeline**: ``simulate`` through ``CachingClient`` (an empty response cache, so every
   call is made, parsed, checked and cached).
 
+Then a lever: the same excerpts sent as raw requests ``--per-prompt`` at a time
+(``simulator_prompt_for_excerpts``: the few-shot prefix and the explanation once, the
+excerpts one after another), against one per prompt: seconds and prompt tokens per
+excerpt, and the correlation of the values the two give the same tokens.
+
 Prompt tokens are the server's count of the whole prompt, reused prefix included, so
 tokens per second is the throughput a caller sees. Prints tokens per second of each, the pipeline against the raw request and against
 prompt evaluation, and the explainer's seconds per explanation. ``--lever "ARGS"`` runs
@@ -30,6 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import openai
 
 from neuron_assets.benches.cache_size import word_excerpts
@@ -37,8 +43,8 @@ from neuron_assets.explainers.explainer import explain
 from neuron_assets.llm.client import CachingClient, ResponseCache
 from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
-from neuron_assets.prompts.templates import Record, simulator_prompt
-from neuron_assets.simulators.simulator import TOP_LOGPROBS, simulate
+from neuron_assets.prompts.templates import Record, simulator_prompt, simulator_prompt_for_excerpts
+from neuron_assets.simulators.simulator import TOP_LOGPROBS, expected_value, placeholder_distributions, simulate
 
 EXPLANATION = "words about sport"
 
@@ -49,8 +55,12 @@ def post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def measure(extra_args: tuple[str, ...], excerpts: list[list[str]], rounds: int = 2) -> dict[str, float]:
-    """Seconds and prompt tokens of each way over ``excerpts``, and seconds per explanation."""
+def measure(
+    extra_args: tuple[str, ...], excerpts: list[list[str]], per_prompt: int, rounds: int = 2
+) -> dict[str, float]:
+    """Tokens per second of each way over ``excerpts``, seconds per explanation, and the
+    several-excerpts-per-prompt lever: seconds and prompt tokens per excerpt with one and
+    with ``per_prompt`` excerpts in each raw request, and the correlation of their values."""
     totals = {name: [0.0, 0] for name in ("prompt evaluation", "raw request", "pipeline")}
     with tempfile.TemporaryDirectory() as folder, LocalLlamaServer(
         packaged_gguf_path(), PACKAGED_MODEL_ALIAS, extra_args=extra_args
@@ -70,6 +80,37 @@ def measure(extra_args: tuple[str, ...], excerpts: list[list[str]], rounds: int 
         def pipeline(tokens: list[str]) -> int:  # a fresh cache each round (below), so every call is made
             return simulate(client, PACKAGED_MODEL_ALIAS, EXPLANATION, tokens, distribution_shift=0).prompt_tokens
 
+        def grouped(size: int) -> tuple[float, int, list[float | None]]:
+            """Seconds, prompt tokens and expected values over ``excerpts``, ``size`` to a prompt."""
+            seconds, n, values = 0.0, 0, []
+            for start in range(0, len(excerpts), size):
+                prompt = simulator_prompt_for_excerpts(EXPLANATION, excerpts[start : start + size])
+                started = time.perf_counter()
+                response = post(url, {**base, "prompt": prompt.text, "echo": True, "logprobs": TOP_LOGPROBS})
+                seconds += time.perf_counter() - started
+                n += response["usage"]["prompt_tokens"]
+                logprobs = response["choices"][0]["logprobs"]
+                distributions = placeholder_distributions(prompt, logprobs["text_offset"], logprobs["top_logprobs"], 0)
+                values += [expected_value(distribution) for distribution in distributions]
+            return seconds, n, values
+
+        sizes = {1: [0.0, 0, []], per_prompt: [0.0, 0, []]}
+        for round_ in range(rounds):  # rotated like the ways, so neither always finds the prefix cached
+            for size in list(sizes)[round_ % 2 :] + list(sizes)[: round_ % 2]:
+                seconds, n, values = grouped(size)
+                sizes[size][0] += seconds
+                sizes[size][1] += n
+                sizes[size][2] = values
+        ones, several = sizes[1][2], sizes[per_prompt][2]
+        pairs = [(a, b) for a, b in zip(ones, several, strict=True) if a is not None and b is not None]
+        lever = {
+            "s per excerpt, 1 per prompt": sizes[1][0] / (rounds * len(excerpts)),
+            "s per excerpt, several per prompt": sizes[per_prompt][0] / (rounds * len(excerpts)),
+            "prompt tokens per excerpt, 1 per prompt": sizes[1][1] / (rounds * len(excerpts)),
+            "prompt tokens per excerpt, several per prompt": sizes[per_prompt][1] / (rounds * len(excerpts)),
+            "r of values": float(np.corrcoef(np.array(pairs).T)[0, 1]) if len(pairs) > 2 else float("nan"),
+        }
+
         ways = [("prompt evaluation", evaluate), ("raw request", raw_request), ("pipeline", pipeline)]
         for round_ in range(rounds):  # each way takes the excerpts one after another, as the pipeline does
             for name, way in ways[round_ % 3 :] + ways[: round_ % 3]:
@@ -83,13 +124,18 @@ def measure(extra_args: tuple[str, ...], excerpts: list[list[str]], rounds: int 
         started = time.perf_counter()
         explanations = [explain(client, PACKAGED_MODEL_ALIAS, records, seed=seed, max_tokens=60) for seed in (1, 2)]
         per_explanation = (time.perf_counter() - started) / len(explanations)
-    return {**{name: n / seconds for name, (seconds, n) in totals.items()}, "seconds per explanation": per_explanation}
+    return {
+        **{name: n / seconds for name, (seconds, n) in totals.items()},
+        "seconds per explanation": per_explanation,
+        **lever,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--excerpts", type=int, default=6)
     parser.add_argument("--lever", action="append", default=[], help="more llama_cpp.server arguments, quoted")
+    parser.add_argument("--per-prompt", type=int, default=3, help="excerpts in one prompt for the batching lever")
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_model()}")
     excerpts = word_excerpts(args.excerpts)
@@ -98,12 +144,23 @@ def main(argv: list[str] | None = None) -> int:
     print("| server settings | prompt evaluation (tokens/s) | raw request (tokens/s) | pipeline (tokens/s) | "
           "pipeline / raw request | pipeline / prompt evaluation | s per explanation |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for extra in settings:
-        m = measure(extra, excerpts)
+    measured = [(" ".join(extra) or "default", measure(extra, excerpts, args.per_prompt)) for extra in settings]
+    for name, m in measured:
         print(
-            f"| {' '.join(extra) or 'default'} | {m['prompt evaluation']:.0f} | {m['raw request']:.0f} | "
+            f"| {name} | {m['prompt evaluation']:.0f} | {m['raw request']:.0f} | "
             f"{m['pipeline']:.0f} | {m['pipeline'] / m['raw request']:.2f} | "
             f"{m['pipeline'] / m['prompt evaluation']:.2f} | {m['seconds per explanation']:.1f} |"
+        )
+    print(f"\nSeveral excerpts of one neuron in one raw request ({args.per_prompt} per prompt) against one per prompt:")
+    print("| server settings | s per excerpt, 1 per prompt | s per excerpt, several | speed-up | "
+          "prompt tokens per excerpt, 1 / several | r of the values |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for name, m in measured:
+        one, several = m["s per excerpt, 1 per prompt"], m["s per excerpt, several per prompt"]
+        print(
+            f"| {name} | {one:.2f} | {several:.2f} | {one / several:.2f} | "
+            f"{m['prompt tokens per excerpt, 1 per prompt']:.0f} / "
+            f"{m['prompt tokens per excerpt, several per prompt']:.0f} | {m['r of values']:.2f} |"
         )
     return 0
 
