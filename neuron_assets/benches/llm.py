@@ -14,8 +14,9 @@ in two rounds with the order of the ways rotated:
 
 Then a lever: the same excerpts sent as raw requests ``--per-prompt`` at a time
 (``simulator_prompt_for_excerpts``: the few-shot prefix and the explanation once, the
-excerpts one after another), against one per prompt: seconds and prompt tokens per
-excerpt, and the correlation of the values the two give the same tokens.
+excerpts one after another), against one per prompt, each size on a fresh server warmed
+with one prompt of its shape: seconds and prompt tokens per excerpt, and the
+correlation of the values the two give the same tokens.
 
 Prompt tokens are the server's count of the whole prompt, reused prefix included, so
 tokens per second is the throughput a caller sees. Prints tokens per second of each, the pipeline against the raw request and against
@@ -55,12 +56,8 @@ def post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def measure(
-    extra_args: tuple[str, ...], excerpts: list[list[str]], per_prompt: int, rounds: int = 2
-) -> dict[str, float]:
-    """Tokens per second of each way over ``excerpts``, seconds per explanation, and the
-    several-excerpts-per-prompt lever: seconds and prompt tokens per excerpt with one and
-    with ``per_prompt`` excerpts in each raw request, and the correlation of their values."""
+def measure(extra_args: tuple[str, ...], excerpts: list[list[str]], rounds: int = 2) -> dict[str, float]:
+    """Tokens per second of each way over ``excerpts``, and seconds per explanation."""
     totals = {name: [0.0, 0] for name in ("prompt evaluation", "raw request", "pipeline")}
     with tempfile.TemporaryDirectory() as folder, LocalLlamaServer(
         packaged_gguf_path(), PACKAGED_MODEL_ALIAS, extra_args=extra_args
@@ -80,37 +77,6 @@ def measure(
         def pipeline(tokens: list[str]) -> int:  # a fresh cache each round (below), so every call is made
             return simulate(client, PACKAGED_MODEL_ALIAS, EXPLANATION, tokens, distribution_shift=0).prompt_tokens
 
-        def grouped(size: int) -> tuple[float, int, list[float | None]]:
-            """Seconds, prompt tokens and expected values over ``excerpts``, ``size`` to a prompt."""
-            seconds, n, values = 0.0, 0, []
-            for start in range(0, len(excerpts), size):
-                prompt = simulator_prompt_for_excerpts(EXPLANATION, excerpts[start : start + size])
-                started = time.perf_counter()
-                response = post(url, {**base, "prompt": prompt.text, "echo": True, "logprobs": TOP_LOGPROBS})
-                seconds += time.perf_counter() - started
-                n += response["usage"]["prompt_tokens"]
-                logprobs = response["choices"][0]["logprobs"]
-                distributions = placeholder_distributions(prompt, logprobs["text_offset"], logprobs["top_logprobs"], 0)
-                values += [expected_value(distribution) for distribution in distributions]
-            return seconds, n, values
-
-        sizes = {1: [0.0, 0, []], per_prompt: [0.0, 0, []]}
-        for round_ in range(rounds):  # rotated like the ways, so neither always finds the prefix cached
-            for size in list(sizes)[round_ % 2 :] + list(sizes)[: round_ % 2]:
-                seconds, n, values = grouped(size)
-                sizes[size][0] += seconds
-                sizes[size][1] += n
-                sizes[size][2] = values
-        ones, several = sizes[1][2], sizes[per_prompt][2]
-        pairs = [(a, b) for a, b in zip(ones, several, strict=True) if a is not None and b is not None]
-        lever = {
-            "s per excerpt, 1 per prompt": sizes[1][0] / (rounds * len(excerpts)),
-            "s per excerpt, several per prompt": sizes[per_prompt][0] / (rounds * len(excerpts)),
-            "prompt tokens per excerpt, 1 per prompt": sizes[1][1] / (rounds * len(excerpts)),
-            "prompt tokens per excerpt, several per prompt": sizes[per_prompt][1] / (rounds * len(excerpts)),
-            "r of values": float(np.corrcoef(np.array(pairs).T)[0, 1]) if len(pairs) > 2 else float("nan"),
-        }
-
         ways = [("prompt evaluation", evaluate), ("raw request", raw_request), ("pipeline", pipeline)]
         for round_ in range(rounds):  # each way takes the excerpts one after another, as the pipeline does
             for name, way in ways[round_ % 3 :] + ways[: round_ % 3]:
@@ -124,10 +90,49 @@ def measure(
         started = time.perf_counter()
         explanations = [explain(client, PACKAGED_MODEL_ALIAS, records, seed=seed, max_tokens=60) for seed in (1, 2)]
         per_explanation = (time.perf_counter() - started) / len(explanations)
+    return {**{name: n / seconds for name, (seconds, n) in totals.items()}, "seconds per explanation": per_explanation}
+
+
+def excerpts_per_prompt(
+    extra_args: tuple[str, ...], excerpts: list[list[str]], per_prompt: int, rounds: int = 2
+) -> dict[str, float]:
+    """The batching lever: raw requests of one excerpt against ``per_prompt`` excerpts each.
+
+    Each size gets a fresh server, warmed with one untimed prompt of its own shape, so that
+    neither inherits the other's prefix-cache state; ``rounds`` passes over ``excerpts``.
+    Returns seconds and prompt tokens per excerpt of each, and the correlation of the
+    values the two give the same tokens.
+    """
+    measured = {}
+    for size in (1, per_prompt):
+        groups = [excerpts[start : start + size] for start in range(0, len(excerpts), size)]
+        with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, extra_args=extra_args) as server:
+            url = f"{server.base_url}/completions"
+            body = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                    "logprobs": TOP_LOGPROBS}  # fmt: skip
+            post(url, {**body, "prompt": simulator_prompt_for_excerpts(EXPLANATION, groups[0]).text})  # warm-up
+            seconds, n = 0.0, 0
+            for _ in range(rounds):
+                values: list[float | None] = []
+                for group in groups:
+                    prompt = simulator_prompt_for_excerpts(EXPLANATION, group)
+                    started = time.perf_counter()
+                    response = post(url, {**body, "prompt": prompt.text})
+                    seconds += time.perf_counter() - started
+                    n += response["usage"]["prompt_tokens"]
+                    logprobs = response["choices"][0]["logprobs"]
+                    distributions = placeholder_distributions(
+                        prompt, logprobs["text_offset"], logprobs["top_logprobs"], 0
+                    )
+                    values += [expected_value(distribution) for distribution in distributions]
+        measured[size] = (seconds / (rounds * len(excerpts)), n / (rounds * len(excerpts)), values)
+    pairs = [(a, b) for a, b in zip(measured[1][2], measured[per_prompt][2], strict=True) if None not in (a, b)]
     return {
-        **{name: n / seconds for name, (seconds, n) in totals.items()},
-        "seconds per explanation": per_explanation,
-        **lever,
+        "s per excerpt, 1 per prompt": measured[1][0],
+        "s per excerpt, several per prompt": measured[per_prompt][0],
+        "prompt tokens per excerpt, 1 per prompt": measured[1][1],
+        "prompt tokens per excerpt, several per prompt": measured[per_prompt][1],
+        "r of values": float(np.corrcoef(np.array(pairs).T)[0, 1]) if len(pairs) > 2 else float("nan"),
     }
 
 
@@ -144,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| server settings | prompt evaluation (tokens/s) | raw request (tokens/s) | pipeline (tokens/s) | "
           "pipeline / raw request | pipeline / prompt evaluation | s per explanation |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    measured = [(" ".join(extra) or "default", measure(extra, excerpts, args.per_prompt)) for extra in settings]
+    measured = [
+        (" ".join(extra) or "default", measure(extra, excerpts) | excerpts_per_prompt(extra, excerpts, args.per_prompt))
+        for extra in settings
+    ]
     for name, m in measured:
         print(
             f"| {name} | {m['prompt evaluation']:.0f} | {m['raw request']:.0f} | "
