@@ -33,9 +33,6 @@ EXP = Experiment(PACKAGED_SUBJECT_MODEL)
 RUN_LAYER = """
 import json, sys
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-from dagster._core.utils import make_new_backfill_id
-
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
@@ -153,7 +150,7 @@ def test_the_daemons_run_queue_runs_a_backfills_runs_two_at_a_time(tmp_path):
                     )  # fmt: skip
                 )
                 deadline = time.monotonic() + 900
-                while instance.get_backfill(backfill_id).status in (BulkActionStatus.REQUESTED,):
+                while instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:
                     assert time.monotonic() < deadline and daemon.poll() is None, (tmp_path / "daemon.log").read_text()
                     time.sleep(2)
                 status = instance.get_backfill(backfill_id).status
