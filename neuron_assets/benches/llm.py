@@ -48,6 +48,8 @@ from neuron_assets.prompts.templates import Record, simulator_prompt, simulator_
 from neuron_assets.simulators.simulator import TOP_LOGPROBS, expected_value, placeholder_distributions, simulate
 
 EXPLANATION = "words about sport"
+PROMPT_ONLY = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "temperature": 0.0}
+ECHOED = {**PROMPT_ONLY, "echo": True, "logprobs": TOP_LOGPROBS}  # the all-at-once simulator's request
 
 
 def post(url: str, body: dict) -> dict:
@@ -65,14 +67,13 @@ def measure(extra_args: tuple[str, ...], excerpts: list[list[str]], rounds: int 
         url = f"{server.base_url}/completions"
         raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)
         client = CachingClient(raw, "bench", ResponseCache(Path(folder)))
-        base = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "temperature": 0.0}
 
         def evaluate(tokens: list[str]) -> int:
-            return post(url, {**base, "prompt": simulator_prompt(EXPLANATION, tokens).text})["usage"]["prompt_tokens"]
+            body = {**PROMPT_ONLY, "prompt": simulator_prompt(EXPLANATION, tokens).text}
+            return post(url, body)["usage"]["prompt_tokens"]
 
         def raw_request(tokens: list[str]) -> int:
-            body = {**base, "prompt": simulator_prompt(EXPLANATION, tokens).text, "echo": True, "logprobs": TOP_LOGPROBS}
-            return post(url, body)["usage"]["prompt_tokens"]
+            return post(url, {**ECHOED, "prompt": simulator_prompt(EXPLANATION, tokens).text})["usage"]["prompt_tokens"]
 
         def pipeline(tokens: list[str]) -> int:  # a fresh cache each round (below), so every call is made
             return simulate(client, PACKAGED_MODEL_ALIAS, EXPLANATION, tokens, distribution_shift=0).prompt_tokens
@@ -108,16 +109,14 @@ def excerpts_per_prompt(
         groups = [excerpts[start : start + size] for start in range(0, len(excerpts), size)]
         with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, extra_args=extra_args) as server:
             url = f"{server.base_url}/completions"
-            body = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "temperature": 0.0, "echo": True,
-                    "logprobs": TOP_LOGPROBS}  # fmt: skip
-            post(url, {**body, "prompt": simulator_prompt_for_excerpts(EXPLANATION, groups[0]).text})  # warm-up
+            post(url, {**ECHOED, "prompt": simulator_prompt_for_excerpts(EXPLANATION, groups[0]).text})  # warm-up
             seconds, n = 0.0, 0
             for _ in range(rounds):
                 values: list[float | None] = []
                 for group in groups:
                     prompt = simulator_prompt_for_excerpts(EXPLANATION, group)
                     started = time.perf_counter()
-                    response = post(url, {**body, "prompt": prompt.text})
+                    response = post(url, {**ECHOED, "prompt": prompt.text})
                     seconds += time.perf_counter() - started
                     n += response["usage"]["prompt_tokens"]
                     logprobs = response["choices"][0]["logprobs"]
