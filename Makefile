@@ -19,7 +19,8 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 LLAMA_AVX512_CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
 LLAMA_VARIANTS := $(VENV)/llama-cpp-variants
 # Wheels are kept outside the venv, in folders named after what they were built from, so a
-# new venv reuses them and a change of version or flags builds anew.
+# new venv reuses them and a change of version or flags builds anew (the folder name says
+# both, so another edit of requirements.lock, such as a new package, rebuilds nothing).
 wheel_dir = .wheels/$(shell echo '$(LLAMA_CPP) $(1)' | sha1sum | cut -c1-12)
 LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
@@ -48,14 +49,14 @@ define build_llama_wheel
 	touch $@
 endef
 
-$(LLAMA_WHEELS)/.built: requirements.lock
+$(LLAMA_WHEELS)/.built:
 	$(call build_llama_wheel,$(LLAMA_CMAKE_ARGS))
 
-$(LLAMA_AVX512_WHEELS)/.built: requirements.lock
+$(LLAMA_AVX512_WHEELS)/.built:
 	$(call build_llama_wheel,$(LLAMA_AVX512_CMAKE_ARGS))
 
 # For make bench-llama-build only: llama-cpp-python's default, -march=native.
-$(LLAMA_NATIVE_WHEELS)/.built: requirements.lock
+$(LLAMA_NATIVE_WHEELS)/.built:
 	$(call build_llama_wheel,)
 
 demo: install
