@@ -111,7 +111,7 @@ def print_results(
         print(methods.pl().to_pandas().to_string(index=False))
         has_revisions = connection.execute(
             "SELECT count(*) FROM duckdb_views() WHERE view_name = 'revision_neurons'"
-        ).fetchone()[0]
+        ).fetchall()[0][0]  # fetchall: DuckDB 2 refuses the next query while a result is half read
         revised = None if not has_revisions else connection.sql(
             "SELECT layer, neuron, revised_explanation, round(original_score, 3) AS original, "
             "round(revised_score, 3) AS revised, round(original_extended_score, 3) AS original_ext, "
