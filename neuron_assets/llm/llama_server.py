@@ -13,7 +13,11 @@ Before serving, the module checks that the llama.cpp build it imports runs on th
 (``llama_build``). ``LocalLlamaServer`` starts the fastest installed build the host's CPU
 flags allow, makes it evaluate a real multi-token prompt before the run uses it (falling
 back to the portable build if that kills it), and reports the server's death (signal and
-log tail) the moment a request finds it gone.
+log tail, and its memory) the moment a request finds it gone.
+
+Memory is bounded by design: the prompt cache counts the bytes it really holds
+(``prompt_cache``), and the process runs under a data-size limit of its own and is the
+out-of-memory killer's first choice (``process_memory``).
 """
 
 from __future__ import annotations
@@ -35,9 +39,40 @@ from typing import Any
 import numpy as np
 
 from neuron_assets.llm.llama_build import LlamaBuild, builds_to_try, host_cpu_flags, installed_variants
+from neuron_assets.llm.process_memory import (
+    GIB,
+    MemoryWatch,
+    describe_memory_at_death,
+    limit_this_process,
+    parse_size,
+)
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ALIAS = "SmolLM2-135M-Instruct-Q4_1"
+# Evaluated prompt states kept in RAM, counted with their logits (``prompt_cache``).
+DEFAULT_CACHE_BYTES = 1 * GIB
+# The server's own data-size limit: its logits buffer (n_ctx x vocabulary x 4 bytes, 0.75 GiB
+# for SmolLM2 at 4,096), the model, the 1 GiB cache and the temporaries of a long echoed request
+# (several times prompt length x vocabulary x 4 bytes) all fit with room.
+DEFAULT_MEMORY_LIMIT = 6 * GIB
+
+
+def settings_from_environment() -> tuple[int | None, int | None]:
+    """The prompt cache's capacity and the memory limit: ``NEURON_ASSETS_LOCAL_LLM_CACHE`` (a size,
+    or ``off``) and ``NEURON_ASSETS_LOCAL_LLM_MEMORY_LIMIT`` (a size, or ``none``)."""
+
+    def read(name: str, default: int, off: str) -> int | None:
+        text = os.environ.get(name, "").strip()
+        if text.lower() == off:
+            return None
+        try:
+            return parse_size(text) if text else default
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}, or {off!r}") from None
+
+    cache = read("NEURON_ASSETS_LOCAL_LLM_CACHE", DEFAULT_CACHE_BYTES, "off")
+    limit = read("NEURON_ASSETS_LOCAL_LLM_MEMORY_LIMIT", DEFAULT_MEMORY_LIMIT, "none")
+    return cache, limit
 
 
 # Long enough to be evaluated as a batch of many tokens, which is where a trapped CPU
@@ -81,7 +116,15 @@ class LocalLlamaServer:
         startup_timeout_s: float = 120.0,
         builds: list[LlamaBuild] | None = None,
         extra_args: tuple[str, ...] = (),
+        cache_bytes: int | None | str = "environment",
+        memory_limit: int | None | str = "environment",
     ) -> None:
+        """``cache_bytes`` (None: no prompt cache) and ``memory_limit`` (None: none) default to
+        ``settings_from_environment()``."""
+        from_environment = settings_from_environment()
+        self.cache_bytes = from_environment[0] if cache_bytes == "environment" else cache_bytes
+        self.memory_limit = from_environment[1] if memory_limit == "environment" else memory_limit
+        self.memory: MemoryWatch | None = None  # samples the serving process's resident memory
         self.model_path = model_path
         self.extra_args = extra_args  # more llama_cpp.server settings (make bench-llm tries some)
         self.alias = alias
@@ -107,10 +150,7 @@ class LocalLlamaServer:
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--logits_all", "true",
             "--n_threads", str(threads), "--n_threads_batch", str(threads),
-            # Keep evaluated prompt states in RAM (up to 2 GiB): a simulation then evaluates only
-            # what follows the few-shot prefix it shares with the previous ones; in make bench-llm
-            # this took the pipeline from 350 to 657 prompt tokens/s, with identical values.
-            "--cache", "true",
+            *(("--cache", "true", "--cache_size", str(self.cache_bytes)) if self.cache_bytes else ()),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -122,8 +162,12 @@ class LocalLlamaServer:
             self.build = build
             deadline = time.monotonic() + self.startup_timeout_s
             self._process = subprocess.Popen(
-                self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=_environment(build)
-            )
+                self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=_environment(build),
+                preexec_fn=limit_this_process(self.memory_limit),
+            )  # fmt: skip
+            if self.memory is not None:
+                self.memory.stop()
+            self.memory = MemoryWatch(self._process.pid)
             try:
                 self._wait_until_listening(deadline)
                 self._evaluate_startup_prompt(deadline)
@@ -150,18 +194,22 @@ class LocalLlamaServer:
         return self._process.pid if self._process is not None else None
 
     def check_alive(self, grace_s: float = 0.5) -> None:
-        """Raise ``LLMServerExited`` (with how it ended and its log's tail) if the server is gone.
+        """Raise ``LLMServerExited`` (how it ended, its memory, its log's tail) if the server is gone.
 
         Called when a request fails to connect: a process that is dying is given ``grace_s``
-        to be reaped, so the failure is put down to its exit rather than retried.
+        to be reaped, so the failure is put down to its exit rather than retried. A live
+        server's memory is sampled on the way.
         """
-        if self._process is None:
+        if self._process is None or self.memory is None:
             raise LLMServerExited("the local llama.cpp server was never started")
+        if self._process.poll() is None:
+            self.memory.sample()
         code = self._exit_code(grace_s)
         if code is not None:
+            memory = describe_memory_at_death(code, self.memory.figures, self.memory_limit)
             raise LLMServerExited(
-                f"the local llama.cpp server exited ({_describe_exit(code)}); the last lines of its log:\n"
-                f"{self._log_tail()}"
+                f"the local llama.cpp server exited ({_describe_exit(code)}); {memory}; "
+                f"the last lines of its log:\n{self._log_tail()}"
             )
 
     def _wait_until_listening(self, deadline: float) -> None:
@@ -213,6 +261,8 @@ class LocalLlamaServer:
             )
 
     def __exit__(self, *exc_info: object) -> None:
+        if self.memory is not None:
+            self.memory.stop()
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:
@@ -373,9 +423,19 @@ def _prepare_build() -> None:
         )  # fmt: skip
 
 
+def _bound_prompt_cache() -> None:
+    """Have llama_cpp.server build the prompt cache that counts its logits (``prompt_cache``)."""
+    import llama_cpp
+
+    from neuron_assets.llm.prompt_cache import BoundedRAMCache
+
+    llama_cpp.LlamaRAMCache = BoundedRAMCache
+
+
 if __name__ == "__main__":
     _prepare_build()
     _patch_llama()
+    _bound_prompt_cache()
     from llama_cpp.server.__main__ import main
 
     main()
