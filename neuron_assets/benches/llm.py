@@ -23,7 +23,8 @@ tokens per second is the throughput a caller sees. Prints tokens per second of e
 prompt evaluation, and the explainer's seconds per explanation. ``--lever "ARGS"`` runs
 the same measures again with more llama_cpp.server settings (e.g. ``"--n_batch 2048"``,
 ``"--cache true"``), one server per setting, so each setting's effect is printed beside
-the default's.
+the default's. Last, the soak (``llm_soak``): ``--soak`` calls (1,000 by default, 0 skips it)
+on one server, its resident memory every 100 calls and throughput at the start and the end.
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--excerpts", type=int, default=6)
     parser.add_argument("--lever", action="append", default=[], help="more llama_cpp.server arguments, quoted")
     parser.add_argument("--per-prompt", type=int, default=3, help="excerpts in one prompt for the batching lever")
+    parser.add_argument("--soak", type=int, default=1000, help="simulation calls of the memory soak (0: none)")
+    from neuron_assets.benches import llm_soak
+
+    llm_soak.arguments(parser)
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_model()}")
     excerpts = word_excerpts(args.excerpts)
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['prompt tokens per excerpt, 1 per prompt']:.0f} / "
             f"{m['prompt tokens per excerpt, several per prompt']:.0f} | {m['r of values']:.2f} |"
         )
+    if args.soak:
+        llm_soak.run_soak(args.soak, args.every, args.excerpt_length, args.ceiling, {})
     return 0
 
 
