@@ -231,7 +231,7 @@ class SubjectModel:
                 point.add_hook(_stop)  # added last, so it runs after that layer's recording
                 points.append(point)
             with torch.inference_mode():
-                self.bridge.original_model.model(input_ids=tokens.to(self.device), use_cache=False)
+                self.body(input_ids=tokens.to(self.device), use_cache=False)
         except _StopForward:
             pass
         finally:
@@ -296,12 +296,22 @@ class SubjectModel:
             results.append(captured[0].double().numpy())
         return results
 
+    @property
+    def body(self) -> Any:
+        """The transformer body without the LM head, for every architecture alike.
+
+        transformers' ``base_model`` (the attribute ``base_model_prefix`` names: ``model`` for
+        Llama, Qwen2 and Gemma, ``transformer`` for GPT-2, ``gpt_neox`` for Pythia) rather than
+        an attribute name per family.
+        """
+        return self.bridge.original_model.base_model
+
     def bare_forward(self, tokens: Any) -> None:
         """The transformer body without hooks or LM head: the benchmark's reference pass."""
         import torch
 
         with torch.inference_mode():
-            self.bridge.original_model.model(input_ids=tokens.to(self.device), use_cache=False)
+            self.body(input_ids=tokens.to(self.device), use_cache=False)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()  # the pass is timed: wait for the GPU to finish it
 
@@ -335,4 +345,18 @@ def load_subject_model(name: str, cache_dir: Path | None = None, device: str = A
     except Exception as error:  # hub, config and architecture errors all mean "cannot load"
         raise SubjectModelError(f"cannot load subject model {name!r}: {error}") from error
     bridge.eval()
+    _check_recordable(name, bridge)
     return SubjectModel(name, bridge, device)
+
+
+def _check_recordable(name: str, bridge: Any) -> None:
+    """Refuse at load a model whose MLP post-activation or body cannot be reached, naming its architecture."""
+    original = bridge.original_model
+    architecture = type(original).__name__
+    if original.base_model is original:
+        raise SubjectModelError(f"subject model {name!r} ({architecture}) has no transformer body apart from its head")
+    if MLP_POST_HOOK.format(layer=0) not in bridge.hook_dict:
+        raise SubjectModelError(
+            f"subject model {name!r} ({architecture}) has no MLP post-activation hook point "
+            f"({MLP_POST_HOOK.format(layer=0)}): its architecture cannot be recorded"
+        )
