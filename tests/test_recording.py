@@ -149,6 +149,21 @@ def test_random_sample_comes_from_the_scoring_pool_only(corpus):
         random_sample(excerpts, 100, seed=0)
 
 
+def test_the_random_samples_order_is_random_so_its_first_ranks_spread_over_a_topic_sorted_pool():
+    """Scoring takes the first random ranks and calibration the next: on a pool in corpus
+    order (here sorted by topic), each must be a uniform sample, not its first part."""
+    pool = pl.DataFrame({"excerpt_id": list(range(400)), "pool": ["scoring"] * 400})
+    first_five, next_three = [], []
+    for seed in range(100):
+        ids = random_sample(pool, 20, seed)
+        assert len(set(ids)) == 20 and ids == random_sample(pool, 20, seed)  # distinct, and seeded
+        first_five += ids[:5]
+        next_three += ids[5:8]
+    # a uniform sample's mean position is 0.5 of the pool; the first 5 of 20 sorted ids average about 0.14
+    assert abs(sum(first_five) / len(first_five) / 400 - 0.5) < 0.05
+    assert abs(sum(next_three) / len(next_three) / 400 - 0.5) < 0.06
+
+
 def test_neuron_selection_modes():
     assert NeuronSelection("all").resolve(4, layer=0) == [0, 1, 2, 3]
     assert NeuronSelection("first", n=2).resolve(4, layer=0) == [0, 1]

@@ -349,11 +349,13 @@ class NeuronSelection:
 
 
 def random_sample(excerpts: pl.DataFrame, n: int, seed: int) -> list[int]:
-    """Uniform sample of scoring-pool excerpt ids, the same for every neuron of a run."""
+    """Uniform sample of scoring-pool excerpt ids, the same for every neuron of a run, in a seeded
+    random order: their ranks follow it, and the scoring and calibration sets take ranks in
+    turn, so each is a uniform sample too (in corpus order each came from one part of the pool)."""
     pool = excerpts.filter(pl.col("pool") == SCORING_POOL)["excerpt_id"]
     if len(pool) < n:
         raise ValueError(f"the scoring pool has {len(pool)} excerpts; {n} random excerpts were asked for")
-    return sorted(pool.sample(n, seed=seed).to_list())
+    return pool.sample(n, seed=seed, shuffle=True).to_list()
 
 
 def record_tables(
