@@ -43,7 +43,7 @@ from neuron_assets.llm.process_memory import (
     GIB,
     MemoryWatch,
     describe_memory_at_death,
-    limit_this_process,
+    limit_process,
     parse_size,
 )
 
@@ -162,9 +162,9 @@ class LocalLlamaServer:
             self.build = build
             deadline = time.monotonic() + self.startup_timeout_s
             self._process = subprocess.Popen(
-                self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=_environment(build),
-                preexec_fn=limit_this_process(self.memory_limit),
-            )  # fmt: skip
+                self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=_environment(build)
+            )
+            limit_process(self._process.pid, self.memory_limit)
             if self.memory is not None:
                 self.memory.stop()
             self.memory = MemoryWatch(self._process.pid)

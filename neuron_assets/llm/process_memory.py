@@ -15,7 +15,6 @@ import re
 import resource
 import signal
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 GIB = 1 << 30
@@ -64,23 +63,23 @@ def host_memory() -> tuple[int, int | None]:
     return total, values.get("MemAvailable")
 
 
-def limit_this_process(limit_bytes: int | None) -> Callable[[], None]:
-    """A ``preexec_fn``: cap the child's data size at ``limit_bytes`` (None: no cap) and make it
-    the out-of-memory killer's first choice. Each is skipped where the platform refuses it."""
+def limit_process(pid: int, limit_bytes: int | None) -> None:
+    """Cap process ``pid``'s data size at ``limit_bytes`` (None: no cap) and make it the
+    out-of-memory killer's first choice; each is skipped where the platform refuses it.
 
-    def apply() -> None:
-        if limit_bytes is not None:
-            try:
-                resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
-            except (ValueError, OSError):
-                pass
+    Applied from the parent right after the start (``prlimit``), not in a ``preexec_fn``,
+    which is unsafe in a process with threads such as a Dagster run.
+    """
+    if limit_bytes is not None:
         try:
-            with open("/proc/self/oom_score_adj", "w") as adj:
-                adj.write("1000")
-        except OSError:
+            resource.prlimit(pid, resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
+        except (AttributeError, ValueError, OSError):
             pass
-
-    return apply
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass
 
 
 @dataclass
