@@ -37,37 +37,28 @@ def pythia(vocab):
     return model, [layer.mlp.dense_4h_to_h for layer in model.gpt_neox.layers]
 
 
-def llama(vocab):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def gated(family, vocab, **extra):
+    """A gated-MLP family (Llama, Qwen2, Gemma): ``family`` is the prefix of its transformers classes."""
+    import transformers
 
-    config = LlamaConfig(
+    config = getattr(transformers, f"{family}Config")(
         vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=48, max_position_embeddings=64,
+        intermediate_size=48, max_position_embeddings=64, **extra,
     )  # fmt: skip
-    model = LlamaForCausalLM(config)
+    model = getattr(transformers, f"{family}ForCausalLM")(config)
     return model, [layer.mlp.down_proj for layer in model.model.layers]
+
+
+def llama(vocab):
+    return gated("Llama", vocab)
 
 
 def qwen2(vocab):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=48, max_position_embeddings=64,
-    )  # fmt: skip
-    model = Qwen2ForCausalLM(config)
-    return model, [layer.mlp.down_proj for layer in model.model.layers]
+    return gated("Qwen2", vocab)
 
 
 def gemma(vocab):
-    from transformers import GemmaConfig, GemmaForCausalLM
-
-    config = GemmaConfig(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, intermediate_size=48, max_position_embeddings=64,
-    )  # fmt: skip
-    model = GemmaForCausalLM(config)
-    return model, [layer.mlp.down_proj for layer in model.model.layers]
+    return gated("Gemma", vocab, head_dim=16)
 
 
 @pytest.fixture(scope="module")
