@@ -79,9 +79,10 @@ def run_soak(calls: int, every: int, excerpt_length: int, ceiling: int, server_s
     """One soak on a fresh local server, printed as a table; returns its checkpoints."""
     with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, **server_settings) as server:
         cache = getattr(server, "cache_bytes", "as the server's defaults")
+        limit = getattr(server, "memory_limit", "unknown")
         print(f"\nSoak: {calls} all-at-once simulation calls on one server ({server.describe_build()}); "
               f"prompt cache {format_gib(cache) if isinstance(cache, int) else cache or 'off'}; "
-              f"memory limit {format_gib(getattr(server, 'memory_limit', None))}; "
+              f"memory limit {format_gib(limit) if isinstance(limit, int) else limit or 'none'}; "
               f"stops above {format_gib(ceiling)}")  # fmt: skip
         print("| calls | resident | peak | s per call | prompt tokens/s |")
         print("|---|---|---|---|---|")
