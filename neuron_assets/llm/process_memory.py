@@ -104,6 +104,11 @@ class MemoryWatch:
 
     def sample(self) -> MemoryFigures:
         """Take a sample now (kept only while the process lives) and return the figures."""
+        self._take()
+        return self.figures
+
+    def _take(self) -> bool:
+        """Record one sample; False once the process is gone."""
         rss = resident_bytes(self.pid)
         if rss is not None:
             total, available = host_memory()
@@ -112,13 +117,11 @@ class MemoryWatch:
                 f.last, f.samples = rss, f.samples + 1
                 f.peak = rss if f.peak is None else max(f.peak, rss)
                 f.host_in_use = None if available is None else total - available
-        return self.figures
+        return rss is not None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            if resident_bytes(self.pid) is None:
-                return
-            self.sample()
+        while not self._stop.wait(self.interval_s) and self._take():
+            pass
 
     def stop(self) -> None:
         self._stop.set()

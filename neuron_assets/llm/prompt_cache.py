@@ -25,23 +25,16 @@ def state_bytes(state: Any) -> int:
 class BoundedRAMCache(LlamaRAMCache):
     """``LlamaRAMCache`` whose size is the bytes its states really hold (``state_bytes``)."""
 
-    def __init__(self, capacity_bytes: int = 1 << 30) -> None:
-        super().__init__(capacity_bytes)
-        self._bytes: dict[tuple[int, ...], int] = {}
-
     @property
     def cache_size(self) -> int:
-        return sum(self._bytes.values())
+        return sum(state_bytes(state) for state in self.cache_state.values())
 
     def __setitem__(self, key: Sequence[int], value: Any) -> None:
         key = tuple(key)
         self.cache_state.pop(key, None)
-        self._bytes.pop(key, None)
         size = state_bytes(value)
         if size > self.capacity_bytes:
             return
         while self.cache_state and self.cache_size + size > self.capacity_bytes:
-            evicted, _ = self.cache_state.popitem(last=False)
-            del self._bytes[evicted]
+            self.cache_state.popitem(last=False)
         self.cache_state[key] = value
-        self._bytes[key] = size
