@@ -439,3 +439,19 @@ def test_entries_of_the_older_one_file_per_request_cache_still_answer(tmp_path):
     (tmp_path / key[:2]).mkdir()
     (tmp_path / key[:2] / f"{key}.json").write_text(json.dumps(CHAT_OK))
     assert cache.get(key) == CHAT_OK and cache.count() == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        {"message": "out of memory in the local llama.cpp server (MemoryError: ...)", "code": "out_of_memory"},
+        {"message": "CUDA out of memory. Tried to allocate 2.00 GiB", "type": "InternalServerError"},
+        {"message": "Unable to allocate 288. MiB for an array with shape (1540, 49152) and data type float32"},
+    ],
+)
+def test_a_server_out_of_memory_on_every_attempt_is_named_as_memory_with_its_message(server_with, error):
+    server, client = server_with((500, {}, {"error": error}), max_attempts=2)
+    with pytest.raises(LLMError, match="ran out of memory on each of 2 attempts: ") as failure:
+        ask(client)
+    assert error["message"] in str(failure.value) and failure.value.status == 500
+    assert len(server.requests) == 2

@@ -28,6 +28,8 @@ from neuron_assets.llm.process_memory import GIB, MemoryFigures, describe_memory
 from neuron_assets.llm.prompt_cache import BoundedRAMCache, state_bytes
 
 MIB = 1 << 20
+# Loading with n_ctx 2,048 needs about 0.8 GiB of data; a 1,460-token echo needs about 1.1 GiB more.
+OOM_TEST_LIMIT = int(1.3 * GIB)
 
 
 class FakeState:
@@ -159,3 +161,26 @@ def test_the_real_servers_memory_stays_flat_over_a_few_hundred_distinct_prompts(
             if call in (100, 200):
                 after[call] = server.memory.sample().last
     assert after[200] - after[100] < 100 * MIB, {k: v / MIB for k, v in after.items()}
+
+
+@pytest.mark.slow
+def test_a_request_past_the_real_servers_memory_limit_is_answered_as_out_of_memory_and_the_server_lives():
+    """Under a limit that loading fits but a long echoed prompt's logits (about 1,460 positions x
+    49,152 x 4 bytes, several copies) do not, the request fails as out of memory with the
+    server's figures, through the client the pipeline uses; the server serves on."""
+    import openai
+
+    from neuron_assets.llm.client import CachingClient, LLMError, RetryPolicy
+
+    long_prompt = "".join(f" w{i % 89}x{i // 89}" for i in range(300))
+    with LocalLlamaServer(
+        packaged_gguf_path(), PACKAGED_MODEL_ALIAS, n_ctx=2048, cache_bytes=None, memory_limit=OOM_TEST_LIMIT
+    ) as server:
+        raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0, timeout=120)
+        client = CachingClient(raw, server.base_url, None, RetryPolicy(max_attempts=2, base_delay_s=0.01))
+        ask = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "echo": True, "logprobs": 20}
+        with pytest.raises(LLMError, match="ran out of memory on each of 2 attempts: out of memory in the local") as oom:
+            client.completions.create(prompt=long_prompt, **ask)
+        assert re.search(r"resident \d+\.\d\d GiB, its data limit 1\.\d\d GiB", str(oom.value)), str(oom.value)
+        server.check_alive()
+        assert client.completions.create(prompt="A short prompt.", **ask)["choices"][0]["logprobs"]["tokens"]

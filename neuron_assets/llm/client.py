@@ -13,7 +13,9 @@ plain JSON (a dict, exactly what the cache stores) and adds:
   several samples replays exactly. The API key is never part of a key or an entry.
 - retries with exponential backoff and jitter on 429, 5xx, connection errors,
   timeouts and malformed bodies, honouring ``Retry-After``; any other 4xx fails at once
-  with the server's own message (bad key, unknown model, context too long).
+  with the server's own message (bad key, unknown model, context too long). A 5xx that
+  says the server ran out of memory is retried too, and when every attempt fails the
+  error names memory as the cause, with the server's figures.
 - a reply check: ``create(..., read=check)`` passes each response to ``check`` before it
   is cached; a ``ReplyFormatError`` (digits written as words, a truncated reply, a format
   ignored) means the reply is not cached and is asked for again, up to
@@ -81,6 +83,7 @@ class ContextLengthError(LLMError):
 
 
 CONTEXT_LENGTH_PATTERN = re.compile(r"context[ _](length|window)|maximum context|too many tokens", re.IGNORECASE)
+OUT_OF_MEMORY_PATTERN = re.compile(r"out of memory|MemoryError|unable to allocate|bad_alloc|failed to allocate", re.I)
 
 
 def fit_to_context(variants: Sequence[V], start: int, send: Callable[[V], T], *, too_long: str) -> tuple[T, int]:
@@ -474,6 +477,11 @@ class CachingClient:
                 self.stats.add(retries=1)
                 if not another_is_up:  # another server takes the request at once; else back off
                     time.sleep(self.retry.delay(attempt, retry_after))
+        if _is_out_of_memory(failure):
+            raise LLMError(
+                f"{self.backend} ran out of memory on each of {self.retry.max_attempts} attempts: {_server_message(failure)}",
+                status=getattr(failure, "status_code", None),
+            ) from failure
         raise LLMError(f"{self.backend}: still failing after {self.retry.max_attempts} attempts: {failure}") from failure
 
 
@@ -492,6 +500,14 @@ def _is_context_length(error: Any) -> bool:
     inner = body.get("error", body) if isinstance(body, dict) else None
     code = inner.get("code") if isinstance(inner, dict) else None
     return code == "context_length_exceeded" or bool(CONTEXT_LENGTH_PATTERN.search(_server_message(error)))
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+    """A 5xx that says the server ran out of memory (ours, llama.cpp's, numpy's or CUDA's wording)."""
+    body = getattr(error, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return code == "out_of_memory" or bool(OUT_OF_MEMORY_PATTERN.search(_server_message(error)))
 
 
 def _server_message(error: Any) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -43,8 +44,10 @@ from neuron_assets.llm.process_memory import (
     GIB,
     MemoryWatch,
     describe_memory_at_death,
+    format_gib,
     limit_process,
     parse_size,
+    resident_bytes,
 )
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -423,6 +426,33 @@ def _prepare_build() -> None:
         )  # fmt: skip
 
 
+def out_of_memory_message(error: MemoryError) -> str:
+    """What the server answers for a request that ran out of memory: the cause, its figures, what to change."""
+    limit = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    return (
+        f"out of memory in the local llama.cpp server ({type(error).__name__}: {error or 'no detail'}); "
+        f"resident {format_gib(resident_bytes(os.getpid()))}, its data limit "
+        f"{'none' if limit == resource.RLIM_INFINITY else format_gib(limit)}. Raise "
+        "NEURON_ASSETS_LOCAL_LLM_MEMORY_LIMIT, lower NEURON_ASSETS_LOCAL_LLM_CACHE, or send shorter prompts"
+    )
+
+
+def _name_memory_errors() -> None:
+    """Have llama_cpp.server answer a ``MemoryError`` as out of memory, not as a bare 500 with an empty message."""
+    from llama_cpp.server.errors import ErrorResponse, RouteErrorHandler
+
+    original = RouteErrorHandler.error_message_wrapper
+
+    def error_message_wrapper(self: Any, error: Exception, body: Any = None) -> tuple[int, Any]:
+        if not isinstance(error, MemoryError):
+            return original(self, error, body)
+        message = out_of_memory_message(error)
+        print(f"neuron_assets.llm.llama_server: {message}", file=sys.stderr, flush=True)
+        return 500, ErrorResponse(message=message, type="out_of_memory", param=None, code="out_of_memory")
+
+    RouteErrorHandler.error_message_wrapper = error_message_wrapper
+
+
 def _bound_prompt_cache() -> None:
     """Have llama_cpp.server build the prompt cache that counts its logits (``prompt_cache``)."""
     import llama_cpp
@@ -436,6 +466,7 @@ if __name__ == "__main__":
     _prepare_build()
     _patch_llama()
     _bound_prompt_cache()
+    _name_memory_errors()
     from llama_cpp.server.__main__ import main
 
     main()
