@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     from neuron_assets.settings import Settings
 
     settings = Settings.from_environment()
-    experiment = Experiment(settings.subject_model, args.variant or settings.variants[0], viewer_url=settings.viewer_url)
+    experiment = Experiment(
+        settings.subject_model, args.variant or settings.variants[0], viewer_url=settings.viewer_url
+    )
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
     groups = UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS
     result = materialize_layers(
@@ -112,11 +114,15 @@ def print_results(
         has_revisions = connection.execute(
             "SELECT count(*) FROM duckdb_views() WHERE view_name = 'revision_neurons'"
         ).fetchall()[0][0]  # fetchall: DuckDB 2 refuses the next query while a result is half read
-        revised = None if not has_revisions else connection.sql(
-            "SELECT layer, neuron, revised_explanation, round(original_score, 3) AS original, "
-            "round(revised_score, 3) AS revised, round(original_extended_score, 3) AS original_ext, "
-            "round(revised_extended_score, 3) AS revised_ext, n_false_positives || '/' || n_sentences AS false_positives "
-            f"FROM revision_neurons WHERE {layers} AND revision_kind = 'revised' ORDER BY layer, neuron"
+        revised = (
+            None
+            if not has_revisions
+            else connection.sql(
+                "SELECT layer, neuron, revised_explanation, round(original_score, 3) AS original, "
+                "round(revised_score, 3) AS revised, round(original_extended_score, 3) AS original_ext, "
+                "round(revised_extended_score, 3) AS revised_ext, n_false_positives || '/' || n_sentences AS false_positives "
+                f"FROM revision_neurons WHERE {layers} AND revision_kind = 'revised' ORDER BY layer, neuron"
+            )
         )
         if revised is not None:
             print("\nRevision: original vs revised explanation, on the original and the extended scoring set:")

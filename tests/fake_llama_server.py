@@ -36,7 +36,9 @@ class Handler(BaseHTTPRequestHandler):
                 return
         tokens = [f" t{i}" for i in range(20)]
         logprobs = {"tokens": tokens, "token_logprobs": [-1.0] * 20, "top_logprobs": [{t: -1.0} for t in tokens]}
-        self.reply({"choices": [{"index": 0, "text": "".join(tokens), "logprobs": logprobs, "finish_reason": "length"}]})
+        self.reply(
+            {"choices": [{"index": 0, "text": "".join(tokens), "logprobs": logprobs, "finish_reason": "length"}]}
+        )
 
     def reply(self, body):
         payload = json.dumps(body).encode()

@@ -28,9 +28,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAULTS = (
-    "rate_limit", "server_error", "reset", "slow", "malformed_json",
-    "digits_as_words", "truncated", "ignore_format",
-)  # fmt: skip
+    "rate_limit",
+    "server_error",
+    "reset",
+    "slow",
+    "malformed_json",
+    "digits_as_words",
+    "truncated",
+    "ignore_format",
+)
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 APOLOGY = "I am sorry, but I cannot help with that request."
 
@@ -173,7 +179,8 @@ def _digits_as_words(choice: dict[str, Any]) -> None:
     else:
         logprobs = choice.get("logprobs") or {}
         logprobs["top_logprobs"] = [
-            None if top is None else {_words(k): v for k, v in top.items()} for top in logprobs.get("top_logprobs") or []
+            None if top is None else {_words(k): v for k, v in top.items()}
+            for top in logprobs.get("top_logprobs") or []
         ]
 
 
@@ -198,13 +205,19 @@ def _ignore_format(choice: dict[str, Any]) -> None:
         choice["message"]["content"] = APOLOGY
         if (choice.get("logprobs") or {}).get("content"):
             choice["logprobs"]["content"] = [
-                {"token": word, "logprob": -0.1, "bytes": None, "top_logprobs": [{"token": word, "logprob": -0.1, "bytes": None}]}
+                {
+                    "token": word,
+                    "logprob": -0.1,
+                    "bytes": None,
+                    "top_logprobs": [{"token": word, "logprob": -0.1, "bytes": None}],
+                }
                 for word in re.findall(r"\s*\S+", APOLOGY)
             ]
     else:
         logprobs = choice.get("logprobs") or {}
         logprobs["top_logprobs"] = [
-            None if top is None else {" I": -0.5, " am": -1.5, " sorry": -2.5} for top in logprobs.get("top_logprobs") or []
+            None if top is None else {" I": -0.5, " am": -1.5, " sorry": -2.5}
+            for top in logprobs.get("top_logprobs") or []
         ]
 
 

@@ -20,7 +20,13 @@ class ScriptedOpenAI:
                 pass
 
             def do_GET(self):  # the client's reachability check lists the models
-                self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model", "created": 0, "owned_by": "test"}]})
+                self._send(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [{"id": "scripted", "object": "model", "created": 0, "owned_by": "test"}],
+                    },
+                )
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -28,9 +34,17 @@ class ScriptedOpenAI:
                 if not self.path.endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no {self.path} endpoint"}})
                 message = {"role": "assistant", "content": answer(body)}
-                self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                                 "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}})  # fmt: skip
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
+                        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+                    },
+                )
 
             def _send(self, status, payload):
                 data = json.dumps(payload).encode()

@@ -14,14 +14,22 @@ from neuron_assets.scorers.scoring import score_simulations
 EXCERPTS = pl.DataFrame({"excerpt_id": [1, 2], "token_ids": [[10, 11, 12], [12, 13, 10]]})
 SCORING = pl.DataFrame(
     {
-        "layer": [0, 0], "neuron": [4, 4], "excerpt_id": [1, 2], "excerpt_kind": ["top", "random"],
+        "layer": [0, 0],
+        "neuron": [4, 4],
+        "excerpt_id": [1, 2],
+        "excerpt_kind": ["top", "random"],
         "activations": [[2.0, 0.0, 1.0], [1.0, 0.0, 2.0]],
     }
-)  # fmt: skip
+)
 LOOKUP = pl.DataFrame(
-    {"layer": [0, 0, 0], "neuron": [4, 4, 4], "token_id": [10, 11, 12], "count": [3, 1, 2],
-     "mean_activation": [2.0, 0.5, 1.0]}
-)  # fmt: skip
+    {
+        "layer": [0, 0, 0],
+        "neuron": [4, 4, 4],
+        "token_id": [10, 11, 12],
+        "count": [3, 1, 2],
+        "mean_activation": [2.0, 0.5, 1.0],
+    }
+)
 
 
 def test_the_lookup_table_predicts_each_tokens_mean_and_the_neurons_mean_for_unseen_tokens():
@@ -53,7 +61,9 @@ def test_the_weight_based_table_asks_the_model_for_each_scored_token_and_neuron_
         (n, t): 100.0 * t + n for n in (4, 9) for t in (10, 11, 12, 13)
     }
     predictions = predict_from_token_table(table, None, scoring, EXCERPTS, "weight_based")
-    assert predictions.filter(pl.col("neuron") == 9, pl.col("excerpt_id") == 2)["predicted"].to_list() == [[1209.0, 1309.0, 1009.0]]
+    assert predictions.filter(pl.col("neuron") == 9, pl.col("excerpt_id") == 2)["predicted"].to_list() == [
+        [1209.0, 1309.0, 1009.0]
+    ]
 
 
 def test_a_neuron_that_only_reads_its_token_is_scored_perfectly_by_the_lookup_table():
@@ -62,19 +72,27 @@ def test_a_neuron_that_only_reads_its_token_is_scored_perfectly_by_the_lookup_ta
     scoring = SCORING.with_columns(
         activations=pl.Series([[per_token[t] for t in ids] for ids in EXCERPTS["token_ids"]])
     )
-    lookup = pl.DataFrame({"layer": [0] * 4, "neuron": [4] * 4, "token_id": list(per_token), "value": list(per_token.values())})
+    lookup = pl.DataFrame(
+        {"layer": [0] * 4, "neuron": [4] * 4, "token_id": list(per_token), "value": list(per_token.values())}
+    )
     predictions = predict_from_token_table(lookup, lookup_fallback(LOOKUP), scoring, EXCERPTS, "lookup_table")
     frame = predictions.rename({"predicted": "simulated"}).with_columns(
         sample=pl.lit(0, dtype=pl.Int64), explanation_neuron=pl.lit(None, dtype=pl.Int64)
     )
-    assert score_simulations(frame).filter(pl.col("scoring_set") == "top_and_random")["correlation"][0] == pytest.approx(1.0)
+    assert score_simulations(frame).filter(pl.col("scoring_set") == "top_and_random")["correlation"][
+        0
+    ] == pytest.approx(1.0)
 
 
 def test_the_lookup_explanation_is_shown_the_most_active_tokens_seen_often_enough():
     texts = pl.DataFrame({"token_id": [10, 11, 12], "token": [" cat", " dog", " the"]})
     top = top_lookup_tokens(LOOKUP, texts, n_tokens=2, min_count=2)
     assert top.row(0, named=True) == {
-        "layer": 0, "neuron": 4, "token": [" cat", " the"], "mean_activation": [2.0, 1.0], "count": [3, 2]
+        "layer": 0,
+        "neuron": 4,
+        "token": [" cat", " the"],
+        "mean_activation": [2.0, 1.0],
+        "count": [3, 2],
     }
 
 

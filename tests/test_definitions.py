@@ -32,10 +32,25 @@ def load_in_fresh_process(tmp_path, **env_settings):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-STAGES = ["documents", "excerpts", "activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
-          "token_predictions"]  # fmt: skip
-LLM_STAGES = ["explanations", "simulations", "scores", "method_comparisons",
-              "revision_sentences", "revisions", "revision_scores", "revision_comparisons"]  # fmt: skip
+STAGES = [
+    "documents",
+    "excerpts",
+    "activation_records",
+    "neuron_stats",
+    "token_lookup",
+    "scoring_excerpts",
+    "token_predictions",
+]
+LLM_STAGES = [
+    "explanations",
+    "simulations",
+    "scores",
+    "method_comparisons",
+    "revision_sentences",
+    "revisions",
+    "revision_scores",
+    "revision_comparisons",
+]
 
 
 def test_loading_definitions_imports_no_heavy_library_and_opens_no_database(tmp_path):
@@ -47,7 +62,8 @@ def test_loading_definitions_imports_no_heavy_library_and_opens_no_database(tmp_
 def test_asset_graph_has_every_stage(tmp_path):
     keys = load_in_fresh_process(tmp_path)["keys"]
     assert keys == sorted(
-        [f"{SMOL}/{t}" for t in STAGES] + [f"{SMOL}/default/{t}" for t in LLM_STAGES]
+        [f"{SMOL}/{t}" for t in STAGES]
+        + [f"{SMOL}/default/{t}" for t in LLM_STAGES]
         + ["puzzle_scores", "puzzle_explanations"]
     )
 
@@ -62,7 +78,9 @@ def test_two_subject_models_and_two_variants_get_their_own_assets_and_layer_part
     tiny.mkdir()
     (tiny / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 8}))
     loaded = load_in_fresh_process(
-        tmp_path, NEURON_ASSETS_SUBJECT_MODEL=f"smollm2-135m-instruct-gguf, {tiny}", NEURON_ASSETS_VARIANTS="default,other"
+        tmp_path,
+        NEURON_ASSETS_SUBJECT_MODEL=f"smollm2-135m-instruct-gguf, {tiny}",
+        NEURON_ASSETS_VARIANTS="default,other",
     )
     for model in (SMOL, "tiny_gpt2"):
         assert {f"{model}/{t}" for t in STAGES} <= set(loaded["keys"])
@@ -123,8 +141,11 @@ def test_the_llm_stages_fan_out_per_n_layers_when_asked_while_recording_stays_on
     monkeypatch.setenv("NEURON_ASSETS_LLM_LAYERS_PER_RUN", "4")
     monkeypatch.setenv("NEURON_ASSETS_DATA_DIR", str(tmp_path))
     defs = build_definitions(Settings.from_environment())
-    policies = {k.path[-1]: defs.resolve_assets_def(k).backfill_policy for k in defs.resolve_all_asset_keys()
-                if k.path[-1] in ("activation_records", "token_predictions", "explanations", "scores")}  # fmt: skip
+    policies = {
+        k.path[-1]: defs.resolve_assets_def(k).backfill_policy
+        for k in defs.resolve_all_asset_keys()
+        if k.path[-1] in ("activation_records", "token_predictions", "explanations", "scores")
+    }
     assert policies["activation_records"].max_partitions_per_run is None  # one forward pass for all layers
     assert policies["token_predictions"].max_partitions_per_run is None
     assert policies["explanations"].max_partitions_per_run == policies["scores"].max_partitions_per_run == 4
@@ -137,8 +158,11 @@ def test_recording_fans_out_per_n_layers_when_asked_so_each_pass_holds_that_many
     monkeypatch.setenv("NEURON_ASSETS_RECORDING_LAYERS_PER_RUN", "2")
     monkeypatch.setenv("NEURON_ASSETS_DATA_DIR", str(tmp_path))
     defs = build_definitions(Settings.from_environment())
-    policies = {k.path[-1]: defs.resolve_assets_def(k).backfill_policy for k in defs.resolve_all_asset_keys()
-                if k.path[-1] in ("activation_records", "neuron_stats", "explanations")}  # fmt: skip
+    policies = {
+        k.path[-1]: defs.resolve_assets_def(k).backfill_policy
+        for k in defs.resolve_all_asset_keys()
+        if k.path[-1] in ("activation_records", "neuron_stats", "explanations")
+    }
     assert policies["activation_records"].max_partitions_per_run == 2
     assert policies["neuron_stats"].max_partitions_per_run == 2  # the same multi-asset, the same runs
     assert policies["explanations"].max_partitions_per_run is None

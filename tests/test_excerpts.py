@@ -14,7 +14,12 @@ def char_text(ids):
 
 def documents(*texts):
     return pl.DataFrame(
-        {"doc_id": list(range(len(texts))), "corpus": "test", "source": [f"d{i}" for i in range(len(texts))], "text": list(texts)}
+        {
+            "doc_id": list(range(len(texts))),
+            "corpus": "test",
+            "source": [f"d{i}" for i in range(len(texts))],
+            "text": list(texts),
+        }
     )
 
 

@@ -42,10 +42,15 @@ def test_unparseable_replies_end_in_an_error_that_names_the_neuron_and_the_reply
     client = ScriptedChat(["   ", ".", "the main thing this neuron does is find"])
     records = pl.DataFrame(
         {
-            "layer": [3], "neuron": [42], "pool": ["explanation"], "kind": ["top"], "rank": [0],
-            "excerpt_id": [7], "activations": [[0.0, 1.0]],
+            "layer": [3],
+            "neuron": [42],
+            "pool": ["explanation"],
+            "kind": ["top"],
+            "rank": [0],
+            "excerpt_id": [7],
+            "activations": [[0.0, 1.0]],
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [7], "tokens": [["a", "b"]]})
     with pytest.raises(NeuronFailures, match=r"layer 3 neuron 42: 3 replies from 'm' held no explanation"):
         explain_neurons(client, "m", records, excerpts, n_examples=1)
@@ -55,11 +60,15 @@ def test_explanation_rows_record_model_prompt_version_and_excerpts_shown():
     client = ScriptedChat(["vowels."])
     records = pl.DataFrame(
         {
-            "layer": [0, 0, 0], "neuron": [1, 1, 1], "pool": ["explanation", "explanation", "scoring"],
-            "kind": ["top", "top", "top"], "rank": [1, 0, 0], "excerpt_id": [8, 7, 9],
+            "layer": [0, 0, 0],
+            "neuron": [1, 1, 1],
+            "pool": ["explanation", "explanation", "scoring"],
+            "kind": ["top", "top", "top"],
+            "rank": [1, 0, 0],
+            "excerpt_id": [8, 7, 9],
             "activations": [[0.0, 2.0], [1.0, 0.0], [5.0, 5.0]],
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [7, 8, 9], "tokens": [["a", "b"], ["c", "d"], ["e", "f"]]})
     row = explain_neurons(client, "m", records, excerpts, n_examples=2).row(0, named=True)
     assert row["explanation"] == "vowels" and row["excerpt_ids"] == [7, 8]
@@ -79,10 +88,15 @@ def test_a_failing_neuron_is_reported_by_name_after_the_others_are_explained():
     client = FailsForNeuronOne(["commas."])
     records = pl.DataFrame(
         {
-            "layer": [0, 0], "neuron": [1, 2], "pool": ["explanation"] * 2, "kind": ["top"] * 2,
-            "rank": [0, 0], "excerpt_id": [7, 8], "activations": [[1.0], [1.0]],
+            "layer": [0, 0],
+            "neuron": [1, 2],
+            "pool": ["explanation"] * 2,
+            "kind": ["top"] * 2,
+            "rank": [0, 0],
+            "excerpt_id": [7, 8],
+            "activations": [[1.0], [1.0]],
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [7, 8], "tokens": [["x"], ["y"]]})
     with pytest.raises(NeuronFailures) as failure:
         explain_neurons(client, "m", records, excerpts, n_examples=1)
@@ -94,10 +108,15 @@ def test_a_failing_neuron_is_reported_by_name_after_the_others_are_explained():
 def test_asking_to_show_more_excerpts_than_were_recorded_is_an_error():
     records = pl.DataFrame(
         {
-            "layer": [0], "neuron": [1], "pool": ["explanation"], "kind": ["top"], "rank": [0],
-            "excerpt_id": [7], "activations": [[1.0]],
+            "layer": [0],
+            "neuron": [1],
+            "pool": ["explanation"],
+            "kind": ["top"],
+            "rank": [0],
+            "excerpt_id": [7],
+            "activations": [[1.0]],
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [7], "tokens": [["x"]]})
     with pytest.raises(ValueError, match="shown 5 top excerpts per neuron but only 1 were recorded"):
         explain_neurons(ScriptedChat([]), "m", records, excerpts, n_examples=5)

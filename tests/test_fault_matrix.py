@@ -47,18 +47,25 @@ def run_config(mode):
 
 def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
     settings = Settings(
-        subject_models=(PACKAGED_SUBJECT_MODEL,), data_dir=data_dir, llm_base_url=proxy.url,
-        explainer_model=PACKAGED_MODEL_ALIAS, simulator_model=PACKAGED_MODEL_ALIAS,
-    )  # fmt: skip
+        subject_models=(PACKAGED_SUBJECT_MODEL,),
+        data_dir=data_dir,
+        llm_base_url=proxy.url,
+        explainer_model=PACKAGED_MODEL_ALIAS,
+        simulator_model=PACKAGED_MODEL_ALIAS,
+    )
     defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3)
     # By default the pipeline up to the scores: revision and the puzzles are other tests' business.
     selection = EXP.selection(*UP_TO_SCORES)
     with dg.instance_for_test() as instance:
         return defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            run_config=EXP.run_config(run_config(mode)), instance=instance, partition_key="layer-0", raise_on_error=False,
-            asset_selection=list(selection.resolve(defs.resolve_asset_graph())) if steps is None
+            run_config=EXP.run_config(run_config(mode)),
+            instance=instance,
+            partition_key="layer-0",
+            raise_on_error=False,
+            asset_selection=list(selection.resolve(defs.resolve_asset_graph()))
+            if steps is None
             else [EXP.key(s) for s in steps],
-        )  # fmt: skip
+        )
 
 
 def stored_rows(data_dir):

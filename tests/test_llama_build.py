@@ -25,7 +25,9 @@ NATIVE_SAPPHIRE_RAPIDS = (
     "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | "
     "OPENMP = 1 | REPACK = 1 | "
 )
-XEON_FLAGS = set("fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 avx512f avx512_vnni amx_int8 amx_tile".split())
+XEON_FLAGS = set(
+    "fpu sse sse2 pni ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 avx512f avx512_vnni amx_int8 amx_tile".split()
+)
 
 
 def test_system_info_is_read_as_the_set_of_compiled_features():
@@ -57,7 +59,9 @@ def test_a_build_with_amx_kernels_is_started_with_extra_buffer_types_off(monkeyp
 
     from neuron_assets.llm import llama_server
 
-    monkeypatch.setattr(llama_build, "installed_features", lambda: llama_build.compiled_features(NATIVE_SAPPHIRE_RAPIDS))
+    monkeypatch.setattr(
+        llama_build, "installed_features", lambda: llama_build.compiled_features(NATIVE_SAPPHIRE_RAPIDS)
+    )
     monkeypatch.setattr(llama_build, "host_cpu_flags", lambda: XEON_FLAGS | {"avx_vnni", "avx512vbmi", "avx512_bf16"})
     monkeypatch.setattr(bindings, "llama_model_default_params", bindings.llama_model_default_params)
     assert bindings.llama_model_default_params().use_extra_bufts
@@ -106,7 +110,9 @@ def test_a_server_killed_after_start_up_is_reported_with_its_signal_and_log():
 
 
 def test_cmake_arguments_are_read_as_the_features_they_turn_on_the_last_switch_winning():
-    args = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON"
+    args = (
+        "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON"
+    )
     assert llama_build.cmake_features(args) == {"AVX2", "AVX512", "AVX512_VNNI"}
 
 
@@ -142,5 +148,7 @@ def test_the_installed_avx512_variant_has_no_amx_and_is_chosen_where_the_host_of
         return
     assert chosen == variant
     code = f"import sys; sys.path.insert(0, {str(variant.path)!r}); import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"
-    features = llama_build.compiled_features(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    features = llama_build.compiled_features(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
     assert "AVX512" in features and "AMX_INT8" not in features

@@ -10,10 +10,13 @@ import pytest
 from neuron_assets.llm.client import CachingClient, LLMError, ResponseCache, RetryPolicy
 
 CHAT_OK = {
-    "id": "c1", "object": "chat.completion", "created": 0, "model": "m",
+    "id": "c1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "m",
     "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "commas."}}],
     "usage": {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13},
-}  # fmt: skip
+}
 
 
 class ScriptedServer:
@@ -76,9 +79,14 @@ def test_a_repeated_request_is_answered_from_the_cache(server_with):
     assert ask(client)["choices"][0]["message"]["content"] == "commas."
     assert len(server.requests) == 1
     assert client.stats.as_metadata() == {
-        "llm_calls": 1, "llm_cache_hits": 1, "llm_retries": 0, "llm_rejected_replies": 0,
-        "prompt_tokens": 11, "completion_tokens": 2, "llm_cache_bytes_written": client.stats.cached_bytes,
-    }  # fmt: skip
+        "llm_calls": 1,
+        "llm_cache_hits": 1,
+        "llm_retries": 0,
+        "llm_rejected_replies": 0,
+        "prompt_tokens": 11,
+        "completion_tokens": 2,
+        "llm_cache_bytes_written": client.stats.cached_bytes,
+    }
     assert 0 < client.stats.cached_bytes < len(json.dumps(CHAT_OK))
 
 
@@ -147,9 +155,9 @@ def test_map_neurons_keeps_at_most_the_given_number_in_flight_and_returns_in_job
         return run
 
     jobs = [((0, n), job(n * 10)) for n in range(12)]
-    assert map_neurons("test", jobs, expected_errors=(LLMError,), concurrency=3, on_done=lambda *key: done.append(key)) == [
-        n * 10 for n in range(12)
-    ]
+    assert map_neurons(
+        "test", jobs, expected_errors=(LLMError,), concurrency=3, on_done=lambda *key: done.append(key)
+    ) == [n * 10 for n in range(12)]
     assert peak[0] == 3
     assert sorted(done) == [(0, n) for n in range(12)]
 
@@ -233,9 +241,11 @@ def test_a_live_backend_that_refuses_connections_is_still_retried_and_named(tmp_
 TOO_LONG = {
     "error": {
         "message": "This model's maximum context length is 2048 tokens. However, you requested 4000 tokens.",
-        "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
     }
-}  # fmt: skip
+}
 
 
 def test_a_context_length_refusal_is_its_own_error_and_is_never_sent_twice(server_with):
@@ -342,7 +352,8 @@ def pooled_client(servers, per_server, tmp_path=None):
     from neuron_assets.llm.client import Server, ServerPool
 
     pool = ServerPool(
-        [Server(s.url, openai.OpenAI(base_url=s.url, api_key="k", max_retries=0, timeout=5)) for s in servers], per_server
+        [Server(s.url, openai.OpenAI(base_url=s.url, api_key="k", max_retries=0, timeout=5)) for s in servers],
+        per_server,
     )
     return pool, CachingClient(pool, "pool", None, RetryPolicy(max_attempts=4, base_delay_s=0.01))
 
@@ -388,10 +399,16 @@ def test_an_llm_resource_that_reaches_none_of_its_servers_names_them(tmp_path):
 
     dead = ["http://127.0.0.1:9/v1", "http://127.0.0.1:7/v1"]
     llm = LLMResource(
-        results=ResultStoreResource(data_dir=str(tmp_path)), base_url=dead[0], base_urls=dead[1:],
-        explainer_model="x", simulator_model="y", timeout_s=2,
-    )  # fmt: skip
-    with pytest.raises(ConnectionError, match=r"cannot reach any of the LLM servers: http://127.0.0.1:9/v1 \(.*127.0.0.1:7"):
+        results=ResultStoreResource(data_dir=str(tmp_path)),
+        base_url=dead[0],
+        base_urls=dead[1:],
+        explainer_model="x",
+        simulator_model="y",
+        timeout_s=2,
+    )
+    with pytest.raises(
+        ConnectionError, match=r"cannot reach any of the LLM servers: http://127.0.0.1:9/v1 \(.*127.0.0.1:7"
+    ):
         llm.client()
 
 
@@ -401,9 +418,14 @@ def test_an_llm_resource_with_one_server_down_at_the_start_uses_the_others(tmp_p
     live = CountingServer()
     try:
         llm = LLMResource(
-            results=ResultStoreResource(data_dir=str(tmp_path)), base_url="http://127.0.0.1:9/v1", base_urls=[live.url],
-            explainer_model="x", simulator_model="y", timeout_s=2, cache=False,
-        )  # fmt: skip
+            results=ResultStoreResource(data_dir=str(tmp_path)),
+            base_url="http://127.0.0.1:9/v1",
+            base_urls=[live.url],
+            explainer_model="x",
+            simulator_model="y",
+            timeout_s=2,
+            cache=False,
+        )
         assert ask_all(llm.client(), 3, concurrency=1) == ["Q0", "Q1", "Q2"]
         assert llm.server_metadata()["llm_server_1"].endswith("3 calls, 0 failed")
     finally:
@@ -413,9 +435,24 @@ def test_an_llm_resource_with_one_server_down_at_the_start_uses_the_others(tmp_p
 def test_a_cache_row_keeps_what_readers_use_and_what_the_call_says_to_keep(tmp_path):
     from neuron_assets.llm.client import compact
 
-    response = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "logprobs": {"content": [
-        {"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": [{"token": "a", "logprob": -0.1, "bytes": [97]}]}
-    ]}}]}  # fmt: skip
+    response = {
+        **CHAT_OK,
+        "choices": [
+            {
+                **CHAT_OK["choices"][0],
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "a",
+                            "logprob": -0.1,
+                            "bytes": [97],
+                            "top_logprobs": [{"token": "a", "logprob": -0.1, "bytes": [97]}],
+                        }
+                    ]
+                },
+            }
+        ],
+    }
     kept = compact(response)
     assert set(kept) == {"choices", "usage"} and "bytes" not in json.dumps(kept)
     assert kept["choices"][0]["logprobs"]["content"][0]["top_logprobs"] == [{"token": "a", "logprob": -0.1}]

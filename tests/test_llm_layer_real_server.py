@@ -41,7 +41,9 @@ def test_a_context_too_small_for_the_prompt_is_met_by_deliberate_shortening(tmp_
         client = caching_client(server, tmp_path)
         (explanation,) = explain(client, PACKAGED_MODEL_ALIAS, shown, temperature=0.0, max_tokens=20)
         calls = client.stats.calls
-        (again,) = explain(caching_client(server, tmp_path), PACKAGED_MODEL_ALIAS, shown, temperature=0.0, max_tokens=20)
+        (again,) = explain(
+            caching_client(server, tmp_path), PACKAGED_MODEL_ALIAS, shown, temperature=0.0, max_tokens=20
+        )
     assert explanation.shortening is not None and explanation.shortening.startswith("dropped 2 of 2 few-shot neurons")
     assert explanation.n_shown < len(shown)
     assert calls == 2 + len(shown) - explanation.n_shown + 1  # each refused size once, then the one that fits

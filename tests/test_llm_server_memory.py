@@ -179,7 +179,9 @@ def test_a_request_past_the_real_servers_memory_limit_is_answered_as_out_of_memo
         raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0, timeout=120)
         client = CachingClient(raw, server.base_url, None, RetryPolicy(max_attempts=2, base_delay_s=0.01))
         ask = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "echo": True, "logprobs": 20}
-        with pytest.raises(LLMError, match="ran out of memory on each of 2 attempts: out of memory in the local") as oom:
+        with pytest.raises(
+            LLMError, match="ran out of memory on each of 2 attempts: out of memory in the local"
+        ) as oom:
             client.completions.create(prompt=long_prompt, **ask)
         assert re.search(r"resident \d+\.\d\d GiB, its data limit 1\.\d\d GiB", str(oom.value)), str(oom.value)
         server.check_alive()

@@ -55,10 +55,11 @@ def record_shared_stages(defs: dg.Definitions) -> None:
     shared = EXP.selection("recording", "simulation") - dg.AssetSelection.key_prefixes([EXP.slug, EXP.variant])
     with dg.instance_for_test() as instance:
         recording = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            run_config=EXP.run_config(CONFIG), instance=instance,
+            run_config=EXP.run_config(CONFIG),
+            instance=instance,
             asset_selection=list(shared.resolve(defs.resolve_asset_graph())),
             tags={"dagster/asset_partition_range_start": "layer-0", "dagster/asset_partition_range_end": "layer-1"},
-        )  # fmt: skip
+        )
     assert recording.success
 
 
@@ -72,8 +73,11 @@ def test_parallel_runs_write_complete_duplicate_free_partitions(tmp_path):
         processes = [
             subprocess.Popen(
                 [sys.executable, "-c", RUN_LAYER, str(data_dir), server.url, str(layer), json.dumps(CONFIG)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-            )  # fmt: skip
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
             for layer in (0, 1, 1)
         ]
         outputs = [process.communicate(timeout=900)[0] for process in processes]
@@ -122,10 +126,15 @@ def test_the_daemons_run_queue_runs_a_backfills_runs_two_at_a_time(tmp_path):
     )
     with ScriptedOpenAI(answer) as server:
         env = {
-            **os.environ, "DAGSTER_HOME": str(home), "NEURON_ASSETS_DATA_DIR": str(data_dir),
-            "NEURON_ASSETS_LLM_BASE_URL": server.url, "NEURON_ASSETS_EXPLAINER_MODEL": "x",
-            "NEURON_ASSETS_SIMULATOR_MODEL": "y", "NEURON_ASSETS_LLM_LAYERS_PER_RUN": "1", "PYTHONWARNINGS": "ignore",
-        }  # fmt: skip
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "NEURON_ASSETS_DATA_DIR": str(data_dir),
+            "NEURON_ASSETS_LLM_BASE_URL": server.url,
+            "NEURON_ASSETS_EXPLAINER_MODEL": "x",
+            "NEURON_ASSETS_SIMULATOR_MODEL": "y",
+            "NEURON_ASSETS_LLM_LAYERS_PER_RUN": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
         settings = Settings((PACKAGED_SUBJECT_MODEL,), data_dir, server.url, "x", "y", llm_layers_per_run=1)
         defs = build_definitions(settings)
         record_shared_stages(defs)
@@ -135,19 +144,28 @@ def test_the_daemons_run_queue_runs_a_backfills_runs_two_at_a_time(tmp_path):
         log = (tmp_path / "daemon.log").open("w")
         daemon = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-            cwd=repository, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=repository,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 backfill_id = make_new_backfill_id()
                 instance.add_backfill(
                     PartitionBackfill.from_asset_partitions(
-                        backfill_id=backfill_id, asset_graph=defs.resolve_asset_graph(),
+                        backfill_id=backfill_id,
+                        asset_graph=defs.resolve_asset_graph(),
                         partition_names=["layer-0", "layer-1"],
                         asset_selection=list(stages.resolve(defs.resolve_asset_graph())),
-                        backfill_timestamp=time.time(), tags={}, dynamic_partitions_store=instance,
-                        all_partitions=False, title=None, description=None, run_config=EXP.run_config(CONFIG),
-                    )  # fmt: skip
+                        backfill_timestamp=time.time(),
+                        tags={},
+                        dynamic_partitions_store=instance,
+                        all_partitions=False,
+                        title=None,
+                        description=None,
+                        run_config=EXP.run_config(CONFIG),
+                    )
                 )
                 deadline = time.monotonic() + 900
                 while instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:

@@ -34,9 +34,7 @@ SECRET = "sk-neuron-assets-test-0123456789"
 TINY = {
     "ops": {
         "activation_records": {"config": {"n_neurons": 2, "n_random": 4, "batch_size": 32}},
-        "scoring_excerpts": {
-            "config": {"n_top": 2, "n_random": 2, "n_calibration_top": 1, "n_calibration_random": 1}
-        },
+        "scoring_excerpts": {"config": {"n_top": 2, "n_random": 2, "n_calibration_top": 1, "n_calibration_random": 1}},
         "explanations": {"config": {"n_examples": 2, "max_tokens": 30, "lookup_tokens": 8}},
     }
 }
@@ -49,9 +47,12 @@ MATERIALIZED_ELSEWHERE = ("revision_layers", "puzzle_scorer_summary")
 
 def settings(data_dir, **overrides):
     values = dict(
-        subject_models=(PACKAGED_SUBJECT_MODEL,), data_dir=data_dir,
-        llm_base_url=None, explainer_model=None, simulator_model=None,
-    )  # fmt: skip
+        subject_models=(PACKAGED_SUBJECT_MODEL,),
+        data_dir=data_dir,
+        llm_base_url=None,
+        explainer_model=None,
+        simulator_model=None,
+    )
     return Settings(**{**values, **overrides})
 
 
@@ -123,12 +124,19 @@ def test_layer_scores_show_each_methods_mean_with_the_neurons_it_covers_and_leav
     )
     assert [(layer, method, scoring_set) for layer, method, scoring_set, *_ in rows] == [
         (layer, method, scoring_set)
-        for layer in (0, 1) for method in METHODS for scoring_set in ("random_only", "top_and_random")
-    ]  # fmt: skip
-    flagged = dict(query(store, "SELECT layer || '/' || method || '/' || scoring_set, count(*) FILTER (WHERE share > 0.05) FROM ("
-                            "SELECT layer, method, 'top_and_random' AS scoring_set, top_and_random_unsimulated_share AS share "
-                            "FROM method_scores UNION ALL SELECT layer, method, 'random_only', random_only_unsimulated_share "
-                            "FROM method_scores) GROUP BY ALL"))  # fmt: skip
+        for layer in (0, 1)
+        for method in METHODS
+        for scoring_set in ("random_only", "top_and_random")
+    ]
+    flagged = dict(
+        query(
+            store,
+            "SELECT layer || '/' || method || '/' || scoring_set, count(*) FILTER (WHERE share > 0.05) FROM ("
+            "SELECT layer, method, 'top_and_random' AS scoring_set, top_and_random_unsimulated_share AS share "
+            "FROM method_scores UNION ALL SELECT layer, method, 'random_only', random_only_unsimulated_share "
+            "FROM method_scores) GROUP BY ALL",
+        )
+    )
     for layer, method, scoring_set, mean, scored, undefined, many_unsimulated in rows:
         assert scored + undefined == 2  # two neurons per layer in this run
         assert (mean is None) == (scored == 0)
@@ -150,8 +158,10 @@ def test_every_method_is_scored_on_the_same_tokens_with_a_held_out_calibration(b
     for (ids,) in scored:
         assert len(ids) == len(set(ids)) == 6  # 2 top, 2 random, 2 calibration: none twice
     # a calibration fitted elsewhere: explained variance is not the correlation squared
-    gaps = query(store, "SELECT abs(explained_variance - correlation ^ 2) FROM scores WHERE explained_variance IS NOT NULL")
-    assert gaps and max(gap for gap, in gaps) > 1e-6
+    gaps = query(
+        store, "SELECT abs(explained_variance - correlation ^ 2) FROM scores WHERE explained_variance IS NOT NULL"
+    )
+    assert gaps and max(gap for (gap,) in gaps) > 1e-6
 
 
 def test_neuron_scores_show_the_explanation_beside_its_best_baseline_and_its_control(backfill):
@@ -166,11 +176,17 @@ def test_neuron_scores_show_the_explanation_beside_its_best_baseline_and_its_con
         defined = [b for b in baselines if b is not None]
         assert best_score == max(defined) and best in ("lookup_table", "weight_based", "lookup_explanation")
         assert control_neuron != neuron
-        assert control == query(
-            store, f"SELECT correlation FROM scores WHERE layer = {layer} AND neuron = {neuron} "
-            "AND method = 'control' AND scoring_set = 'top_and_random'"
-        )[0][0]  # fmt: skip
-    verdicts = query(store, "SELECT layer, method, n_neurons, verdict FROM layer_methods WHERE scoring_set = 'top_and_random'")
+        assert (
+            control
+            == query(
+                store,
+                f"SELECT correlation FROM scores WHERE layer = {layer} AND neuron = {neuron} "
+                "AND method = 'control' AND scoring_set = 'top_and_random'",
+            )[0][0]
+        )
+    verdicts = query(
+        store, "SELECT layer, method, n_neurons, verdict FROM layer_methods WHERE scoring_set = 'top_and_random'"
+    )
     assert {(layer, method) for layer, method, _, _ in verdicts} == {(layer, m) for layer in (0, 1) for m in METHODS}
     for _, method, n_neurons, verdict in verdicts:
         assert (verdict is None) == (method == "explanation")
@@ -222,8 +238,11 @@ def test_lineage_view_traces_every_score_to_its_run_prompts_models_and_excerpts(
         assert len(shown) == 2 and len(scored) == 4 and not set(shown) & set(scored)
         assert len(calibration) == 2 and not set(calibration) & set(scored)
         assert corpus == "lee" and set(runs) == {result.run_id}
-    baselines = query(store, "SELECT DISTINCT method, explanation, simulator_model FROM score_lineage "
-                             "WHERE method IN ('lookup_table', 'weight_based')")  # fmt: skip
+    baselines = query(
+        store,
+        "SELECT DISTINCT method, explanation, simulator_model FROM score_lineage "
+        "WHERE method IN ('lookup_table', 'weight_based')",
+    )
     assert sorted(baselines) == [("lookup_table", None, None), ("weight_based", None, None)]
 
 
@@ -246,17 +265,26 @@ def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill
     before = query(store, "SELECT layer, count(*) FROM scores GROUP BY layer ORDER BY layer")
     definitions = build_definitions(settings(store.root))
     reader = subprocess.Popen(  # a researcher's session, open on the results during the run
-        [sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({str(store.database)!r}, read_only=True); "
-         "print('open', flush=True); sys.stdin.readline()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys; c = duckdb.connect({str(store.database)!r}, read_only=True); "
+            "print('open', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert reader.stdout.readline().strip() == "open"
         with dg.instance_for_test() as instance:
             job = definitions.resolve_implicit_global_asset_job_def()
             selection = EXP.selection(*UP_TO_SCORES).resolve(definitions.resolve_asset_graph())
             second = job.execute_in_process(
-                run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-1", asset_selection=list(selection)
+                run_config=EXP.run_config(TINY),
+                instance=instance,
+                partition_key="layer-1",
+                asset_selection=list(selection),
             )
             logs = instance.all_logs(second.run_id)
     finally:
@@ -318,9 +346,12 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     try:
         with dg.instance_for_test() as instance:
             result = job.execute_in_process(
-                run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", raise_on_error=False,
+                run_config=EXP.run_config(TINY),
+                instance=instance,
+                partition_key="layer-0",
+                raise_on_error=False,
                 asset_selection=llm_steps,
-            )  # fmt: skip
+            )
     finally:
         LocalLlamaServer.__enter__ = enter
     failed_at = time.monotonic()
@@ -338,10 +369,14 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     assert {table: copy.path(table, "0", EXP.prefix(table)).read_bytes() for table in before} == before
     cached = ResponseCache(copy.root / "llm_cache").count()
     with dg.instance_for_test() as instance:
-        rerun = job.execute_in_process(run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", asset_selection=llm_steps)
+        rerun = job.execute_in_process(
+            run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", asset_selection=llm_steps
+        )
     assert rerun.success
-    calls = sum(rerun.asset_materializations_for_node(EXP.op_name(step))[0].metadata["llm_calls"].value
-                for step in ("explanations", "simulations"))  # fmt: skip
+    calls = sum(
+        rerun.asset_materializations_for_node(EXP.op_name(step))[0].metadata["llm_calls"].value
+        for step in ("explanations", "simulations")
+    )
     # every response stored before the kill is reused: each call of the rerun stored a new
     # response, none asked again for one already stored (identical requests, such as a
     # control whose explanation reads like the neuron's own, are hits within the run too)
@@ -352,15 +387,16 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
 def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(backfill):
     _, store, _ = backfill
     stored = store.path("explanations", "0", EXP.prefix("explanations")).read_bytes()
-    unreachable = settings(
-        store.root, llm_base_url="http://127.0.0.1:9/v1", explainer_model="m", simulator_model="m"
-    )
+    unreachable = settings(store.root, llm_base_url="http://127.0.0.1:9/v1", explainer_model="m", simulator_model="m")
     job = build_definitions(unreachable).resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", raise_on_error=False,
+            run_config=EXP.run_config(TINY),
+            instance=instance,
+            partition_key="layer-0",
+            raise_on_error=False,
             asset_selection=[EXP.key("explanations")],
-        )  # fmt: skip
+        )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "cannot reach the LLM server at http://127.0.0.1:9/v1" in str(failure.step_failure_data.error)
@@ -381,9 +417,11 @@ def test_a_baseline_asked_for_on_a_layer_that_was_not_recorded_names_what_is_mis
     job = build_definitions(settings(store.root)).resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            instance=instance, partition_key="layer-5", raise_on_error=False,
+            instance=instance,
+            partition_key="layer-5",
+            raise_on_error=False,
             asset_selection=[EXP.key("token_predictions")],
-        )  # fmt: skip
+        )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     messages = error_messages(failure.step_failure_data.error)
@@ -399,9 +437,12 @@ def test_an_unknown_method_fails_the_step_naming_it_and_keeps_stored_simulations
     config = {"ops": {"simulations": {"config": {"methods": ["explanation", "random_words"]}}}}
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            run_config=EXP.run_config(config), instance=instance, partition_key="layer-0", raise_on_error=False,
+            run_config=EXP.run_config(config),
+            instance=instance,
+            partition_key="layer-0",
+            raise_on_error=False,
             asset_selection=[EXP.key("simulations")],
-        )  # fmt: skip
+        )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unknown method(s) ['random_words']" in str(failure.step_failure_data.error)
@@ -445,7 +486,9 @@ def scripted_llm_job(store, answer):
     os.environ["OPENAI_API_KEY"] = SECRET
     try:
         with ScriptedOpenAI(answer) as server, dg.instance_for_test() as instance:
-            defs = build_definitions(settings(store.root, llm_base_url=server.url, explainer_model="x", simulator_model="y"))
+            defs = build_definitions(
+                settings(store.root, llm_base_url=server.url, explainer_model="x", simulator_model="y")
+            )
             yield server, defs.resolve_implicit_global_asset_job_def(), instance
     finally:
         del os.environ["OPENAI_API_KEY"]
@@ -486,11 +529,15 @@ def test_revision_stores_sentences_with_real_activations_revisions_controls_and_
     steps = [EXP.key(name) for name in ("revision_sentences", "revisions", "revision_scores", "revision_comparisons")]
     with scripted_llm_job(copy, _scripted_revision_llm()) as (server, job, instance):
         tags = {"dagster/asset_partition_range_start": "layer-0", "dagster/asset_partition_range_end": "layer-1"}
-        result = job.execute_in_process(run_config=EXP.run_config(config), instance=instance, asset_selection=steps, tags=tags)
+        result = job.execute_in_process(
+            run_config=EXP.run_config(config), instance=instance, asset_selection=steps, tags=tags
+        )
         assert result.success
         written = result.asset_materializations_for_node(EXP.op_name("revision_sentences"))[0]  # one per layer
         calls = len(server.calls)
-        again = job.execute_in_process(run_config=EXP.run_config(config), instance=instance, asset_selection=steps, tags=tags)
+        again = job.execute_in_process(
+            run_config=EXP.run_config(config), instance=instance, asset_selection=steps, tags=tags
+        )
         assert again.success and len(server.calls) == calls  # every response from the cache
     assert written.metadata["neurons_short_of_sentences"].value == 1
     sentences = copy.read("revision_sentences", ["0", "1"], EXP.prefix("revision_sentences"))
@@ -501,12 +548,22 @@ def test_revision_stores_sentences_with_real_activations_revisions_controls_and_
     assert not sentences.select("layer", "neuron", "sentence").is_duplicated().any()
     revisions = copy.read("revisions", ["0", "1"], EXP.prefix("revisions"))
     assert revisions.group_by("revision_kind").len().sort("revision_kind").rows() == [
-        ("random_sentences", 4), ("reexplained", 4), ("revised", 4)
-    ]  # fmt: skip
+        ("random_sentences", 4),
+        ("reexplained", 4),
+        ("revised", 4),
+    ]
     assert set(revisions.filter(pl.col("revision_kind") == "revised")["explanation"]) == {"cats, but not on mats"}
     scores = copy.read("revision_scores", ["0", "1"], EXP.prefix("revision_scores"))
-    assert len(scores) == 4 * 4 * 2 and not scores.select("layer", "neuron", "revision_kind", "scoring_set").is_duplicated().any()
-    tokens = dict(scores.filter(pl.col("revision_kind") == "original").group_by("scoring_set").agg(pl.col("n_tokens").sum()).rows())
+    assert (
+        len(scores) == 4 * 4 * 2
+        and not scores.select("layer", "neuron", "revision_kind", "scoring_set").is_duplicated().any()
+    )
+    tokens = dict(
+        scores.filter(pl.col("revision_kind") == "original")
+        .group_by("scoring_set")
+        .agg(pl.col("n_tokens").sum())
+        .rows()
+    )
     assert tokens["extended"] > tokens["original"]  # the scoring split of the sentences joined the set
     rows = query(copy, "SELECT count(*), count(revised_minus_original) FROM revision_neurons")
     assert rows[0][0] == 12
@@ -534,8 +591,13 @@ def test_a_next_token_explanation_is_written_and_simulated_on_the_next_tokens_an
         return "whatever comes next."
 
     methods = ["explanation", "next_token_explanation"]
-    config = {"ops": {**TINY["ops"], "explanations": {"config": {**TINY["ops"]["explanations"]["config"], "methods": methods}},
-                      "simulations": {"config": {"methods": methods, "mode": "json"}}}}  # fmt: skip
+    config = {
+        "ops": {
+            **TINY["ops"],
+            "explanations": {"config": {**TINY["ops"]["explanations"]["config"], "methods": methods}},
+            "simulations": {"config": {"methods": methods, "mode": "json"}},
+        }
+    }
     steps = [EXP.key(name) for name in ("explanations", "simulations", "token_predictions", "scores")]
     with scripted_llm_job(copy, answer) as (_, job, instance):
         result = job.execute_in_process(
@@ -583,28 +645,58 @@ def test_both_signs_of_a_neuron_are_recorded_in_one_pass_and_explained_and_score
             "simulations": {"config": {"mode": "json"}},
         }
     }
-    steps = [EXP.key(name) for name in ("activation_records", "neuron_stats", "token_lookup", "scoring_excerpts",
-                                             "explanations", "simulations", "token_predictions", "scores",
-                                             "method_comparisons")]  # fmt: skip
+    steps = [
+        EXP.key(name)
+        for name in (
+            "activation_records",
+            "neuron_stats",
+            "token_lookup",
+            "scoring_excerpts",
+            "explanations",
+            "simulations",
+            "token_predictions",
+            "scores",
+            "method_comparisons",
+        )
+    ]
     with scripted_llm_job(copy, answer) as (_, job, instance):
         result = job.execute_in_process(
             run_config=EXP.run_config(config), instance=instance, asset_selection=steps, partition_key="layer-0"
         )
     assert result.success
-    (stats_event,) = [m for m in result.asset_materializations_for_node(EXP.op_name("activation_records"))
-                      if m.asset_key == EXP.key("neuron_stats")]  # fmt: skip
+    (stats_event,) = [
+        m
+        for m in result.asset_materializations_for_node(EXP.op_name("activation_records"))
+        if m.asset_key == EXP.key("neuron_stats")
+    ]
     assert stats_event.metadata["polarities"].value == "['positive', 'negative']"
     assert 0 <= stats_event.metadata["neurons_with_a_larger_negative_than_positive_range"].value <= 2
     stats = copy.read("neuron_stats", ["0"], EXP.prefix("neuron_stats"))
-    sides = {p: dict(stats.filter(pl.col("polarity") == p).select("neuron", "max").rows()) for p in ("positive", "negative")}
+    sides = {
+        p: dict(stats.filter(pl.col("polarity") == p).select("neuron", "max").rows()) for p in ("positive", "negative")
+    }
     minima = dict(stats.filter(pl.col("polarity") == "positive").select("neuron", "min").rows())
     assert sides["negative"] == pytest.approx({n: -m for n, m in minima.items()})
-    records = copy.read("activation_records", ["0"], EXP.prefix("activation_records")).filter((pl.col("kind") == "top") & (pl.col("rank") == 0))
-    negative_top = dict(records.filter((pl.col("polarity") == "negative") & (pl.col("pool") == "explanation"))
-                        .select("neuron", "max_activation").rows())  # fmt: skip
+    records = copy.read("activation_records", ["0"], EXP.prefix("activation_records")).filter(
+        (pl.col("kind") == "top") & (pl.col("rank") == 0)
+    )
+    negative_top = dict(
+        records.filter((pl.col("polarity") == "negative") & (pl.col("pool") == "explanation"))
+        .select("neuron", "max_activation")
+        .rows()
+    )
     assert all(negative_top[n] <= sides["negative"][n] + 1e-6 for n in negative_top)
-    for table in ("scoring_excerpts", "explanations", "simulations", "token_predictions", "scores", "method_comparisons"):
+    for table in (
+        "scoring_excerpts",
+        "explanations",
+        "simulations",
+        "token_predictions",
+        "scores",
+        "method_comparisons",
+    ):
         assert set(copy.read(table, ["0"], EXP.prefix(table))["polarity"]) == {"positive", "negative"}, table
-    rows = query(copy, "SELECT polarity, count(*) FROM neuron_scores WHERE layer = 0 GROUP BY polarity ORDER BY polarity")
+    rows = query(
+        copy, "SELECT polarity, count(*) FROM neuron_scores WHERE layer = 0 GROUP BY polarity ORDER BY polarity"
+    )
     assert rows == [("negative", 2), ("positive", 2)]
     assert all(e.passed for e in result.get_asset_check_evaluations())

@@ -30,10 +30,16 @@ def test_the_layer_plot_has_a_mean_per_layer_and_scoring_set_and_an_interval_whe
 def scores(method: str, values: list[float | None]) -> pl.DataFrame:
     n = len(values)
     return pl.DataFrame(
-        {"layer": [0] * n, "neuron": list(range(n)), "polarity": ["positive"] * n, "method": [method] * n,
-         "scoring_set": ["top_and_random"] * n, "correlation": values},
+        {
+            "layer": [0] * n,
+            "neuron": list(range(n)),
+            "polarity": ["positive"] * n,
+            "method": [method] * n,
+            "scoring_set": ["top_and_random"] * n,
+            "correlation": values,
+        },
         schema_overrides={"correlation": pl.Float64},
-    )  # fmt: skip
+    )
 
 
 def test_explanation_against_a_baseline_plots_each_neuron_scored_by_both():

@@ -59,7 +59,10 @@ def test_a_puzzle_reads_plain_tokens_as_zero_and_pairs_as_their_activation(tmp_p
         ({}, "must hold a non-empty object"),
         ({"colours": {k: v for k, v in COLOURS.items() if k != "sentences"}}, "puzzle 'colours' lacks sentences"),
         ({"colours": {**COLOURS, "false_explanations": []}}, "'false_explanations' must be a non-empty list"),
-        ({"colours": {**COLOURS, "sentences": [["a", ["b", "high"]]]}}, r"sentence 0, item 1: \['b', 'high'\] is neither"),
+        (
+            {"colours": {**COLOURS, "sentences": [["a", ["b", "high"]]]}},
+            r"sentence 0, item 1: \['b', 'high'\] is neither",
+        ),
         ({"colours": {**COLOURS, "sentences": [["a", ["b", 1, 2]]]}}, "item 1: .* is neither"),
         ({"colours": {**COLOURS, "sentences": [["a", "b"], ["c"]]}}, "has no token with a non-zero activation"),
         ({"colours": {**COLOURS, "sentences": [[]]}}, "sentence 0 must be a non-empty list"),
@@ -120,17 +123,21 @@ def _oracle_json_client(puzzles, calls):
         values = truths.get((explanation, tuple(tokens)))
         if values is None:  # a wrong explanation: fires on the first token of every sentence
             values = [10] + [0] * (len(tokens) - 1)
-        return {"choices": [{"message": {"content": json.dumps([round(v) for v in values])}}], "usage": {"prompt_tokens": 9}}
+        return {
+            "choices": [{"message": {"content": json.dumps([round(v) for v in values])}}],
+            "usage": {"prompt_tokens": 9},
+        }
 
     return SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
 
 
 def test_the_scorer_test_ranks_an_oracle_simulators_true_explanation_first(tmp_path):
     animals = {
-        "name": "animals", "explanation": "animals",
+        "name": "animals",
+        "explanation": "animals",
         "sentences": [["A", [" fox", 10]], ["The", " car"], ["Two", [" cats", 9], " slept"]],
         "false_explanations": ["vehicles"],
-    }  # fmt: skip
+    }
     puzzles = load_puzzles(_file(tmp_path, {"colours": COLOURS, "animals": animals}))
     candidates = candidate_explanations(puzzles)
     calls = []
@@ -152,9 +159,13 @@ def test_a_puzzle_whose_simulation_fails_is_named_by_its_name(tmp_path):
     puzzles = load_puzzles(_file(tmp_path, {"colours": {**COLOURS, "explanation": "broken"}}))
     with pytest.raises(PuzzleFailures, match="puzzle 'colours'"):
         simulate_candidates(
-            _oracle_json_client(puzzles, []), "oracle", puzzles, candidate_explanations(puzzles),
-            mode="json", ten_handling=None,
-        )  # fmt: skip
+            _oracle_json_client(puzzles, []),
+            "oracle",
+            puzzles,
+            candidate_explanations(puzzles),
+            mode="json",
+            ten_handling=None,
+        )
 
 
 def test_the_explainer_test_shows_every_sentence_and_names_a_puzzle_it_could_not_explain(tmp_path):
@@ -207,8 +218,10 @@ def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_s
             chat_calls = server.calls.count("/v1/chat/completions")
             bad = job.execute_in_process(
                 run_config={"ops": {"puzzle_scores": {"config": {"path": str(tmp_path / "none.json")}}}},
-                instance=instance, asset_selection=selection[:1], raise_on_error=False,
-            )  # fmt: skip
+                instance=instance,
+                asset_selection=selection[:1],
+                raise_on_error=False,
+            )
             assert not bad.success and "none.json does not exist" in str(bad.all_events)
             again = job.execute_in_process(run_config=run_config, instance=instance, asset_selection=selection)
             # every answer came from the cache (only the refused completions probe is asked again)
@@ -219,7 +232,9 @@ def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_s
     assert set(scores["simulation_mode"]) == {"json"}
     with duckdb.connect(str(store.database), read_only=True) as db:
         summary = db.sql("SELECT n_puzzles, top_1, top_2, chance_top_1 FROM puzzle_scorer_summary").fetchall()
-        explained = db.sql("SELECT explanation, true_correlation, matches_true_score FROM puzzle_explainer_results").fetchall()
+        explained = db.sql(
+            "SELECT explanation, true_correlation, matches_true_score FROM puzzle_explainer_results"
+        ).fetchall()
     assert summary == [(1, 1, 1, 0.25)]
     from neuron_assets.storage.store import sql_statements
 

@@ -44,7 +44,9 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
     excerpts, activations = corpus
     neurons = {1: [0, 4, 9], 3: [2]}
     calls = []
-    recorders = record(fake_model(activations, calls), excerpts, neurons, [101, 103], start_token_id=None, batch_size=5, top_k=4)
+    recorders = record(
+        fake_model(activations, calls), excerpts, neurons, [101, 103], start_token_id=None, batch_size=5, top_k=4
+    )
     for layer, selected in neurons.items():
         for pool in ("explanation", "scoring"):
             rows = torch.as_tensor((excerpts["pool"] == pool).to_numpy())
@@ -190,9 +192,15 @@ def test_the_negative_side_records_the_most_negative_excerpts_negated_in_the_sam
     excerpts, activations = corpus
     calls = []
     recorders = record(
-        fake_model(activations, calls), excerpts, {1: [0, 4]}, [101], start_token_id=None, batch_size=5, top_k=3,
+        fake_model(activations, calls),
+        excerpts,
+        {1: [0, 4]},
+        [101],
+        start_token_id=None,
+        batch_size=5,
+        top_k=3,
         polarity="both",
-    )  # fmt: skip
+    )
     assert len(calls) == len(range(0, N_EXCERPTS, 5))  # one pass serves both polarities
     rows = torch.as_tensor((excerpts["pool"] == "explanation").to_numpy())
     ids = torch.tensor(excerpts["excerpt_id"].to_list())[rows]

@@ -89,8 +89,10 @@ def test_sentences_the_tokenizer_cannot_take_are_kept_with_their_reason_and_the_
     )
     assert runs == [(1, 0, 7)]  # only the one acceptable sentence went through the model
     assert frame["rejected_reason"].to_list() == [
-        None, "the subject model's tokenizer gives no token for it", "6 tokens, over the limit of 4",
-    ]  # fmt: skip
+        None,
+        "the subject model's tokenizer gives no token for it",
+        "6 tokens, over the limit of 4",
+    ]
     assert frame["activations"].to_list() == [[3.0, 4.0], [], []]
     assert frame["max_activation"].to_list() == [4.0, None, None]
 
@@ -129,15 +131,23 @@ def test_the_reviser_sees_new_sentences_on_the_top_excerpts_scale_and_the_contro
 def test_revisions_are_asked_per_kind_and_unknown_kinds_are_refused():
     jobs = pl.DataFrame(
         {
-            "layer": [0, 0], "neuron": [7, 7], "sample": [0, 0], "revision_kind": [REVISED, REEXPLAINED],
-            "original_explanation": ["cats", "cats"], "top_tokens": [[["a", "cat"]]] * 2,
-            "top_activations": [[[0.0, 8.0]]] * 2, "new_tokens": [[["the", "dog"]]] * 2,
+            "layer": [0, 0],
+            "neuron": [7, 7],
+            "sample": [0, 0],
+            "revision_kind": [REVISED, REEXPLAINED],
+            "original_explanation": ["cats", "cats"],
+            "top_tokens": [[["a", "cat"]]] * 2,
+            "top_activations": [[[0.0, 8.0]]] * 2,
+            "new_tokens": [[["the", "dog"]]] * 2,
             "new_activations": [[[0.0, 0.0]]] * 2,
         }
-    )  # fmt: skip
+    )
     seen = []
     frame = revise_neurons(_chat(["cats, not dogs.", "animals."], seen), "m", jobs)
-    assert frame.select("revision_kind", "explanation").rows() == [(REVISED, "cats, not dogs"), (REEXPLAINED, "animals")]
+    assert frame.select("revision_kind", "explanation").rows() == [
+        (REVISED, "cats, not dogs"),
+        (REEXPLAINED, "animals"),
+    ]
     assert "find cats." in seen[0]["messages"][-1]["content"] and "find cats." not in seen[1]["messages"][-1]["content"]
     with pytest.raises(ValueError, match=r"revision kinds \['better'\] are not among"):
         check_kinds(["revised", "better"])
@@ -146,11 +156,16 @@ def test_revisions_are_asked_per_kind_and_unknown_kinds_are_refused():
 def test_the_random_sentences_control_shows_firing_explanation_pool_excerpts_the_explainer_was_not_shown():
     records = pl.DataFrame(
         {
-            "layer": 0, "neuron": 7, "kind": ["top"] * 5 + ["random"], "pool": ["explanation"] * 4 + ["scoring"] * 2,
-            "rank": [0, 1, 2, 3, 0, 0], "excerpt_id": [10, 11, 12, 13, 14, 15],
-            "max_activation": [9.0, 8.0, 0.0, 7.0, 9.0, 1.0], "activations": [[1.0]] * 6,
+            "layer": 0,
+            "neuron": 7,
+            "kind": ["top"] * 5 + ["random"],
+            "pool": ["explanation"] * 4 + ["scoring"] * 2,
+            "rank": [0, 1, 2, 3, 0, 0],
+            "excerpt_id": [10, 11, 12, 13, 14, 15],
+            "max_activation": [9.0, 8.0, 0.0, 7.0, 9.0, 1.0],
+            "activations": [[1.0]] * 6,
         }
-    )  # fmt: skip
+    )
     picked = random_firing_excerpts(records, n_shown=1, n=5, seed=0)
     assert sorted(picked["excerpt_id"]) == [11, 13]  # not 10 (shown), 12 (silent), 14/15 (scoring pool)
 
@@ -158,24 +173,34 @@ def test_the_random_sentences_control_shows_firing_explanation_pool_excerpts_the
 def test_original_and_revised_are_scored_on_the_original_set_and_on_it_extended_by_the_generated_sentences():
     scoring_excerpts = pl.DataFrame(
         {
-            "layer": 0, "neuron": 7, "excerpt_id": [1, 2, 3], "excerpt_kind": ["top", "random", "calibration_top"],
+            "layer": 0,
+            "neuron": 7,
+            "excerpt_id": [1, 2, 3],
+            "excerpt_kind": ["top", "random", "calibration_top"],
             "activations": [[0.0, 5.0], [0.0, 0.0], [9.0, 9.0]],
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [1, 2, 3], "tokens": [["a", "b"]] * 3})
     sentences = pl.DataFrame(
         {
-            "layer": 0, "neuron": 7, "sentence": [0, 1], "split": ["scoring", "revision"],
-            "tokens": [["x", "y"], ["z"]], "activations": [[0.0, 6.0], [1.0]],
+            "layer": 0,
+            "neuron": 7,
+            "sentence": [0, 1],
+            "split": ["scoring", "revision"],
+            "tokens": [["x", "y"], ["z"]],
+            "activations": [[0.0, 6.0], [1.0]],
         }
-    )  # fmt: skip
+    )
     scoring, texts = revision_scoring_inputs(scoring_excerpts, excerpts, sentences)
     assert scoring.select("excerpt_id", "excerpt_kind").rows() == [(1, "top"), (2, "random"), (4, "generated")]
     assert texts.filter(pl.col("excerpt_id") == 4)["tokens"].to_list() == [["x", "y"]]
     simulated = scoring.rename({"activations": "true_activations"}).with_columns(
-        layer=0, neuron=7, sample=0, method=pl.lit("original"),
+        layer=0,
+        neuron=7,
+        sample=0,
+        method=pl.lit("original"),
         simulated=pl.Series([[0.0, 9.0], [0.0, 0.0], [9.0, 0.0]]),  # right on the excerpts, wrong on the sentence
-    )  # fmt: skip
+    )
     scores = score_revisions(simulated).select("scoring_set", "correlation").rows()
     assert scores[0] == ("original", pytest.approx(1.0))
     assert scores[1][0] == "extended" and scores[1][1] < 0.5

@@ -98,18 +98,29 @@ def _simulations():
     ]
     return pl.DataFrame(
         rows,
-        schema=["layer", "neuron", "sample", "method", "explanation_neuron", "excerpt_id", "excerpt_kind",
-                "simulated", "true_activations"],
+        schema=[
+            "layer",
+            "neuron",
+            "sample",
+            "method",
+            "explanation_neuron",
+            "excerpt_id",
+            "excerpt_kind",
+            "simulated",
+            "true_activations",
+        ],
         orient="row",
-    )  # fmt: skip
+    )
 
 
 def test_score_table_has_top_and_random_and_random_only_rows_per_method():
     table = score_simulations(_simulations())
     assert table.select("method", "scoring_set").rows() == [
-        ("explanation", "top_and_random"), ("explanation", "random_only"),
-        ("control", "top_and_random"), ("control", "random_only"),
-    ]  # fmt: skip
+        ("explanation", "top_and_random"),
+        ("explanation", "random_only"),
+        ("control", "top_and_random"),
+        ("control", "random_only"),
+    ]
     top_and_random, random_only, control, _ = table.iter_rows(named=True)
     assert top_and_random["n_tokens"] == 6 and not math.isnan(top_and_random["correlation"])
     # random excerpts alone never fire: undefined, stored as null with its reason

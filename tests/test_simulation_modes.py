@@ -90,7 +90,9 @@ def test_one_at_a_time_asks_the_study_question_once_per_token_on_the_real_server
     assumed; pinned here: every token gets a value in 0..10 from its own call."""
     tokens = word_tokens(1)[0][:8]
     before = client.stats.calls
-    result = simulate_one_at_a_time(client, PACKAGED_MODEL_ALIAS, "numbers and dates", tokens, ten_handling="second_read")
+    result = simulate_one_at_a_time(
+        client, PACKAGED_MODEL_ALIAS, "numbers and dates", tokens, ten_handling="second_read"
+    )
     assert client.stats.calls - before == len(tokens)
     assert len(result.expected) == len(tokens)
     assert all(v is not None and 0.0 <= v <= 10.0 for v in result.expected)
@@ -107,14 +109,19 @@ def test_json_mode_returns_one_slot_per_token_and_counts_what_did_not_line_up(cl
 def test_generated_token_logprobs_are_the_distributions_that_predicted_each_token(client):
     """The server's numpy path for generated tokens: token k's entry equals a one-token call's."""
     prompt = "The days of the week are Monday, Tuesday,"
-    run = client.completions.create(model=PACKAGED_MODEL_ALIAS, prompt=prompt, max_tokens=4, temperature=0.0, logprobs=5)
+    run = client.completions.create(
+        model=PACKAGED_MODEL_ALIAS, prompt=prompt, max_tokens=4, temperature=0.0, logprobs=5
+    )
     logprobs = run["choices"][0]["logprobs"]
     assert "".join(logprobs["tokens"]) == run["choices"][0]["text"]
     for k in range(3):
         step = client.completions.create(
-            model=PACKAGED_MODEL_ALIAS, prompt=prompt + "".join(logprobs["tokens"][:k]), max_tokens=1,
-            temperature=0.0, logprobs=5,
-        )  # fmt: skip
+            model=PACKAGED_MODEL_ALIAS,
+            prompt=prompt + "".join(logprobs["tokens"][:k]),
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=5,
+        )
         alone = step["choices"][0]["logprobs"]["top_logprobs"][0]
         within = logprobs["top_logprobs"][k]
         best = max(alone, key=alone.get)
@@ -154,7 +161,9 @@ def forced(value):
 
 
 def next_distribution(client, text):
-    response = client.completions.create(model=PACKAGED_MODEL_ALIAS, prompt=text, max_tokens=1, temperature=0.0, logprobs=20)
+    response = client.completions.create(
+        model=PACKAGED_MODEL_ALIAS, prompt=text, max_tokens=1, temperature=0.0, logprobs=20
+    )
     return response["choices"][0]["logprobs"]["top_logprobs"][0]
 
 

@@ -87,14 +87,21 @@ def test_scoring_excerpts_are_scoring_pool_top_ranks_and_random_ranks():
 
     records = pl.DataFrame(
         {
-            "layer": [0] * 6, "neuron": [1] * 6,
+            "layer": [0] * 6,
+            "neuron": [1] * 6,
             "pool": ["explanation", "scoring", "scoring", "scoring", "scoring", "scoring"],
             "kind": ["top", "top", "top", "random", "random", "quantile"],
-            "rank": [0, 0, 1, 0, 1, 0], "excerpt_id": [1, 2, 3, 4, 5, 6], "activations": [[0.0]] * 6,
+            "rank": [0, 0, 1, 0, 1, 0],
+            "excerpt_id": [1, 2, 3, 4, 5, 6],
+            "activations": [[0.0]] * 6,
         }
-    )  # fmt: skip
+    )
     chosen = scoring_excerpts(records, n_top=1, n_random=2)
-    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [(2, "top"), (4, "random"), (5, "random")]
+    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [
+        (2, "top"),
+        (4, "random"),
+        (5, "random"),
+    ]
 
 
 def test_a_random_excerpt_that_is_also_a_top_one_is_scored_once_and_the_next_random_one_taken():
@@ -104,13 +111,21 @@ def test_a_random_excerpt_that_is_also_a_top_one_is_scored_once_and_the_next_ran
 
     records = pl.DataFrame(
         {
-            "layer": [0] * 5, "neuron": [1] * 5, "pool": ["scoring"] * 5,
+            "layer": [0] * 5,
+            "neuron": [1] * 5,
+            "pool": ["scoring"] * 5,
             "kind": ["top", "random", "random", "random", "random"],
-            "rank": [0, 0, 1, 2, 3], "excerpt_id": [7, 8, 7, 9, 10], "activations": [[0.0]] * 5,
+            "rank": [0, 0, 1, 2, 3],
+            "excerpt_id": [7, 8, 7, 9, 10],
+            "activations": [[0.0]] * 5,
         }
-    )  # fmt: skip
+    )
     chosen = scoring_excerpts(records, n_top=1, n_random=2)
-    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [(7, "top"), (8, "random"), (9, "random")]
+    assert sorted(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True)) == [
+        (7, "top"),
+        (8, "random"),
+        (9, "random"),
+    ]
 
 
 def test_calibration_excerpts_are_the_next_top_and_random_ones_and_never_scored():
@@ -120,15 +135,26 @@ def test_calibration_excerpts_are_the_next_top_and_random_ones_and_never_scored(
 
     records = pl.DataFrame(
         {
-            "layer": [0] * 8, "neuron": [1] * 8, "pool": ["scoring"] * 8,
+            "layer": [0] * 8,
+            "neuron": [1] * 8,
+            "pool": ["scoring"] * 8,
             "kind": ["top", "top", "top", "random", "random", "random", "random", "random"],
-            "rank": [0, 1, 2, 0, 1, 2, 3, 4], "excerpt_id": [2, 3, 4, 3, 5, 6, 7, 8], "activations": [[0.0]] * 8,
+            "rank": [0, 1, 2, 0, 1, 2, 3, 4],
+            "excerpt_id": [2, 3, 4, 3, 5, 6, 7, 8],
+            "activations": [[0.0]] * 8,
         }
-    )  # fmt: skip
+    )
     chosen = select_scoring_excerpts(records, n_top=1, n_random=2, n_calibration_top=1, n_calibration_random=2)
     kinds = dict(zip(chosen["excerpt_id"], chosen["excerpt_kind"], strict=True))
     # excerpt 3 is a calibration top excerpt, so it is not also taken as a random one
-    assert kinds == {2: "top", 5: "random", 6: "random", 3: "calibration_top", 7: "calibration_random", 8: "calibration_random"}
+    assert kinds == {
+        2: "top",
+        5: "random",
+        6: "random",
+        3: "calibration_top",
+        7: "calibration_random",
+        8: "calibration_random",
+    }
     with pytest.raises(ValueError, match="3 further top scoring-pool \\(calibration\\) excerpts per neuron but only 2"):
         select_scoring_excerpts(records, n_top=1, n_random=2, n_calibration_top=3)
 
@@ -151,14 +177,20 @@ def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
         return _echo_of_threes(request["prompt"])
 
     client = SimpleNamespace(completions=SimpleNamespace(create=create))
-    explanations = pl.DataFrame({"layer": [0, 0], "neuron": [1, 2], "sample": [0, 0], "explanation": ["broken", "fine"]})
+    explanations = pl.DataFrame(
+        {"layer": [0, 0], "neuron": [1, 2], "sample": [0, 0], "explanation": ["broken", "fine"]}
+    )
     records = pl.DataFrame(
         {
-            "layer": [0, 0, 0, 0], "neuron": [1, 1, 2, 2], "pool": ["scoring"] * 4,
-            "kind": ["top", "top", "top", "top"], "rank": [0, 1, 0, 1], "excerpt_id": [5, 6, 5, 6],
+            "layer": [0, 0, 0, 0],
+            "neuron": [1, 1, 2, 2],
+            "pool": ["scoring"] * 4,
+            "kind": ["top", "top", "top", "top"],
+            "rank": [0, 1, 0, 1],
+            "excerpt_id": [5, 6, 5, 6],
             "activations": [[1.0]] * 4,
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [5, 6], "tokens": [["a"], ["b"]]})
     with pytest.raises(NeuronFailures) as failure:
         simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 2, 0), excerpts)
@@ -175,10 +207,15 @@ def test_asking_to_score_on_more_excerpts_than_were_recorded_is_an_error():
 
     records = pl.DataFrame(
         {
-            "layer": [0, 0], "neuron": [1, 1], "pool": ["scoring", "scoring"], "kind": ["top", "random"],
-            "rank": [0, 0], "excerpt_id": [2, 4], "activations": [[0.0]] * 2,
+            "layer": [0, 0],
+            "neuron": [1, 1],
+            "pool": ["scoring", "scoring"],
+            "kind": ["top", "random"],
+            "rank": [0, 0],
+            "excerpt_id": [2, 4],
+            "activations": [[0.0]] * 2,
         }
-    )  # fmt: skip
+    )
     with pytest.raises(ValueError, match="scoring needs 3 random excerpts per neuron but only 1 were recorded"):
         scoring_excerpts(records, n_top=1, n_random=3)
     with pytest.raises(ValueError, match="scoring needs 2 top scoring-pool excerpts per neuron but only 1"):
@@ -225,12 +262,19 @@ def test_json_mode_is_recorded_with_each_simulation():
     explanations = pl.DataFrame({"layer": [0], "neuron": [1], "sample": [0], "explanation": ["x"]})
     records = pl.DataFrame(
         {
-            "layer": [0], "neuron": [1], "pool": ["scoring"], "kind": ["top"], "rank": [0],
-            "excerpt_id": [5], "activations": [[1.0, 0.0]],
+            "layer": [0],
+            "neuron": [1],
+            "pool": ["scoring"],
+            "kind": ["top"],
+            "rank": [0],
+            "excerpt_id": [5],
+            "activations": [[1.0, 0.0]],
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [5], "tokens": [["a", "b"]]})
-    row = simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 1, 0), excerpts, mode="json").row(0, named=True)
+    row = simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 1, 0), excerpts, mode="json").row(
+        0, named=True
+    )
     assert row["simulation_mode"] == "json" and row["prompt_version"] == JSON_SIMULATOR_PROMPT_VERSION
     assert row["simulated"] == [4.0, None] and row["n_unsimulated"] == 1 and row["n_misaligned"] == 1
     with pytest.raises(ValueError, match="simulation mode 'magic' is not one of"):
@@ -267,7 +311,9 @@ def test_merged_lines_leave_their_tokens_unsimulated_and_counted():
 def test_missing_and_extra_lines_are_counted_and_the_rest_still_line_up():
     from neuron_assets.simulators.simulator import read_written_listing
 
-    written = _written(_listing_pieces([(" a", "1"), (" c", "3"), (" extra", "9")]), [{"1": 0.0}, {"3": 0.0}, {"9": 0.0}])
+    written = _written(
+        _listing_pieces([(" a", "1"), (" c", "3"), (" extra", "9")]), [{"1": 0.0}, {"3": 0.0}, {"9": 0.0}]
+    )
     assert read_written_listing(written, [" a", " b", " c"]) == ([1.0, None, 3.0], 2)
 
 
@@ -353,12 +399,19 @@ def test_a_simulation_prompt_too_long_for_the_context_loses_few_shot_neurons_and
     explanations = pl.DataFrame({"layer": [0], "neuron": [1], "sample": [0], "explanation": ["x"]})
     records = pl.DataFrame(
         {
-            "layer": [0, 0], "neuron": [1, 1], "pool": ["scoring"] * 2, "kind": ["top"] * 2, "rank": [0, 1],
-            "excerpt_id": [5, 6], "activations": [[1.0, 0.0]] * 2,
+            "layer": [0, 0],
+            "neuron": [1, 1],
+            "pool": ["scoring"] * 2,
+            "kind": ["top"] * 2,
+            "rank": [0, 1],
+            "excerpt_id": [5, 6],
+            "activations": [[1.0, 0.0]] * 2,
         }
-    )  # fmt: skip
+    )
     excerpts = pl.DataFrame({"excerpt_id": [5, 6], "tokens": [["a", "b"], ["c", "d"]]})
-    frame = simulate_neurons(client, "m", _own(explanations), scoring_excerpts(records, 2, 0), excerpts, mode="all_at_once")
+    frame = simulate_neurons(
+        client, "m", _own(explanations), scoring_excerpts(records, 2, 0), excerpts, mode="all_at_once"
+    )
     assert frame["prompt_shortening"].to_list() == ["dropped 1 of 2 few-shot neurons to fit the backend's context"] * 2
     assert frame["simulated"].to_list() == [[3.0, 3.0]] * 2
     assert len(prompts) == 3  # the second excerpt starts at the level that fitted
@@ -376,8 +429,11 @@ def _echo_of_threes(prompt):
     return {
         "usage": {"prompt_tokens": len(prompt)},
         "choices": [
-            {"text": prompt, "logprobs": {"text_offset": list(range(len(prompt))), "top_logprobs": [{"3": 0.0}] * len(prompt)}}
-        ]
+            {
+                "text": prompt,
+                "logprobs": {"text_offset": list(range(len(prompt))), "top_logprobs": [{"3": 0.0}] * len(prompt)},
+            }
+        ],
     }
 
 
@@ -453,8 +509,16 @@ def test_a_ten_on_the_zero_to_nine_scale_is_not_a_digit_and_a_second_read_needs_
 def test_the_chat_listing_reads_a_written_one_zero_as_ten():
     from neuron_assets.simulators.simulator import read_written_listing
 
-    written = [("<start>", None), ("\n", None), ("a", None), ("\t", None), ("1", {"1": lp(1.0)}),
-               ("0", {"0": lp(0.95), "\n": lp(0.05)}), ("\n", None), ("<end>", None)]  # fmt: skip
+    written = [
+        ("<start>", None),
+        ("\n", None),
+        ("a", None),
+        ("\t", None),
+        ("1", {"1": lp(1.0)}),
+        ("0", {"0": lp(0.95), "\n": lp(0.05)}),
+        ("\n", None),
+        ("<end>", None),
+    ]
     assert read_written_listing(written, ["a"], "second_read")[0] == [pytest.approx(9.55)]
     assert read_written_listing(written, ["a"], "single_token")[0] == [1.0]
 
@@ -485,12 +549,15 @@ def test_a_chat_probe_that_shows_no_ten_is_an_error_naming_what_came_back():
         completions=SimpleNamespace(create=_refuse),  # a chat-only backend, as OpenAI's chat models
         chat=SimpleNamespace(completions=SimpleNamespace(create=lambda **_: reply)),
     )
-    with pytest.raises(TokenizerProbeError, match=r"cannot tell how 'm' writes 10: the chat probe returned tokens \['ten'\]"):
+    with pytest.raises(
+        TokenizerProbeError, match=r"cannot tell how 'm' writes 10: the chat probe returned tokens \['ten'\]"
+    ):
         probe_ten_handling(client, "m", "chat_logprobs")
     content[:] = [{"token": "1", "logprob": 0.0}, {"token": "0", "logprob": 0.0}]
     assert probe_ten_handling(client, "m", "chat_logprobs") == "second_read"
     content[:] = [{"token": "10", "logprob": 0.0}]
     assert probe_ten_handling(client, "m", "one_at_a_time") == "single_token"
+
     def down(**_):
         raise LLMError("still failing after 5 attempts: 503", status=503)
 

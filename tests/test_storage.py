@@ -10,8 +10,14 @@ import pytest
 from neuron_assets.storage.store import ResultStore
 
 
-def scores(layer: int, n: int, run: str = "run-1", variant: str = "default", correlation: float = 0.5,
-           scoring_set: str = "top_and_random") -> pl.DataFrame:  # fmt: skip
+def scores(
+    layer: int,
+    n: int,
+    run: str = "run-1",
+    variant: str = "default",
+    correlation: float = 0.5,
+    scoring_set: str = "top_and_random",
+) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "subject_model": ["m"] * n,
@@ -79,22 +85,36 @@ def test_two_variants_of_one_layer_are_kept_side_by_side(tmp_path):
 def explanations(layer: int, n: int, variant: str) -> pl.DataFrame:
     return pl.DataFrame(
         {
-            "subject_model": ["m"] * n, "variant": [variant] * n, "run_id": ["r"] * n,
-            "partition": [f"layer-{layer}"] * n, "polarity": ["positive"] * n, "layer": [layer] * n,
-            "neuron": list(range(n)), "sample": [0] * n, "method": ["explanation"] * n,
-            "explanation": [f"{variant} {i}" for i in range(n)], "raw_reply": ["x"] * n, "explainer_model": ["e"] * n,
-            "prompt_version": ["v"] * n, "temperature": [1.0] * n, "excerpt_ids": [[0]] * n,
+            "subject_model": ["m"] * n,
+            "variant": [variant] * n,
+            "run_id": ["r"] * n,
+            "partition": [f"layer-{layer}"] * n,
+            "polarity": ["positive"] * n,
+            "layer": [layer] * n,
+            "neuron": list(range(n)),
+            "sample": [0] * n,
+            "method": ["explanation"] * n,
+            "explanation": [f"{variant} {i}" for i in range(n)],
+            "raw_reply": ["x"] * n,
+            "explainer_model": ["e"] * n,
+            "prompt_version": ["v"] * n,
+            "temperature": [1.0] * n,
+            "excerpt_ids": [[0]] * n,
             "prompt_shortening": pl.Series([None] * n, dtype=pl.String),
         }
-    )  # fmt: skip
+    )
 
 
 def test_variants_of_one_layer_are_compared_per_neuron_and_per_layer_with_a_bootstrap_interval(tmp_path):
     store = ResultStore(tmp_path)
     for variant, correlation in (("a", 0.2), ("b", 0.5)):
         prefix = ["m", variant]
-        both_sets = pl.concat([scores(3, 4, variant=variant, correlation=correlation, scoring_set=s)
-                               for s in ("top_and_random", "random_only")])  # fmt: skip
+        both_sets = pl.concat(
+            [
+                scores(3, 4, variant=variant, correlation=correlation, scoring_set=s)
+                for s in ("top_and_random", "random_only")
+            ]
+        )
         store.write("scores", both_sets, "3", prefix)
         store.write("explanations", explanations(3, 4, variant), "3", prefix)
     store.refresh_views()
@@ -109,7 +129,7 @@ def test_variants_of_one_layer_are_compared_per_neuron_and_per_layer_with_a_boot
         ).fetchall()
     assert [(n, a, b) for n, a, b, _ in neurons] == [(i, f"a {i}", f"b {i}") for i in range(4)]
     assert [round(d, 9) for *_, d in neurons] == [0.3] * 4
-    (a, b, n, mean_a, mean_b, difference, low, high, verdict), = layer
+    ((a, b, n, mean_a, mean_b, difference, low, high, verdict),) = layer
     assert (a, b, n) == ("a", "b", 4)
     assert (round(mean_a, 9), round(mean_b, 9), round(difference, 9)) == (0.35, 0.65, 0.3)
     assert round(low, 9) == round(high, 9) == 0.3  # every neuron differs by 0.3: no spread to resample
@@ -127,7 +147,9 @@ def test_results_in_the_layout_before_experiments_are_moved_to_their_subject_mod
     store = ResultStore(old)
     moved = store.migrate_old_layout()
     assert sorted(p.relative_to(old).as_posix() for p in moved) == [
-        "documents/gpt2/all.parquet", "excerpts/gpt2/all.parquet", "scores/gpt2/default/3.parquet"
+        "documents/gpt2/all.parquet",
+        "excerpts/gpt2/all.parquet",
+        "scores/gpt2/default/3.parquet",
     ]
     migrated = store.read("scores", ["3"], ["gpt2", "default"])
     assert migrated.select("subject_model", "variant", "polarity").unique().rows() == [("gpt2", "default", "positive")]

@@ -61,7 +61,14 @@ def test_hook_post_is_the_gated_product_that_feeds_the_down_projection(model):
     with torch.inference_mode():
         hidden = hf(input_ids=tokens, output_hidden_states=True).hidden_states[2]
         layer = hf.layers[2]
-        x = layer.post_attention_layernorm(hidden + layer.self_attn(layer.input_layernorm(hidden), position_embeddings=hf.rotary_emb(hidden, torch.arange(tokens.shape[1])[None]), attention_mask=None)[0])
+        x = layer.post_attention_layernorm(
+            hidden
+            + layer.self_attn(
+                layer.input_layernorm(hidden),
+                position_embeddings=hf.rotary_emb(hidden, torch.arange(tokens.shape[1])[None]),
+                attention_mask=None,
+            )[0]
+        )
         expected = layer.mlp.act_fn(layer.mlp.gate_proj(x)) * layer.mlp.up_proj(x)
     assert torch.allclose(captured[2], expected, atol=1e-4)
 
@@ -144,7 +151,9 @@ def test_activations_on_new_texts_match_the_recorders_view_of_the_same_tokens(mo
     assert first.shape == (len(ids[0]), 2) and second.shape == (len(ids[1]), 2)
     seen = {}
     tokens = torch.tensor([[0, *ids[1]]])
-    model.run_with_mlp_hooks(tokens, {3: lambda acts: seen.setdefault(3, acts[0, 1:, neurons].clone())}, stop_at_layer=4)
+    model.run_with_mlp_hooks(
+        tokens, {3: lambda acts: seen.setdefault(3, acts[0, 1:, neurons].clone())}, stop_at_layer=4
+    )
     assert torch.allclose(torch.as_tensor(second), seen[3].double(), atol=1e-5)
     with pytest.raises(SubjectModelError, match="empty token sequence"):
         model.activations_on_token_ids([[]], 3, neurons, start_token_id=0)

@@ -20,7 +20,12 @@ def test_device_auto_is_the_gpu_where_torch_sees_one(monkeypatch):
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [("gpu", "not a torch device"), ("cuda", "no CUDA GPU"), ("cuda:0", "no CUDA GPU"), ("meta", "only 'cpu' and 'cuda'")],
+    [
+        ("gpu", "not a torch device"),
+        ("cuda", "no CUDA GPU"),
+        ("cuda:0", "no CUDA GPU"),
+        ("meta", "only 'cpu' and 'cuda'"),
+    ],
 )
 def test_a_device_that_cannot_be_used_is_refused_by_name(monkeypatch, setting, message):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -30,9 +30,13 @@ def pythia(vocab):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     config = GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
         max_position_embeddings=64,
-    )  # fmt: skip
+    )
     model = GPTNeoXForCausalLM(config)
     return model, [layer.mlp.dense_4h_to_h for layer in model.gpt_neox.layers]
 
@@ -42,9 +46,15 @@ def gated(family, vocab, **extra):
     import transformers
 
     config = getattr(transformers, f"{family}Config")(
-        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=48, max_position_embeddings=64, **extra,
-    )  # fmt: skip
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        **extra,
+    )
     model = getattr(transformers, f"{family}ForCausalLM")(config)
     return model, [layer.mlp.down_proj for layer in model.model.layers]
 
@@ -89,7 +99,9 @@ def test_recorded_activations_are_what_feeds_the_mlp_output_projection(family, t
 
     subject = load_subject_model(str(tmp_path), device="cpu")
     recorded = {}
-    subject.run_with_mlp_hooks(tokens, {0: lambda a: recorded.__setitem__(0, a), 1: lambda a: recorded.__setitem__(1, a)}, 2)
+    subject.run_with_mlp_hooks(
+        tokens, {0: lambda a: recorded.__setitem__(0, a), 1: lambda a: recorded.__setitem__(1, a)}, 2
+    )
     subject.bare_forward(tokens)  # the benchmark's reference pass reaches the body too
     for layer in (0, 1):
         difference = (recorded[layer].double() - reference[layer].double()).abs().max().item()

@@ -34,7 +34,7 @@ CONFIG = {
         "explanations": {"config": {"n_examples": 2, "max_tokens": 30}},
         "simulations": {"config": {"mode": "json"}},
     }
-}  # fmt: skip
+}
 OTHER_CONFIG = {"ops": {**CONFIG["ops"], "explanations": {"config": {"n_examples": 2, "max_tokens": 31}}}}
 
 
@@ -56,18 +56,18 @@ def results(tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("viewer") / "data"
     with ScriptedOpenAI(answer) as server, dg.instance_for_test() as instance:
-        settings = Settings(
-            (PACKAGED_SUBJECT_MODEL,), data_dir, server.url, "x", "y", variants=("default", "other")
-        )
+        settings = Settings((PACKAGED_SUBJECT_MODEL,), data_dir, server.url, "x", "y", variants=("default", "other"))
         defs = build_definitions(settings)
         first = materialize_layers(defs, 0, 0, CONFIG, instance, UP_TO_SCORES, DEFAULT)
         assert first.success
         job = defs.resolve_implicit_global_asset_job_def()
         llm_stages = dg.AssetSelection.groups(*UP_TO_SCORES) & dg.AssetSelection.key_prefixes([OTHER.slug, "other"])
         run = job.execute_in_process(
-            run_config=OTHER.run_config(OTHER_CONFIG), instance=instance, partition_key="layer-0",
+            run_config=OTHER.run_config(OTHER_CONFIG),
+            instance=instance,
+            partition_key="layer-0",
             asset_selection=list(llm_stages.resolve(defs.resolve_asset_graph())),
-        )  # fmt: skip
+        )
         assert run.success
     store = ResultStore(data_dir)
     store.refresh_views()
@@ -94,7 +94,9 @@ def test_two_variants_of_one_layer_are_stored_side_by_side_and_compared_in_sql(s
         per_neuron = connection.execute(
             "SELECT count(*), count(top_and_random_b_minus_a) FROM variant_scores WHERE method = 'explanation'"
         ).fetchone()
-        shared = connection.execute("SELECT count(DISTINCT variant) FROM scores WHERE method = 'lookup_table'").fetchone()
+        shared = connection.execute(
+            "SELECT count(DISTINCT variant) FROM scores WHERE method = 'lookup_table'"
+        ).fetchone()
     ((a, b, n, mean_a, mean_b, difference, low, high, verdict),) = compared
     assert (a, b) == ("default", "other") and n == per_neuron[1] >= 2
     assert difference == pytest.approx(mean_b - mean_a)
@@ -124,7 +126,7 @@ def test_the_index_lists_every_scored_neuron_with_its_explanation_and_scores(sto
     html = render(data, f"/{DEFAULT.slug}/default/")
     assert len(neurons) == 3
     for row in neurons.iter_rows(named=True):
-        assert f"/layer-0/neuron-{row['neuron']}\"" in html
+        assert f'/layer-0/neuron-{row["neuron"]}"' in html
     assert html.count(">the first half of the text</td>") == 3
     assert html.count("<svg") >= 3  # layer means, distribution, explanation vs baselines
 

@@ -44,17 +44,30 @@ def control_explanations(explanations: pl.DataFrame, seed: int = 0) -> pl.DataFr
                 }
             )
         )
-    schema = {"layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "method": pl.String,
-              "explanation_neuron": pl.Int64, "explanation": pl.String}  # fmt: skip
+    schema = {
+        "layer": pl.Int64,
+        "neuron": pl.Int64,
+        "sample": pl.Int64,
+        "method": pl.String,
+        "explanation_neuron": pl.Int64,
+        "explanation": pl.String,
+    }
     return pl.concat(frames).sort("layer", "neuron") if frames else pl.DataFrame(schema=schema)
 
 
 COMPARISON_SCHEMA = {
-    "layer": pl.Int64, "scoring_set": pl.String, "method": pl.String,
-    "n_neurons": pl.Int64, "mean_score": pl.Float64, "mean_ci_low": pl.Float64, "mean_ci_high": pl.Float64,
-    "n_paired": pl.Int64, "explanation_minus_method": pl.Float64,
-    "difference_ci_low": pl.Float64, "difference_ci_high": pl.Float64,
-}  # fmt: skip
+    "layer": pl.Int64,
+    "scoring_set": pl.String,
+    "method": pl.String,
+    "n_neurons": pl.Int64,
+    "mean_score": pl.Float64,
+    "mean_ci_low": pl.Float64,
+    "mean_ci_high": pl.Float64,
+    "n_paired": pl.Int64,
+    "explanation_minus_method": pl.Float64,
+    "difference_ci_low": pl.Float64,
+    "difference_ci_high": pl.Float64,
+}
 
 
 def compare_methods(
@@ -89,13 +102,26 @@ def compare_methods(
         difference = (paired["explanation_score"] - paired["score"]).to_numpy()
         diff_low, diff_high = _bootstrap_mean(difference, rng, n_resamples, tail)
         rows.append(
-            (layer, scoring_set, method, len(values), float(values.mean()), low, high, len(difference),
-             float(difference.mean()) if len(difference) else None, diff_low, diff_high)
-        )  # fmt: skip
+            (
+                layer,
+                scoring_set,
+                method,
+                len(values),
+                float(values.mean()),
+                low,
+                high,
+                len(difference),
+                float(difference.mean()) if len(difference) else None,
+                diff_low,
+                diff_high,
+            )
+        )
     return pl.DataFrame(rows, schema=COMPARISON_SCHEMA, orient="row")
 
 
-def _bootstrap_mean(values: np.ndarray, rng: np.random.Generator, n_resamples: int, tail: float) -> tuple[float | None, float | None]:
+def _bootstrap_mean(
+    values: np.ndarray, rng: np.random.Generator, n_resamples: int, tail: float
+) -> tuple[float | None, float | None]:
     """Percentile interval of the mean; None for fewer than 2 values (no spread to resample)."""
     if len(values) < 2:
         return None, None

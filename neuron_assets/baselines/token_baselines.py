@@ -20,9 +20,14 @@ import numpy as np
 import polars as pl
 
 PREDICTION_SCHEMA = {
-    "layer": pl.Int64, "neuron": pl.Int64, "method": pl.String, "excerpt_id": pl.Int64,
-    "excerpt_kind": pl.String, "predicted": pl.List(pl.Float64), "true_activations": pl.List(pl.Float64),
-}  # fmt: skip
+    "layer": pl.Int64,
+    "neuron": pl.Int64,
+    "method": pl.String,
+    "excerpt_id": pl.Int64,
+    "excerpt_kind": pl.String,
+    "predicted": pl.List(pl.Float64),
+    "true_activations": pl.List(pl.Float64),
+}
 
 
 def lookup_fallback(lookup: pl.DataFrame) -> pl.DataFrame:
@@ -44,8 +49,11 @@ def weight_based_table(
     """
     token_ids = (
         scoring.join(excerpts.select("excerpt_id", "token_ids"), on="excerpt_id")["token_ids"]
-        .explode().unique().sort().to_list()
-    )  # fmt: skip
+        .explode()
+        .unique()
+        .sort()
+        .to_list()
+    )
     tables = []
     for (layer,), rows in scoring.group_by("layer", maintain_order=True):
         neurons = rows["neuron"].unique().sort().to_list()

@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_model()}")
     excerpts = word_excerpts(args.excerpts)
-    with tempfile.TemporaryDirectory() as folder, LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server,
+    ):
         raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)
         cache = ResponseCache(Path(folder))
         client = CachingClient(raw, "bench", cache)
@@ -71,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| compressed row of what the reader uses (after) | {client.stats.cached_bytes / n:,.0f} |")
     print(f"| ... SQLite file size / excerpts | {file_bytes / n:,.0f} |")
     print(f"ratio before/after (file): {old_bytes / file_bytes:.1f}x")
-    print(f"replayed from the new cache: {replay.stats.cache_hits}/{n} hits, {replay.stats.calls} calls, "
-          f"values identical: {again == first}")  # fmt: skip
+    print(
+        f"replayed from the new cache: {replay.stats.cache_hits}/{n} hits, {replay.stats.calls} calls, "
+        f"values identical: {again == first}"
+    )
     return 0
 
 

@@ -66,8 +66,16 @@ print(json.dumps({"prompt_tok_s": n_prompt / prompt_s, "generate_tok_s": n_gener
 def measure(build: Path, prepare: bool, prompt_tokens: int, generated_tokens: int) -> dict:
     """One measurement of ``build`` in a fresh process; a crash is reported, not raised."""
     project = str(Path(__file__).resolve().parents[2])
-    command = [sys.executable, "-c", MEASURE, str(build), str(packaged_gguf_path()), "1" if prepare else "0",
-               str(prompt_tokens), str(generated_tokens)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-c",
+        MEASURE,
+        str(build),
+        str(packaged_gguf_path()),
+        "1" if prepare else "0",
+        str(prompt_tokens),
+        str(generated_tokens),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": project})
     if done.returncode != 0:
         return {"crashed": _describe_exit(done.returncode)}
@@ -76,9 +84,13 @@ def measure(build: Path, prepare: bool, prompt_tokens: int, generated_tokens: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("builds", nargs="+", help="NAME=FOLDER of each installed llama_cpp build; the first is the reference")
+    parser.add_argument(
+        "builds", nargs="+", help="NAME=FOLDER of each installed llama_cpp build; the first is the reference"
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--as-is", action="store_true", help="also run each build without the server's start-up settings")
+    parser.add_argument(
+        "--as-is", action="store_true", help="also run each build without the server's start-up settings"
+    )
     args = parser.parse_args(argv)
     builds = dict(item.split("=", 1) for item in args.builds)
     variants = [(name, True) for name in builds] + ([(name, False) for name in builds] if args.as_is else [])
@@ -91,12 +103,16 @@ def main(argv: list[str] | None = None) -> None:
             results[(name, prepare)].append(measure(Path(builds[name]), prepare, PROMPT_TOKENS, GENERATED_TOKENS))
 
     reference = statistics.median(r["prompt_tok_s"] for r in results[variants[0]] if "crashed" not in r)
-    print(f"{'build':<12} {'start-up':<10} {'prompt tok/s':>12} {'× ' + variants[0][0]:>12} {'gen tok/s':>10}  features / outcome")
+    print(
+        f"{'build':<12} {'start-up':<10} {'prompt tok/s':>12} {'× ' + variants[0][0]:>12} {'gen tok/s':>10}  features / outcome"
+    )
     for (name, prepare), runs in results.items():
         settings = "server" if prepare else "as-is"
         crashed = [r for r in runs if "crashed" in r]
         if crashed:
-            print(f"{name:<12} {settings:<10} {'crashed':>12} {'':>12} {'':>10}  {crashed[0]['crashed']} in {len(crashed)}/{len(runs)} runs")
+            print(
+                f"{name:<12} {settings:<10} {'crashed':>12} {'':>12} {'':>10}  {crashed[0]['crashed']} in {len(crashed)}/{len(runs)} runs"
+            )
             continue
         prompt = statistics.median(r["prompt_tok_s"] for r in runs)
         generate = statistics.median(r["generate_tok_s"] for r in runs)

@@ -62,9 +62,10 @@ def post(url: str, body: dict) -> dict:
 def measure(extra_args: tuple[str, ...], excerpts: list[list[str]], rounds: int = 2) -> dict[str, float]:
     """Tokens per second of each way over ``excerpts``, and seconds per explanation."""
     totals = {name: [0.0, 0] for name in ("prompt evaluation", "raw request", "pipeline")}
-    with tempfile.TemporaryDirectory() as folder, LocalLlamaServer(
-        packaged_gguf_path(), PACKAGED_MODEL_ALIAS, extra_args=extra_args
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, extra_args=extra_args) as server,
+    ):
         url = f"{server.base_url}/completions"
         raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)
         client = CachingClient(raw, "bench", ResponseCache(Path(folder)))
@@ -150,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     excerpts = word_excerpts(args.excerpts)
     settings = [(), *(tuple(shlex.split(lever)) for lever in args.lever)]
     print(f"{len(excerpts)} all-at-once prompts of 64-token excerpts per way; 2 explanations of 5 excerpts")
-    print("| server settings | prompt evaluation (tokens/s) | raw request (tokens/s) | pipeline (tokens/s) | "
-          "pipeline / raw request | pipeline / prompt evaluation | s per explanation |")  # fmt: skip
+    print(
+        "| server settings | prompt evaluation (tokens/s) | raw request (tokens/s) | pipeline (tokens/s) | "
+        "pipeline / raw request | pipeline / prompt evaluation | s per explanation |"
+    )
     print("|---|---|---|---|---|---|---|")
     measured = [
         (" ".join(extra) or "default", measure(extra, excerpts) | excerpts_per_prompt(extra, excerpts, args.per_prompt))
@@ -164,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['pipeline'] / m['prompt evaluation']:.2f} | {m['seconds per explanation']:.1f} |"
         )
     print(f"\nSeveral excerpts of one neuron in one raw request ({args.per_prompt} per prompt) against one per prompt:")
-    print("| server settings | s per excerpt, 1 per prompt | s per excerpt, several | speed-up | "
-          "prompt tokens per excerpt, 1 / several | r of the values |")  # fmt: skip
+    print(
+        "| server settings | s per excerpt, 1 per prompt | s per excerpt, several | speed-up | "
+        "prompt tokens per excerpt, 1 / several | r of the values |"
+    )
     print("|---|---|---|---|---|---|")
     for name, m in measured:
         one, several = m["s per excerpt, 1 per prompt"], m["s per excerpt, several per prompt"]

@@ -25,10 +25,21 @@ from neuron_assets.prompts.templates import simulator_prompt
 from neuron_assets.sampling.corpus import load_documents
 
 EXPLANATIONS = (
-    "words about sport", "numbers and dates", "names of people", "the word 'the'", "places and countries",
-    "verbs in the past tense", "punctuation at the end of a sentence", "words about money", "plural nouns",
-    "the first word of a sentence", "words about politics", "adjectives", "quotation marks", "words about music",
-)  # fmt: skip
+    "words about sport",
+    "numbers and dates",
+    "names of people",
+    "the word 'the'",
+    "places and countries",
+    "verbs in the past tense",
+    "punctuation at the end of a sentence",
+    "words about money",
+    "plural nouns",
+    "the first word of a sentence",
+    "words about politics",
+    "adjectives",
+    "quotation marks",
+    "words about music",
+)
 
 
 @dataclass(frozen=True)
@@ -80,25 +91,32 @@ def run_soak(calls: int, every: int, excerpt_length: int, ceiling: int, server_s
     with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, **server_settings) as server:
         cache = getattr(server, "cache_bytes", "as the server's defaults")
         limit = getattr(server, "memory_limit", "unknown")
-        print(f"\nSoak: {calls} all-at-once simulation calls on one server ({server.describe_build()}); "
-              f"prompt cache {format_gib(cache) if isinstance(cache, int) else cache or 'off'}; "
-              f"memory limit {format_gib(limit) if isinstance(limit, int) else limit or 'none'}; "
-              f"stops above {format_gib(ceiling)}")  # fmt: skip
+        print(
+            f"\nSoak: {calls} all-at-once simulation calls on one server ({server.describe_build()}); "
+            f"prompt cache {format_gib(cache) if isinstance(cache, int) else cache or 'off'}; "
+            f"memory limit {format_gib(limit) if isinstance(limit, int) else limit or 'none'}; "
+            f"stops above {format_gib(ceiling)}"
+        )
         print("| calls | resident | peak | s per call | prompt tokens/s |")
         print("|---|---|---|---|---|")
         checkpoints = []
         for c in soak(server, calls, every, excerpt_length, ceiling):
             checkpoints.append(c)
-            print(f"| {c.calls} | {format_gib(c.resident)} | {format_gib(c.peak)} | {c.seconds / c.block_calls:.2f} | "
-                  f"{c.prompt_tokens / c.seconds:.0f} |", flush=True)  # fmt: skip
+            print(
+                f"| {c.calls} | {format_gib(c.resident)} | {format_gib(c.peak)} | {c.seconds / c.block_calls:.2f} | "
+                f"{c.prompt_tokens / c.seconds:.0f} |",
+                flush=True,
+            )
     if checkpoints and checkpoints[-1].calls < calls:
         print(f"stopped after {checkpoints[-1].calls} calls: the server's memory passed {format_gib(ceiling)}")
     elif len(checkpoints) > 1:
         first, last = checkpoints[0], checkpoints[-1]
-        print(f"throughput at the start {first.block_calls / first.seconds:.2f} calls/s, "
-              f"at the end {last.block_calls / last.seconds:.2f} calls/s; "
-              f"resident at the end minus after the first {first.calls}: "
-              f"{(last.resident - first.resident) / GIB:+.2f} GiB")  # fmt: skip
+        print(
+            f"throughput at the start {first.block_calls / first.seconds:.2f} calls/s, "
+            f"at the end {last.block_calls / last.seconds:.2f} calls/s; "
+            f"resident at the end minus after the first {first.calls}: "
+            f"{(last.resident - first.resident) / GIB:+.2f} GiB"
+        )
     return checkpoints
 
 
@@ -111,7 +129,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--cache", default=None, help="the prompt cache's capacity (a size, or off); default: the server's")
+    parser.add_argument(
+        "--cache", default=None, help="the prompt cache's capacity (a size, or off); default: the server's"
+    )
     arguments(parser)
     args = parser.parse_args(argv)
     print(f"CPU: {cpu_model()}")

@@ -60,14 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     excerpts = make_excerpts(load_documents("lee"), model.tokenize, model.token_text, model.name)
     neurons = NeuronSelection("random", n=args.neurons, seed=0).resolve(model.d_mlp, args.layer)
     recorders = record(
-        model.run_with_mlp_hooks, excerpts, {args.layer: neurons}, random_sample(excerpts, max(args.random, 1), 0),
+        model.run_with_mlp_hooks,
+        excerpts,
+        {args.layer: neurons},
+        random_sample(excerpts, max(args.random, 1), 0),
         start_token_id=model.document_start_token_id(),
-    )  # fmt: skip
+    )
     records, _, _ = record_tables(recorders, RecordingSettings())
 
     with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server:
         raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0)
-        explanations = explain_neurons(CachingClient(raw, server.base_url, None), PACKAGED_MODEL_ALIAS, records, excerpts)
+        explanations = explain_neurons(
+            CachingClient(raw, server.base_url, None), PACKAGED_MODEL_ALIAS, records, excerpts
+        )
         jobs = (
             explanations.select("layer", "neuron", "explanation")
             .join(select_scoring_excerpts(records, args.top, args.random), on=["layer", "neuron"])
@@ -87,8 +92,10 @@ def main(argv: list[str] | None = None) -> None:
 
     true = jobs["activations"].to_list()
     print(f"CPU: {cpu_model()}")
-    print(f"subject model {model.name}, layer {args.layer}, neurons {neurons}; simulator {PACKAGED_MODEL_ALIAS} "
-          f"on llama.cpp; {len(jobs)} excerpts, {sum(len(t) for t in true)} tokens, the same for every mode")  # fmt: skip
+    print(
+        f"subject model {model.name}, layer {args.layer}, neurons {neurons}; simulator {PACKAGED_MODEL_ALIAS} "
+        f"on llama.cpp; {len(jobs)} excerpts, {sum(len(t) for t in true)} tokens, the same for every mode"
+    )
     for row in explanations.select("neuron", "explanation").iter_rows():
         print(f"  neuron {row[0]}: {row[1]}")
     _print_costs(runs)
@@ -116,26 +123,36 @@ def _simulate(run: ModeRun, mode: str, explanation: str, tokens: list[str]) -> l
 
 def _print_costs(runs: dict[str, ModeRun]) -> None:
     print("\nthe value 10 is read as: " + ", ".join(f"{mode} {run.ten_handling}" for mode, run in runs.items()))
-    print(f"\n{'mode':14s} {'calls':>6s} {'prompt tok':>10s} {'compl tok':>9s} {'seconds':>8s} "
-          f"{'sim tok/s':>9s} {'valued':>7s} {'misalig':>7s} {'failed':>6s}")  # fmt: skip
+    print(
+        f"\n{'mode':14s} {'calls':>6s} {'prompt tok':>10s} {'compl tok':>9s} {'seconds':>8s} "
+        f"{'sim tok/s':>9s} {'valued':>7s} {'misalig':>7s} {'failed':>6s}"
+    )
     for mode, run in runs.items():
         stats = run.client.stats
         valued = sum(v is not None for values in run.simulated for v in values)
-        print(f"{mode:14s} {stats.calls:6d} {stats.prompt_tokens:10d} {stats.completion_tokens:9d} "
-              f"{run.seconds:8.1f} {run.tokens / run.seconds:9.2f} {valued / run.tokens:7.0%} "
-              f"{run.misaligned:7d} {run.failed_excerpts:6d}")  # fmt: skip
+        print(
+            f"{mode:14s} {stats.calls:6d} {stats.prompt_tokens:10d} {stats.completion_tokens:9d} "
+            f"{run.seconds:8.1f} {run.tokens / run.seconds:9.2f} {valued / run.tokens:7.0%} "
+            f"{run.misaligned:7d} {run.failed_excerpts:6d}"
+        )
     one, together = runs["one_at_a_time"], runs["all_at_once"]
-    print(f"all-at-once speed-up over one-at-a-time (same tokens, same run): {one.seconds / together.seconds:.2f}x "
-          f"in seconds, {one.client.stats.prompt_tokens / together.client.stats.prompt_tokens:.1f}x in prompt "
-          f"tokens billed, {one.client.stats.calls / together.client.stats.calls:.0f}x in calls")  # fmt: skip
+    print(
+        f"all-at-once speed-up over one-at-a-time (same tokens, same run): {one.seconds / together.seconds:.2f}x "
+        f"in seconds, {one.client.stats.prompt_tokens / together.client.stats.prompt_tokens:.1f}x in prompt "
+        f"tokens billed, {one.client.stats.calls / together.client.stats.calls:.0f}x in calls"
+    )
     print("valued: share of tokens that got a value; failed: excerpts whose reply could not be read at all")
 
 
 def _print_scores(runs: dict[str, ModeRun], true: list[list[float]]) -> None:
-    print("\nscore against the true activations (pooled correlation over all tokens, an unvalued one counted as 0; n tokens):")
+    print(
+        "\nscore against the true activations (pooled correlation over all tokens, an unvalued one counted as 0; n tokens):"
+    )
     for mode, run in runs.items():
         result = score(run.simulated, true)
-        shown = f"{result.correlation:.3f}" if result.correlation is not None else f"undefined ({result.undefined_reason})"
+        shown = (
+            f"{result.correlation:.3f}" if result.correlation is not None else f"undefined ({result.undefined_reason})"
+        )
         print(f"  {mode:14s} {shown}  n={result.n_tokens}")
 
 

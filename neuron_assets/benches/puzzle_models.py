@@ -48,9 +48,13 @@ def measure(client: CachingClient, model: str, puzzles: list[Puzzle], mode: str)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH of another GGUF to measure")
-    parser.add_argument("--modes", default="all_at_once,chat_logprobs,json", help=f"comma-separated, of {sorted(MODES)}")
+    parser.add_argument(
+        "--modes", default="all_at_once,chat_logprobs,json", help=f"comma-separated, of {sorted(MODES)}"
+    )
     parser.add_argument("--puzzles", default=str(OUR_PUZZLES), help="puzzle file")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N puzzles (one_at_a_time is a call per token)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="only the first N puzzles (one_at_a_time is a call per token)"
+    )
     parser.add_argument("--without-packaged", action="store_true", help="measure only the --model GGUFs")
     args = parser.parse_args(argv)
 
@@ -72,11 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in models.items():
         with LocalLlamaServer(path, PACKAGED_MODEL_ALIAS) as server:
             for mode in modes:
-                client = CachingClient(openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0), name, None)
+                client = CachingClient(
+                    openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0), name, None
+                )
                 try:
                     result = measure(client, PACKAGED_MODEL_ALIAS, puzzles, mode)
                 except Exception as error:  # a model that cannot do a mode is a row of the table, not a crash
-                    result = {"error": f"{type(error).__name__}: " + "; ".join(s.strip() for s in str(error).splitlines())[:400]}
+                    result = {
+                        "error": f"{type(error).__name__}: "
+                        + "; ".join(s.strip() for s in str(error).splitlines())[:400]
+                    }
                 rows.append({"model": name, "mode": mode, **result})
                 print(rows[-1], flush=True)
     table = pl.DataFrame(rows, infer_schema_length=None)

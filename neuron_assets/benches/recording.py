@@ -46,9 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     excerpts = excerpts.sort("pool").gather_every(max(1, len(excerpts) // args.excerpts)).head(args.excerpts)
     randoms = random_sample(excerpts, 4, seed=0)
     all_neurons = list(range(model.d_mlp))
-    batches = [
-        _with_start(model, excerpts.slice(i, args.batch_size)) for i in range(0, len(excerpts), args.batch_size)
-    ]
+    batches = [_with_start(model, excerpts.slice(i, args.batch_size)) for i in range(0, len(excerpts), args.batch_size)]
     n_tokens = sum(b.numel() for b in batches)
 
     def bare() -> None:
@@ -64,9 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     def recording(layers: list[int], selected: list[int]) -> Callable[[], object]:
         neurons = {layer: selected for layer in layers}
         return lambda: record(
-            model.run_with_mlp_hooks, excerpts, neurons, randoms,
-            start_token_id=model.document_start_token_id(), batch_size=args.batch_size,
-        )  # fmt: skip
+            model.run_with_mlp_hooks,
+            excerpts,
+            neurons,
+            randoms,
+            start_token_id=model.document_start_token_id(),
+            batch_size=args.batch_size,
+        )
 
     every_layer = list(range(model.n_layers))
     variants = {
@@ -88,10 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     stolen = _stolen_share(stolen_before, _cpu_ticks())
 
     bare = times[names[0]]
-    print(f"CPU: {cpu_model()}; subject model on {model.device}"
-          + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.startswith("cuda") else ""))
-    print(f"model {model.name}, {len(excerpts)} excerpts, {n_tokens} tokens/round, {args.rounds} rounds, "
-          f"torch threads {torch.get_num_threads()}, CPU time stolen by the host {stolen}")  # fmt: skip
+    print(
+        f"CPU: {cpu_model()}; subject model on {model.device}"
+        + (f" ({torch.cuda.get_device_name(model.device)})" if model.device.startswith("cuda") else "")
+    )
+    print(
+        f"model {model.name}, {len(excerpts)} excerpts, {n_tokens} tokens/round, {args.rounds} rounds, "
+        f"torch threads {torch.get_num_threads()}, CPU time stolen by the host {stolen}"
+    )
     print(f"{'variant':45s} {'median s':>9s} {'tokens/s':>9s} {'x bare':>7s} {'rounds':>11s}")
     for name, samples in times.items():
         median = statistics.median(samples)

@@ -56,9 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     neurons = {layer: list(range(model.d_mlp)) for layer in layers}
     randoms = random_sample(excerpts, 20, seed=0)
     print(f"CPU: {cpu_model()}; subject model {model.name} on {model.device}, torch threads {torch.get_num_threads()}")
-    print(f"corpus {args.corpus or 'standard library sources'}: {len(excerpts)} excerpts of "
-          f"{len(excerpts['token_ids'][0])} tokens ({excerpts.estimated_size() / 2**20:.0f} MiB as a table); "
-          f"recording layers {layers}, all {model.d_mlp} neurons each")  # fmt: skip
+    print(
+        f"corpus {args.corpus or 'standard library sources'}: {len(excerpts)} excerpts of "
+        f"{len(excerpts['token_ids'][0])} tokens ({excerpts.estimated_size() / 2**20:.0f} MiB as a table); "
+        f"recording layers {layers}, all {model.d_mlp} neurons each"
+    )
     # Loading peaks above what the pass needs: give freed memory back to the system and
     # reset the peak, so what follows is the pass's own.
     gc.collect()
@@ -73,21 +75,29 @@ def main(argv: list[str] | None = None) -> None:
     def progress(done: int, total: int) -> None:
         while pending and done >= pending[0]:
             now = _memory()
-            print(f"{pending.pop(0):9d} {time.perf_counter() - start:8.0f} {now['VmRSS']:13.0f} {now['VmHWM']:31.0f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{pending.pop(0):9d} {time.perf_counter() - start:8.0f} {now['VmRSS']:13.0f} {now['VmHWM']:31.0f}",
+                flush=True,
+            )
 
     recorders = record(
-        model.run_with_mlp_hooks, excerpts, neurons, randoms,
-        start_token_id=model.document_start_token_id(), progress=progress,
-    )  # fmt: skip
+        model.run_with_mlp_hooks,
+        excerpts,
+        neurons,
+        randoms,
+        start_token_id=model.document_start_token_id(),
+        progress=progress,
+    )
     state = sum(
         array.nbytes
         for r in recorders.values()
         for array in (r.top_values, r.top_ids, r.top_acts, r.random_acts, r.token_sums, r.token_counts)
     )
     vocabulary = len(next(iter(recorders.values())).vocabulary)
-    print(f"recorder state allocated: {state / 2**20:.0f} MiB, of which token sums "
-          f"{vocabulary} distinct tokens x {model.d_mlp} neurons x {len(recorders)} layers x 8 bytes")  # fmt: skip
+    print(
+        f"recorder state allocated: {state / 2**20:.0f} MiB, of which token sums "
+        f"{vocabulary} distinct tokens x {model.d_mlp} neurons x {len(recorders)} layers x 8 bytes"
+    )
 
 
 def _standard_library_corpus(folder: Path, characters: int) -> Path:

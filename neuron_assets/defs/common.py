@@ -21,7 +21,9 @@ def preview(frame: pl.DataFrame, score_column: str, viewer: str | None = None, n
     """Markdown table of the best and worst rows by ``score_column`` (undefined scores apart);
     with ``viewer`` (the experiment's viewer address) each neuron links to its viewer page."""
     defined = frame.filter(pl.col(score_column).is_not_null()).sort(score_column, descending=True)
-    shown = pl.concat([defined.head(n), defined.tail(n)]).unique(maintain_order=True) if len(defined) > 2 * n else defined
+    shown = (
+        pl.concat([defined.head(n), defined.tail(n)]).unique(maintain_order=True) if len(defined) > 2 * n else defined
+    )
     columns = [c for c in ("layer", "neuron", "polarity", "sample", "explanation", score_column) if c in shown.columns]
     shown = shown.select(columns).with_columns(pl.col(score_column).round(3))
     if viewer is not None:
@@ -75,7 +77,6 @@ def column_schema(table: str) -> dg.TableSchema:
     columns = TABLES[table].to_schema().columns
     return dg.TableSchema(
         columns=[
-            dg.TableColumn(name, str(column.dtype), description=column.description)
-            for name, column in columns.items()
+            dg.TableColumn(name, str(column.dtype), description=column.description) for name, column in columns.items()
         ]
     )

@@ -37,16 +37,28 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
         partitions = layer_partitions(model_shape(subject_model).n_layers)
         experiments = [
             Experiment(
-                subject_model, variant, partitions, settings.viewer_url,
-                settings.llm_layers_per_run, settings.recording_layers_per_run,
-            )  # fmt: skip
+                subject_model,
+                variant,
+                partitions,
+                settings.viewer_url,
+                settings.llm_layers_per_run,
+                settings.recording_layers_per_run,
+            )
             for variant in settings.variants
         ]
-        built += [a for domain in DOMAINS if hasattr(domain, "build_model_assets") for a in domain.build_model_assets(experiments[0])]
         built += [
-            a for experiment in experiments for domain in DOMAINS if hasattr(domain, "build_variant_assets")
+            a
+            for domain in DOMAINS
+            if hasattr(domain, "build_model_assets")
+            for a in domain.build_model_assets(experiments[0])
+        ]
+        built += [
+            a
+            for experiment in experiments
+            for domain in DOMAINS
+            if hasattr(domain, "build_variant_assets")
             for a in domain.build_variant_assets(experiment)
-        ]  # fmt: skip
+        ]
     results = ResultStoreResource(data_dir=str(settings.data_dir))
     urls = [url.strip() for url in (settings.llm_base_url or "").split(",") if url.strip()]
     return dg.Definitions(

@@ -72,7 +72,9 @@ class Experiment:
         when ``partitioned``, the layer partitions with their backfill policy."""
         from neuron_assets.defs.common import column_schema
 
-        layers = {"partitions_def": self.partitions, "backfill_policy": self.backfill_policy(table)} if partitioned else {}
+        layers = (
+            {"partitions_def": self.partitions, "backfill_policy": self.backfill_policy(table)} if partitioned else {}
+        )
         columns = {"dagster/column_schema": column_schema(table)}
         return {"key": self.key(table), "ins": self.ins(*inputs), "metadata": columns, **layers}
 
@@ -89,9 +91,11 @@ class Experiment:
         from neuron_assets.defs.common import column_schema
 
         return dg.AssetOut(
-            key=self.key(table), metadata={"dagster/column_schema": column_schema(table)}, group_name=group,
+            key=self.key(table),
+            metadata={"dagster/column_schema": column_schema(table)},
+            group_name=group,
             description=description,
-        )  # fmt: skip
+        )
 
     def ins(self, *tables: str) -> dict[str, dg.AssetIn]:
         """Inputs named after the tables, read from this experiment's assets."""

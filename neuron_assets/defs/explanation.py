@@ -1,5 +1,4 @@
-"""Explanation: the explainer LLM's one-sentence explanations and the lookup-table explanation baseline.
-"""
+"""Explanation: the explainer LLM's one-sentence explanations and the lookup-table explanation baseline."""
 
 from typing import Any
 
@@ -54,9 +53,12 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         explainer, _ = llm.model_names()
         client = llm.client()
         options = {
-            "n_samples": config.n_samples, "temperature": config.temperature, "max_tokens": config.max_tokens,
-            "seed": config.seed, "concurrency": llm.max_concurrency,
-        }  # fmt: skip
+            "n_samples": config.n_samples,
+            "temperature": config.temperature,
+            "max_tokens": config.max_tokens,
+            "seed": config.seed,
+            "concurrency": llm.max_concurrency,
+        }
 
         def explain_side(polarity: str) -> pl.DataFrame:
             records, lookup, frames = side(activation_records, polarity), side(token_lookup, polarity), []
@@ -64,34 +66,47 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             if EXPLANATION in methods:
                 frames.append(
                     explain_neurons(
-                        client, explainer, records, excerpts, n_examples=config.n_examples,
-                        on_neuron=lambda layer, neuron: context.log.info(f"explained layer {layer} neuron {neuron}{where}"),
+                        client,
+                        explainer,
+                        records,
+                        excerpts,
+                        n_examples=config.n_examples,
+                        on_neuron=lambda layer, neuron: context.log.info(
+                            f"explained layer {layer} neuron {neuron}{where}"
+                        ),
                         **options,
-                    )  # fmt: skip
+                    )
                 )
             if NEXT_TOKEN_EXPLANATION in methods:
                 frames.append(
                     explain_neurons(
-                        client, explainer, *next_token_view(records, excerpts), n_examples=config.n_examples,
+                        client,
+                        explainer,
+                        *next_token_view(records, excerpts),
+                        n_examples=config.n_examples,
                         on_neuron=lambda layer, neuron: context.log.info(
                             f"next-token explained layer {layer} neuron {neuron}{where}"
                         ),
                         **options,
                     ).with_columns(method=pl.lit(NEXT_TOKEN_EXPLANATION))
-                )  # fmt: skip
+                )
             if LOOKUP_EXPLANATION in methods:
                 top_tokens = top_lookup_tokens(
-                    lookup, lookup.select("token_id", "token").unique("token_id"),
-                    config.lookup_tokens, config.lookup_min_count,
-                )  # fmt: skip
+                    lookup,
+                    lookup.select("token_id", "token").unique("token_id"),
+                    config.lookup_tokens,
+                    config.lookup_min_count,
+                )
                 frames.append(
                     explain_lookup_tables(
-                        client, explainer, top_tokens,
+                        client,
+                        explainer,
+                        top_tokens,
                         on_neuron=lambda layer, neuron: context.log.info(
                             f"lookup-explained layer {layer} neuron {neuron}{where}"
                         ),
                         **options,
-                    )  # fmt: skip
+                    )
                 )
             return pl.concat(frames, how="vertical")
 

@@ -42,10 +42,15 @@ def build_assets() -> list[Any]:
         client, simulator, mode, ten_handling = llm.simulator(config.mode)
         started = time.perf_counter()
         frame = scorer_test(
-            client, simulator, puzzles, mode=mode, ten_handling=ten_handling,
-            distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
+            client,
+            simulator,
+            puzzles,
+            mode=mode,
+            ten_handling=ten_handling,
+            distribution_shift=llm.prompt_logprobs_shift,
+            concurrency=llm.max_concurrency,
             on_puzzle=lambda name: context.log.info(f"simulated puzzle {name}"),
-        ).with_columns(run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path)))  # fmt: skip
+        ).with_columns(run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path)))
         seconds = time.perf_counter() - started
         summary = scorer_summary(frame)
         context.add_output_metadata(
@@ -55,9 +60,12 @@ def build_assets() -> list[Any]:
                 "seconds_per_puzzle": round(seconds / len(puzzles), 2),  # near 0 when every response was cached
                 **client.stats.as_metadata(),
                 "ranks": dg.MetadataValue.md(
-                    markdown(frame.filter(pl.col("candidate_kind") == "true").select(
-                        "puzzle", "rank", "n_candidates", pl.col("correlation").round(3)))
-                ),  # fmt: skip
+                    markdown(
+                        frame.filter(pl.col("candidate_kind") == "true").select(
+                            "puzzle", "rank", "n_candidates", pl.col("correlation").round(3)
+                        )
+                    )
+                ),
             }
         )
         return frame
@@ -74,7 +82,7 @@ def build_assets() -> list[Any]:
             explain_puzzles,
             score_candidates,
             simulate_candidates,
-        )  # fmt: skip
+        )
         from neuron_assets.puzzles.puzzle_file import load_puzzles
 
         path = puzzle_scores["puzzle_file"][0]
@@ -91,9 +99,15 @@ def build_assets() -> list[Any]:
             candidate=pl.lit(0, dtype=pl.Int64), candidate_kind=pl.lit(GENERATED)
         )
         simulations = simulate_candidates(
-            client, simulator, puzzles, candidates, mode=mode, ten_handling=puzzle_scores["ten_handling"][0],
-            distribution_shift=llm.prompt_logprobs_shift, concurrency=llm.max_concurrency,
-        )  # fmt: skip
+            client,
+            simulator,
+            puzzles,
+            candidates,
+            mode=mode,
+            ten_handling=puzzle_scores["ten_handling"][0],
+            distribution_shift=llm.prompt_logprobs_shift,
+            concurrency=llm.max_concurrency,
+        )
         reference = puzzle_scores.group_by("puzzle").agg(
             pl.col("explanation").filter(pl.col("candidate_kind") == TRUE).first().alias("true_explanation"),
             pl.col("correlation").filter(pl.col("candidate_kind") == TRUE).first().alias("true_correlation"),
@@ -103,10 +117,13 @@ def build_assets() -> list[Any]:
             written.join(score_candidates(simulations).select("puzzle", "correlation", "undefined_reason"), on="puzzle")
             .join(reference, on="puzzle")
             .with_columns(
-                run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(path), explainer_model=pl.lit(explainer),
-                prompt_version=pl.lit(EXPLAINER_PROMPT_VERSION), simulator_model=pl.lit(simulator),
+                run_id=pl.lit(context.run.run_id),
+                puzzle_file=pl.lit(path),
+                explainer_model=pl.lit(explainer),
+                prompt_version=pl.lit(EXPLAINER_PROMPT_VERSION),
+                simulator_model=pl.lit(simulator),
                 simulation_mode=pl.lit(mode),
-            )  # fmt: skip
+            )
         )
         matched = int((frame["correlation"] >= frame["true_correlation"]).fill_null(False).sum())
         beats_false = int((frame["correlation"] > frame["best_false_correlation"]).fill_null(False).sum())
@@ -118,8 +135,15 @@ def build_assets() -> list[Any]:
                 "explainer_model": explainer,
                 **client.stats.as_metadata(),
                 "explanations": dg.MetadataValue.md(
-                    markdown(frame.select("puzzle", "true_explanation", "explanation", pl.col("correlation").round(3),
-                                          pl.col("true_correlation").round(3)))  # fmt: skip
+                    markdown(
+                        frame.select(
+                            "puzzle",
+                            "true_explanation",
+                            "explanation",
+                            pl.col("correlation").round(3),
+                            pl.col("true_correlation").round(3),
+                        )
+                    )
                 ),
             }
         )

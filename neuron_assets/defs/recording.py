@@ -79,9 +79,14 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
 
         model = subject_model.load(experiment.subject_model)
         frame = make_excerpts(
-            documents, model.tokenize, model.token_text, model.name,
-            length=config.length, scoring_fraction=config.scoring_fraction, seed=config.seed,
-        )  # fmt: skip
+            documents,
+            model.tokenize,
+            model.token_text,
+            model.name,
+            length=config.length,
+            scoring_fraction=config.scoring_fraction,
+            seed=config.seed,
+        )
         pools = frame.group_by("pool").agg(pl.len(), pl.col("doc_id").n_unique().alias("documents"))
         context.add_output_metadata(
             {
@@ -138,15 +143,13 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
             random_sample,
             record,
             record_tables,
-        )  # fmt: skip
+        )
 
         model = subject_model.load_for(experiment.subject_model, excerpts)
         layers = requested_layers(context)
         model.check_layers(layers)
         start = model.document_start_token(config.document_start_token)
-        selection = NeuronSelection(
-            config.selection, config.n_neurons, config.seed, tuple(config.neuron_indices)
-        )
+        selection = NeuronSelection(config.selection, config.n_neurons, config.seed, tuple(config.neuron_indices))
         neurons = {layer: selection.resolve(model.d_mlp, layer) for layer in layers}
         recorders = record(
             model.run_with_mlp_hooks,
@@ -172,7 +175,9 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         # Each side's stats hold the whole range: -min of one side is the max of the other.
         one_side = stats.filter(pl.col("polarity") == stats["polarity"][0])
         negative_range, positive_range = (
-            (-one_side["min"], one_side["max"]) if stats["polarity"][0] == "positive" else (one_side["max"], -one_side["min"])
+            (-one_side["min"], one_side["max"])
+            if stats["polarity"][0] == "positive"
+            else (one_side["max"], -one_side["min"])
         )
         yield dg.Output(
             stats,

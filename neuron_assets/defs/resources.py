@@ -23,8 +23,9 @@ class SubjectModelResource(dg.ConfigurableResource):
     """
 
     device: str = Field(
-        default="auto", description="torch device of the subject models: 'auto' (a CUDA GPU where torch sees one, "
-        "else the CPU), 'cpu', 'cuda' or 'cuda:N'"
+        default="auto",
+        description="torch device of the subject models: 'auto' (a CUDA GPU where torch sees one, "
+        "else the CPU), 'cpu', 'cuda' or 'cuda:N'",
     )
     cache_dir: Optional[str] = None
 
@@ -87,8 +88,12 @@ class LLMResource(dg.ConfigurableResource):
 
     results: ResultStoreResource
     base_url: Optional[str] = None
-    base_urls: list[str] = Field(default_factory=list, description="more servers beside base_url, serving the same models")
-    per_server_concurrency: Optional[int] = Field(default=None, description="requests in flight per server (none: no limit)")
+    base_urls: list[str] = Field(
+        default_factory=list, description="more servers beside base_url, serving the same models"
+    )
+    per_server_concurrency: Optional[int] = Field(
+        default=None, description="requests in flight per server (none: no limit)"
+    )
     backend_name: Optional[str] = Field(
         default=None,
         description="what the response cache keys on instead of the URLs, so servers can be added or moved",
@@ -144,10 +149,15 @@ class LLMResource(dg.ConfigurableResource):
             self._server = LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS).__enter__()
             urls = [self._server.base_url]
         servers = [
-            Server(url, openai.OpenAI(
-                base_url=url, api_key=os.environ.get(self.api_key_env) or "not-needed", timeout=self.timeout_s,
-                max_retries=0,  # CachingClient retries, with its own policy
-            ))  # fmt: skip
+            Server(
+                url,
+                openai.OpenAI(
+                    base_url=url,
+                    api_key=os.environ.get(self.api_key_env) or "not-needed",
+                    timeout=self.timeout_s,
+                    max_retries=0,  # CachingClient retries, with its own policy
+                ),
+            )
             for url in urls
         ]
         pool = ServerPool(servers, self.per_server_concurrency)
@@ -244,4 +254,3 @@ class ResultStoreIOManager(dg.ConfigurableIOManager):
             return
         if written:
             context.log.info(f"DuckDB views written: {', '.join(written)}")
-

@@ -19,9 +19,12 @@ GROUP = "revision"
 
 class RevisionSentenceConfig(dg.Config):
     n_sentences: int = Field(default=10, description="sentences the explainer is asked to write per explanation")
-    n_revision: int = Field(default=5, description="of those, how many are shown to the reviser (the rest join the scoring set)")
+    n_revision: int = Field(
+        default=5, description="of those, how many are shown to the reviser (the rest join the scoring set)"
+    )
     false_positive_fraction: float = Field(
-        default=0.2, description="a sentence is a false positive when its max activation is below this share of the neuron's max"
+        default=0.2,
+        description="a sentence is a false positive when its max activation is below this share of the neuron's max",
     )
     max_sentence_tokens: int = Field(default=64, description="longer sentences are recorded as rejected, not run")
     seed: int = 0
@@ -66,10 +69,12 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             measure_sentences,
             split_sentences,
             write_sentences_for_neurons,
-        )  # fmt: skip
+        )
 
         if not 0 < config.n_revision < config.n_sentences:
-            raise ValueError(f"n_revision ({config.n_revision}) must be between 1 and n_sentences - 1 ({config.n_sentences - 1})")
+            raise ValueError(
+                f"n_revision ({config.n_revision}) must be between 1 and n_sentences - 1 ({config.n_sentences - 1})"
+            )
         originals = _first_samples(explanations)
         explainer, _ = llm.model_names()
         client = llm.client()
@@ -86,15 +91,23 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         def sentences_for_side(polarity: str) -> pl.DataFrame:
             sign = 1.0 if polarity == "positive" else -1.0  # the negative side's activations are negated
             written = write_sentences_for_neurons(
-                client, explainer, side(originals, polarity), n_sentences=config.n_sentences, seed=config.seed,
+                client,
+                explainer,
+                side(originals, polarity),
+                n_sentences=config.n_sentences,
+                seed=config.seed,
                 concurrency=llm.max_concurrency,
                 on_neuron=lambda layer, neuron: context.log.info(f"wrote sentences for layer {layer} neuron {neuron}"),
-            )  # fmt: skip
+            )
             measured = measure_sentences(
-                written, model.tokenize, model.token_text,
-                lambda ids, layer, neuron: [sign * a[:, 0] for a in model.activations_on_token_ids(ids, layer, [neuron], start)],
+                written,
+                model.tokenize,
+                model.token_text,
+                lambda ids, layer, neuron: [
+                    sign * a[:, 0] for a in model.activations_on_token_ids(ids, layer, [neuron], start)
+                ],
                 config.max_sentence_tokens,
-            )  # fmt: skip
+            )
             marked = mark_false_positives(measured, side(neuron_stats, polarity), config.false_positive_fraction)
             return split_sentences(marked, config.n_revision, config.seed)
 
@@ -103,14 +116,16 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             on=["layer", "neuron", "polarity", "sample"],
         )
         frame = frame.with_columns(
-            n_requested=pl.lit(config.n_sentences, dtype=pl.Int64), explainer_model=pl.lit(explainer),
+            n_requested=pl.lit(config.n_sentences, dtype=pl.Int64),
+            explainer_model=pl.lit(explainer),
             prompt_version=pl.lit(SENTENCE_WRITER_PROMPT_VERSION),
             false_positive_fraction=pl.lit(config.false_positive_fraction),
-        ).drop("token_ids")  # fmt: skip
+        ).drop("token_ids")
         per_neuron = frame.group_by("layer", "neuron", "polarity").agg(
-            written=pl.len(), measured=pl.col("rejected_reason").is_null().sum(),
+            written=pl.len(),
+            measured=pl.col("rejected_reason").is_null().sum(),
             false_positives=pl.col("is_false_positive").sum(),
-        )  # fmt: skip
+        )
         short = per_neuron.filter(pl.col("written") < config.n_sentences)
         if len(short):
             context.log.warning(f"{len(short)} neuron(s) got fewer than {config.n_sentences} sentences: {short.rows()}")
@@ -128,7 +143,10 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         )
         return experiment.lineage(frame, context, "revision_sentences")
 
-    @dg.asset(group_name=GROUP, **experiment.asset("revisions", "revision_sentences", "activation_records", "explanations", "excerpts"))
+    @dg.asset(
+        group_name=GROUP,
+        **experiment.asset("revisions", "revision_sentences", "activation_records", "explanations", "excerpts"),
+    )
     def revisions(
         context: dg.AssetExecutionContext,
         config: RevisionConfig,
@@ -149,20 +167,39 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
 
         def revise_side(polarity: str) -> pl.DataFrame:
             jobs = revision_jobs(
-                side(originals, polarity), side(activation_records, polarity), side(revision_sentences, polarity),
-                excerpts, kinds, n_examples=config.n_examples, n_random_excerpts=config.n_random_excerpts,
+                side(originals, polarity),
+                side(activation_records, polarity),
+                side(revision_sentences, polarity),
+                excerpts,
+                kinds,
+                n_examples=config.n_examples,
+                n_random_excerpts=config.n_random_excerpts,
                 seed=config.seed,
-            )  # fmt: skip
+            )
             missing = side(originals, polarity).join(jobs, on=["layer", "neuron"], how="anti")
             if len(missing):
-                context.log.warning(f"no new evidence to revise {polarity} (layer, neuron) {missing.select('layer', 'neuron').rows()}")
+                context.log.warning(
+                    f"no new evidence to revise {polarity} (layer, neuron) {missing.select('layer', 'neuron').rows()}"
+                )
             revised = revise_neurons(
-                client, explainer, jobs, temperature=config.temperature, max_tokens=config.max_tokens,
-                seed=config.seed, concurrency=llm.max_concurrency,
+                client,
+                explainer,
+                jobs,
+                temperature=config.temperature,
+                max_tokens=config.max_tokens,
+                seed=config.seed,
+                concurrency=llm.max_concurrency,
                 on_neuron=lambda layer, neuron: context.log.info(f"revised layer {layer} neuron {neuron} ({polarity})"),
-            )  # fmt: skip
-            shown = jobs.select("layer", "neuron", "sample", "revision_kind", "original_explanation", "shown_sentences",
-                                "shown_excerpt_ids")  # fmt: skip
+            )
+            shown = jobs.select(
+                "layer",
+                "neuron",
+                "sample",
+                "revision_kind",
+                "original_explanation",
+                "shown_sentences",
+                "shown_excerpt_ids",
+            )
             return revised.join(shown, on=["layer", "neuron", "sample", "revision_kind"])
 
         frame = each_side(originals, revise_side).with_columns(
@@ -174,13 +211,20 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "kinds": str(kinds),
                 **client.stats.as_metadata(),
                 "preview": dg.MetadataValue.md(
-                    markdown(frame.select("layer", "neuron", "revision_kind", "original_explanation", "explanation").head(10))
+                    markdown(
+                        frame.select("layer", "neuron", "revision_kind", "original_explanation", "explanation").head(10)
+                    )
                 ),
             }
         )
         return experiment.lineage(frame, context, "revisions")
 
-    @dg.asset(group_name=GROUP, **experiment.asset("revision_scores", "revisions", "revision_sentences", "explanations", "scoring_excerpts", "excerpts"))
+    @dg.asset(
+        group_name=GROUP,
+        **experiment.asset(
+            "revision_scores", "revisions", "revision_sentences", "explanations", "scoring_excerpts", "excerpts"
+        ),
+    )
     def revision_scores(
         context: dg.AssetExecutionContext,
         config: RevisionScoreConfig,
@@ -202,8 +246,12 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         def score_side(polarity: str) -> pl.DataFrame:
             jobs = pl.concat(
                 [
-                    side(originals, polarity).select("layer", "neuron", "sample", "explanation", method=pl.lit(ORIGINAL)),
-                    side(revisions, polarity).select("layer", "neuron", "sample", "explanation", method="revision_kind"),
+                    side(originals, polarity).select(
+                        "layer", "neuron", "sample", "explanation", method=pl.lit(ORIGINAL)
+                    ),
+                    side(revisions, polarity).select(
+                        "layer", "neuron", "sample", "explanation", method="revision_kind"
+                    ),
                 ],
                 how="vertical",
             ).with_columns(explanation_neuron=pl.col("neuron"))
@@ -211,14 +259,23 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 side(scoring_excerpts, polarity), excerpts, side(revision_sentences, polarity)
             )
             simulations = simulate_neurons(
-                client, simulator, jobs, scoring, texts, mode=mode, distribution_shift=llm.prompt_logprobs_shift,
-                ten_handling=ten_handling, concurrency=llm.max_concurrency,
+                client,
+                simulator,
+                jobs,
+                scoring,
+                texts,
+                mode=mode,
+                distribution_shift=llm.prompt_logprobs_shift,
+                ten_handling=ten_handling,
+                concurrency=llm.max_concurrency,
                 on_neuron=lambda layer, neuron: context.log.info(
                     f"simulated revisions of layer {layer} neuron {neuron} ({polarity})"
                 ),
-            )  # fmt: skip
+            )
             named = jobs.select("layer", "neuron", "sample", pl.col("method").alias("revision_kind"), "explanation")
-            settings = simulations.select("simulator_model", "simulation_mode", "prompt_version", "ten_handling").unique()
+            settings = simulations.select(
+                "simulator_model", "simulation_mode", "prompt_version", "ten_handling"
+            ).unique()
             return (
                 score_revisions(simulations)
                 .join(named, on=["layer", "neuron", "sample", "revision_kind"])
@@ -226,9 +283,14 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             )
 
         frame = each_side(originals, score_side)
-        summary = frame.group_by("revision_kind", "scoring_set").agg(
-            pl.col("correlation").mean().round(3).alias("mean"), pl.col("correlation").is_not_null().sum().alias("scored")
-        ).sort("revision_kind", "scoring_set")
+        summary = (
+            frame.group_by("revision_kind", "scoring_set")
+            .agg(
+                pl.col("correlation").mean().round(3).alias("mean"),
+                pl.col("correlation").is_not_null().sum().alias("scored"),
+            )
+            .sort("revision_kind", "scoring_set")
+        )
         context.add_output_metadata(
             {"by_kind": dg.MetadataValue.md(markdown(summary)), "simulation_mode": mode, **client.stats.as_metadata()}
         )
@@ -261,9 +323,18 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             .join(improved, on=["layer", "polarity", "scoring_set", "revision_kind"], how="left")
             .with_columns(pl.col("n_improved").fill_null(0))
         )
-        shown = frame.select("layer", "polarity", "scoring_set", "revision_kind", "n_paired", "n_improved",
-                             *(pl.col(c).round(3) for c in ("mean_score", "revised_minus_original", "difference_ci_low",
-                                                            "difference_ci_high")))  # fmt: skip
+        shown = frame.select(
+            "layer",
+            "polarity",
+            "scoring_set",
+            "revision_kind",
+            "n_paired",
+            "n_improved",
+            *(
+                pl.col(c).round(3)
+                for c in ("mean_score", "revised_minus_original", "difference_ci_low", "difference_ci_high")
+            ),
+        )
         context.add_output_metadata({"comparison": dg.MetadataValue.md(markdown(shown))})
         return experiment.lineage(frame, context, "revision_comparisons")
 

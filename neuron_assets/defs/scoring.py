@@ -1,5 +1,4 @@
-"""Scoring: every method's correlation score with held-out calibration, and methods compared per layer.
-"""
+"""Scoring: every method's correlation score with held-out calibration, and methods compared per layer."""
 
 from typing import Any
 
@@ -30,8 +29,9 @@ def score_plots(scores: pl.DataFrame) -> str:
         images.append(plots.as_markdown_image(plots.score_distributions(one), f"scores per layer{where}"))
         images += [
             plots.as_markdown_image(plots.explanation_vs(one, method), f"explanation vs {method}{where}")
-            for method in BASELINES if method in set(one["method"].to_list())
-        ]  # fmt: skip
+            for method in BASELINES
+            if method in set(one["method"].to_list())
+        ]
     return "\n\n".join(images)
 
 
@@ -48,29 +48,46 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         """Every method's score per neuron: correlation of simulated (or predicted) with true activations on top-and-random and random-only excerpts, and explained variance under a held-out calibration."""
         from neuron_assets.scorers.scoring import score_simulations
 
-        columns = ["layer", "neuron", "sample", "method", "explanation_neuron", "excerpt_id", "excerpt_kind",
-                   "simulated", "true_activations"]  # fmt: skip
+        columns = [
+            "layer",
+            "neuron",
+            "sample",
+            "method",
+            "explanation_neuron",
+            "excerpt_id",
+            "excerpt_kind",
+            "simulated",
+            "true_activations",
+        ]
         predictions = token_predictions.with_columns(
             sample=pl.lit(0, dtype=pl.Int64),
             explanation_neuron=pl.lit(None, dtype=pl.Int64),
             simulated=pl.col("predicted"),
         )
         together = pl.concat([simulations.select(*columns, "polarity"), predictions.select(*columns, "polarity")])
-        frame = experiment.lineage(each_side(together, lambda polarity: score_simulations(side(together, polarity))), context, "scores")
+        frame = experiment.lineage(
+            each_side(together, lambda polarity: score_simulations(side(together, polarity))), context, "scores"
+        )
         named = explanations.select("layer", "neuron", "polarity", "sample", "method", "explanation")
         by_set = frame.join(named, on=["layer", "neuron", "polarity", "sample", "method"])
-        summary = frame.group_by("method", "scoring_set").agg(
-            pl.col("correlation").mean().alias("mean"),
-            pl.col("correlation").is_not_null().sum().alias("scored"),
-            pl.col("correlation").is_null().sum().alias("undefined"),
-        ).sort("method", "scoring_set")
+        summary = (
+            frame.group_by("method", "scoring_set")
+            .agg(
+                pl.col("correlation").mean().alias("mean"),
+                pl.col("correlation").is_not_null().sum().alias("scored"),
+                pl.col("correlation").is_null().sum().alias("undefined"),
+            )
+            .sort("method", "scoring_set")
+        )
         context.add_output_metadata(
             {  # a mean never stands without how many scores it covers and how many it leaves out
                 "by_method": dg.MetadataValue.md(markdown(summary.with_columns(pl.col("mean").round(3)))),
                 "undefined_scores": int(frame["correlation"].is_null().sum()),
                 "top_and_random_preview": dg.MetadataValue.md(
                     preview(
-                        by_set.filter((pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")),
+                        by_set.filter(
+                            (pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")
+                        ),
                         "correlation",
                         experiment.viewer,
                     )
@@ -88,9 +105,15 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
 
         frame = each_side(scores, lambda polarity: compare_methods(side(scores, polarity)))
         shown = frame.filter(pl.col("scoring_set") == "top_and_random").select(
-            "layer", "polarity", "method", "n_neurons", *(pl.col(c).round(3) for c in (
-                "mean_score", "explanation_minus_method", "difference_ci_low", "difference_ci_high"))
-        )  # fmt: skip
+            "layer",
+            "polarity",
+            "method",
+            "n_neurons",
+            *(
+                pl.col(c).round(3)
+                for c in ("mean_score", "explanation_minus_method", "difference_ci_low", "difference_ci_high")
+            ),
+        )
         context.add_output_metadata({"top_and_random": dg.MetadataValue.md(markdown(shown))})
         return experiment.lineage(frame, context, "method_comparisons")
 
@@ -108,7 +131,6 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             passed=nan.is_empty() and unexplained.is_empty(),
             metadata={"nan_scores": len(nan), "null_scores_without_reason": len(unexplained)},
         )
-
 
     @dg.asset_check(
         asset=experiment.key("scores"),
@@ -128,6 +150,8 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             .agg(pl.col("n_tokens").n_unique())
             .filter(pl.col("n_tokens") > 1)
         )
-        return dg.AssetCheckResult(passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)})
+        return dg.AssetCheckResult(
+            passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)}
+        )
 
     return [scores, method_comparisons, undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens]

@@ -61,10 +61,13 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         frame = each_side(
             activation_records,
             lambda polarity: select_scoring_excerpts(
-                side(activation_records, polarity), config.n_top, config.n_random, config.n_calibration_top,
+                side(activation_records, polarity),
+                config.n_top,
+                config.n_random,
+                config.n_calibration_top,
                 config.n_calibration_random,
             ),
-        )  # fmt: skip
+        )
         kinds = frame.group_by("excerpt_kind").len().sort("excerpt_kind")
         context.add_output_metadata({"excerpts_by_kind": dg.MetadataValue.md(markdown(kinds))})
         return experiment.lineage(frame, context, "scoring_excerpts")
@@ -131,7 +134,9 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         stored = explanations["method"].unique().to_list()
         missing = [m for m in methods if m != CONTROL and m not in stored]
         if missing:
-            raise ValueError(f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'")
+            raise ValueError(
+                f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'"
+            )
         client, simulator, mode, ten_handling = llm.simulator(config.mode)
         context.log.info(f"simulation mode: {mode} (asked for {config.mode}); the value 10 is read as {ten_handling}")
 
@@ -150,13 +155,19 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             return pl.concat(
                 [
                     simulate_neurons(
-                        client, simulator, view_jobs, view_scoring, view_excerpts, mode=mode,
-                        distribution_shift=llm.prompt_logprobs_shift, ten_handling=ten_handling,
+                        client,
+                        simulator,
+                        view_jobs,
+                        view_scoring,
+                        view_excerpts,
+                        mode=mode,
+                        distribution_shift=llm.prompt_logprobs_shift,
+                        ten_handling=ten_handling,
                         concurrency=llm.max_concurrency,
                         on_neuron=lambda layer, neuron: context.log.info(
                             f"simulated layer {layer} neuron {neuron} ({polarity})"
                         ),
-                    )  # fmt: skip
+                    )
                     for view_jobs, view_scoring, view_excerpts in views
                     if len(view_jobs)
                 ],

@@ -29,9 +29,14 @@ from neuron_assets.sampling.excerpts import EXPLANATION_POOL
 from neuron_assets.scorers.methods import EXPLANATION, LOOKUP_EXPLANATION
 
 EXPLANATION_SCHEMA = {
-    "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "explanation": pl.String,
-    "raw_reply": pl.String, "excerpt_ids": pl.List(pl.Int64), "prompt_shortening": pl.String,
-}  # fmt: skip
+    "layer": pl.Int64,
+    "neuron": pl.Int64,
+    "sample": pl.Int64,
+    "explanation": pl.String,
+    "raw_reply": pl.String,
+    "excerpt_ids": pl.List(pl.Int64),
+    "prompt_shortening": pl.String,
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ def explain(
     A prompt the backend refuses as too long is shortened (``shortening_steps``: few-shot
     neurons first, then the lowest-ranked excerpts) and the shortening is recorded.
     """
+
     def ask(size: tuple[int, int], request_seed: int) -> dict[str, Any]:
         n_fewshot, n_shown = size
         return client.chat.completions.create(
@@ -77,9 +83,11 @@ def explain(
         last_error: ExplanationParseError | None = None
         for attempt in range(max_attempts):
             response, step = fit_to_context(
-                steps, step, partial(ask, request_seed=seed + 1000 * sample + attempt),
+                steps,
+                step,
+                partial(ask, request_seed=seed + 1000 * sample + attempt),
                 too_long=f"even one excerpt without few-shot examples is too long for {model!r}",
-            )  # fmt: skip
+            )
             n_fewshot, n_shown = steps[step]
             raw = response["choices"][0]["message"]["content"] or ""
             try:
@@ -135,9 +143,14 @@ def explain_neurons(
     def job(ids: list[int], tokens: list[list[str]], activations: list[list[float]]) -> Callable[[], list[Explanation]]:
         shown_records = [Record(t, a) for t, a in zip(tokens, activations, strict=True)]
         return lambda: explain(
-            client, model, shown_records, n_samples=n_samples, temperature=temperature,
-            max_tokens=max_tokens, seed=seed,
-        )  # fmt: skip
+            client,
+            model,
+            shown_records,
+            n_samples=n_samples,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
 
     neurons = shown.rows()
     samples_per_neuron = map_neurons(
@@ -148,7 +161,15 @@ def explain_neurons(
         on_done=on_neuron,
     )
     rows = [
-        (layer, neuron, sample, explanation.text, explanation.raw_reply, ids[: explanation.n_shown], explanation.shortening)
+        (
+            layer,
+            neuron,
+            sample,
+            explanation.text,
+            explanation.raw_reply,
+            ids[: explanation.n_shown],
+            explanation.shortening,
+        )
         for (layer, neuron, ids, _, _), samples in zip(neurons, samples_per_neuron, strict=True)
         for sample, explanation in enumerate(samples)
     ]
@@ -179,9 +200,15 @@ def explain_lookup_tables(
         messages = lookup_explainer_messages(tokens, means)
         return lambda: [
             ask_for_explanation(
-                client, model, messages, "the lookup-table prompt", temperature=temperature, max_tokens=max_tokens,
-                max_attempts=max_attempts, seed=seed + 1000 * sample,
-            )  # fmt: skip
+                client,
+                model,
+                messages,
+                "the lookup-table prompt",
+                temperature=temperature,
+                max_tokens=max_tokens,
+                max_attempts=max_attempts,
+                seed=seed + 1000 * sample,
+            )
             for sample in range(n_samples)
         ]
 

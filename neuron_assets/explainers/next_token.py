@@ -15,9 +15,7 @@ def next_token_view(activations: pl.DataFrame, excerpts: pl.DataFrame) -> tuple[
     """``activations`` (any table with an ``activations`` list per excerpt) without each last
     position, and ``excerpts`` with ``tokens`` starting one later: position i pairs activation i
     with token i + 1."""
-    shortened = activations.with_columns(
-        pl.col("activations").list.slice(0, pl.col("activations").list.len() - 1)
-    )
+    shortened = activations.with_columns(pl.col("activations").list.slice(0, pl.col("activations").list.len() - 1))
     if "max_activation" in shortened.columns:
         shortened = shortened.with_columns(max_activation=pl.col("activations").list.max())
     return shortened, excerpts.with_columns(pl.col("tokens").list.slice(1))

@@ -416,7 +416,9 @@ class CachingClient:
         if cached is not None and CONTEXT_REFUSAL in cached:
             self.stats.add(cache_hits=1)
             raise ContextLengthError(cached[CONTEXT_REFUSAL])
-        if cached is not None and _rejection(read, cached) is None:  # entries from before a check changed are checked too
+        if (
+            cached is not None and _rejection(read, cached) is None
+        ):  # entries from before a check changed are checked too
             self.stats.add(cache_hits=1)
             return cached
         rejection: ReplyFormatError | None = None
@@ -482,7 +484,9 @@ class CachingClient:
                 f"{self.backend} ran out of memory on each of {self.retry.max_attempts} attempts: {_server_message(failure)}",
                 status=getattr(failure, "status_code", None),
             ) from failure
-        raise LLMError(f"{self.backend}: still failing after {self.retry.max_attempts} attempts: {failure}") from failure
+        raise LLMError(
+            f"{self.backend}: still failing after {self.retry.max_attempts} attempts: {failure}"
+        ) from failure
 
 
 def _rejection(read: Callable[[dict[str, Any]], Any] | None, response: dict[str, Any]) -> ReplyFormatError | None:

@@ -148,14 +148,28 @@ class LocalLlamaServer:
         """The server's command line: this module's entry point on the loopback port."""
         threads = os.cpu_count() or 1  # llama-cpp-python's default uses half the cores
         return [
-            sys.executable, "-m", "neuron_assets.llm.llama_server",
-            "--model", str(self.model_path), "--model_alias", self.alias,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx), "--logits_all", "true",
-            "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            sys.executable,
+            "-m",
+            "neuron_assets.llm.llama_server",
+            "--model",
+            str(self.model_path),
+            "--model_alias",
+            self.alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--logits_all",
+            "true",
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads),
             *(("--cache", "true", "--cache_size", str(self.cache_bytes)) if self.cache_bytes else ()),
             *self.extra_args,
-        ]  # fmt: skip
+        ]
 
     def __enter__(self) -> LocalLlamaServer:
         """Start the first build in ``builds`` that evaluates the start-up prompt; a build whose
@@ -233,9 +247,10 @@ class LocalLlamaServer:
         """
         body = {"model": self.alias, "prompt": STARTUP_PROMPT, "max_tokens": 1, "echo": True, "logprobs": 1}
         request = urllib.request.Request(
-            f"{self.base_url}/completions", data=json.dumps(body).encode("utf-8"),
+            f"{self.base_url}/completions",
+            data=json.dumps(body).encode("utf-8"),
             headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         try:
             with urllib.request.urlopen(request, timeout=max(1.0, deadline - time.monotonic())) as response:
                 reply = json.loads(response.read())
@@ -259,9 +274,7 @@ class LocalLlamaServer:
     def _check_started(self, grace_s: float = 0.0) -> None:
         code = self._exit_code(grace_s)
         if code is not None:
-            raise LLMServerError(
-                f"llama.cpp server exited at start-up ({_describe_exit(code)}):\n{self._log_tail()}"
-            )
+            raise LLMServerError(f"llama.cpp server exited at start-up ({_describe_exit(code)}):\n{self._log_tail()}")
 
     def __exit__(self, *exc_info: object) -> None:
         if self.memory is not None:
@@ -422,8 +435,9 @@ def _prepare_build() -> None:
         print(
             "neuron_assets.llm.llama_server: this llama.cpp build has AMX kernels; extra buffer types are off, "
             "so they are never used (a hypervisor may trap them)",
-            file=sys.stderr, flush=True,
-        )  # fmt: skip
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def out_of_memory_message(error: MemoryError) -> str:

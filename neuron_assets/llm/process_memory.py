@@ -142,10 +142,7 @@ def describe_memory_at_death(code: int, figures: MemoryFigures, limit: int | Non
         + (f", {format_gib(figures.host_in_use)} of it in use then)" if figures.host_in_use is not None else ")")
     )
     near_own = limit is not None and figures.last is not None and figures.last >= NEAR_LIMIT * limit
-    near_host = (
-        code == -signal.SIGKILL
-        and (figures.host_in_use or figures.last or 0) >= NEAR_LIMIT * host_total
-    )
+    near_host = code == -signal.SIGKILL and (figures.host_in_use or figures.last or 0) >= NEAR_LIMIT * host_total
     if near_own or near_host:
         where = "its own limit" if near_own else "the host's memory"
         text += (

@@ -44,8 +44,17 @@ def pieces(text: str) -> list[str]:
     return found[:EXCERPT_LENGTH]
 
 
-DAYS = {" Monday": 9.6, " Tuesday": 9.0, " Wednesday": 9.2, " Thursday": 8.8, " Friday": 9.3,
-        " Saturday": 8.6, " Sunday": 9.4, " weekend": 3.1, " holiday": 1.4}  # fmt: skip
+DAYS = {
+    " Monday": 9.6,
+    " Tuesday": 9.0,
+    " Wednesday": 9.2,
+    " Thursday": 8.8,
+    " Friday": 9.3,
+    " Saturday": 8.6,
+    " Sunday": 9.4,
+    " weekend": 3.1,
+    " holiday": 1.4,
+}
 
 
 def day_activations(tokens: Sequence[str]) -> list[float]:

@@ -84,7 +84,6 @@ def revision_messages(
         question += f"A first explanation was: {EXPLANATION_PREFIX} {explanation}.\n\n"
     question += f"Activations on new texts:\n{format_records(new_records, top)}\n\n"
     question += (
-        "Complete the sentence with an explanation that fits all of these texts. "
-        f"Explanation: {EXPLANATION_PREFIX}"
+        f"Complete the sentence with an explanation that fits all of these texts. Explanation: {EXPLANATION_PREFIX}"
     )
     return [{"role": "system", "content": REVISER_SYSTEM}, {"role": "user", "content": question}]

@@ -69,9 +69,7 @@ def format_records(records: Sequence[Record], max_activation: float | None = Non
 
 def _listing(tokens: Sequence[str], values: Sequence[int | str], keep_zeros: bool) -> str:
     lines = ["<start>"]
-    lines += [
-        f"{display_token(t)}\t{v}" for t, v in zip(tokens, values, strict=True) if keep_zeros or v != 0
-    ]
+    lines += [f"{display_token(t)}\t{v}" for t, v in zip(tokens, values, strict=True) if keep_zeros or v != 0]
     lines.append("<end>")
     return "\n".join(lines)
 
@@ -126,7 +124,10 @@ def lookup_explainer_messages(tokens: Sequence[str], means: Sequence[float]) -> 
     example_tokens, example_explanation = LOOKUP_EXAMPLE
     return [
         {"role": "system", "content": LOOKUP_EXPLAINER_SYSTEM},
-        {"role": "user", "content": _lookup_question(1, [t for t, _ in example_tokens], [m for _, m in example_tokens])},
+        {
+            "role": "user",
+            "content": _lookup_question(1, [t for t, _ in example_tokens], [m for _, m in example_tokens]),
+        },
         {"role": "assistant", "content": f"{example_explanation}."},
         {"role": "user", "content": _lookup_question(2, tokens, means)},
     ]
@@ -270,9 +271,13 @@ def chat_simulator_messages(
     return ``top_logprobs`` for generated tokens only (OpenAI chat models).
     """
     return _simulator_chat(
-        CHAT_SIMULATOR_SYSTEM, _chat_question, lambda example_tokens, values: _listing(example_tokens, values, True),
-        explanation, tokens, n_fewshot,
-    )  # fmt: skip
+        CHAT_SIMULATOR_SYSTEM,
+        _chat_question,
+        lambda example_tokens, values: _listing(example_tokens, values, True),
+        explanation,
+        tokens,
+        n_fewshot,
+    )
 
 
 def _simulator_chat(
@@ -360,8 +365,7 @@ def describe_shortening(n_fewshot: int, n_records: int, n_records_wanted: int) -
 
 def _simulator_header(number: int, explanation: str) -> str:
     return (
-        f"Neuron {number}\nExplanation of neuron {number} behavior: "
-        f"{EXPLANATION_PREFIX} {explanation}.\nActivations:\n"
+        f"Neuron {number}\nExplanation of neuron {number} behavior: {EXPLANATION_PREFIX} {explanation}.\nActivations:\n"
     )
 
 

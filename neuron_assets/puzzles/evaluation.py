@@ -62,9 +62,10 @@ def candidate_explanations(puzzles: Sequence[Puzzle]) -> pl.DataFrame:
         explanations.append((COMMON_TOKENS, common_tokens_explanation(puzzle.tokens, puzzle.activations)))
         rows += [(puzzle.name, i, kind, text) for i, (kind, text) in enumerate(explanations)]
     return pl.DataFrame(
-        rows, schema={"puzzle": pl.String, "candidate": pl.Int64, "candidate_kind": pl.String, "explanation": pl.String},
+        rows,
+        schema={"puzzle": pl.String, "candidate": pl.Int64, "candidate_kind": pl.String, "explanation": pl.String},
         orient="row",
-    )  # fmt: skip
+    )
 
 
 def simulate_candidates(
@@ -88,15 +89,24 @@ def simulate_candidates(
     unknown = sorted(set(candidates["puzzle"]) - set(index))
     if unknown:
         raise ValueError(f"candidates name puzzles that are not in the puzzle file: {unknown}")
-    sentences = pl.DataFrame(
-        [
-            (i, s, tokens, values)
-            for i, puzzle in enumerate(puzzles)
-            for s, (tokens, values) in enumerate(zip(puzzle.tokens, puzzle.activations, strict=True))
-        ],
-        schema={"neuron": pl.Int64, "sentence": pl.Int64, "tokens": pl.List(pl.String), "activations": pl.List(pl.Float64)},
-        orient="row",
-    ).with_row_index("excerpt_id").with_columns(pl.col("excerpt_id").cast(pl.Int64))
+    sentences = (
+        pl.DataFrame(
+            [
+                (i, s, tokens, values)
+                for i, puzzle in enumerate(puzzles)
+                for s, (tokens, values) in enumerate(zip(puzzle.tokens, puzzle.activations, strict=True))
+            ],
+            schema={
+                "neuron": pl.Int64,
+                "sentence": pl.Int64,
+                "tokens": pl.List(pl.String),
+                "activations": pl.List(pl.Float64),
+            },
+            orient="row",
+        )
+        .with_row_index("excerpt_id")
+        .with_columns(pl.col("excerpt_id").cast(pl.Int64))
+    )
     # A puzzle is a synthetic neuron: (layer 0, neuron = its index), its sentences the scored excerpts.
     jobs = candidates.with_columns(
         layer=pl.lit(0, dtype=pl.Int64),
@@ -106,24 +116,47 @@ def simulate_candidates(
         explanation_neuron=pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64),
     )
     scoring = sentences.select(
-        layer=pl.lit(0, dtype=pl.Int64), neuron="neuron", excerpt_id="excerpt_id",
-        excerpt_kind=pl.lit("top"), activations="activations",
-    )  # fmt: skip
+        layer=pl.lit(0, dtype=pl.Int64),
+        neuron="neuron",
+        excerpt_id="excerpt_id",
+        excerpt_kind=pl.lit("top"),
+        activations="activations",
+    )
     try:
         frame = simulate_neurons(
-            client, model, jobs, scoring, sentences.select("excerpt_id", "tokens"), mode=mode,
-            distribution_shift=distribution_shift, ten_handling=ten_handling, concurrency=concurrency,
+            client,
+            model,
+            jobs,
+            scoring,
+            sentences.select("excerpt_id", "tokens"),
+            mode=mode,
+            distribution_shift=distribution_shift,
+            ten_handling=ten_handling,
+            concurrency=concurrency,
             on_neuron=None if on_puzzle is None else (lambda _layer, neuron: on_puzzle(puzzles[neuron].name)),
-        )  # fmt: skip
+        )
     except NeuronFailures as failures:
-        lines = [f"  puzzle {puzzles[neuron].name!r}: {message}" for (_, neuron), message in sorted(failures.failures.items())]
+        lines = [
+            f"  puzzle {puzzles[neuron].name!r}: {message}"
+            for (_, neuron), message in sorted(failures.failures.items())
+        ]
         raise PuzzleFailures(f"simulation failed for {len(lines)} puzzle(s):\n" + "\n".join(lines)) from failures
     return (
         frame.join(sentences.select("excerpt_id", "sentence"), on="excerpt_id")
         .with_columns(puzzle=pl.col("neuron").map_elements(lambda i: puzzles[i].name, return_dtype=pl.String))
         .rename({"sample": "candidate"})
-        .select("puzzle", "candidate", "sentence", "simulated", "true_activations", "n_unsimulated",
-                "simulator_model", "simulation_mode", "prompt_version", "ten_handling")  # fmt: skip
+        .select(
+            "puzzle",
+            "candidate",
+            "sentence",
+            "simulated",
+            "true_activations",
+            "n_unsimulated",
+            "simulator_model",
+            "simulation_mode",
+            "prompt_version",
+            "ten_handling",
+        )
     )
 
 
@@ -132,11 +165,19 @@ def score_candidates(simulations: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for (puzzle, candidate), group in simulations.sort("sentence").group_by("puzzle", "candidate", maintain_order=True):
         result = score(group["simulated"].to_list(), group["true_activations"].to_list())
-        rows.append((puzzle, candidate, result.correlation, result.undefined_reason, result.n_tokens, result.n_unsimulated))
+        rows.append(
+            (puzzle, candidate, result.correlation, result.undefined_reason, result.n_tokens, result.n_unsimulated)
+        )
     return pl.DataFrame(
         rows,
-        schema={"puzzle": pl.String, "candidate": pl.Int64, "correlation": pl.Float64, "undefined_reason": pl.String,
-                "n_tokens": pl.Int64, "n_unsimulated": pl.Int64},  # fmt: skip
+        schema={
+            "puzzle": pl.String,
+            "candidate": pl.Int64,
+            "correlation": pl.Float64,
+            "undefined_reason": pl.String,
+            "n_tokens": pl.Int64,
+            "n_unsimulated": pl.Int64,
+        },
         orient="row",
     )
 
@@ -170,9 +211,16 @@ def scorer_test(
     mode, prompt version and 10-handling: the rows of ``puzzle_scores`` (lineage aside)."""
     candidates = candidate_explanations(puzzles)
     simulations = simulate_candidates(
-        client, model, puzzles, candidates, mode=mode, ten_handling=ten_handling,
-        distribution_shift=distribution_shift, concurrency=concurrency, on_puzzle=on_puzzle,
-    )  # fmt: skip
+        client,
+        model,
+        puzzles,
+        candidates,
+        mode=mode,
+        ten_handling=ten_handling,
+        distribution_shift=distribution_shift,
+        concurrency=concurrency,
+        on_puzzle=on_puzzle,
+    )
     ranked = rank_candidates(candidates.join(score_candidates(simulations), on=["puzzle", "candidate"]))
     settings = simulations.select("puzzle", "simulator_model", "simulation_mode", "prompt_version", "ten_handling")
     return ranked.join(settings.unique("puzzle"), on="puzzle")

@@ -80,12 +80,18 @@ def _sentence(where: str, sentence: object) -> tuple[tuple[str, float], ...]:
         if isinstance(item, str):
             items.append((item, 0.0))
         elif (
-            isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-            and isinstance(item[1], int | float) and not isinstance(item[1], bool) and math.isfinite(item[1])
-        ):  # fmt: skip
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], int | float)
+            and not isinstance(item[1], bool)
+            and math.isfinite(item[1])
+        ):
             items.append((item[0], float(item[1])))
         else:
-            raise PuzzleFormatError(f"{where}, item {j}: {item!r} is neither a token string nor a [token, activation] pair")
+            raise PuzzleFormatError(
+                f"{where}, item {j}: {item!r} is neither a token string nor a [token, activation] pair"
+            )
         if items[-1][0] == "":
             raise PuzzleFormatError(f"{where}, item {j}: empty token")
     return tuple(items)

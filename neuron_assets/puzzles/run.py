@@ -41,20 +41,32 @@ def main(argv: list[str] | None = None) -> int:
     store = ResultStore(Settings.from_environment().data_dir)
     with duckdb.connect(str(store.database), read_only=True) as db:
         print("Scorer test: the true explanation's rank among the candidates (1 = the scorer picked it)")
-        print(db.sql(
-            "SELECT puzzle, rank, n_candidates, round(correlation, 3) AS true_score, "
-            "(SELECT round(max(o.correlation), 3) FROM puzzle_scores o WHERE o.puzzle = t.puzzle "
-            " AND o.candidate_kind <> 'true') AS best_other_score "
-            "FROM puzzle_scores t WHERE candidate_kind = 'true' ORDER BY puzzle"
-        ).pl().to_pandas().to_string(index=False))  # fmt: skip
+        print(
+            db.sql(
+                "SELECT puzzle, rank, n_candidates, round(correlation, 3) AS true_score, "
+                "(SELECT round(max(o.correlation), 3) FROM puzzle_scores o WHERE o.puzzle = t.puzzle "
+                " AND o.candidate_kind <> 'true') AS best_other_score "
+                "FROM puzzle_scores t WHERE candidate_kind = 'true' ORDER BY puzzle"
+            )
+            .pl()
+            .to_pandas()
+            .to_string(index=False)
+        )
         print()
-        print(db.sql("SELECT * EXCLUDE (puzzle_file) FROM puzzle_scorer_summary").pl().to_pandas().to_string(index=False))
+        print(
+            db.sql("SELECT * EXCLUDE (puzzle_file) FROM puzzle_scorer_summary").pl().to_pandas().to_string(index=False)
+        )
         if not args.scorer_only:
             print("\nExplainer test: the explainer's explanation, scored on the puzzle beside the true one")
-            print(db.sql(
-                "SELECT puzzle, explanation, round(correlation, 3) AS score, round(true_correlation, 3) AS true_score, "
-                "beats_false_explanations FROM puzzle_explainer_results ORDER BY puzzle"
-            ).pl().to_pandas().to_string(index=False, max_colwidth=60))  # fmt: skip
+            print(
+                db.sql(
+                    "SELECT puzzle, explanation, round(correlation, 3) AS score, round(true_correlation, 3) AS true_score, "
+                    "beats_false_explanations FROM puzzle_explainer_results ORDER BY puzzle"
+                )
+                .pl()
+                .to_pandas()
+                .to_string(index=False, max_colwidth=60)
+            )
     return 0
 
 

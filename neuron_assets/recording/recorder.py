@@ -96,9 +96,13 @@ class LayerRecorder:
         self.token_counts = np.zeros(len(vocabulary), dtype=np.int64)
 
     def update(
-        self, activations: torch.Tensor, excerpt_ids: torch.Tensor, pools: torch.Tensor, slots: torch.Tensor,
+        self,
+        activations: torch.Tensor,
+        excerpt_ids: torch.Tensor,
+        pools: torch.Tensor,
+        slots: torch.Tensor,
         offset: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Fold a batch: ``activations`` [batch, offset + tokens, d_mlp] (the first ``offset``
         positions are not recorded), excerpt ids and pool indexes (``fold.EXPLANATION`` or
         ``fold.SCORING``) [batch], and each token's row of the vocabulary [batch, tokens]."""
@@ -110,10 +114,26 @@ class LayerRecorder:
         # The fold is compiled and lets go of the GIL: disjoint neuron ranges run on threads.
         calls = [
             (
-                acts, offset, lo, hi, lo == 0, self._sign, pools.numpy(), excerpt_ids.numpy(), slots.numpy(),
-                self.total, self.total_sq, self.minimum, self.maximum, self.firing,
-                self.token_sums, self.token_counts, self.top_values, self.top_ids, self.top_acts,
-            )  # fmt: skip
+                acts,
+                offset,
+                lo,
+                hi,
+                lo == 0,
+                self._sign,
+                pools.numpy(),
+                excerpt_ids.numpy(),
+                slots.numpy(),
+                self.total,
+                self.total_sq,
+                self.minimum,
+                self.maximum,
+                self.firing,
+                self.token_sums,
+                self.token_counts,
+                self.top_values,
+                self.top_ids,
+                self.top_acts,
+            )
             for lo, hi in _ranges(n, torch.get_num_threads())
         ]
         others = [_fold_threads().submit(fold_batch, *call) for call in calls[1:]]
@@ -145,9 +165,7 @@ class LayerRecorder:
             _rows(self.layer, self.neurons, pool, "top", None, *self.top(pool)[1:]).filter(pl.col("excerpt_id") >= 0)
             for pool in POOLS
         ]
-        random_ids = torch.as_tensor(self.random_ids, dtype=torch.long)[:, None].expand(
-            -1, len(self.neurons)
-        )
+        random_ids = torch.as_tensor(self.random_ids, dtype=torch.long)[:, None].expand(-1, len(self.neurons))
         random_acts = torch.from_numpy(self.random_acts)
         frames.append(_rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, random_acts))
         frames += self._quantile_records(settings, random_ids)
@@ -249,7 +267,9 @@ def _rows(
             "rank": pl.Series(np.repeat(np.arange(ranks), n), dtype=pl.Int64),
             "excerpt_id": pl.Series(ids.reshape(-1).tolist(), dtype=pl.Int64),
             "max_activation": acts.amax(-1).reshape(-1).double().numpy(),
-            "activations": pl.Series(acts.reshape(ranks * n, acts.shape[-1]).double().numpy(), dtype=pl.List(pl.Float64)),
+            "activations": pl.Series(
+                acts.reshape(ranks * n, acts.shape[-1]).double().numpy(), dtype=pl.List(pl.Float64)
+            ),
         }
     ).sort("neuron", "rank")
 
@@ -311,7 +331,11 @@ def record(
 
 
 def _fold(
-    recorders: list[LayerRecorder], offset: int, ids: torch.Tensor, pools: torch.Tensor, slots: torch.Tensor,
+    recorders: list[LayerRecorder],
+    offset: int,
+    ids: torch.Tensor,
+    pools: torch.Tensor,
+    slots: torch.Tensor,
     activations: torch.Tensor,
 ) -> None:
     """One layer's hook: fold the batch (start token skipped) into each of its polarities' recorders."""

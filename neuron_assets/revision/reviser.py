@@ -47,7 +47,9 @@ def revise_neurons(
     """One revised explanation per row of ``jobs``: (layer, neuron, sample, revision_kind,
     original_explanation, top_tokens, top_activations, new_tokens, new_activations), the last
     four lists of excerpts. Returns (layer, neuron, sample, revision_kind, explanation, raw_reply)."""
-    groups = [((layer, neuron), group) for (layer, neuron), group in jobs.group_by("layer", "neuron", maintain_order=True)]
+    groups = [
+        ((layer, neuron), group) for (layer, neuron), group in jobs.group_by("layer", "neuron", maintain_order=True)
+    ]
 
     def job(group: pl.DataFrame) -> Callable[[], list[tuple[Any, ...]]]:
         def run() -> list[tuple[Any, ...]]:
@@ -57,24 +59,42 @@ def revise_neurons(
                 new = [Record(t, a) for t, a in zip(row["new_tokens"], row["new_activations"], strict=True)]
                 shown = None if row["revision_kind"] == REEXPLAINED else row["original_explanation"]
                 raw = ask_for_explanation(
-                    client, model, revision_messages(records, new, shown), f"the {row['revision_kind']} prompt",
-                    temperature=temperature, max_tokens=max_tokens, max_attempts=max_attempts,
+                    client,
+                    model,
+                    revision_messages(records, new, shown),
+                    f"the {row['revision_kind']} prompt",
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    max_attempts=max_attempts,
                     seed=seed + 1000 * row["sample"],
-                )  # fmt: skip
+                )
                 rows.append((row["sample"], row["revision_kind"], parse_explanation(raw), raw))
             return rows
 
         return run
 
     revised = map_neurons(
-        "revision", [(key, job(group)) for key, group in groups],
-        expected_errors=(ExplanationParseError, LLMError), concurrency=concurrency, on_done=on_neuron,
-    )  # fmt: skip
-    rows = [(layer, neuron, *row) for ((layer, neuron), _), neuron_rows in zip(groups, revised, strict=True) for row in neuron_rows]
+        "revision",
+        [(key, job(group)) for key, group in groups],
+        expected_errors=(ExplanationParseError, LLMError),
+        concurrency=concurrency,
+        on_done=on_neuron,
+    )
+    rows = [
+        (layer, neuron, *row)
+        for ((layer, neuron), _), neuron_rows in zip(groups, revised, strict=True)
+        for row in neuron_rows
+    ]
     return pl.DataFrame(
         rows,
-        schema={"layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "revision_kind": pl.String,
-                "explanation": pl.String, "raw_reply": pl.String},  # fmt: skip
+        schema={
+            "layer": pl.Int64,
+            "neuron": pl.Int64,
+            "sample": pl.Int64,
+            "revision_kind": pl.String,
+            "explanation": pl.String,
+            "raw_reply": pl.String,
+        },
         orient="row",
     )
 
@@ -97,30 +117,47 @@ def revision_jobs(
     tokens = excerpts.select("excerpt_id", "tokens")
     top = (
         records.filter((pl.col("kind") == "top") & (pl.col("pool") == "explanation") & (pl.col("rank") < n_examples))
-        .join(tokens, on="excerpt_id").sort("layer", "neuron", "rank")
+        .join(tokens, on="excerpt_id")
+        .sort("layer", "neuron", "rank")
         .group_by("layer", "neuron", maintain_order=True)
         .agg(top_tokens="tokens", top_activations="activations")
-    )  # fmt: skip
+    )
     generated = (
-        sentences.filter(pl.col("split") == "revision").sort("layer", "neuron", "sentence")
+        sentences.filter(pl.col("split") == "revision")
+        .sort("layer", "neuron", "sentence")
         .group_by("layer", "neuron", maintain_order=True)
         .agg(new_tokens="tokens", new_activations="activations", shown_sentences="sentence")
         .with_columns(shown_excerpt_ids=pl.lit([], dtype=pl.List(pl.Int64)))
-    )  # fmt: skip
+    )
     firing = (
-        random_firing_excerpts(records, n_examples, n_random_excerpts, seed).join(tokens, on="excerpt_id")
+        random_firing_excerpts(records, n_examples, n_random_excerpts, seed)
+        .join(tokens, on="excerpt_id")
         .group_by("layer", "neuron", maintain_order=True)
         .agg(new_tokens="tokens", new_activations="activations", shown_excerpt_ids="excerpt_id")
         .with_columns(shown_sentences=pl.lit([], dtype=pl.List(pl.Int64)))
-    )  # fmt: skip
-    base = originals.select("layer", "neuron", "sample", original_explanation="explanation").join(top, on=["layer", "neuron"])
-    columns = ["layer", "neuron", "sample", "revision_kind", "original_explanation", "top_tokens", "top_activations",
-               "new_tokens", "new_activations", "shown_sentences", "shown_excerpt_ids"]  # fmt: skip
+    )
+    base = originals.select("layer", "neuron", "sample", original_explanation="explanation").join(
+        top, on=["layer", "neuron"]
+    )
+    columns = [
+        "layer",
+        "neuron",
+        "sample",
+        "revision_kind",
+        "original_explanation",
+        "top_tokens",
+        "top_activations",
+        "new_tokens",
+        "new_activations",
+        "shown_sentences",
+        "shown_excerpt_ids",
+    ]
     jobs = [
         base.join(firing if kind == RANDOM_SENTENCES else generated, on=["layer", "neuron"])
-        .with_columns(revision_kind=pl.lit(kind)).select(columns)
+        .with_columns(revision_kind=pl.lit(kind))
+        .select(columns)
         for kind in kinds
-    ]  # fmt: skip
+    ]
     return pl.concat(jobs, how="vertical").sort("layer", "neuron", "revision_kind")
 
 
@@ -132,9 +169,11 @@ def random_firing_excerpts(records: pl.DataFrame, n_shown: int, n: int, seed: in
     what there is.
     """
     candidates = records.filter(
-        (pl.col("kind") == "top") & (pl.col("pool") == "explanation") & (pl.col("rank") >= n_shown)
+        (pl.col("kind") == "top")
+        & (pl.col("pool") == "explanation")
+        & (pl.col("rank") >= n_shown)
         & (pl.col("max_activation") > 0)
-    ).sort("layer", "neuron", "rank")  # fmt: skip
+    ).sort("layer", "neuron", "rank")
     return (
         candidates.with_columns(order=pl.int_range(pl.len()).shuffle(seed=seed).over("layer", "neuron"))
         .filter(pl.col("order") < n)

@@ -48,11 +48,21 @@ def score_revisions(simulations: pl.DataFrame) -> pl.DataFrame:
         for name, kinds in REVISION_SCORING_SETS.items():
             chosen = group.filter(pl.col("excerpt_kind").is_in(kinds))
             result = score(chosen["simulated"].to_list(), chosen["true_activations"].to_list())
-            rows.append((*values, name, result.correlation, result.n_tokens, result.n_unsimulated, result.undefined_reason))
+            rows.append(
+                (*values, name, result.correlation, result.n_tokens, result.n_unsimulated, result.undefined_reason)
+            )
     return pl.DataFrame(
         rows,
-        schema={"layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "revision_kind": pl.String,
-                "scoring_set": pl.String, "correlation": pl.Float64, "n_tokens": pl.Int64, "n_unsimulated": pl.Int64,
-                "undefined_reason": pl.String},  # fmt: skip
+        schema={
+            "layer": pl.Int64,
+            "neuron": pl.Int64,
+            "sample": pl.Int64,
+            "revision_kind": pl.String,
+            "scoring_set": pl.String,
+            "correlation": pl.Float64,
+            "n_tokens": pl.Int64,
+            "n_unsimulated": pl.Int64,
+            "undefined_reason": pl.String,
+        },
         orient="row",
     )

@@ -42,9 +42,12 @@ def write_sentences(
     raw = ""
     for attempt in range(max_attempts):
         response = client.chat.completions.create(
-            model=model, messages=sentence_writer_messages(explanation, n_sentences),
-            temperature=temperature, max_tokens=max_tokens, seed=seed + attempt,
-        )  # fmt: skip
+            model=model,
+            messages=sentence_writer_messages(explanation, n_sentences),
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed + attempt,
+        )
         raw = response["choices"][0]["message"]["content"] or ""
         sentences += [s for s in parse_sentences(raw) if s not in sentences]
         if len(sentences) >= n_sentences:
@@ -77,9 +80,12 @@ def write_sentences_for_neurons(
         ]
 
     written = map_neurons(
-        "sentence writing", [(key, job(group)) for key, group in groups],
-        expected_errors=(SentenceWriterError, LLMError), concurrency=concurrency, on_done=on_neuron,
-    )  # fmt: skip
+        "sentence writing",
+        [(key, job(group)) for key, group in groups],
+        expected_errors=(SentenceWriterError, LLMError),
+        concurrency=concurrency,
+        on_done=on_neuron,
+    )
     rows = [
         (layer, neuron, sample, i, text)
         for ((layer, neuron), _), samples in zip(groups, written, strict=True)
@@ -87,9 +93,10 @@ def write_sentences_for_neurons(
         for i, text in enumerate(sentences)
     ]
     return pl.DataFrame(
-        rows, schema={"layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "sentence": pl.Int64, "text": pl.String},
+        rows,
+        schema={"layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "sentence": pl.Int64, "text": pl.String},
         orient="row",
-    )  # fmt: skip
+    )
 
 
 def measure_sentences(
@@ -119,7 +126,9 @@ def measure_sentences(
     for (layer, neuron), group in accepted.group_by("layer", "neuron"):
         ids = group["token_ids"].to_list()
         values = activations(ids, layer, neuron)
-        for key, sentence_ids, sentence_values in zip(group.select("layer", "neuron", "sample", "sentence").rows(), ids, values, strict=True):
+        for key, sentence_ids, sentence_values in zip(
+            group.select("layer", "neuron", "sample", "sentence").rows(), ids, values, strict=True
+        ):
             measured[key] = (token_text(sentence_ids), [float(v) for v in np.asarray(sentence_values).reshape(-1)])
     keys = frame.select("layer", "neuron", "sample", "sentence").rows()
     return frame.with_columns(

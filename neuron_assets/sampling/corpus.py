@@ -53,9 +53,7 @@ def _lee_documents() -> list[tuple[str, str]]:
 
 def _folder_documents(folder: Path) -> list[tuple[str, str]]:
     if not folder.is_dir():
-        raise CorpusError(
-            f"corpus {str(folder)!r} is neither 'lee', 'hf:NAME' nor an existing folder"
-        )
+        raise CorpusError(f"corpus {str(folder)!r} is neither 'lee', 'hf:NAME' nor an existing folder")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
     if not files:
         raise CorpusError(f"folder {str(folder)!r} has no {', '.join(TEXT_SUFFIXES)} files")

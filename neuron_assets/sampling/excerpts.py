@@ -80,7 +80,5 @@ def make_excerpts(
         pl.col("doc_id").replace_strict(pools, return_dtype=pl.String).alias("pool"),
         pl.col("position").cast(pl.Int64),
         "token_ids",
-        pl.col("token_ids")
-        .list.eval(pl.element().replace_strict(texts, return_dtype=pl.String))
-        .alias("tokens"),
+        pl.col("token_ids").list.eval(pl.element().replace_strict(texts, return_dtype=pl.String)).alias("tokens"),
     )

@@ -137,11 +137,19 @@ def select_scoring_excerpts(
     chosen = [
         (top.filter(position < n_top), "top", n_top, "top scoring-pool"),
         (random.filter(position < n_random), "random", n_random, "random"),
-        (top.filter(position.is_between(n_top, n_top + n_calibration_top, closed="left")),
-         "calibration_top", n_calibration_top, "further top scoring-pool (calibration)"),
-        (random.filter(position.is_between(n_random, n_random + n_calibration_random, closed="left")),
-         "calibration_random", n_calibration_random, "further random (calibration)"),
-    ]  # fmt: skip
+        (
+            top.filter(position.is_between(n_top, n_top + n_calibration_top, closed="left")),
+            "calibration_top",
+            n_calibration_top,
+            "further top scoring-pool (calibration)",
+        ),
+        (
+            random.filter(position.is_between(n_random, n_random + n_calibration_random, closed="left")),
+            "calibration_random",
+            n_calibration_random,
+            "further random (calibration)",
+        ),
+    ]
     n_neurons = records.select(neuron).n_unique()
     for frame, _, wanted, what in chosen:
         if wanted == 0:
@@ -153,19 +161,27 @@ def select_scoring_excerpts(
                 f"scoring needs {wanted} {what} excerpts per neuron but only {fewest} were recorded; "
                 "record more (activation_records top_k / n_random) or score with fewer"
             )
-    return pl.concat(
-        [frame.with_columns(excerpt_kind=pl.lit(kind)) for frame, kind, _, _ in chosen]
-    ).select("layer", "neuron", "excerpt_id", "excerpt_kind", "activations")
+    return pl.concat([frame.with_columns(excerpt_kind=pl.lit(kind)) for frame, kind, _, _ in chosen]).select(
+        "layer", "neuron", "excerpt_id", "excerpt_kind", "activations"
+    )
 
 
 SCORE_SCHEMA = {
-    "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "method": pl.String,
-    "explanation_neuron": pl.Int64, "scoring_set": pl.String,
-    "correlation": pl.Float64, "explained_variance": pl.Float64,
-    "calibration_slope": pl.Float64, "calibration_intercept": pl.Float64,
-    "n_tokens": pl.Int64, "n_unsimulated": pl.Int64, "undefined_reason": pl.String,
+    "layer": pl.Int64,
+    "neuron": pl.Int64,
+    "sample": pl.Int64,
+    "method": pl.String,
+    "explanation_neuron": pl.Int64,
+    "scoring_set": pl.String,
+    "correlation": pl.Float64,
+    "explained_variance": pl.Float64,
+    "calibration_slope": pl.Float64,
+    "calibration_intercept": pl.Float64,
+    "n_tokens": pl.Int64,
+    "n_unsimulated": pl.Int64,
+    "undefined_reason": pl.String,
     "n_calibration_tokens": pl.Int64,
-}  # fmt: skip
+}
 SCORED_BY = ["layer", "neuron", "sample", "method", "explanation_neuron"]
 
 
@@ -185,7 +201,11 @@ def score_simulations(simulations: pl.DataFrame) -> pl.DataFrame:
             chosen = group.filter(pl.col("excerpt_kind").is_in(kinds))
             result = score(chosen["simulated"].to_list(), chosen["true_activations"].to_list(), calibration)
             rows.append(
-                {**dict(zip(SCORED_BY, values, strict=True)), "scoring_set": name, **asdict(result),
-                 "n_calibration_tokens": n_calibration}
-            )  # fmt: skip
+                {
+                    **dict(zip(SCORED_BY, values, strict=True)),
+                    "scoring_set": name,
+                    **asdict(result),
+                    "n_calibration_tokens": n_calibration,
+                }
+            )
     return pl.DataFrame(rows, schema=SCORE_SCHEMA)

@@ -160,19 +160,31 @@ def probe_ten_handling(client: Any, model: str, mode: str) -> str:
     if mode == "json":
         return WRITTEN
     try:
-        split = _ask(client.completions.create, model, "echo", _echoed_ten, prompt=TEN_PROBE_TEXT, echo=True, logprobs=1)
+        split = _ask(
+            client.completions.create, model, "echo", _echoed_ten, prompt=TEN_PROBE_TEXT, echo=True, logprobs=1
+        )
     except LLMError as error:
         if error.status not in UNSUPPORTED_STATUS:
             raise
         messages = [{"role": "user", "content": "Write the number 10 and nothing else."}]
-        split = _ask(client.chat.completions.create, model, "chat", _generated_ten, messages=messages, logprobs=True,
-                     top_logprobs=1, max_tokens=4)  # fmt: skip
+        split = _ask(
+            client.chat.completions.create,
+            model,
+            "chat",
+            _generated_ten,
+            messages=messages,
+            logprobs=True,
+            top_logprobs=1,
+            max_tokens=4,
+        )
     if not split:
         return SINGLE_TOKEN
     return TOP_NINE if mode == "all_at_once" else SECOND_READ
 
 
-def _ask(create: Callable[..., Any], model: str, how: str, tokens_of: Callable[[dict[str, Any]], list[str]], **request: Any) -> bool:
+def _ask(
+    create: Callable[..., Any], model: str, how: str, tokens_of: Callable[[dict[str, Any]], list[str]], **request: Any
+) -> bool:
     """One probe request; True when its tokens show "10" written as "1" then "0", False as one token."""
 
     def read(response: dict[str, Any]) -> bool:
@@ -269,15 +281,23 @@ def simulate(
         of an echoed response is distributions at prompt positions no reader looks at)."""
         choice = response["choices"][0]
         offsets = choice["logprobs"]["text_offset"]
-        read_at = {bisect.bisect_right(offsets, offset) - 1 + distribution_shift for offset in prompt.placeholder_offsets}
+        read_at = {
+            bisect.bisect_right(offsets, offset) - 1 + distribution_shift for offset in prompt.placeholder_offsets
+        }
         distributions = [d if k in read_at else None for k, d in enumerate(choice["logprobs"]["top_logprobs"])]
         logprobs = {"text_offset": offsets, "top_logprobs": distributions}
         return {**response, "choices": [{**choice, "logprobs": logprobs}]}
 
     response = client.completions.create(
-        model=model, prompt=prompt.text, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS,
-        read=read, keep=keep,
-    )  # fmt: skip
+        model=model,
+        prompt=prompt.text,
+        max_tokens=1,
+        temperature=0.0,
+        echo=True,
+        logprobs=TOP_LOGPROBS,
+        read=read,
+        keep=keep,
+    )
     return Simulation(read(response), _prompt_tokens(response))
 
 
@@ -289,7 +309,9 @@ def generated_tokens(response: dict[str, Any], model: str, mode: str) -> list[tu
             f"model {model!r} returned no log-probabilities for generated tokens; the {mode} "
             "simulator needs a chat endpoint with logprobs and top_logprobs"
         )
-    return [(item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []}) for item in content]
+    return [
+        (item["token"], {top["token"]: top["logprob"] for top in item.get("top_logprobs") or []}) for item in content
+    ]
 
 
 def simulate_one_at_a_time(
@@ -318,10 +340,14 @@ def simulate_one_at_a_time(
     prompt_tokens = 0
     for position in range(len(tokens)):
         response = client.chat.completions.create(
-            model=model, messages=one_at_a_time_messages(explanation, tokens, position, n_fewshot),
-            max_tokens=2 if ten_handling == SECOND_READ else 1, temperature=0.0,
-            logprobs=True, top_logprobs=TOP_LOGPROBS, read=read,
-        )  # fmt: skip
+            model=model,
+            messages=one_at_a_time_messages(explanation, tokens, position, n_fewshot),
+            max_tokens=2 if ten_handling == SECOND_READ else 1,
+            temperature=0.0,
+            logprobs=True,
+            top_logprobs=TOP_LOGPROBS,
+            read=read,
+        )
         expected.append(read(response))
         prompt_tokens += _prompt_tokens(response)
     return Simulation(_some_value(expected), prompt_tokens)
@@ -497,9 +523,13 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
             raise
     try:
         response = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "Say 0."}], max_tokens=1, temperature=0.0,
-            logprobs=True, top_logprobs=TOP_LOGPROBS,
-        )  # fmt: skip
+            model=model,
+            messages=[{"role": "user", "content": "Say 0."}],
+            max_tokens=1,
+            temperature=0.0,
+            logprobs=True,
+            top_logprobs=TOP_LOGPROBS,
+        )
         content = (response["choices"][0].get("logprobs") or {}).get("content") or []
         if content and content[0].get("top_logprobs"):
             return "chat_logprobs"
@@ -553,33 +583,62 @@ def simulate_neurons(
         explanations.select("layer", "neuron", "sample", "method", "explanation_neuron", "explanation")
         .join(scoring.select("layer", "neuron", "excerpt_id", "excerpt_kind", "activations"), on=["layer", "neuron"])
         .join(excerpts.select("excerpt_id", "tokens"), on="excerpt_id")
-        .sort("layer", "neuron", "method", "sample", "excerpt_kind", "excerpt_id",
-              descending=[False, False, False, False, True, False])
-    )  # fmt: skip
+        .sort(
+            "layer",
+            "neuron",
+            "method",
+            "sample",
+            "excerpt_kind",
+            "excerpt_id",
+            descending=[False, False, False, False, True, False],
+        )
+    )
 
     fewshot_sizes = range(len(EXAMPLE_NEURONS), -1, -1)  # few-shot neurons in the prompt, all to none
 
     def simulate_fitting(explanation: str, tokens: list[str], start: int) -> tuple[Simulation, int]:
         return fit_to_context(
-            fewshot_sizes, start,
+            fewshot_sizes,
+            start,
             lambda n_fewshot: simulate_one(client, model, explanation, tokens, n_fewshot=n_fewshot, **options),
             too_long=f"{len(tokens)} tokens are too long for {model!r} even without few-shot examples",
-        )  # fmt: skip
+        )
 
     def job(layer: int, neuron: int, neuron_jobs: pl.DataFrame) -> Callable[[], list[tuple[Any, ...]]]:
         def run() -> list[tuple[Any, ...]]:
             rows = []
             size = 0  # a prompt shortened for one excerpt starts the neuron's next excerpts short
-            for sample, method, explanation_neuron, explanation, excerpt_id, kind, true, tokens in neuron_jobs.iter_rows():
+            for (
+                sample,
+                method,
+                explanation_neuron,
+                explanation,
+                excerpt_id,
+                kind,
+                true,
+                tokens,
+            ) in neuron_jobs.iter_rows():
                 try:
                     simulation, size = simulate_fitting(explanation, tokens, size)
                 except (SimulationError, LLMError) as error:
                     raise type(error)(f"excerpt {excerpt_id}: {error}") from error
                 rows.append(
-                    (layer, neuron, sample, method, explanation_neuron, excerpt_id, kind, simulation.expected, true,
-                     simulation.n_unsimulated, simulation.n_misaligned, simulation.prompt_tokens,
-                     describe_shortening(fewshot_sizes[size], 1, 1))
-                )  # fmt: skip
+                    (
+                        layer,
+                        neuron,
+                        sample,
+                        method,
+                        explanation_neuron,
+                        excerpt_id,
+                        kind,
+                        simulation.expected,
+                        true,
+                        simulation.n_unsimulated,
+                        simulation.n_misaligned,
+                        simulation.prompt_tokens,
+                        describe_shortening(fewshot_sizes[size], 1, 1),
+                    )
+                )
             return rows
 
         return run
@@ -598,14 +657,24 @@ def simulate_neurons(
     return pl.DataFrame(
         rows,
         schema={
-            "layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "method": pl.String,
-            "explanation_neuron": pl.Int64, "excerpt_id": pl.Int64,
-            "excerpt_kind": pl.String, "simulated": pl.List(pl.Float64),
-            "true_activations": pl.List(pl.Float64), "n_unsimulated": pl.Int64, "n_misaligned": pl.Int64,
-            "prompt_tokens": pl.Int64, "prompt_shortening": pl.String,
+            "layer": pl.Int64,
+            "neuron": pl.Int64,
+            "sample": pl.Int64,
+            "method": pl.String,
+            "explanation_neuron": pl.Int64,
+            "excerpt_id": pl.Int64,
+            "excerpt_kind": pl.String,
+            "simulated": pl.List(pl.Float64),
+            "true_activations": pl.List(pl.Float64),
+            "n_unsimulated": pl.Int64,
+            "n_misaligned": pl.Int64,
+            "prompt_tokens": pl.Int64,
+            "prompt_shortening": pl.String,
         },
         orient="row",
     ).with_columns(
-        simulator_model=pl.lit(model), simulation_mode=pl.lit(mode), prompt_version=pl.lit(prompt_version),
+        simulator_model=pl.lit(model),
+        simulation_mode=pl.lit(mode),
+        prompt_version=pl.lit(prompt_version),
         ten_handling=pl.lit(ten_handling),
-    )  # fmt: skip
+    )

@@ -12,9 +12,15 @@ import re
 # Tables an LLM (or what follows one) writes: one set per variant. Every other per-model
 # table (excerpts, recordings, token baselines) is shared by all variants of the model.
 VARIANT_TABLES = (
-    "explanations", "simulations", "scores", "method_comparisons",
-    "revision_sentences", "revisions", "revision_scores", "revision_comparisons",
-)  # fmt: skip
+    "explanations",
+    "simulations",
+    "scores",
+    "method_comparisons",
+    "revision_sentences",
+    "revisions",
+    "revision_scores",
+    "revision_comparisons",
+)
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
 
 

@@ -21,20 +21,27 @@ class Lineage(pa.DataFrameModel):
     """Columns every layer-partitioned row carries: which Dagster run and partition wrote it."""
 
     run_id: str = pa.Field(description="Dagster run that wrote the row")
-    partition: str = pa.Field(description="Dagster partition that wrote the row: 'layer-N' (a bare 'N' before partition keys named the layer)")
+    partition: str = pa.Field(
+        description="Dagster partition that wrote the row: 'layer-N' (a bare 'N' before partition keys named the layer)"
+    )
 
 
 class NeuronSide(Lineage):
     """Rows about one side of a neuron: its activations, or (``negative``) their negation."""
 
     subject_model: str = pa.Field(description="subject model whose neuron this is")
-    polarity: str = pa.Field(isin=["positive", "negative"], description="'positive' (the activations as recorded) or 'negative' (negated: the neuron's large negative values, explained and scored as a neuron of their own)")
+    polarity: str = pa.Field(
+        isin=["positive", "negative"],
+        description="'positive' (the activations as recorded) or 'negative' (negated: the neuron's large negative values, explained and scored as a neuron of their own)",
+    )
 
 
 class VariantRows(NeuronSide):
     """Rows an LLM stage wrote: they belong to one variant (a named configuration of the LLM stages)."""
 
-    variant: str = pa.Field(description="the variant (named configuration of explainer, simulator, prompts and settings) that wrote the row")
+    variant: str = pa.Field(
+        description="the variant (named configuration of explainer, simulator, prompts and settings) that wrote the row"
+    )
 
 
 class Documents(pa.DataFrameModel):
@@ -51,7 +58,10 @@ class Excerpts(pa.DataFrameModel):
     corpus: str = pa.Field(description="corpus the excerpt was cut from")
     subject_model: str = pa.Field(description="subject model whose tokenizer cut the excerpt")
     doc_id: int = pa.Field(ge=0, description="document the excerpt comes from")
-    pool: str = pa.Field(isin=POOLS, description="'explanation' (shown to the explainer) or 'scoring' (held out for scores); whole documents go to one pool")
+    pool: str = pa.Field(
+        isin=POOLS,
+        description="'explanation' (shown to the explainer) or 'scoring' (held out for scores); whole documents go to one pool",
+    )
     position: int = pa.Field(ge=0, description="index of the excerpt's first token within its document")
     token_ids: list[int] = pa.Field(description="the excerpt's token ids")
     tokens: list[str] = pa.Field(description="the excerpt's tokens as text")
@@ -64,18 +74,28 @@ class ActivationRecords(NeuronSide):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     pool: str = pa.Field(isin=POOLS, description="pool of the excerpt: 'explanation' or 'scoring'")
-    kind: str = pa.Field(isin=["top", "random", "quantile"], description="why the excerpt was kept: highest max activation, uniform sample, or quantile bin")
-    quantile_bin: Optional[str] = pa.Field(nullable=True, description="for kind 'quantile': the bin of the excerpt's max activation")
+    kind: str = pa.Field(
+        isin=["top", "random", "quantile"],
+        description="why the excerpt was kept: highest max activation, uniform sample, or quantile bin",
+    )
+    quantile_bin: Optional[str] = pa.Field(
+        nullable=True, description="for kind 'quantile': the bin of the excerpt's max activation"
+    )
     rank: int = pa.Field(ge=0, description="position within its kind (0 = highest for 'top')")
     excerpt_id: int = pa.Field(ge=0, description="the excerpt (see excerpts)")
-    document_start_token: Optional[str] = pa.Field(nullable=True, description="token put before each excerpt when recording (what the model saw between documents); null for none")
+    document_start_token: Optional[str] = pa.Field(
+        nullable=True,
+        description="token put before each excerpt when recording (what the model saw between documents); null for none",
+    )
     max_activation: float = pa.Field(description="the neuron's largest activation on the excerpt")
     activations: list[float] = pa.Field(description="the neuron's activation at every token of the excerpt")
 
 
 class NeuronStats(NeuronSide):
     corpus: str = pa.Field(description="corpus the statistics were computed over")
-    document_start_token: Optional[str] = pa.Field(nullable=True, description="token put before each excerpt when recording; null for none")
+    document_start_token: Optional[str] = pa.Field(
+        nullable=True, description="token put before each excerpt when recording; null for none"
+    )
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     mean: float = pa.Field(description="mean activation over every recorded token")
@@ -103,7 +123,10 @@ class ScoringExcerpts(NeuronSide):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     excerpt_id: int = pa.Field(ge=0, description="the scoring-pool excerpt (see excerpts)")
-    excerpt_kind: str = pa.Field(isin=list(EXCERPT_KINDS), description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (held out to fit the calibration)")
+    excerpt_kind: str = pa.Field(
+        isin=list(EXCERPT_KINDS),
+        description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (held out to fit the calibration)",
+    )
     activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
 
@@ -111,34 +134,59 @@ class Explanations(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which of the neuron's sampled explanations")
-    method: str = pa.Field(isin=list(EXPLAINED), description="'explanation' (from top excerpts), 'next_token_explanation' (from top excerpts, each activation shown beside the next token) or 'lookup_explanation' (a summary of the token lookup table's top tokens, a baseline)")
-    explanation: str = pa.Field(str_length={"min_value": 1}, description="what the neuron finds, as the explainer completed the sentence")
+    method: str = pa.Field(
+        isin=list(EXPLAINED),
+        description="'explanation' (from top excerpts), 'next_token_explanation' (from top excerpts, each activation shown beside the next token) or 'lookup_explanation' (a summary of the token lookup table's top tokens, a baseline)",
+    )
+    explanation: str = pa.Field(
+        str_length={"min_value": 1}, description="what the neuron finds, as the explainer completed the sentence"
+    )
     raw_reply: str = pa.Field(description="the explainer's reply before cleaning")
     explainer_model: str = pa.Field(description="model that wrote the explanation")
     prompt_version: str = pa.Field(description="version of the explainer prompt")
     temperature: float = pa.Field(description="sampling temperature")
-    excerpt_ids: list[int] = pa.Field(description="excerpts the explainer was shown, best first (empty for a lookup explanation)")
-    prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the explainer's context; null if nothing")
+    excerpt_ids: list[int] = pa.Field(
+        description="excerpts the explainer was shown, best first (empty for a lookup explanation)"
+    )
+    prompt_shortening: Optional[str] = pa.Field(
+        nullable=True, description="what was dropped to fit the explainer's context; null if nothing"
+    )
 
 
 class Simulations(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was simulated")
-    method: str = pa.Field(isin=list(SIMULATED), description="whose explanation was simulated: 'explanation', 'next_token_explanation' (simulated on the next tokens: one position fewer per excerpt), 'lookup_explanation' or 'control' (another neuron's)")
-    explanation_neuron: int = pa.Field(ge=0, description="the neuron the simulated explanation was written for (another one for 'control')")
+    method: str = pa.Field(
+        isin=list(SIMULATED),
+        description="whose explanation was simulated: 'explanation', 'next_token_explanation' (simulated on the next tokens: one position fewer per excerpt), 'lookup_explanation' or 'control' (another neuron's)",
+    )
+    explanation_neuron: int = pa.Field(
+        ge=0, description="the neuron the simulated explanation was written for (another one for 'control')"
+    )
     excerpt_id: int = pa.Field(ge=0, description="the scoring or calibration excerpt simulated")
-    excerpt_kind: str = pa.Field(isin=list(EXCERPT_KINDS), description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (calibration only)")
+    excerpt_kind: str = pa.Field(
+        isin=list(EXCERPT_KINDS),
+        description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (calibration only)",
+    )
     simulator_model: str = pa.Field(description="model that simulated the neuron from the explanation")
-    simulation_mode: str = pa.Field(isin=["all_at_once", "chat_logprobs", "one_at_a_time", "json"], description="how the simulator was asked (see README, simulator modes)")
+    simulation_mode: str = pa.Field(
+        isin=["all_at_once", "chat_logprobs", "one_at_a_time", "json"],
+        description="how the simulator was asked (see README, simulator modes)",
+    )
     prompt_version: str = pa.Field(description="version of the simulator prompt")
-    ten_handling: str = pa.Field(isin=["single_token", "top_nine", "second_read", "written"], description="how the value 10 was read: 'single_token' ('10' is one token of the simulator's tokenizer), 'top_nine' (it is not: the all-at-once scale ran 0..9, mapped back x 10/9), 'second_read' (chat modes: what followed a written '1') or 'written' (json numbers)")
+    ten_handling: str = pa.Field(
+        isin=["single_token", "top_nine", "second_read", "written"],
+        description="how the value 10 was read: 'single_token' ('10' is one token of the simulator's tokenizer), 'top_nine' (it is not: the all-at-once scale ran 0..9, mapped back x 10/9), 'second_read' (chat modes: what followed a written '1') or 'written' (json numbers)",
+    )
     simulated: list[float] = pa.Field(description="expected activation 0..10 at every token; null where unsimulated")
     true_activations: list[float] = pa.Field(description="the neuron's real activation at every token")
     n_unsimulated: int = pa.Field(ge=0, description="tokens with no simulated value")
     n_misaligned: int = pa.Field(ge=0, description="tokens (and extra lines) the written reply did not line up with")
     prompt_tokens: int = pa.Field(ge=0, description="prompt tokens the backend reported for the call(s)")
-    prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the simulator's context; null if nothing")
+    prompt_shortening: Optional[str] = pa.Field(
+        nullable=True, description="what was dropped to fit the simulator's context; null if nothing"
+    )
 
 
 class TokenPredictions(NeuronSide):
@@ -146,7 +194,9 @@ class TokenPredictions(NeuronSide):
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
-    method: str = pa.Field(isin=list(TOKEN_BASELINES), description="'lookup_table' or 'weight_based' (see README, token baselines)")
+    method: str = pa.Field(
+        isin=list(TOKEN_BASELINES), description="'lookup_table' or 'weight_based' (see README, token baselines)"
+    )
     excerpt_id: int = pa.Field(ge=0, description="the scoring or calibration excerpt")
     excerpt_kind: str = pa.Field(isin=list(EXCERPT_KINDS), description="as in scoring_excerpts")
     predicted: list[float] = pa.Field(description="the baseline's prediction at every token, on the neuron's scale")
@@ -157,17 +207,39 @@ class Scores(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was scored (0 for token baselines)")
-    method: str = pa.Field(isin=list(METHODS), description="what was scored: 'explanation', a baseline ('lookup_table', 'weight_based', 'lookup_explanation') or 'control'")
-    explanation_neuron: Optional[int] = pa.Field(nullable=True, description="the neuron the scored explanation was written for (another one for 'control'); null for token baselines")
-    scoring_set: str = pa.Field(isin=list(SCORING_SETS), description="'top_and_random' (top + random excerpts) or 'random_only'")
-    correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="Pearson correlation of simulated with true activations, pooled over the set's tokens; null when undefined")
-    explained_variance: Optional[float] = pa.Field(nullable=True, le=1.0, description="1 - E[(calibrated simulation - truth)^2] / Var(truth) on the set's tokens, with the calibration fitted on the held-out calibration excerpts; can be negative; null when the correlation or the calibration is undefined")
-    calibration_slope: Optional[float] = pa.Field(nullable=True, description="slope of the linear map from the simulation to the neuron's scale, fitted on the calibration excerpts; null when it cannot be fitted (constant simulation there)")
+    method: str = pa.Field(
+        isin=list(METHODS),
+        description="what was scored: 'explanation', a baseline ('lookup_table', 'weight_based', 'lookup_explanation') or 'control'",
+    )
+    explanation_neuron: Optional[int] = pa.Field(
+        nullable=True,
+        description="the neuron the scored explanation was written for (another one for 'control'); null for token baselines",
+    )
+    scoring_set: str = pa.Field(
+        isin=list(SCORING_SETS), description="'top_and_random' (top + random excerpts) or 'random_only'"
+    )
+    correlation: Optional[float] = pa.Field(
+        nullable=True,
+        ge=-1.0,
+        le=1.0,
+        description="Pearson correlation of simulated with true activations, pooled over the set's tokens; null when undefined",
+    )
+    explained_variance: Optional[float] = pa.Field(
+        nullable=True,
+        le=1.0,
+        description="1 - E[(calibrated simulation - truth)^2] / Var(truth) on the set's tokens, with the calibration fitted on the held-out calibration excerpts; can be negative; null when the correlation or the calibration is undefined",
+    )
+    calibration_slope: Optional[float] = pa.Field(
+        nullable=True,
+        description="slope of the linear map from the simulation to the neuron's scale, fitted on the calibration excerpts; null when it cannot be fitted (constant simulation there)",
+    )
     calibration_intercept: Optional[float] = pa.Field(nullable=True, description="intercept of that map")
     n_calibration_tokens: int = pa.Field(ge=0, description="tokens the calibration was fitted on")
     n_tokens: int = pa.Field(ge=0, description="tokens scored, unsimulated ones included")
     n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0 (see README)")
-    undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined (constant activations); null when it is defined")
+    undefined_reason: Optional[str] = pa.Field(
+        nullable=True, description="why the correlation is undefined (constant activations); null when it is defined"
+    )
 
 
 class MethodComparisons(VariantRows):
@@ -176,13 +248,22 @@ class MethodComparisons(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     scoring_set: str = pa.Field(isin=list(SCORING_SETS), description="'top_and_random' or 'random_only'")
     method: str = pa.Field(isin=list(METHODS), description="the scored method (see scores.method)")
-    n_neurons: int = pa.Field(ge=0, description="neurons with a defined score for the method (a neuron's samples averaged)")
+    n_neurons: int = pa.Field(
+        ge=0, description="neurons with a defined score for the method (a neuron's samples averaged)"
+    )
     mean_score: float = pa.Field(description="mean correlation score over those neurons")
-    mean_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of the 95% bootstrap interval of the mean (null under 2 neurons)")
+    mean_ci_low: Optional[float] = pa.Field(
+        nullable=True, description="lower end of the 95% bootstrap interval of the mean (null under 2 neurons)"
+    )
     mean_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
     n_paired: int = pa.Field(ge=0, description="neurons scored by both this method and the explanation")
-    explanation_minus_method: Optional[float] = pa.Field(nullable=True, description="mean over those neurons of the explanation's score minus this method's; above 0 means the explanation does better")
-    difference_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of its 95% bootstrap interval over neurons; above 0 means reliably better")
+    explanation_minus_method: Optional[float] = pa.Field(
+        nullable=True,
+        description="mean over those neurons of the explanation's score minus this method's; above 0 means the explanation does better",
+    )
+    difference_ci_low: Optional[float] = pa.Field(
+        nullable=True, description="lower end of its 95% bootstrap interval over neurons; above 0 means reliably better"
+    )
     difference_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
 
 
@@ -193,13 +274,26 @@ class PuzzleScores(pa.DataFrameModel):
     puzzle_file: str = pa.Field(description="the puzzle file the puzzles were read from")
     puzzle: str = pa.Field(description="the puzzle's name")
     candidate: int = pa.Field(ge=0, description="the candidate's number within its puzzle (0 = the true explanation)")
-    candidate_kind: str = pa.Field(isin=["true", "false", "common_tokens"], description="'true' (the puzzle's explanation), 'false' (one of its false explanations) or 'common_tokens' (the 3 tokens that most often fire)")
+    candidate_kind: str = pa.Field(
+        isin=["true", "false", "common_tokens"],
+        description="'true' (the puzzle's explanation), 'false' (one of its false explanations) or 'common_tokens' (the 3 tokens that most often fire)",
+    )
     explanation: str = pa.Field(description="the candidate explanation that was simulated")
-    correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="correlation of simulated with true activations over all the puzzle's sentences; null when undefined")
-    undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined; null when defined")
+    correlation: Optional[float] = pa.Field(
+        nullable=True,
+        ge=-1.0,
+        le=1.0,
+        description="correlation of simulated with true activations over all the puzzle's sentences; null when undefined",
+    )
+    undefined_reason: Optional[str] = pa.Field(
+        nullable=True, description="why the correlation is undefined; null when defined"
+    )
     n_tokens: int = pa.Field(ge=0, description="tokens scored")
     n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0")
-    rank: int = pa.Field(ge=1, description="1 + the number of other candidates of the puzzle scoring at least as well (ties count against; undefined ranks last)")
+    rank: int = pa.Field(
+        ge=1,
+        description="1 + the number of other candidates of the puzzle scoring at least as well (ties count against; undefined ranks last)",
+    )
     n_candidates: int = pa.Field(ge=1, description="candidates of the puzzle")
     simulator_model: str = pa.Field(description="model that simulated the puzzle from each candidate")
     simulation_mode: str = pa.Field(description="simulator mode (see simulations.simulation_mode)")
@@ -214,15 +308,31 @@ class PuzzleExplanations(pa.DataFrameModel):
     puzzle_file: str = pa.Field(description="the puzzle file the puzzles were read from")
     puzzle: str = pa.Field(description="the puzzle's name")
     true_explanation: str = pa.Field(description="the puzzle's own explanation")
-    explanation: str = pa.Field(str_length={"min_value": 1}, description="the explainer's explanation, from all the puzzle's sentences")
+    explanation: str = pa.Field(
+        str_length={"min_value": 1}, description="the explainer's explanation, from all the puzzle's sentences"
+    )
     raw_reply: str = pa.Field(description="the explainer's reply before cleaning")
     explainer_model: str = pa.Field(description="model that wrote the explanation")
     prompt_version: str = pa.Field(description="version of the explainer prompt")
-    prompt_shortening: Optional[str] = pa.Field(nullable=True, description="what was dropped to fit the explainer's context; null if nothing")
-    correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="the explainer's explanation's score on the puzzle; null when undefined")
+    prompt_shortening: Optional[str] = pa.Field(
+        nullable=True, description="what was dropped to fit the explainer's context; null if nothing"
+    )
+    correlation: Optional[float] = pa.Field(
+        nullable=True,
+        ge=-1.0,
+        le=1.0,
+        description="the explainer's explanation's score on the puzzle; null when undefined",
+    )
     undefined_reason: Optional[str] = pa.Field(nullable=True, description="why that score is undefined")
-    true_correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="the true explanation's score on the puzzle, from puzzle_scores (same simulator)")
-    best_false_correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="the best false candidate's score, from puzzle_scores")
+    true_correlation: Optional[float] = pa.Field(
+        nullable=True,
+        ge=-1.0,
+        le=1.0,
+        description="the true explanation's score on the puzzle, from puzzle_scores (same simulator)",
+    )
+    best_false_correlation: Optional[float] = pa.Field(
+        nullable=True, ge=-1.0, le=1.0, description="the best false candidate's score, from puzzle_scores"
+    )
     simulator_model: str = pa.Field(description="model that simulated the puzzle")
     simulation_mode: str = pa.Field(description="simulator mode")
 
@@ -238,12 +348,28 @@ class RevisionSentences(VariantRows):
     explanation: str = pa.Field(description="the explanation the sentence was written from")
     tokens: list[str] = pa.Field(description="the sentence in the subject model's tokens (empty when rejected)")
     activations: list[float] = pa.Field(description="the neuron's real activation at every token (empty when rejected)")
-    max_activation: Optional[float] = pa.Field(nullable=True, description="the neuron's largest activation on the sentence; null when rejected")
-    is_false_positive: Optional[bool] = pa.Field(nullable=True, description="max_activation below false_positive_fraction of the neuron's recorded max: the explanation predicted a response that did not come; null when rejected")
-    false_positive_fraction: float = pa.Field(gt=0, le=1, description="the threshold, as a share of the neuron's max (neuron_stats.max)")
-    split: Optional[str] = pa.Field(nullable=True, isin=["revision", "scoring"], description="'revision' (shown to the reviser) or 'scoring' (added to the extended scoring set); null when rejected")
-    rejected_reason: Optional[str] = pa.Field(nullable=True, description="why the subject model was not run on the sentence (no token, too long); null when it was")
-    n_requested: int = pa.Field(gt=0, description="sentences asked for; fewer rows for the neuron mean the explainer wrote fewer")
+    max_activation: Optional[float] = pa.Field(
+        nullable=True, description="the neuron's largest activation on the sentence; null when rejected"
+    )
+    is_false_positive: Optional[bool] = pa.Field(
+        nullable=True,
+        description="max_activation below false_positive_fraction of the neuron's recorded max: the explanation predicted a response that did not come; null when rejected",
+    )
+    false_positive_fraction: float = pa.Field(
+        gt=0, le=1, description="the threshold, as a share of the neuron's max (neuron_stats.max)"
+    )
+    split: Optional[str] = pa.Field(
+        nullable=True,
+        isin=["revision", "scoring"],
+        description="'revision' (shown to the reviser) or 'scoring' (added to the extended scoring set); null when rejected",
+    )
+    rejected_reason: Optional[str] = pa.Field(
+        nullable=True,
+        description="why the subject model was not run on the sentence (no token, too long); null when it was",
+    )
+    n_requested: int = pa.Field(
+        gt=0, description="sentences asked for; fewer rows for the neuron mean the explainer wrote fewer"
+    )
     explainer_model: str = pa.Field(description="model that wrote the sentences")
     prompt_version: str = pa.Field(description="version of the sentence-writer prompt")
 
@@ -254,7 +380,10 @@ class Revisions(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="the explanation sample revised (0)")
-    revision_kind: str = pa.Field(isin=["revised", "reexplained", "random_sentences"], description="'revised' (old explanation + generated sentences), 'reexplained' (control: sentences without the old explanation) or 'random_sentences' (control: old explanation + firing excerpts instead of sentences)")
+    revision_kind: str = pa.Field(
+        isin=["revised", "reexplained", "random_sentences"],
+        description="'revised' (old explanation + generated sentences), 'reexplained' (control: sentences without the old explanation) or 'random_sentences' (control: old explanation + firing excerpts instead of sentences)",
+    )
     original_explanation: str = pa.Field(description="the explanation that was revised (see explanations)")
     explanation: str = pa.Field(str_length={"min_value": 1}, description="the revised explanation")
     raw_reply: str = pa.Field(description="the explainer's reply before cleaning")
@@ -270,10 +399,21 @@ class RevisionScores(VariantRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="the explanation sample (0)")
-    revision_kind: str = pa.Field(isin=["original", "revised", "reexplained", "random_sentences"], description="'original' (the explanation before revision) or a revisions.revision_kind")
+    revision_kind: str = pa.Field(
+        isin=["original", "revised", "reexplained", "random_sentences"],
+        description="'original' (the explanation before revision) or a revisions.revision_kind",
+    )
     explanation: str = pa.Field(description="the explanation scored")
-    scoring_set: str = pa.Field(isin=["original", "extended"], description="'original' (the neuron's top and random scoring excerpts) or 'extended' (those plus the scoring split of the generated sentences)")
-    correlation: Optional[float] = pa.Field(nullable=True, ge=-1.0, le=1.0, description="correlation of simulated with true activations over the set; null when undefined")
+    scoring_set: str = pa.Field(
+        isin=["original", "extended"],
+        description="'original' (the neuron's top and random scoring excerpts) or 'extended' (those plus the scoring split of the generated sentences)",
+    )
+    correlation: Optional[float] = pa.Field(
+        nullable=True,
+        ge=-1.0,
+        le=1.0,
+        description="correlation of simulated with true activations over the set; null when undefined",
+    )
     n_tokens: int = pa.Field(ge=0, description="tokens scored")
     n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0")
     undefined_reason: Optional[str] = pa.Field(nullable=True, description="why the correlation is undefined")
@@ -291,11 +431,18 @@ class RevisionComparisons(VariantRows):
     revision_kind: str = pa.Field(description="as in revision_scores")
     n_neurons: int = pa.Field(ge=0, description="neurons with a defined score")
     mean_score: float = pa.Field(description="mean correlation over those neurons")
-    mean_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of the 95% bootstrap interval of the mean (null under 2 neurons)")
+    mean_ci_low: Optional[float] = pa.Field(
+        nullable=True, description="lower end of the 95% bootstrap interval of the mean (null under 2 neurons)"
+    )
     mean_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
     n_paired: int = pa.Field(ge=0, description="neurons with defined original and revised scores")
-    revised_minus_original: Optional[float] = pa.Field(nullable=True, description="mean over those neurons of the revised score minus the original's; above 0: revision helped")
-    difference_ci_low: Optional[float] = pa.Field(nullable=True, description="lower end of its 95% bootstrap interval; above 0: reliably helped")
+    revised_minus_original: Optional[float] = pa.Field(
+        nullable=True,
+        description="mean over those neurons of the revised score minus the original's; above 0: revision helped",
+    )
+    difference_ci_low: Optional[float] = pa.Field(
+        nullable=True, description="lower end of its 95% bootstrap interval; above 0: reliably helped"
+    )
     difference_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
     n_improved: int = pa.Field(ge=0, description="neurons whose revised score is above the original's")
 

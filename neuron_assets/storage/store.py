@@ -125,7 +125,9 @@ class ResultStore:
                 continue  # another process (a parallel run) moved it first
             wanted = TABLES[table].to_schema().columns
             added = {"subject_model": subject_model, "variant": DEFAULT_VARIANT}
-            frame = frame.with_columns(pl.lit(v).alias(c) for c, v in added.items() if c in wanted and c not in frame.columns)
+            frame = frame.with_columns(
+                pl.lit(v).alias(c) for c, v in added.items() if c in wanted and c not in frame.columns
+            )
             target = self.path(table, path.stem, folders)
             target.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".migrating")
@@ -187,7 +189,9 @@ class ResultStore:
             return []
         self.root.mkdir(parents=True, exist_ok=True)
         with duckdb.connect(str(self.database)) as connection:
-            connection.execute(f"CREATE TABLE IF NOT EXISTS {VIEWS_TABLE} (name VARCHAR PRIMARY KEY, statement VARCHAR)")
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {VIEWS_TABLE} (name VARCHAR PRIMARY KEY, statement VARCHAR)"
+            )
             for name, statement in wanted.items():  # in dependency order: a view after what it reads
                 if name in changed:
                     connection.execute(statement)

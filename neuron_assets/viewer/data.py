@@ -37,11 +37,15 @@ class ViewerData:
     def experiments(self) -> list[ExperimentFolder]:
         """Every (subject model folder, variant) with stored scores."""
         scores = self.store.root / "scores"
-        return sorted(
-            ExperimentFolder(variant.parent.name, variant.name)
-            for variant in scores.glob("*/*")
-            if variant.is_dir() and any(variant.glob("*.parquet"))
-        ) if scores.is_dir() else []  # fmt: skip
+        return (
+            sorted(
+                ExperimentFolder(variant.parent.name, variant.name)
+                for variant in scores.glob("*/*")
+                if variant.is_dir() and any(variant.glob("*.parquet"))
+            )
+            if scores.is_dir()
+            else []
+        )
 
     def table(self, table: str, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
         """``table``'s rows of the experiment (all stored layers unless ``layers``); a ``ViewerError`` when none."""
@@ -49,7 +53,9 @@ class ViewerData:
         stored = self.store.partitions(table, folders)
         wanted = stored if layers is None else [str(layer) for layer in layers if str(layer) in stored]
         if not wanted:
-            where = f"subject model {experiment.model!r}" + (f", variant {experiment.variant!r}" if table in VARIANT_TABLES else "")
+            where = f"subject model {experiment.model!r}" + (
+                f", variant {experiment.variant!r}" if table in VARIANT_TABLES else ""
+            )
             layer_text = "" if layers is None else f" for layer {', '.join(map(str, layers))}"
             raise ViewerError(f"no {table} stored for {where}{layer_text}: materialize them first")
         return self.store.read(table, wanted, folders)
@@ -77,16 +83,21 @@ class ViewerData:
         per_method = (
             scores.group_by("layer", "neuron", "polarity", "method", "scoring_set")
             .agg(pl.col("correlation").mean())
-            .with_columns(column=pl.when(pl.col("scoring_set") == "top_and_random").then(pl.col("method"))
-                          .otherwise(pl.col("method") + " (random-only)"))
+            .with_columns(
+                column=pl.when(pl.col("scoring_set") == "top_and_random")
+                .then(pl.col("method"))
+                .otherwise(pl.col("method") + " (random-only)")
+            )
             .pivot(on="column", index=["layer", "neuron", "polarity"], values="correlation")
-        )  # fmt: skip
+        )
         explanations = (
             self.table("explanations", experiment, layers)
             .filter((pl.col("method") == "explanation") & (pl.col("sample") == 0))
             .select("layer", "neuron", "polarity", pl.col("explanation").alias("explanation_text"))
         )
-        stats = self.table("neuron_stats", experiment, layers).select("layer", "neuron", "polarity", "max", "frac_firing")
+        stats = self.table("neuron_stats", experiment, layers).select(
+            "layer", "neuron", "polarity", "max", "frac_firing"
+        )
         return (
             per_method.join(explanations, on=["layer", "neuron", "polarity"], how="left")
             .join(stats, on=["layer", "neuron", "polarity"], how="left")
@@ -109,13 +120,24 @@ class ViewerData:
         records = self.table("activation_records", experiment, [layer]).filter(key).join(excerpts, on="excerpt_id")
         scores = self.table("scores", experiment, [layer]).filter(key)
         explanations = self.table("explanations", experiment, [layer]).filter(key)
-        simulations = self.table("simulations", experiment, [layer]).filter(
-            key & (pl.col("method") == "explanation") & (pl.col("sample") == 0) & pl.col("excerpt_kind").is_in(["top", "random"])
-        ).join(excerpts, on="excerpt_id")
-        other_sides = recorded.filter(
-            (pl.col("neuron") == neuron) & (pl.col("polarity") != polarity)
-        )["polarity"].to_list()
+        simulations = (
+            self.table("simulations", experiment, [layer])
+            .filter(
+                key
+                & (pl.col("method") == "explanation")
+                & (pl.col("sample") == 0)
+                & pl.col("excerpt_kind").is_in(["top", "random"])
+            )
+            .join(excerpts, on="excerpt_id")
+        )
+        other_sides = recorded.filter((pl.col("neuron") == neuron) & (pl.col("polarity") != polarity))[
+            "polarity"
+        ].to_list()
         return {
-            "stats": stats, "records": records, "scores": scores, "explanations": explanations,
-            "simulations": simulations, "other_sides": pl.DataFrame({"polarity": other_sides}, schema={"polarity": pl.String}),
-        }  # fmt: skip
+            "stats": stats,
+            "records": records,
+            "scores": scores,
+            "explanations": explanations,
+            "simulations": simulations,
+            "other_sides": pl.DataFrame({"polarity": other_sides}, schema={"polarity": pl.String}),
+        }

@@ -61,14 +61,16 @@ if (search) {
 
 def page(title: str, body: str) -> str:
     return (
-        f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
         f"<style>{STYLE}</style></head>\n<body>\n{body}\n<script>{SORT_SCRIPT}</script>\n</body></html>\n"
     )
 
 
 def error_page(message: str) -> str:
     """What a person sees when a page cannot be shown: the reason, never a stack trace."""
-    return page("Not found", f'<nav><a href="/">all results</a></nav><div class="error" id="error">{escape(message)}</div>')
+    return page(
+        "Not found", f'<nav><a href="/">all results</a></nav><div class="error" id="error">{escape(message)}</div>'
+    )
 
 
 def neuron_href(experiment: ExperimentFolder, layer: int, neuron: int, polarity: str = "positive") -> str:
@@ -78,13 +80,16 @@ def neuron_href(experiment: ExperimentFolder, layer: int, neuron: int, polarity:
 
 def home(experiments: list[ExperimentFolder]) -> str:
     if not experiments:
-        return page("neuron-assets", "<h1>neuron-assets</h1><p class=\"error\" id=\"error\">No scores stored yet: "
-                    "materialize the pipeline (make demo) first.</p>")  # fmt: skip
+        return page(
+            "neuron-assets",
+            '<h1>neuron-assets</h1><p class="error" id="error">No scores stored yet: '
+            "materialize the pipeline (make demo) first.</p>",
+        )
     items = "".join(
         f'<li><a href="/{escape(e.model)}/{escape(e.variant)}/">{escape(e.model)} / {escape(e.variant)}</a></li>'
         for e in experiments
     )
-    return page("neuron-assets", f"<h1>Results</h1><p>Subject model / variant:</p><ul id=\"experiments\">{items}</ul>")
+    return page("neuron-assets", f'<h1>Results</h1><p>Subject model / variant:</p><ul id="experiments">{items}</ul>')
 
 
 def _number(value: float | None) -> str:
@@ -103,7 +108,7 @@ def index(
     all stored layers, or only ``layers``."""
     methods = [c for c in ["explanation", "explanation (random-only)", *BASELINES] if c in neurons.columns]
     header = "".join(
-        f'<th data-sort>{escape(name)}</th>'
+        f"<th data-sort>{escape(name)}</th>"
         for name in ["layer", "neuron", "polarity", "explanation", *methods, "max activation"]
     )
     rows = []
@@ -112,7 +117,7 @@ def index(
         cells = [
             f'<td class="num" data-value="{r["layer"]}">{r["layer"]}</td>',
             f'<td class="num" data-value="{r["neuron"]}"><a href="{neuron_href(experiment, r["layer"], r["neuron"], r["polarity"])}">'
-            f'{r["neuron"]}</a></td>',
+            f"{r['neuron']}</a></td>",
             f'<td data-value="{r["polarity"]}">{r["polarity"]}</td>',
             f'<td data-value="{escape(text)}">{escape(text)}</td>',
             *(f'<td class="num" data-value="{_number(r[m])}">{_number(r[m])}</td>' for m in methods),
@@ -123,15 +128,16 @@ def index(
     figures += [plots.explanation_vs(scores, m) for m in BASELINES if m in set(scores["method"].to_list())]
     home = f"/{escape(experiment.model)}/{escape(experiment.variant)}/"
     layer_links = " ".join(
-        f'<a href="{home}layer-{layer}/">{layer}</a>' if layers != [layer] else f"<b>{layer}</b>" for layer in all_layers
+        f'<a href="{home}layer-{layer}/">{layer}</a>' if layers != [layer] else f"<b>{layer}</b>"
+        for layer in all_layers
     )
     which = "all layers" if layers is None else f"layer {', '.join(map(str, layers))}"
     body = (
         f'<nav><a href="/">all results</a> · <a href="{home}">all layers</a> · layer: {layer_links}</nav>'
         f"<h1>{escape(experiment.model)} <small>variant {escape(experiment.variant)}, {which}</small></h1>"
         f'<div class="plots">{"".join(figures)}</div>'
-        f'<h2>Neurons</h2><p>Scores are top-and-random correlations (samples averaged) unless marked random-only; '
-        f'click a column to sort.</p>'
+        f"<h2>Neurons</h2><p>Scores are top-and-random correlations (samples averaged) unless marked random-only; "
+        f"click a column to sort.</p>"
         f'<p><input id="search" type="search" placeholder="search explanations" size="40"></p>'
         f'<table id="neurons"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
@@ -157,7 +163,9 @@ def tokens_html(tokens: list[str], values: list[float | None], scale: float, lab
     return f'<div class="excerpt"><span class="label">{escape(label)}</span>{"".join(spans)}</div>'
 
 
-def neuron_page(experiment: ExperimentFolder, layer: int, neuron: int, polarity: str, parts: dict[str, pl.DataFrame]) -> str:
+def neuron_page(
+    experiment: ExperimentFolder, layer: int, neuron: int, polarity: str, parts: dict[str, pl.DataFrame]
+) -> str:
     stats = parts["stats"].row(0, named=True)
     scale = max(stats["max"], 1e-9)
     title = f"layer {layer} neuron {neuron}" + ("" if polarity == "positive" else f" ({polarity})")
@@ -174,7 +182,9 @@ def neuron_page(experiment: ExperimentFolder, layer: int, neuron: int, polarity:
     for e in parts["explanations"].sort("method", "sample").iter_rows(named=True):
         by_set = {
             r["scoring_set"]: r["correlation"]
-            for r in scores.filter((pl.col("method") == e["method"]) & (pl.col("sample") == e["sample"])).iter_rows(named=True)
+            for r in scores.filter((pl.col("method") == e["method"]) & (pl.col("sample") == e["sample"])).iter_rows(
+                named=True
+            )
         }
         explanation_rows.append(
             f'<tr class="explanation"><td>{escape(e["method"])}</td><td class="num">{e["sample"]}</td>'
@@ -183,9 +193,13 @@ def neuron_page(experiment: ExperimentFolder, layer: int, neuron: int, polarity:
         )
     baseline_rows = "".join(
         f'<tr><td>{escape(r["method"])}</td><td class="num">{_number(r["correlation"])}</td></tr>'
-        for r in scores.filter((pl.col("scoring_set") == "top_and_random") & ~pl.col("method").is_in(
-            parts["explanations"]["method"].unique().to_list())).sort("method").iter_rows(named=True)
-    )  # fmt: skip
+        for r in scores.filter(
+            (pl.col("scoring_set") == "top_and_random")
+            & ~pl.col("method").is_in(parts["explanations"]["method"].unique().to_list())
+        )
+        .sort("method")
+        .iter_rows(named=True)
+    )
     simulated = []
     for s in parts["simulations"].sort("excerpt_kind", "excerpt_id", descending=[True, False]).iter_rows(named=True):
         simulated.append(
@@ -196,12 +210,16 @@ def neuron_page(experiment: ExperimentFolder, layer: int, neuron: int, polarity:
         )
     sections = []
     records = parts["records"]
-    for kind, heading in (("top", "Top-activating excerpts"), ("random", "Random excerpts"), ("quantile", "Quantile-bin excerpts")):
+    for kind, heading in (
+        ("top", "Top-activating excerpts"),
+        ("random", "Random excerpts"),
+        ("quantile", "Quantile-bin excerpts"),
+    ):
         chosen = records.filter(pl.col("kind") == kind).sort("pool", "quantile_bin", "rank", nulls_last=True)
         if chosen.is_empty():
             continue
         lines = [
-            tokens_html(r["tokens"], r["activations"], scale, f'{r["pool"][:5]} {r["quantile_bin"] or r["rank"]}')
+            tokens_html(r["tokens"], r["activations"], scale, f"{r['pool'][:5]} {r['quantile_bin'] or r['rank']}")
             for r in chosen.iter_rows(named=True)
         ]
         sections.append(f'<h2>{heading}</h2><div class="records" data-kind="{kind}">{"".join(lines)}</div>')
@@ -211,10 +229,14 @@ def neuron_page(experiment: ExperimentFolder, layer: int, neuron: int, polarity:
         f"<h1>{escape(title)}</h1>"
         f'<h2>Explanations</h2><table id="explanations"><thead><tr><th>method</th><th>sample</th><th>explanation</th>'
         f"<th>top-and-random</th><th>random-only</th><th>explainer</th></tr></thead><tbody>{''.join(explanation_rows)}</tbody></table>"
-        + (f'<h2>Baselines and control</h2><table id="baselines"><tbody>{baseline_rows}</tbody></table>' if baseline_rows else "")
+        + (
+            f'<h2>Baselines and control</h2><table id="baselines"><tbody>{baseline_rows}</tbody></table>'
+            if baseline_rows
+            else ""
+        )
         + f'<h2>Neuron statistics</h2><table id="stats">{stat_rows}</table>'
         f"<h2>Scoring excerpts: true activation and the explanation's simulation</h2>"
-        f'<p>True activations are coloured on the neuron\'s maximum ({stats["max"]:.3g}), simulations on 0-10.</p>'
+        f"<p>True activations are coloured on the neuron's maximum ({stats['max']:.3g}), simulations on 0-10.</p>"
         f'<div id="simulations">{"".join(simulated) or "<p>No simulation of the explanation stored.</p>"}</div>'
         + "".join(sections)
     )

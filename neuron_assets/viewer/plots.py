@@ -39,10 +39,16 @@ class _Axes:
             f'transform="rotate(-90 12 {HEIGHT / 2})">{escape(y_label)}</text>',
         ]
         for t in x_ticks:
-            parts.append(f'<text x="{self.x(t):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle" font-size="10">{_fmt(t)}</text>')
+            parts.append(
+                f'<text x="{self.x(t):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle" font-size="10">{_fmt(t)}</text>'
+            )
         for t in y_ticks:
-            parts.append(f'<line x1="{LEFT}" y1="{self.y(t):.1f}" x2="{WIDTH - RIGHT}" y2="{self.y(t):.1f}" stroke="#e4e4e4"/>')
-            parts.append(f'<text x="{LEFT - 4}" y="{self.y(t) + 3:.1f}" text-anchor="end" font-size="10">{_fmt(t)}</text>')
+            parts.append(
+                f'<line x1="{LEFT}" y1="{self.y(t):.1f}" x2="{WIDTH - RIGHT}" y2="{self.y(t):.1f}" stroke="#e4e4e4"/>'
+            )
+            parts.append(
+                f'<text x="{LEFT - 4}" y="{self.y(t) + 3:.1f}" text-anchor="end" font-size="10">{_fmt(t)}</text>'
+            )
         return parts
 
 
@@ -91,7 +97,7 @@ def layer_means(comparisons: pl.DataFrame, method: str = "explanation") -> str:
                 )
             parts.append(
                 f'<circle class="mean" cx="{x:.1f}" cy="{axes.y(r["mean_score"]):.1f}" r="3.5" fill="{colour}">'
-                f'<title>layer {r["layer"]}, {scoring_set}: {r["mean_score"]:.3f} over {r["n_neurons"]} neurons</title></circle>'
+                f"<title>layer {r['layer']}, {scoring_set}: {r['mean_score']:.3f} over {r['n_neurons']} neurons</title></circle>"
             )
     return _svg(parts, f"mean {method} score by layer")
 
@@ -99,7 +105,9 @@ def layer_means(comparisons: pl.DataFrame, method: str = "explanation") -> str:
 def score_distributions(scores: pl.DataFrame, method: str = "explanation", scoring_set: str = "top_and_random") -> str:
     """Every neuron's score (samples averaged) per layer, as a strip of points."""
     per_neuron = (
-        scores.filter((pl.col("method") == method) & (pl.col("scoring_set") == scoring_set) & pl.col("correlation").is_not_null())
+        scores.filter(
+            (pl.col("method") == method) & (pl.col("scoring_set") == scoring_set) & pl.col("correlation").is_not_null()
+        )
         .group_by("layer", "neuron", "polarity")
         .agg(pl.col("correlation").mean())
         .sort("layer", "polarity", "neuron")
@@ -107,14 +115,18 @@ def score_distributions(scores: pl.DataFrame, method: str = "explanation", scori
     layers = per_neuron["layer"].unique().sort().to_list()
     axes = _Axes((min(layers, default=0) - 0.5, max(layers, default=0) + 0.5), (-1.0, 1.0))
     parts = axes.frame(
-        f"{method} scores per layer ({scoring_set.replace('_', '-')})", "layer", "correlation score", layers, [-1, -0.5, 0, 0.5, 1]
+        f"{method} scores per layer ({scoring_set.replace('_', '-')})",
+        "layer",
+        "correlation score",
+        layers,
+        [-1, -0.5, 0, 0.5, 1],
     )
     for i, r in enumerate(per_neuron.iter_rows(named=True)):
         jitter = ((i * 7919) % 13 - 6) / 40  # deterministic spread so equal scores stay visible
         parts.append(
             f'<circle class="neuron" cx="{axes.x(r["layer"] + jitter):.1f}" cy="{axes.y(r["correlation"]):.1f}" r="2.5" '
             f'fill="#1f5fa8" fill-opacity="0.6"><title>layer {r["layer"]} neuron {r["neuron"]} ({r["polarity"]}): '
-            f'{r["correlation"]:.3f}</title></circle>'
+            f"{r['correlation']:.3f}</title></circle>"
         )
     return _svg(parts, f"{method} score distribution per layer")
 
@@ -128,18 +140,27 @@ def explanation_vs(scores: pl.DataFrame, baseline: str, scoring_set: str = "top_
         .pivot(on="method", index=["layer", "neuron", "polarity"], values="correlation")
     )
     if baseline not in per_neuron.columns or "explanation" not in per_neuron.columns:
-        per_neuron = pl.DataFrame(schema={"layer": pl.Int64, "neuron": pl.Int64, "polarity": pl.String,
-                                          "explanation": pl.Float64, baseline: pl.Float64})  # fmt: skip
+        per_neuron = pl.DataFrame(
+            schema={
+                "layer": pl.Int64,
+                "neuron": pl.Int64,
+                "polarity": pl.String,
+                "explanation": pl.Float64,
+                baseline: pl.Float64,
+            }
+        )
     pairs = per_neuron.drop_nulls(["explanation", baseline]).sort("layer", "neuron")
     axes = _Axes((-1.0, 1.0), (-1.0, 1.0))
     ticks = [-1, -0.5, 0, 0.5, 1]
     parts = axes.frame(f"explanation vs {baseline}", f"{baseline} score", "explanation score", ticks, ticks)
-    parts.append(f'<line x1="{axes.x(-1)}" y1="{axes.y(-1)}" x2="{axes.x(1)}" y2="{axes.y(1)}" stroke="#999" stroke-dasharray="4 3"/>')
+    parts.append(
+        f'<line x1="{axes.x(-1)}" y1="{axes.y(-1)}" x2="{axes.x(1)}" y2="{axes.y(1)}" stroke="#999" stroke-dasharray="4 3"/>'
+    )
     for r in pairs.iter_rows(named=True):
         parts.append(
             f'<circle class="pair" cx="{axes.x(r[baseline]):.1f}" cy="{axes.y(r["explanation"]):.1f}" r="3" fill="#2e7d32" '
             f'fill-opacity="0.7"><title>layer {r["layer"]} neuron {r["neuron"]}: explanation {r["explanation"]:.3f}, '
-            f'{baseline} {r[baseline]:.3f}</title></circle>'
+            f"{baseline} {r[baseline]:.3f}</title></circle>"
         )
     return _svg(parts, f"explanation vs {baseline}")
 

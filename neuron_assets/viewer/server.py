@@ -36,7 +36,10 @@ def render(data: ViewerData, path: str) -> str:
         model, variant, layer = match.groups()
         experiment, layers = ExperimentFolder(model, variant), None if layer is None else [int(layer)]
         data.check_experiment(experiment)
-        scores, comparisons = data.table("scores", experiment, layers), data.table("method_comparisons", experiment, layers)
+        scores, comparisons = (
+            data.table("scores", experiment, layers),
+            data.table("method_comparisons", experiment, layers),
+        )
         neurons = data.neurons(experiment, scores, layers)
         return pages.index(experiment, neurons, scores, comparisons, data.layers(experiment), layers)
     if match := _NEURON.fullmatch(path):
@@ -60,8 +63,9 @@ def handler_for(data: ViewerData) -> type[BaseHTTPRequestHandler]:
                 status, html = HTTPStatus.NOT_FOUND, pages.error_page(str(error))
             except Exception as error:  # a bad file, a schema error: say what, keep the trace for the terminal
                 traceback.print_exc()
-                status, html = HTTPStatus.INTERNAL_SERVER_ERROR, pages.error_page(
-                    f"this page could not be built: {type(error).__name__}: {error}"
+                status, html = (
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    pages.error_page(f"this page could not be built: {type(error).__name__}: {error}"),
                 )
             body = html.encode("utf-8")
             self.send_response(status)
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     from neuron_assets.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=None, help="results folder (default: NEURON_ASSETS_DATA_DIR or data)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="results folder (default: NEURON_ASSETS_DATA_DIR or data)"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
     data_dir = args.data_dir or Settings.from_environment().data_dir
