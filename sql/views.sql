@@ -23,6 +23,13 @@
 -- is not the correlation squared: it can be lower, and it is negative when the
 -- calibrated simulation is further from the truth than the truth's own mean.
 
+-- The fewest neurons a layer's verdict reads an interval over. Below it every verdict
+-- (layer_methods, revision_layers, variant_layers) says 'too few neurons': a percentile
+-- bootstrap of a mean over n values has few distinct resamples (10 for n = 3) and its
+-- interval says little. Raise it for stricter verdicts.
+CREATE OR REPLACE VIEW verdict_rules AS
+SELECT 10 AS min_neurons;
+
 -- One row per simulated explanation: what the simulator saw and which models ran.
 CREATE OR REPLACE VIEW simulation_sets AS
 SELECT
@@ -91,45 +98,81 @@ LEFT JOIN simulation_sets s USING (subject_model, variant, layer, neuron, polari
 LEFT JOIN method_scores m USING (subject_model, variant, layer, neuron, polarity, sample, method)
 WHERE e.method = 'explanation';
 
--- The best scored explanation of each neuron (by top-and-random score; undefined scores
--- last), beside the neuron's baselines and control, all top-and-random. Only scored
--- explanations are listed: a NULL score here is undefined (constant activations), and
--- *_undefined_reason says why. Explanations not yet scored are in unscored_explanations.
--- beats_best_baseline / beats_control: the explanation scored higher than the best
--- baseline / than another neuron's explanation on this neuron (one neuron, no interval:
--- see layer_methods for the layer's verdict). next_token_scores_higher: the next-token
--- explanation (when simulations asked for it) beat the token explanation on this neuron.
+-- Each scored neuron's explanation beside its baselines and control, all top-and-random.
+-- One rule everywhere (here, layer_scores, method_comparisons, variant_scores): a
+-- neuron's score for a method is the mean of its samples' defined scores, so a neuron
+-- with several explanation samples is not favoured over its single control or baseline.
+-- explanation / best_sample / best_sample_score show the best-scoring sample's text, for
+-- reading only; n_samples says how many samples the mean covers. A NULL score is
+-- undefined in every sample (constant activations), and *_undefined_reason says why.
+-- Explanations not yet scored are in unscored_explanations. beats_best_baseline /
+-- beats_control: the explanation's mean scored higher than the best baseline / than
+-- another neuron's explanation on this neuron (one neuron, no interval: see layer_methods
+-- for the layer's verdict). next_token_scores_higher: the next-token explanation (when
+-- simulations asked for it) beat the token explanation on this neuron.
 CREATE OR REPLACE VIEW neuron_scores AS
-WITH best AS (
-    SELECT * EXCLUDE (sample)
+WITH scored AS (
+    SELECT *
     FROM explanation_scores
     WHERE top_and_random_score IS NOT NULL OR top_and_random_undefined_reason IS NOT NULL
         OR random_only_score IS NOT NULL OR random_only_undefined_reason IS NOT NULL
+),
+best AS (
+    SELECT subject_model, variant, corpus, layer, neuron, polarity, explanation, explainer_model, simulator_model,
+        sample AS best_sample, top_and_random_score AS best_sample_score
+    FROM scored
     QUALIFY row_number() OVER (
         PARTITION BY subject_model, variant, layer, neuron, polarity
         ORDER BY top_and_random_score DESC NULLS LAST, sample
     ) = 1
 ),
+means AS (
+    SELECT subject_model, variant, layer, neuron, polarity,
+        count(*) AS n_samples,
+        avg(top_and_random_score) AS top_and_random_score,
+        avg(random_only_score) AS random_only_score,
+        avg(top_and_random_explained_variance) AS top_and_random_explained_variance,
+        avg(random_only_explained_variance) AS random_only_explained_variance,
+        CASE WHEN count(top_and_random_score) = 0 THEN any_value(top_and_random_undefined_reason) END
+            AS top_and_random_undefined_reason,
+        CASE WHEN count(random_only_score) = 0 THEN any_value(random_only_undefined_reason) END
+            AS random_only_undefined_reason,
+        max(top_and_random_unsimulated_share) AS top_and_random_unsimulated_share,
+        max(random_only_unsimulated_share) AS random_only_unsimulated_share,
+        bool_or(many_unsimulated) AS many_unsimulated
+    FROM scored
+    GROUP BY subject_model, variant, layer, neuron, polarity
+),
+per_method AS (
+    SELECT subject_model, variant, layer, neuron, polarity, method,
+        avg(top_and_random_score) AS score, any_value(explanation_neuron) AS explanation_neuron
+    FROM method_scores
+    GROUP BY subject_model, variant, layer, neuron, polarity, method
+),
 others AS (
     SELECT subject_model, variant, layer, neuron, polarity,
-        max(top_and_random_score) FILTER (WHERE method = 'lookup_table') AS lookup_table_score,
-        max(top_and_random_score) FILTER (WHERE method = 'weight_based') AS weight_based_score,
-        max(top_and_random_score) FILTER (WHERE method = 'lookup_explanation') AS lookup_explanation_score,
-        max(top_and_random_score) FILTER (WHERE method = 'next_token_explanation') AS next_token_explanation_score,
-        arg_max(method, top_and_random_score)
+        any_value(score) FILTER (WHERE method = 'lookup_table') AS lookup_table_score,
+        any_value(score) FILTER (WHERE method = 'weight_based') AS weight_based_score,
+        any_value(score) FILTER (WHERE method = 'lookup_explanation') AS lookup_explanation_score,
+        any_value(score) FILTER (WHERE method = 'next_token_explanation') AS next_token_explanation_score,
+        arg_max(method, score)
             FILTER (WHERE method IN ('lookup_table', 'weight_based', 'lookup_explanation')) AS best_baseline,
-        max(top_and_random_score)
-            FILTER (WHERE method IN ('lookup_table', 'weight_based', 'lookup_explanation')) AS best_baseline_score,
-        max(top_and_random_score) FILTER (WHERE method = 'control') AS control_score,
+        max(score) FILTER (WHERE method IN ('lookup_table', 'weight_based', 'lookup_explanation'))
+            AS best_baseline_score,
+        any_value(score) FILTER (WHERE method = 'control') AS control_score,
         any_value(explanation_neuron) FILTER (WHERE method = 'control') AS control_explanation_neuron
-    FROM method_scores
+    FROM per_method
     GROUP BY subject_model, variant, layer, neuron, polarity
 )
-SELECT best.*, o.* EXCLUDE (subject_model, variant, layer, neuron, polarity),
-    best.top_and_random_score > o.best_baseline_score AS beats_best_baseline,
-    best.top_and_random_score > o.control_score AS beats_control,
-    o.next_token_explanation_score > best.top_and_random_score AS next_token_scores_higher
-FROM best
+SELECT b.subject_model, b.variant, b.corpus, b.layer, b.neuron, b.polarity,
+    b.explanation, b.explainer_model, b.simulator_model, b.best_sample, b.best_sample_score,
+    m.* EXCLUDE (subject_model, variant, layer, neuron, polarity),
+    o.* EXCLUDE (subject_model, variant, layer, neuron, polarity),
+    m.top_and_random_score > o.best_baseline_score AS beats_best_baseline,
+    m.top_and_random_score > o.control_score AS beats_control,
+    o.next_token_explanation_score > m.top_and_random_score AS next_token_scores_higher
+FROM best b
+JOIN means m USING (subject_model, variant, layer, neuron, polarity)
 LEFT JOIN others o USING (subject_model, variant, layer, neuron, polarity);
 
 -- Per layer, method and scoring set: the mean score over neurons (a neuron's samples
@@ -161,7 +204,8 @@ GROUP BY subject_model, variant, layer, polarity, method, scoring_set;
 
 -- Per layer and scoring set, each method against the explanation, with 95% bootstrap
 -- intervals over neurons (from method_comparisons). verdict reads the interval of the
--- difference (explanation minus method): 'explanation better' when it lies above 0,
+-- difference (explanation minus method), over at least verdict_rules.min_neurons paired
+-- neurons ('too few neurons' below it): 'explanation better' when it lies above 0,
 -- 'explanation worse' when below, 'no clear difference' when it spans 0 (with a tiny
 -- explainer, expect that against 'control': it means the explanations carry no more
 -- about their own neuron than about another one).
@@ -171,7 +215,7 @@ SELECT subject_model, variant, layer, polarity, scoring_set, method, n_neurons,
     n_paired, explanation_minus_method, difference_ci_low, difference_ci_high,
     CASE
         WHEN method = 'explanation' THEN NULL
-        WHEN difference_ci_low IS NULL THEN 'too few neurons'
+        WHEN difference_ci_low IS NULL OR n_paired < (SELECT min_neurons FROM verdict_rules) THEN 'too few neurons'
         WHEN difference_ci_low > 0 THEN 'explanation better'
         WHEN difference_ci_high < 0 THEN 'explanation worse'
         ELSE 'no clear difference'
@@ -310,7 +354,7 @@ LEFT JOIN (
 WHERE o.revision_kind = 'original' AND o.scoring_set = 'original';
 
 -- Revision per layer: mean difference revised - original with its bootstrap interval, neurons
--- improved, and the false-positive rate of the generated sentences.
+-- improved, and the false-positive rate of the generated sentences; verdict as in layer_methods.
 CREATE OR REPLACE VIEW revision_layers AS
 SELECT
     c.subject_model,
@@ -326,6 +370,8 @@ SELECT
     c.difference_ci_low,
     c.difference_ci_high,
     CASE
+        WHEN c.difference_ci_low IS NULL OR c.n_paired < (SELECT min_neurons FROM verdict_rules)
+            THEN 'too few neurons'
         WHEN c.difference_ci_low > 0 THEN 'revision better'
         WHEN c.difference_ci_high < 0 THEN 'revision worse'
         ELSE 'no clear difference'
@@ -373,7 +419,7 @@ JOIN per_neuron b ON b.subject_model = a.subject_model AND b.layer = a.layer AND
 -- Variants side by side, per layer, method and scoring set: the mean score under each
 -- variant over the neurons both scored (a defined score in both), the mean of b minus a,
 -- and its 95% bootstrap interval over those neurons (1,000 resamples drawn by hashing, so
--- the interval is the same at every query). verdict reads the interval.
+-- the interval is the same at every query). verdict reads the interval, as in layer_methods.
 CREATE OR REPLACE VIEW variant_layers AS
 WITH paired AS (
     SELECT subject_model, layer, polarity, method, variant_a, variant_b, scoring_set, score_a, score_b,
@@ -424,7 +470,7 @@ SELECT g.subject_model, g.layer, g.polarity, g.method, g.scoring_set, g.variant_
     g.n AS n_paired, g.mean_score_a, g.mean_score_b, g.b_minus_a,
     i.difference_ci_low, i.difference_ci_high,
     CASE
-        WHEN i.difference_ci_low IS NULL THEN 'too few neurons'
+        WHEN i.difference_ci_low IS NULL OR g.n < (SELECT min_neurons FROM verdict_rules) THEN 'too few neurons'
         WHEN i.difference_ci_low > 0 THEN 'variant_b better'
         WHEN i.difference_ci_high < 0 THEN 'variant_a better'
         ELSE 'no clear difference'

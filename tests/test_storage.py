@@ -105,18 +105,22 @@ def explanations(layer: int, n: int, variant: str) -> pl.DataFrame:
     )
 
 
-def test_variants_of_one_layer_are_compared_per_neuron_and_per_layer_with_a_bootstrap_interval(tmp_path):
+@pytest.mark.parametrize("n_neurons, verdict", [(12, "variant_b better"), (4, "too few neurons")])
+def test_variants_of_one_layer_are_compared_per_neuron_and_per_layer_with_a_bootstrap_interval(
+    tmp_path, n_neurons, verdict
+):
+    """A verdict reads the interval only over at least verdict_rules.min_neurons (10) neurons."""
     store = ResultStore(tmp_path)
     for variant, correlation in (("a", 0.2), ("b", 0.5)):
         prefix = ["m", variant]
         both_sets = pl.concat(
             [
-                scores(3, 4, variant=variant, correlation=correlation, scoring_set=s)
+                scores(3, n_neurons, variant=variant, correlation=correlation, scoring_set=s)
                 for s in ("top_and_random", "random_only")
             ]
         )
         store.write("scores", both_sets, "3", prefix)
-        store.write("explanations", explanations(3, 4, variant), "3", prefix)
+        store.write("explanations", explanations(3, n_neurons, variant), "3", prefix)
     store.refresh_views()
     with duckdb.connect(str(store.database), read_only=True) as connection:
         neurons = connection.sql(
@@ -127,13 +131,13 @@ def test_variants_of_one_layer_are_compared_per_neuron_and_per_layer_with_a_boot
             "SELECT variant_a, variant_b, n_paired, mean_score_a, mean_score_b, b_minus_a, difference_ci_low, "
             "difference_ci_high, verdict FROM variant_layers WHERE scoring_set = 'top_and_random'"
         ).fetchall()
-    assert [(n, a, b) for n, a, b, _ in neurons] == [(i, f"a {i}", f"b {i}") for i in range(4)]
-    assert [round(d, 9) for *_, d in neurons] == [0.3] * 4
-    ((a, b, n, mean_a, mean_b, difference, low, high, verdict),) = layer
-    assert (a, b, n) == ("a", "b", 4)
+    assert [(n, a, b) for n, a, b, _ in neurons] == [(i, f"a {i}", f"b {i}") for i in range(n_neurons)]
+    assert [round(d, 9) for *_, d in neurons] == [0.3] * n_neurons
+    ((a, b, n, mean_a, mean_b, difference, low, high, said),) = layer
+    assert (a, b, n) == ("a", "b", n_neurons)
     assert (round(mean_a, 9), round(mean_b, 9), round(difference, 9)) == (0.35, 0.65, 0.3)
     assert round(low, 9) == round(high, 9) == 0.3  # every neuron differs by 0.3: no spread to resample
-    assert verdict == "variant_b better"
+    assert said == verdict
 
 
 def test_results_in_the_layout_before_experiments_are_moved_to_their_subject_model_and_the_default_variant(tmp_path):
