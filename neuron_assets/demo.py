@@ -90,7 +90,8 @@ def print_results(
     from neuron_assets.storage.store import sql_string
 
     layers = (
-        f"layer BETWEEN {int(first_layer)} AND {int(last_layer)} AND subject_model = {sql_string(experiment.subject_model)} "
+        f"layer BETWEEN {int(first_layer)} AND {int(last_layer)} "
+        f"AND subject_model = {sql_string(experiment.subject_model)} "
         f"AND variant = {sql_string(experiment.variant)}"
     )
     with duckdb.connect(str(store.database), read_only=True) as connection:
@@ -120,7 +121,8 @@ def print_results(
             else connection.sql(
                 "SELECT layer, neuron, revised_explanation, round(original_score, 3) AS original, "
                 "round(revised_score, 3) AS revised, round(original_extended_score, 3) AS original_ext, "
-                "round(revised_extended_score, 3) AS revised_ext, n_false_positives || '/' || n_sentences AS false_positives "
+                "round(revised_extended_score, 3) AS revised_ext, "
+                "n_false_positives || '/' || n_sentences AS false_positives "
                 f"FROM revision_neurons WHERE {layers} AND revision_kind = 'revised' ORDER BY layer, neuron"
             )
         )

@@ -147,7 +147,10 @@ def test_the_installed_avx512_variant_has_no_amx_and_is_chosen_where_the_host_of
         assert chosen.name == "portable"
         return
     assert chosen == variant
-    code = f"import sys; sys.path.insert(0, {str(variant.path)!r}); import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"
+    code = (
+        f"import sys; sys.path.insert(0, {str(variant.path)!r}); import llama_cpp; "
+        "print(llama_cpp.llama_print_system_info().decode())"
+    )
     features = llama_build.compiled_features(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )

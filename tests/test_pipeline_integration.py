@@ -217,7 +217,10 @@ def test_a_score_with_more_than_five_percent_unsimulated_tokens_is_flagged(backf
     _, store, _ = backfill
     shares = query(
         store,
-        "SELECT top_and_random_unsimulated_share, random_only_unsimulated_share, many_unsimulated FROM explanation_scores",
+        (
+            "SELECT top_and_random_unsimulated_share, random_only_unsimulated_share, many_unsimulated "
+            "FROM explanation_scores"
+        ),
     )
     assert shares
     for top_and_random, random_only, flagged in shares:

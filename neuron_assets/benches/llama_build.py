@@ -31,9 +31,11 @@ from neuron_assets.llm.llama_server import _describe_exit, packaged_gguf_path
 PROMPT_TOKENS = 600
 GENERATED_TOKENS = 32
 
-MEASURE = r"""
+# Not raw: each backslash-newline below is dropped from the text, so the script gets those lines whole.
+MEASURE = """
 import json, os, sys, time
-build, gguf, prepare, n_prompt, n_generated = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
+build, gguf, prepare, n_prompt, n_generated = sys.argv[1], sys.argv[2], sys.argv[3] == "1", \
+int(sys.argv[4]), int(sys.argv[5])
 sys.path.insert(0, build)
 if prepare:
     from neuron_assets.llm.llama_server import _prepare_build
@@ -42,7 +44,8 @@ import llama_cpp
 from neuron_assets.llm.llama_build import compiled_features
 from neuron_assets.llm.llama_server import STARTUP_PROMPT
 threads = os.cpu_count() or 1
-llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, logits_all=True, n_threads=threads, \
+n_threads_batch=threads, verbose=False)
 tokens = llm.tokenize(STARTUP_PROMPT.encode())
 tokens = (tokens * (n_prompt // len(tokens) + 1))[:n_prompt]
 def timed(run):
@@ -59,7 +62,8 @@ prompt()  # warm-up: first-touch of weights and buffers
 prompt_s = sorted(timed(prompt) for _ in range(3))[1]
 generate_s = sorted(generate() for _ in range(3))[1]
 features = sorted(compiled_features(llama_cpp.llama_print_system_info().decode()))
-print(json.dumps({"prompt_tok_s": n_prompt / prompt_s, "generate_tok_s": n_generated / generate_s, "features": features}))
+print(json.dumps({"prompt_tok_s": n_prompt / prompt_s, "generate_tok_s": n_generated / generate_s, \
+"features": features}))
 """
 
 
@@ -104,14 +108,16 @@ def main(argv: list[str] | None = None) -> None:
 
     reference = statistics.median(r["prompt_tok_s"] for r in results[variants[0]] if "crashed" not in r)
     print(
-        f"{'build':<12} {'start-up':<10} {'prompt tok/s':>12} {'× ' + variants[0][0]:>12} {'gen tok/s':>10}  features / outcome"
+        f"{'build':<12} {'start-up':<10} {'prompt tok/s':>12} {'× ' + variants[0][0]:>12} "
+        f"{'gen tok/s':>10}  features / outcome"
     )
     for (name, prepare), runs in results.items():
         settings = "server" if prepare else "as-is"
         crashed = [r for r in runs if "crashed" in r]
         if crashed:
             print(
-                f"{name:<12} {settings:<10} {'crashed':>12} {'':>12} {'':>10}  {crashed[0]['crashed']} in {len(crashed)}/{len(runs)} runs"
+                f"{name:<12} {settings:<10} {'crashed':>12} {'':>12} {'':>10}  "
+                f"{crashed[0]['crashed']} in {len(crashed)}/{len(runs)} runs"
             )
             continue
         prompt = statistics.median(r["prompt_tok_s"] for r in runs)

@@ -19,8 +19,9 @@ with one prompt of its shape: seconds and prompt tokens per excerpt, and the
 correlation of the values the two give the same tokens.
 
 Prompt tokens are the server's count of the whole prompt, reused prefix included, so
-tokens per second is the throughput a caller sees. Prints tokens per second of each, the pipeline against the raw request and against
-prompt evaluation, and the explainer's seconds per explanation. ``--lever "ARGS"`` runs
+tokens per second is the throughput a caller sees. Prints tokens per second of each, the
+pipeline against the raw request and against prompt evaluation, and the explainer's
+seconds per explanation. ``--lever "ARGS"`` runs
 the same measures again with more llama_cpp.server settings (e.g. ``"--n_batch 2048"``,
 ``"--cache true"``), one server per setting, so each setting's effect is printed beside
 the default's. Last, the soak (``llm_soak``): ``--soak`` calls (1,000 by default, 0 skips it)

@@ -146,7 +146,8 @@ def _print_costs(runs: dict[str, ModeRun]) -> None:
 
 def _print_scores(runs: dict[str, ModeRun], true: list[list[float]]) -> None:
     print(
-        "\nscore against the true activations (pooled correlation over all tokens, an unvalued one counted as 0; n tokens):"
+        "\nscore against the true activations (pooled correlation over all tokens, "
+        "an unvalued one counted as 0; n tokens):"
     )
     for mode, run in runs.items():
         result = score(run.simulated, true)

@@ -43,7 +43,8 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         token_lookup: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """One-sentence explanation(s) per neuron, written by the explainer LLM from its top explanation-pool excerpts, and the lookup-table explanation baseline."""
+        """One-sentence explanation(s) per neuron, written by the explainer LLM from its top
+        explanation-pool excerpts, and the lookup-table explanation baseline."""
         from neuron_assets.baselines.token_baselines import top_lookup_tokens
         from neuron_assets.explainers.explainer import explain_lookup_tables, explain_neurons
         from neuron_assets.explainers.next_token import next_token_view

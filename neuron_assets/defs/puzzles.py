@@ -32,7 +32,8 @@ def build_assets() -> list[Any]:
 
     @dg.asset(group_name=GROUP, metadata={"dagster/column_schema": column_schema("puzzle_scores")})
     def puzzle_scores(context: dg.AssetExecutionContext, config: PuzzleConfig, llm: LLMResource) -> pl.DataFrame:
-        """The scorer test: the true explanation, the false ones and the 3 most common firing tokens of every puzzle, simulated and ranked; the true one should rank first."""
+        """The scorer test: the true explanation, the false ones and the 3 most common firing tokens
+        of every puzzle, simulated and ranked; the true one should rank first."""
         import time
 
         from neuron_assets.puzzles.evaluation import scorer_summary, scorer_test
@@ -74,7 +75,9 @@ def build_assets() -> list[Any]:
     def puzzle_explanations(
         context: dg.AssetExecutionContext, config: PuzzleExplainerConfig, llm: LLMResource, puzzle_scores: pl.DataFrame
     ) -> pl.DataFrame:
-        """The explainer test: the explainer explains each puzzle from its sentences, and its explanation is scored on the puzzle beside the true one (same simulator as puzzle_scores)."""
+        """The explainer test: the explainer explains each puzzle from its sentences, and its
+        explanation is scored on the puzzle beside the true one (same simulator as
+        puzzle_scores)."""
         from neuron_assets.prompts.templates import EXPLAINER_PROMPT_VERSION
         from neuron_assets.puzzles.evaluation import (
             GENERATED,

@@ -74,7 +74,8 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         subject_model: SubjectModelResource,
         documents: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Fixed-length excerpts (64 tokens by default) in the subject model's tokens; whole documents go to the explanation or the scoring pool."""
+        """Fixed-length excerpts (64 tokens by default) in the subject model's tokens; whole
+        documents go to the explanation or the scoring pool."""
         from neuron_assets.sampling.excerpts import make_excerpts
 
         model = subject_model.load(experiment.subject_model)

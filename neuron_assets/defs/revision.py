@@ -33,7 +33,10 @@ class RevisionSentenceConfig(dg.Config):
 class RevisionConfig(dg.Config):
     kinds: list[str] = Field(
         default_factory=lambda: ["revised"],
-        description="'revised' and the study's controls 'reexplained' (no old explanation) and 'random_sentences' (firing excerpts instead of the sentences)",
+        description=(
+            "'revised' and the study's controls 'reexplained' (no old explanation) and 'random_sentences' (firing "
+            "excerpts instead of the sentences)"
+        ),
     )
     n_examples: int = Field(default=5, description="original top excerpts shown, as for explanations")
     n_random_excerpts: int = Field(default=5, description="firing excerpts shown by the random_sentences control")
@@ -62,7 +65,9 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         explanations: pl.DataFrame,
         neuron_stats: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Sentences the explainer wrote to make each neuron fire by its explanation, with the neuron's real activations on them, whether each is a false positive, and the revision/scoring split."""
+        """Sentences the explainer wrote to make each neuron fire by its explanation, with the
+        neuron's real activations on them, whether each is a false positive, and the
+        revision/scoring split."""
         from neuron_assets.prompts.revision import SENTENCE_WRITER_PROMPT_VERSION
         from neuron_assets.revision.sentences import (
             mark_false_positives,
@@ -156,7 +161,9 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         explanations: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Revised explanations: the explainer revises each explanation shown its top excerpts and the revision split of its sentences with their real activations; optionally the two controls."""
+        """Revised explanations: the explainer revises each explanation shown its top excerpts and
+        the revision split of its sentences with their real activations; optionally the two
+        controls."""
         from neuron_assets.prompts.revision import REVISER_PROMPT_VERSION
         from neuron_assets.revision.reviser import check_kinds, revise_neurons, revision_jobs
 
@@ -235,7 +242,8 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         scoring_excerpts: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Original and revised explanations scored on the original scoring set and on the set extended by the scoring split of the generated sentences."""
+        """Original and revised explanations scored on the original scoring set and on the set
+        extended by the scoring split of the generated sentences."""
         from neuron_assets.revision.reviser import ORIGINAL
         from neuron_assets.revision.scores import revision_scoring_inputs, score_revisions
         from neuron_assets.simulators.simulator import simulate_neurons
@@ -298,7 +306,8 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
 
     @dg.asset(group_name=GROUP, **experiment.asset("revision_comparisons", "revision_scores"))
     def revision_comparisons(context: dg.AssetExecutionContext, revision_scores: pl.DataFrame) -> pl.DataFrame:
-        """Per layer, scoring set and kind: mean score, and the mean paired difference revised minus original with a bootstrap interval and the count of neurons improved."""
+        """Per layer, scoring set and kind: mean score, and the mean paired difference revised minus
+        original with a bootstrap interval and the count of neurons improved."""
         from neuron_assets.baselines.controls import compare_methods
         from neuron_assets.revision.reviser import ORIGINAL
 

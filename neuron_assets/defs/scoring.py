@@ -45,7 +45,9 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         token_predictions: pl.DataFrame,
         explanations: pl.DataFrame,
     ) -> pl.DataFrame:
-        """Every method's score per neuron: correlation of simulated (or predicted) with true activations on top-and-random and random-only excerpts, and explained variance under a held-out calibration."""
+        """Every method's score per neuron: correlation of simulated (or predicted) with true
+        activations on top-and-random and random-only excerpts, and explained variance under a
+        held-out calibration."""
         from neuron_assets.scorers.scoring import score_simulations
 
         columns = [
@@ -100,7 +102,8 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
 
     @dg.asset(group_name=GROUP, **experiment.asset("method_comparisons", "scores"))
     def method_comparisons(context: dg.AssetExecutionContext, scores: pl.DataFrame) -> pl.DataFrame:
-        """Per layer and scoring set: each method's mean score and its paired difference from the explanation's, with bootstrap intervals."""
+        """Per layer and scoring set: each method's mean score and its paired difference from the
+        explanation's, with bootstrap intervals."""
         from neuron_assets.baselines.controls import compare_methods
 
         frame = each_side(scores, lambda polarity: compare_methods(side(scores, polarity)))

@@ -55,7 +55,8 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
     def scoring_excerpts(
         context: dg.AssetExecutionContext, config: ScoringExcerptConfig, activation_records: pl.DataFrame
     ) -> pl.DataFrame:
-        """Each neuron's scoring excerpts (top and random) and held-out calibration excerpts: every method of a neuron is scored on these same tokens."""
+        """Each neuron's scoring excerpts (top and random) and held-out calibration excerpts: every
+        method of a neuron is scored on these same tokens."""
         from neuron_assets.scorers.scoring import select_scoring_excerpts
 
         frame = each_side(
@@ -81,7 +82,8 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         scoring_excerpts: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """The token baselines' predictions on each neuron's scoring and calibration excerpts: the lookup table's and the weight-based ones (no LLM)."""
+        """The token baselines' predictions on each neuron's scoring and calibration excerpts: the
+        lookup table's and the weight-based ones (no LLM)."""
         from neuron_assets.baselines.token_baselines import (
             lookup_fallback,
             predict_from_token_table,
@@ -124,7 +126,9 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         scoring_excerpts: pl.DataFrame,
         excerpts: pl.DataFrame,
     ) -> pl.DataFrame:
-        """The simulator LLM's predicted activations, from the explanation alone, on each neuron's scoring and calibration excerpts; also for the lookup explanation and the control (another neuron's explanation)."""
+        """The simulator LLM's predicted activations, from the explanation alone, on each neuron's
+        scoring and calibration excerpts; also for the lookup explanation and the control (another
+        neuron's explanation)."""
         from neuron_assets.baselines.controls import control_explanations
         from neuron_assets.explainers.next_token import next_token_view
         from neuron_assets.scorers.methods import CONTROL, NEXT_TOKEN_EXPLANATION, check_methods

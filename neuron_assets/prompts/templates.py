@@ -34,7 +34,8 @@ class ExplanationParseError(ValueError):
 
 
 def normalize(activations: Sequence[float], max_activation: float, top: int = MAX_NORMALIZED) -> list[int]:
-    """Map activations to integers 0..``top`` (10 unless a tokenizer needs 9): negatives to 0, ``max_activation`` to ``top``."""
+    """Map activations to integers 0..``top`` (10 unless a tokenizer needs 9): negatives to 0,
+    ``max_activation`` to ``top``."""
     if max_activation <= 0:
         return [0] * len(activations)
     return [min(top, math.floor(top * max(a, 0.0) / max_activation)) for a in activations]

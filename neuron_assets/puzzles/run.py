@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\nExplainer test: the explainer's explanation, scored on the puzzle beside the true one")
             print(
                 db.sql(
-                    "SELECT puzzle, explanation, round(correlation, 3) AS score, round(true_correlation, 3) AS true_score, "
+                    "SELECT puzzle, explanation, round(correlation, 3) AS score, "
+                    "round(true_correlation, 3) AS true_score, "
                     "beats_false_explanations FROM puzzle_explainer_results ORDER BY puzzle"
                 )
                 .pl()

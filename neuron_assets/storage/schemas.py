@@ -32,7 +32,10 @@ class NeuronSide(Lineage):
     subject_model: str = pa.Field(description="subject model whose neuron this is")
     polarity: str = pa.Field(
         isin=["positive", "negative"],
-        description="'positive' (the activations as recorded) or 'negative' (negated: the neuron's large negative values, explained and scored as a neuron of their own)",
+        description=(
+            "'positive' (the activations as recorded) or 'negative' (negated: the neuron's large negative values, "
+            "explained and scored as a neuron of their own)"
+        ),
     )
 
 
@@ -60,7 +63,9 @@ class Excerpts(pa.DataFrameModel):
     doc_id: int = pa.Field(ge=0, description="document the excerpt comes from")
     pool: str = pa.Field(
         isin=POOLS,
-        description="'explanation' (shown to the explainer) or 'scoring' (held out for scores); whole documents go to one pool",
+        description=(
+            "'explanation' (shown to the explainer) or 'scoring' (held out for scores); whole documents go to one pool"
+        ),
     )
     position: int = pa.Field(ge=0, description="index of the excerpt's first token within its document")
     token_ids: list[int] = pa.Field(description="the excerpt's token ids")
@@ -85,7 +90,9 @@ class ActivationRecords(NeuronSide):
     excerpt_id: int = pa.Field(ge=0, description="the excerpt (see excerpts)")
     document_start_token: Optional[str] = pa.Field(
         nullable=True,
-        description="token put before each excerpt when recording (what the model saw between documents); null for none",
+        description=(
+            "token put before each excerpt when recording (what the model saw between documents); null for none"
+        ),
     )
     max_activation: float = pa.Field(description="the neuron's largest activation on the excerpt")
     activations: list[float] = pa.Field(description="the neuron's activation at every token of the excerpt")
@@ -125,7 +132,9 @@ class ScoringExcerpts(NeuronSide):
     excerpt_id: int = pa.Field(ge=0, description="the scoring-pool excerpt (see excerpts)")
     excerpt_kind: str = pa.Field(
         isin=list(EXCERPT_KINDS),
-        description="'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (held out to fit the calibration)",
+        description=(
+            "'top' or 'random' (scored), 'calibration_top' or 'calibration_random' (held out to fit the calibration)"
+        ),
     )
     activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
@@ -136,7 +145,11 @@ class Explanations(VariantRows):
     sample: int = pa.Field(ge=0, description="which of the neuron's sampled explanations")
     method: str = pa.Field(
         isin=list(EXPLAINED),
-        description="'explanation' (from top excerpts), 'next_token_explanation' (from top excerpts, each activation shown beside the next token) or 'lookup_explanation' (a summary of the token lookup table's top tokens, a baseline)",
+        description=(
+            "'explanation' (from top excerpts), 'next_token_explanation' (from top excerpts, each activation shown "
+            "beside the next token) or 'lookup_explanation' (a summary of the token lookup table's top tokens, a "
+            "baseline)"
+        ),
     )
     explanation: str = pa.Field(
         str_length={"min_value": 1}, description="what the neuron finds, as the explainer completed the sentence"
@@ -159,7 +172,10 @@ class Simulations(VariantRows):
     sample: int = pa.Field(ge=0, description="which explanation sample was simulated")
     method: str = pa.Field(
         isin=list(SIMULATED),
-        description="whose explanation was simulated: 'explanation', 'next_token_explanation' (simulated on the next tokens: one position fewer per excerpt), 'lookup_explanation' or 'control' (another neuron's)",
+        description=(
+            "whose explanation was simulated: 'explanation', 'next_token_explanation' (simulated on the next tokens: "
+            "one position fewer per excerpt), 'lookup_explanation' or 'control' (another neuron's)"
+        ),
     )
     explanation_neuron: int = pa.Field(
         ge=0, description="the neuron the simulated explanation was written for (another one for 'control')"
@@ -177,7 +193,11 @@ class Simulations(VariantRows):
     prompt_version: str = pa.Field(description="version of the simulator prompt")
     ten_handling: str = pa.Field(
         isin=["single_token", "top_nine", "second_read", "written"],
-        description="how the value 10 was read: 'single_token' ('10' is one token of the simulator's tokenizer), 'top_nine' (it is not: the all-at-once scale ran 0..9, mapped back x 10/9), 'second_read' (chat modes: what followed a written '1') or 'written' (json numbers)",
+        description=(
+            "how the value 10 was read: 'single_token' ('10' is one token of the simulator's tokenizer), 'top_nine' "
+            "(it is not: the all-at-once scale ran 0..9, mapped back x 10/9), 'second_read' (chat modes: what followed "
+            "a written '1') or 'written' (json numbers)"
+        ),
     )
     simulated: list[float] = pa.Field(description="expected activation 0..10 at every token; null where unsimulated")
     true_activations: list[float] = pa.Field(description="the neuron's real activation at every token")
@@ -209,11 +229,16 @@ class Scores(VariantRows):
     sample: int = pa.Field(ge=0, description="which explanation sample was scored (0 for token baselines)")
     method: str = pa.Field(
         isin=list(METHODS),
-        description="what was scored: 'explanation', a baseline ('lookup_table', 'weight_based', 'lookup_explanation') or 'control'",
+        description=(
+            "what was scored: 'explanation', a baseline ('lookup_table', 'weight_based', 'lookup_explanation') or "
+            "'control'"
+        ),
     )
     explanation_neuron: Optional[int] = pa.Field(
         nullable=True,
-        description="the neuron the scored explanation was written for (another one for 'control'); null for token baselines",
+        description=(
+            "the neuron the scored explanation was written for (another one for 'control'); null for token baselines"
+        ),
     )
     scoring_set: str = pa.Field(
         isin=list(SCORING_SETS), description="'top_and_random' (top + random excerpts) or 'random_only'"
@@ -222,16 +247,25 @@ class Scores(VariantRows):
         nullable=True,
         ge=-1.0,
         le=1.0,
-        description="Pearson correlation of simulated with true activations, pooled over the set's tokens; null when undefined",
+        description=(
+            "Pearson correlation of simulated with true activations, pooled over the set's tokens; null when undefined"
+        ),
     )
     explained_variance: Optional[float] = pa.Field(
         nullable=True,
         le=1.0,
-        description="1 - E[(calibrated simulation - truth)^2] / Var(truth) on the set's tokens, with the calibration fitted on the held-out calibration excerpts; can be negative; null when the correlation or the calibration is undefined",
+        description=(
+            "1 - E[(calibrated simulation - truth)^2] / Var(truth) on the set's tokens, with the calibration fitted on "
+            "the held-out calibration excerpts; can be negative; null when the correlation or the calibration is "
+            "undefined"
+        ),
     )
     calibration_slope: Optional[float] = pa.Field(
         nullable=True,
-        description="slope of the linear map from the simulation to the neuron's scale, fitted on the calibration excerpts; null when it cannot be fitted (constant simulation there)",
+        description=(
+            "slope of the linear map from the simulation to the neuron's scale, fitted on the calibration excerpts; "
+            "null when it cannot be fitted (constant simulation there)"
+        ),
     )
     calibration_intercept: Optional[float] = pa.Field(nullable=True, description="intercept of that map")
     n_calibration_tokens: int = pa.Field(ge=0, description="tokens the calibration was fitted on")
@@ -259,7 +293,10 @@ class MethodComparisons(VariantRows):
     n_paired: int = pa.Field(ge=0, description="neurons scored by both this method and the explanation")
     explanation_minus_method: Optional[float] = pa.Field(
         nullable=True,
-        description="mean over those neurons of the explanation's score minus this method's; above 0 means the explanation does better",
+        description=(
+            "mean over those neurons of the explanation's score minus this method's; above 0 means the explanation "
+            "does better"
+        ),
     )
     difference_ci_low: Optional[float] = pa.Field(
         nullable=True, description="lower end of its 95% bootstrap interval over neurons; above 0 means reliably better"
@@ -276,14 +313,19 @@ class PuzzleScores(pa.DataFrameModel):
     candidate: int = pa.Field(ge=0, description="the candidate's number within its puzzle (0 = the true explanation)")
     candidate_kind: str = pa.Field(
         isin=["true", "false", "common_tokens"],
-        description="'true' (the puzzle's explanation), 'false' (one of its false explanations) or 'common_tokens' (the 3 tokens that most often fire)",
+        description=(
+            "'true' (the puzzle's explanation), 'false' (one of its false explanations) or 'common_tokens' (the 3 "
+            "tokens that most often fire)"
+        ),
     )
     explanation: str = pa.Field(description="the candidate explanation that was simulated")
     correlation: Optional[float] = pa.Field(
         nullable=True,
         ge=-1.0,
         le=1.0,
-        description="correlation of simulated with true activations over all the puzzle's sentences; null when undefined",
+        description=(
+            "correlation of simulated with true activations over all the puzzle's sentences; null when undefined"
+        ),
     )
     undefined_reason: Optional[str] = pa.Field(
         nullable=True, description="why the correlation is undefined; null when defined"
@@ -292,7 +334,10 @@ class PuzzleScores(pa.DataFrameModel):
     n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0")
     rank: int = pa.Field(
         ge=1,
-        description="1 + the number of other candidates of the puzzle scoring at least as well (ties count against; undefined ranks last)",
+        description=(
+            "1 + the number of other candidates of the puzzle scoring at least as well (ties count against; undefined "
+            "ranks last)"
+        ),
     )
     n_candidates: int = pa.Field(ge=1, description="candidates of the puzzle")
     simulator_model: str = pa.Field(description="model that simulated the puzzle from each candidate")
@@ -302,7 +347,8 @@ class PuzzleScores(pa.DataFrameModel):
 
 
 class PuzzleExplanations(pa.DataFrameModel):
-    """The puzzle explainer test (method.md §10): the explainer's explanation of each puzzle, scored beside the true one."""
+    """The puzzle explainer test (method.md §10): the explainer's explanation of each puzzle, scored
+    beside the true one."""
 
     run_id: str = pa.Field(description="Dagster run that wrote the row")
     puzzle_file: str = pa.Field(description="the puzzle file the puzzles were read from")
@@ -338,7 +384,8 @@ class PuzzleExplanations(pa.DataFrameModel):
 
 
 class RevisionSentences(VariantRows):
-    """Sentences the explainer wrote to make a neuron fire by its explanation (method.md §8), and what the neuron did on them."""
+    """Sentences the explainer wrote to make a neuron fire by its explanation (method.md §8), and
+    what the neuron did on them."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
@@ -353,7 +400,10 @@ class RevisionSentences(VariantRows):
     )
     is_false_positive: Optional[bool] = pa.Field(
         nullable=True,
-        description="max_activation below false_positive_fraction of the neuron's recorded max: the explanation predicted a response that did not come; null when rejected",
+        description=(
+            "max_activation below false_positive_fraction of the neuron's recorded max: the explanation predicted a "
+            "response that did not come; null when rejected"
+        ),
     )
     false_positive_fraction: float = pa.Field(
         gt=0, le=1, description="the threshold, as a share of the neuron's max (neuron_stats.max)"
@@ -361,7 +411,9 @@ class RevisionSentences(VariantRows):
     split: Optional[str] = pa.Field(
         nullable=True,
         isin=["revision", "scoring"],
-        description="'revision' (shown to the reviser) or 'scoring' (added to the extended scoring set); null when rejected",
+        description=(
+            "'revision' (shown to the reviser) or 'scoring' (added to the extended scoring set); null when rejected"
+        ),
     )
     rejected_reason: Optional[str] = pa.Field(
         nullable=True,
@@ -382,7 +434,10 @@ class Revisions(VariantRows):
     sample: int = pa.Field(ge=0, description="the explanation sample revised (0)")
     revision_kind: str = pa.Field(
         isin=["revised", "reexplained", "random_sentences"],
-        description="'revised' (old explanation + generated sentences), 'reexplained' (control: sentences without the old explanation) or 'random_sentences' (control: old explanation + firing excerpts instead of sentences)",
+        description=(
+            "'revised' (old explanation + generated sentences), 'reexplained' (control: sentences without the old "
+            "explanation) or 'random_sentences' (control: old explanation + firing excerpts instead of sentences)"
+        ),
     )
     original_explanation: str = pa.Field(description="the explanation that was revised (see explanations)")
     explanation: str = pa.Field(str_length={"min_value": 1}, description="the revised explanation")
@@ -406,7 +461,10 @@ class RevisionScores(VariantRows):
     explanation: str = pa.Field(description="the explanation scored")
     scoring_set: str = pa.Field(
         isin=["original", "extended"],
-        description="'original' (the neuron's top and random scoring excerpts) or 'extended' (those plus the scoring split of the generated sentences)",
+        description=(
+            "'original' (the neuron's top and random scoring excerpts) or 'extended' (those plus the scoring split of "
+            "the generated sentences)"
+        ),
     )
     correlation: Optional[float] = pa.Field(
         nullable=True,

@@ -82,7 +82,8 @@ class ResultStore:
             if absent - set(OLDER_FILES_MEAN):
                 raise ValueError(
                     f"{path} was written by an older version of neuron-assets (no column "
-                    f"{', '.join(sorted(absent - set(OLDER_FILES_MEAN)))}); materialize partition {path.stem} of {table!r} again"
+                    f"{', '.join(sorted(absent - set(OLDER_FILES_MEAN)))}); "
+                    f"materialize partition {path.stem} of {table!r} again"
                 )
             frame = pl.read_parquet(path, glob=False)
             frames.append(frame.with_columns(pl.lit(OLDER_FILES_MEAN[c]).alias(c) for c in sorted(absent)))

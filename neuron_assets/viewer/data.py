@@ -113,7 +113,8 @@ class ViewerData:
         if stats.is_empty():
             sides = recorded.select("neuron", "polarity").unique().sort("neuron", "polarity").rows()
             raise ViewerError(
-                f"neuron {neuron} ({polarity}) of layer {layer} was not recorded for subject model {experiment.model!r}; "
+                f"neuron {neuron} ({polarity}) of layer {layer} was not recorded "
+                f"for subject model {experiment.model!r}; "
                 f"recorded: {', '.join(f'{n} ({p})' for n, p in sides)}"
             )
         excerpts = self.table("excerpts", experiment).select("excerpt_id", "tokens")

@@ -116,7 +116,8 @@ def index(
         text = r["explanation_text"] or ""
         cells = [
             f'<td class="num" data-value="{r["layer"]}">{r["layer"]}</td>',
-            f'<td class="num" data-value="{r["neuron"]}"><a href="{neuron_href(experiment, r["layer"], r["neuron"], r["polarity"])}">'
+            f'<td class="num" data-value="{r["neuron"]}">'
+            f'<a href="{neuron_href(experiment, r["layer"], r["neuron"], r["polarity"])}">'
             f"{r['neuron']}</a></td>",
             f'<td data-value="{r["polarity"]}">{r["polarity"]}</td>',
             f'<td data-value="{escape(text)}">{escape(text)}</td>',
@@ -203,7 +204,8 @@ def neuron_page(
     simulated = []
     for s in parts["simulations"].sort("excerpt_kind", "excerpt_id", descending=[True, False]).iter_rows(named=True):
         simulated.append(
-            f'<div class="pair" data-excerpt="{s["excerpt_id"]}"><b>{escape(s["excerpt_kind"])} excerpt {s["excerpt_id"]}</b>'
+            f'<div class="pair" data-excerpt="{s["excerpt_id"]}">'
+            f"<b>{escape(s['excerpt_kind'])} excerpt {s['excerpt_id']}</b>"
             + tokens_html(s["tokens"], s["true_activations"], scale, "true")
             + tokens_html(s["tokens"], s["simulated"], 10.0, "simulated")
             + "</div>"

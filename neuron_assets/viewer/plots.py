@@ -40,7 +40,8 @@ class _Axes:
         ]
         for t in x_ticks:
             parts.append(
-                f'<text x="{self.x(t):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle" font-size="10">{_fmt(t)}</text>'
+                f'<text x="{self.x(t):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle" font-size="10">'
+                f"{_fmt(t)}</text>"
             )
         for t in y_ticks:
             parts.append(
@@ -97,7 +98,8 @@ def layer_means(comparisons: pl.DataFrame, method: str = "explanation") -> str:
                 )
             parts.append(
                 f'<circle class="mean" cx="{x:.1f}" cy="{axes.y(r["mean_score"]):.1f}" r="3.5" fill="{colour}">'
-                f"<title>layer {r['layer']}, {scoring_set}: {r['mean_score']:.3f} over {r['n_neurons']} neurons</title></circle>"
+                f"<title>layer {r['layer']}, {scoring_set}: {r['mean_score']:.3f} "
+                f"over {r['n_neurons']} neurons</title></circle>"
             )
     return _svg(parts, f"mean {method} score by layer")
 
@@ -124,7 +126,8 @@ def score_distributions(scores: pl.DataFrame, method: str = "explanation", scori
     for i, r in enumerate(per_neuron.iter_rows(named=True)):
         jitter = ((i * 7919) % 13 - 6) / 40  # deterministic spread so equal scores stay visible
         parts.append(
-            f'<circle class="neuron" cx="{axes.x(r["layer"] + jitter):.1f}" cy="{axes.y(r["correlation"]):.1f}" r="2.5" '
+            f'<circle class="neuron" cx="{axes.x(r["layer"] + jitter):.1f}" '
+            f'cy="{axes.y(r["correlation"]):.1f}" r="2.5" '
             f'fill="#1f5fa8" fill-opacity="0.6"><title>layer {r["layer"]} neuron {r["neuron"]} ({r["polarity"]}): '
             f"{r['correlation']:.3f}</title></circle>"
         )
@@ -154,11 +157,13 @@ def explanation_vs(scores: pl.DataFrame, baseline: str, scoring_set: str = "top_
     ticks = [-1, -0.5, 0, 0.5, 1]
     parts = axes.frame(f"explanation vs {baseline}", f"{baseline} score", "explanation score", ticks, ticks)
     parts.append(
-        f'<line x1="{axes.x(-1)}" y1="{axes.y(-1)}" x2="{axes.x(1)}" y2="{axes.y(1)}" stroke="#999" stroke-dasharray="4 3"/>'
+        f'<line x1="{axes.x(-1)}" y1="{axes.y(-1)}" x2="{axes.x(1)}" y2="{axes.y(1)}" '
+        'stroke="#999" stroke-dasharray="4 3"/>'
     )
     for r in pairs.iter_rows(named=True):
         parts.append(
-            f'<circle class="pair" cx="{axes.x(r[baseline]):.1f}" cy="{axes.y(r["explanation"]):.1f}" r="3" fill="#2e7d32" '
+            f'<circle class="pair" cx="{axes.x(r[baseline]):.1f}" cy="{axes.y(r["explanation"]):.1f}" '
+            'r="3" fill="#2e7d32" '
             f'fill-opacity="0.7"><title>layer {r["layer"]} neuron {r["neuron"]}: explanation {r["explanation"]:.3f}, '
             f"{baseline} {r[baseline]:.3f}</title></circle>"
         )
