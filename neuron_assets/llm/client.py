@@ -1,27 +1,28 @@
-"""The LLM layer under the explainer and simulator: response cache, retries, accounting.
+"""The LLM client: a request in, a checked response out, through the cache, retries and servers.
 
 ``CachingClient`` offers the two calls the core makes, ``chat.completions.create`` and
-``completions.create``, with the openai SDK's arguments; it returns each response as
-plain JSON (a dict, exactly what the cache stores) and adds:
+``completions.create``, with the openai SDK's arguments, and returns each response as plain
+JSON (a dict, exactly what the cache stores). Around the SDK it:
 
-- retries with exponential backoff and jitter on 429, 5xx, connection errors,
-  timeouts and malformed bodies, honouring ``Retry-After``; any other 4xx fails at once
-  with the server's own message (bad key, unknown model, context too long). A 5xx that
-  says the server ran out of memory is retried too, and when every attempt fails the
-  error names memory as the cause, with the server's figures.
-- a reply check: ``create(..., read=check)`` passes each response to ``check`` before it
-  is cached; a ``ReplyFormatError`` (digits written as words, a truncated reply, a format
+- answers from its ``ResponseCache`` when it can, and caches each accepted response, reduced
+  by ``keep=`` (if given) to what the caller reads. A re-run of unchanged work makes no call.
+- retries with exponential backoff and jitter on 408, 409, 429, 5xx, connection errors,
+  timeouts and malformed bodies, honouring ``Retry-After``, up to ``RetryPolicy.max_attempts``
+  times, then raises ``LLMError``, naming memory as the cause (with the server's figures) when
+  the server last answered that it ran out of memory. Any other 4xx raises ``LLMError`` at
+  once with the server's own message (bad key, unknown model).
+- checks replies: ``create(..., read=check)`` passes each response, cached ones included, to
+  ``check``; a ``ReplyFormatError`` (digits written as words, a truncated reply, a format
   ignored) means the reply is not cached and is asked for again, up to
   ``RetryPolicy.format_attempts`` times, so one bad reply never poisons the cache.
-- a refusal for exceeding the context window raises ``ContextLengthError`` (so the
-  explainer and simulator can shorten the prompt deliberately) and is cached like a
-  response: the same too-long request is never sent twice.
-- a liveness check: when a request cannot connect, ``liveness()`` (for the local server:
-  is its process still running?) may raise; that error ends the request, and the step,
-  at once instead of retrying every neuron against a dead port.
-- counts of calls, cache hits and prompt/completion tokens, for asset metadata.
-
-The response cache is ``response_cache.ResponseCache``, the servers a ``server_pool.ServerPool``.
+- raises ``ContextLengthError`` for a refusal as longer than the context window, and caches
+  the refusal: the same too-long request is never sent twice.
+- sends each request to a server of its ``ServerPool``; a server that cannot be reached or
+  answers 5xx rests, and the request goes to another that is up at once.
+- calls ``liveness()`` when a request cannot connect (for the local server: is its process
+  still running?); an error it raises ends the request at once, without retries.
+- counts calls, cache hits, retries, rejected replies, tokens and cached bytes (``CallStats``),
+  for asset metadata.
 """
 
 from __future__ import annotations
@@ -142,9 +143,7 @@ class CachingClient:
         if cached is not None and CONTEXT_REFUSAL in cached:
             self.stats.add(cache_hits=1)
             raise ContextLengthError(cached[CONTEXT_REFUSAL])
-        if (
-            cached is not None and _rejection(read, cached) is None
-        ):  # entries from before a check changed are checked too
+        if cached is not None and _rejection(read, cached) is None:  # a cached reply the check rejects is asked again
             self.stats.add(cache_hits=1)
             return cached
         rejection: ReplyFormatError | None = None
@@ -207,7 +206,8 @@ class CachingClient:
                     time.sleep(self.retry.delay(attempt, retry_after))
         if _is_out_of_memory(failure):
             raise LLMError(
-                f"{self.backend} ran out of memory on each of {self.retry.max_attempts} attempts: {_server_message(failure)}",
+                f"{self.backend} ran out of memory on each of {self.retry.max_attempts} attempts: "
+                f"{_server_message(failure)}",
                 status=getattr(failure, "status_code", None),
             ) from failure
         raise LLMError(

@@ -1,4 +1,12 @@
-"""The errors of the LLM layer, and how a server's error response is classified."""
+"""The errors of the LLM layer, and how an OpenAI-compatible server's error response is read.
+
+``LLMError``: a request the backend refused, or that failed after every retry; its
+``ContextLengthError`` a refusal as longer than the context window, which the caller may
+shorten and send again. ``ReplyFormatError``: a reply the caller's check cannot use.
+``MalformedResponseError``: a 200 whose body is not an OpenAI response. The helpers below
+tell from an openai error's body whether the context was too long or the server ran out of
+memory, and extract the server's own message.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""Per-neuron LLM work: fanning out over neurons, and shortening prompts to fit the context."""
+"""Per-neuron LLM work: one job per neuron, and prompts shortened to fit the context window.
+
+``map_neurons`` runs a step's jobs concurrently: a job's expected error fails only its neuron
+(all such failures are raised together as ``NeuronFailures``), any other error stops the step.
+``fit_to_context`` sends the fullest of a prompt's variants that the backend's context takes.
+"""
 
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
-"""The response cache of the LLM layer.
+"""The LLM layer's response cache: one SQLite file, one compressed row per request.
 
-- a response cache: one SQLite file per cache, a compressed row per request, keyed by the
-  backend URL, the endpoint and the full request (model, prompt, sampling parameters,
-  seed). A row keeps only what the readers use: the choices and the usage, without
-  per-token byte lists, and for calls that say so (``keep=``, e.g. the all-at-once
-  simulator's prompt log-probabilities) only the positions they read. A re-run of
-  unchanged work makes no call; a changed prompt, model or sampling parameter misses. Sampled requests carry their own seed, so a temperature > 0 run with
-  several samples replays exactly. The API key is never part of a key or an entry.
+A row's key (``ResponseCache.key``) is the backend URL, the endpoint and the full request
+(model, prompt, sampling parameters, seed): a changed prompt, model or sampling parameter
+misses, and a sampled request, which carries its own seed, replays exactly. The API key is
+never part of a key or a row. ``compact`` reduces a response to what readers use: its choices,
+without per-token byte lists, and its usage.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Several OpenAI-compatible servers behind one LLM client.
+"""Several OpenAI-compatible servers serving the same models, behind one LLM client.
 
-- several servers (``ServerPool``): each request goes to the least busy server that is
-  up, at most ``per_server`` requests at a time on each; a server that cannot be reached
-  or answers 5xx rests a while and the request goes to another at once, so a server that
-  goes down mid-run only slows the run.
+``ServerPool.server()`` lends the least busy server that is up for one request, at most
+``per_server`` requests at a time on each. A server reported ``failed`` (it could not be
+reached or answered 5xx) rests a while and gets no request while another is up, so a server
+that goes down mid-run only slows the run.
 """
 
 from __future__ import annotations
