@@ -40,9 +40,9 @@ from neuron_assets.llm.errors import (
     LLMError,
     MalformedResponseError,
     ReplyFormatError,
-    _is_context_length,
-    _is_out_of_memory,
-    _server_message,
+    is_context_length,
+    is_out_of_memory,
+    server_message,
 )
 from neuron_assets.llm.response_cache import ResponseCache, compact
 from neuron_assets.llm.server_pool import ServerPool
@@ -188,8 +188,8 @@ class CachingClient:
                     failure, retry_after = MalformedResponseError(f"malformed response body: {error}"), None
                 except openai.APIStatusError as error:
                     if error.status_code not in RETRYABLE_STATUS:
-                        message = f"{self.backend} refused the request ({error.status_code}): {_server_message(error)}"
-                        if _is_context_length(error):
+                        message = f"{self.backend} refused the request ({error.status_code}): {server_message(error)}"
+                        if is_context_length(error):
                             raise ContextLengthError(message) from error
                         raise LLMError(message, status=error.status_code) from error
                     failure, retry_after = error, _retry_after_s(error)
@@ -204,10 +204,10 @@ class CachingClient:
                 self.stats.add(retries=1)
                 if not another_is_up:  # another server takes the request at once; else back off
                     time.sleep(self.retry.delay(attempt, retry_after))
-        if _is_out_of_memory(failure):
+        if is_out_of_memory(failure):
             raise LLMError(
                 f"{self.backend} ran out of memory on each of {self.retry.max_attempts} attempts: "
-                f"{_server_message(failure)}",
+                f"{server_message(failure)}",
                 status=getattr(failure, "status_code", None),
             ) from failure
         raise LLMError(
