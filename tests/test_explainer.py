@@ -4,7 +4,8 @@ import polars as pl
 import pytest
 
 from neuron_assets.explainers.explainer import explain, explain_neurons
-from neuron_assets.llm.client import LLMError, NeuronFailures
+from neuron_assets.llm.errors import LLMError
+from neuron_assets.llm.fan_out import NeuronFailures
 from neuron_assets.prompts.templates import EXPLAINER_PROMPT_VERSION, Record
 
 
@@ -126,7 +127,7 @@ def _context_limited_client(max_chars):
     """A chat backend that refuses prompts longer than ``max_chars`` as too long for its context."""
     from types import SimpleNamespace
 
-    from neuron_assets.llm.client import ContextLengthError
+    from neuron_assets.llm.errors import ContextLengthError
 
     seen = []
 
@@ -153,7 +154,7 @@ def test_a_prompt_too_long_for_the_context_drops_few_shot_neurons_then_excerpts_
 
 
 def test_a_prompt_that_never_fits_fails_naming_the_model():
-    from neuron_assets.llm.client import ContextLengthError
+    from neuron_assets.llm.errors import ContextLengthError
     from neuron_assets.prompts.templates import Record
 
     client, _ = _context_limited_client(10)

@@ -7,7 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from neuron_assets.llm.client import CachingClient, LLMError, ResponseCache, RetryPolicy
+from neuron_assets.llm.client import CachingClient, RetryPolicy
+from neuron_assets.llm.errors import LLMError
+from neuron_assets.llm.response_cache import ResponseCache
 
 CHAT_OK = {
     "id": "c1",
@@ -138,7 +140,7 @@ def test_the_api_key_is_sent_but_never_cached(server_with, tmp_path):
 def test_map_neurons_keeps_at_most_the_given_number_in_flight_and_returns_in_job_order():
     import time
 
-    from neuron_assets.llm.client import map_neurons
+    from neuron_assets.llm.fan_out import map_neurons
 
     lock, in_flight, peak, done = threading.Lock(), [0], [0], []
 
@@ -163,7 +165,7 @@ def test_map_neurons_keeps_at_most_the_given_number_in_flight_and_returns_in_job
 
 
 def test_map_neurons_reports_every_failed_neuron_and_lets_unexpected_errors_through():
-    from neuron_assets.llm.client import NeuronFailures, map_neurons
+    from neuron_assets.llm.fan_out import NeuronFailures, map_neurons
 
     def fail(message, kind=LLMError):
         def run():
@@ -181,7 +183,7 @@ def test_map_neurons_reports_every_failed_neuron_and_lets_unexpected_errors_thro
 
 
 def test_an_unexpected_error_stops_map_neurons_without_starting_the_remaining_neurons():
-    from neuron_assets.llm.client import map_neurons
+    from neuron_assets.llm.fan_out import map_neurons
 
     started = []
 
@@ -249,7 +251,7 @@ TOO_LONG = {
 
 
 def test_a_context_length_refusal_is_its_own_error_and_is_never_sent_twice(server_with):
-    from neuron_assets.llm.client import ContextLengthError
+    from neuron_assets.llm.errors import ContextLengthError
 
     server, client = server_with((400, {}, TOO_LONG))
     for _ in range(2):
@@ -260,7 +262,7 @@ def test_a_context_length_refusal_is_its_own_error_and_is_never_sent_twice(serve
 
 
 def test_vllm_style_context_messages_without_a_code_are_recognized(server_with):
-    from neuron_assets.llm.client import ContextLengthError
+    from neuron_assets.llm.errors import ContextLengthError
 
     body = {"object": "error", "message": "This model's maximum context length is 4096 tokens.", "code": 400}
     _, client = server_with((400, {}, body))
@@ -282,7 +284,7 @@ def test_a_body_that_stays_malformed_fails_naming_the_problem(server_with):
 
 
 def _insist_on_digits(response):
-    from neuron_assets.llm.client import ReplyFormatError
+    from neuron_assets.llm.errors import ReplyFormatError
 
     if not any(c.isdigit() for c in response["choices"][0]["message"]["content"]):
         raise ReplyFormatError("no digits")
@@ -299,7 +301,7 @@ def test_a_reply_the_caller_rejects_is_asked_again_and_never_cached(server_with)
 
 
 def test_a_reply_rejected_every_time_raises_the_callers_error_and_caches_nothing(server_with, tmp_path):
-    from neuron_assets.llm.client import ReplyFormatError
+    from neuron_assets.llm.errors import ReplyFormatError
 
     words = {**CHAT_OK, "choices": [{**CHAT_OK["choices"][0], "message": {"role": "assistant", "content": "three"}}]}
     server, client = server_with((200, {}, words))
@@ -349,7 +351,7 @@ class CountingServer:
 
 
 def pooled_client(servers, per_server, tmp_path=None):
-    from neuron_assets.llm.client import Server, ServerPool
+    from neuron_assets.llm.server_pool import Server, ServerPool
 
     pool = ServerPool(
         [Server(s.url, openai.OpenAI(base_url=s.url, api_key="k", max_retries=0, timeout=5)) for s in servers],
@@ -359,7 +361,7 @@ def pooled_client(servers, per_server, tmp_path=None):
 
 
 def ask_all(client, n, concurrency):
-    from neuron_assets.llm.client import map_neurons
+    from neuron_assets.llm.fan_out import map_neurons
 
     def job(i):
         return lambda: client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"q{i}"}])
@@ -433,7 +435,7 @@ def test_an_llm_resource_with_one_server_down_at_the_start_uses_the_others(tmp_p
 
 
 def test_a_cache_row_keeps_what_readers_use_and_what_the_call_says_to_keep(tmp_path):
-    from neuron_assets.llm.client import compact
+    from neuron_assets.llm.response_cache import compact
 
     response = {
         **CHAT_OK,

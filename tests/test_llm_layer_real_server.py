@@ -5,8 +5,9 @@ import pytest
 from test_simulation_modes import word_tokens
 
 from neuron_assets.explainers.explainer import explain
-from neuron_assets.llm.client import CachingClient, ResponseCache
+from neuron_assets.llm.client import CachingClient
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.llm.response_cache import ResponseCache
 from neuron_assets.prompts.templates import Record
 
 pytestmark = pytest.mark.slow

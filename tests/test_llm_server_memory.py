@@ -170,7 +170,8 @@ def test_a_request_past_the_real_servers_memory_limit_is_answered_as_out_of_memo
     server's figures, through the client the pipeline uses; the server serves on."""
     import openai
 
-    from neuron_assets.llm.client import CachingClient, LLMError, RetryPolicy
+    from neuron_assets.llm.client import CachingClient, RetryPolicy
+    from neuron_assets.llm.errors import LLMError
 
     long_prompt = "".join(f" w{i % 89}x{i // 89}" for i in range(300))
     with LocalLlamaServer(

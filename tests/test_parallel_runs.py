@@ -23,7 +23,7 @@ from test_viewer import CONFIG, answer  # the viewer's small run config and scri
 
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
-from neuron_assets.llm.client import ResponseCache
+from neuron_assets.llm.response_cache import ResponseCache
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
 from neuron_assets.storage.store import ResultStore

@@ -21,8 +21,8 @@ import pytest
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.demo import UP_TO_SCORES, materialize_layers, print_results
-from neuron_assets.llm.client import ResponseCache
 from neuron_assets.llm.llama_server import LocalLlamaServer
+from neuron_assets.llm.response_cache import ResponseCache
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, SubjectModel
 from neuron_assets.settings import Settings
 from neuron_assets.storage.store import ResultStore

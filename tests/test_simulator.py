@@ -164,7 +164,8 @@ def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
 
     import polars as pl
 
-    from neuron_assets.llm.client import LLMError, NeuronFailures
+    from neuron_assets.llm.errors import LLMError
+    from neuron_assets.llm.fan_out import NeuronFailures
     from neuron_assets.scorers.scoring import select_scoring_excerpts as scoring_excerpts
     from neuron_assets.simulators.simulator import simulate_neurons
 
@@ -340,7 +341,7 @@ def _probe_client(completions, chat):
 
 
 def _refuse(**_):
-    from neuron_assets.llm.client import LLMError
+    from neuron_assets.llm.errors import LLMError
 
     raise LLMError("refused (400): echo is not supported for this model", status=400)
 
@@ -359,7 +360,7 @@ def test_auto_mode_prefers_prompt_logprobs_then_chat_logprobs_then_json():
 
 
 def test_auto_mode_raises_an_outage_or_a_bad_key_instead_of_downgrading():
-    from neuron_assets.llm.client import LLMError
+    from neuron_assets.llm.errors import LLMError
     from neuron_assets.simulators.simulator import resolve_mode
 
     def down(**_):
@@ -379,7 +380,7 @@ def test_auto_mode_raises_an_outage_or_a_bad_key_instead_of_downgrading():
 def test_a_simulation_prompt_too_long_for_the_context_loses_few_shot_neurons_and_records_it():
     import polars as pl
 
-    from neuron_assets.llm.client import ContextLengthError
+    from neuron_assets.llm.errors import ContextLengthError
     from neuron_assets.prompts.templates import simulator_prompt
     from neuron_assets.scorers.scoring import select_scoring_excerpts as scoring_excerpts
     from neuron_assets.simulators.simulator import simulate_neurons
@@ -540,7 +541,7 @@ def test_the_tokenizer_probe_reads_how_the_echo_wrote_ten(pieces, expected):
 def test_a_chat_probe_that_shows_no_ten_is_an_error_naming_what_came_back():
     from types import SimpleNamespace
 
-    from neuron_assets.llm.client import LLMError
+    from neuron_assets.llm.errors import LLMError
     from neuron_assets.simulators.simulator import TokenizerProbeError, probe_ten_handling
 
     content = [{"token": "ten", "logprob": 0.0}]

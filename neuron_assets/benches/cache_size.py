@@ -18,9 +18,10 @@ from pathlib import Path
 
 import openai
 
-from neuron_assets.llm.client import CachingClient, ResponseCache
+from neuron_assets.llm.client import CachingClient
 from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.llm.response_cache import ResponseCache
 from neuron_assets.sampling.corpus import load_documents
 from neuron_assets.simulators.simulator import simulate
 

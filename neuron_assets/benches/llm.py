@@ -43,9 +43,10 @@ import openai
 
 from neuron_assets.benches.cache_size import word_excerpts
 from neuron_assets.explainers.explainer import explain
-from neuron_assets.llm.client import CachingClient, ResponseCache
+from neuron_assets.llm.client import CachingClient
 from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.llm.response_cache import ResponseCache
 from neuron_assets.prompts.templates import Record, simulator_prompt, simulator_prompt_for_excerpts
 from neuron_assets.simulators.simulator import TOP_LOGPROBS, expected_value, placeholder_distributions, simulate
 

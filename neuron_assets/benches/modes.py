@@ -21,7 +21,8 @@ import numpy as np
 import openai
 
 from neuron_assets.explainers.explainer import explain_neurons
-from neuron_assets.llm.client import CachingClient, LLMError
+from neuron_assets.llm.client import CachingClient
+from neuron_assets.llm.errors import LLMError
 from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.recording.recorder import NeuronSelection, RecordingSettings, random_sample, record, record_tables

@@ -119,7 +119,8 @@ class LLMResource(dg.ConfigurableResource):
         With the local server, a request that cannot connect first asks whether the server
         process is still alive, so its death fails the step at once, naming the signal.
         """
-        from neuron_assets.llm.client import CachingClient, ResponseCache, RetryPolicy
+        from neuron_assets.llm.client import CachingClient, RetryPolicy
+        from neuron_assets.llm.response_cache import ResponseCache
 
         if self._pool is None:
             self._pool = self._connect()
@@ -140,7 +141,7 @@ class LLMResource(dg.ConfigurableResource):
         reached start resting, and only when none can be reached is that an error."""
         import openai
 
-        from neuron_assets.llm.client import Server, ServerPool
+        from neuron_assets.llm.server_pool import Server, ServerPool
 
         urls = self.urls()
         if not urls:

@@ -13,7 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from neuron_assets.llm.client import LLMError, fit_to_context, map_neurons
+from neuron_assets.llm.errors import LLMError
+from neuron_assets.llm.fan_out import fit_to_context, map_neurons
 from neuron_assets.prompts.templates import (
     EXPLAINER_PROMPT_VERSION,
     LOOKUP_EXPLAINER_PROMPT_VERSION,

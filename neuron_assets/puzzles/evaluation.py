@@ -21,7 +21,8 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.explainers.explainer import explain
-from neuron_assets.llm.client import LLMError, NeuronFailures
+from neuron_assets.llm.errors import LLMError
+from neuron_assets.llm.fan_out import NeuronFailures
 from neuron_assets.prompts.fewshot import Record
 from neuron_assets.prompts.templates import ExplanationParseError
 from neuron_assets.puzzles.puzzle_file import Puzzle

@@ -16,7 +16,8 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.explainers.explainer import ask_for_explanation
-from neuron_assets.llm.client import LLMError, map_neurons
+from neuron_assets.llm.errors import LLMError
+from neuron_assets.llm.fan_out import map_neurons
 from neuron_assets.prompts.fewshot import Record
 from neuron_assets.prompts.revision import revision_messages
 from neuron_assets.prompts.templates import ExplanationParseError, parse_explanation

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from neuron_assets.llm.client import LLMError, map_neurons
+from neuron_assets.llm.errors import LLMError
+from neuron_assets.llm.fan_out import map_neurons
 from neuron_assets.prompts.revision import parse_sentences, sentence_writer_messages
 
 

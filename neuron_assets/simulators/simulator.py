@@ -55,7 +55,8 @@ from typing import Any
 
 import polars as pl
 
-from neuron_assets.llm.client import LLMError, ReplyFormatError, fit_to_context, map_neurons
+from neuron_assets.llm.errors import LLMError, ReplyFormatError
+from neuron_assets.llm.fan_out import fit_to_context, map_neurons
 from neuron_assets.prompts.templates import (
     CHAT_SIMULATOR_PROMPT_VERSION,
     EXAMPLE_NEURONS,
