@@ -18,13 +18,16 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
 
 import polars as pl
 
 from neuron_assets.storage.schemas import MODEL_TABLES, TABLES, validate
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+# The top-level sql/ folder, read as package data: neuron_assets/sql links to it in a checkout
+# (and so in the editable install), and a wheel holds a copy of its files.
+SQL = files("neuron_assets") / "sql"
 UNPARTITIONED = "all"
 VIEWS_TABLE = "neuron_assets_views"  # the view statements in force, to refresh only what changed
 # Columns added after results were first stored, with the value every older row has: all
@@ -251,7 +254,7 @@ def escape_glob(path: str) -> str:
 
 def sql_statements(file_name: str) -> list[str]:
     """The semicolon-separated statements of ``sql/<file_name>``, comment lines removed."""
-    lines = (SQL_DIR / file_name).read_text(encoding="utf-8").splitlines()
+    lines = SQL.joinpath(file_name).read_text(encoding="utf-8").splitlines()
     text = "\n".join(line for line in lines if not line.strip().startswith("--"))
     return [chunk.strip() for chunk in text.split(";") if chunk.strip()]
 
