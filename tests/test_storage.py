@@ -195,7 +195,8 @@ def test_views_only_cover_tables_that_have_data(tmp_path):
     store = ResultStore(tmp_path)
     store.write("scores", scores(0, 1), "0")
     created = store.refresh_views()
-    assert created == ["scores"]  # derived views wait for explanations and simulations
+    # derived views wait for explanations and simulations; verdict_rules reads no table
+    assert created == ["scores", "verdict_rules"]
 
 
 def open_reader(store: ResultStore) -> subprocess.Popen:
@@ -240,7 +241,7 @@ def test_views_are_written_only_when_new_or_changed(tmp_path):
     store = ResultStore(tmp_path)
     store.write("scores", scores(3, 2), "3")
     pl.read_parquet(store.path("scores", "3")).drop("undefined_reason").write_parquet(store.path("scores", "3"))
-    assert store.refresh_views() == ["scores"]
+    assert store.refresh_views() == ["scores", "verdict_rules"]
     assert store.refresh_views() == []
     store.write("scores", scores(4, 2), "4")  # the column the older partition lacks is stored now
     assert store.refresh_views() == ["scores"]
