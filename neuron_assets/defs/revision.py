@@ -238,7 +238,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         """Original and revised explanations scored on the original scoring set and on the set extended by the scoring split of the generated sentences."""
         from neuron_assets.revision.reviser import ORIGINAL
         from neuron_assets.revision.scores import revision_scoring_inputs, score_revisions
-        from neuron_assets.simulators.simulator import simulate_neurons
+        from neuron_assets.simulators.neurons import simulate_neurons
 
         client, simulator, mode, ten_handling = llm.simulator(config.mode)
         originals = _first_samples(explanations)

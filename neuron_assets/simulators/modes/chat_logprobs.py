@@ -1,0 +1,98 @@
+"""The chat_logprobs mode: one chat call per excerpt, read from the log-probabilities of the listing it writes."""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from neuron_assets.prompts.templates import chat_simulator_messages, display_token
+from neuron_assets.simulators.expected_value import expected_value, zero_probability
+from neuron_assets.simulators.modes.base import (
+    SECOND_READ,
+    SINGLE_TOKEN,
+    TOP_LOGPROBS,
+    Simulation,
+    _prompt_tokens,
+    _some_value,
+    generated_tokens,
+)
+
+
+def read_written_listing(
+    written: Sequence[tuple[str, Mapping[str, float] | None]], tokens: Sequence[str], ten_handling: str = SINGLE_TOKEN
+) -> tuple[list[float | None], int]:
+    """Expected values per excerpt token from a generated ``token<TAB>value`` listing.
+
+    ``written`` holds each generated token with its top log-probabilities. Each line's
+    value is read from the generated token that covers the character after the line's
+    last tab. Lines are matched to the excerpt's tokens by their text (whitespace
+    stripped) with a sequence alignment: matched tokens take their line's value; tokens
+    in merged, split, missing or changed lines stay unsimulated, and they and any extra
+    lines are counted as misaligned.
+    """
+    text = "".join(token for token, _ in written)
+    starts = list(itertools.accumulate((len(token) for token, _ in written[:-1]), initial=0))
+    begin = text.find("<start>")
+    begin = begin + len("<start>") if begin >= 0 else 0
+    end = text.find("<end>", begin)
+    end = end if end >= 0 else len(text)
+    names: list[str] = []
+    values: list[float | None] = []
+    offset = begin
+    for line in text[begin:end].split("\n"):
+        line_start, offset = offset, offset + len(line) + 1
+        if not line.strip():
+            continue
+        tab = line.rfind("\t")
+        names.append((line[:tab] if tab >= 0 else line).strip())
+        value_at = line_start + tab + 1
+        if tab < 0 or value_at >= end:
+            values.append(None)
+            continue
+        at = bisect.bisect_right(starts, value_at) - 1
+        share = None
+        if ten_handling == SECOND_READ and written[at][0].strip() == "1" and at + 1 < len(written):
+            share = zero_probability(written[at + 1][1])  # what followed the "1" the model wrote
+        values.append(expected_value(written[at][1], share))
+    wanted = [display_token(token).strip() for token in tokens]
+    expected: list[float | None] = [None] * len(tokens)
+    misaligned = 0
+    matcher = difflib.SequenceMatcher(None, wanted, names, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            expected[i1:i2] = values[j1:j2]
+        else:
+            misaligned += max(i2 - i1, j2 - j1)
+    return expected, misaligned
+
+
+def simulate_chat(
+    client: Any,
+    model: str,
+    explanation: str,
+    tokens: Sequence[str],
+    *,
+    n_fewshot: int | None = None,
+    ten_handling: str = SINGLE_TOKEN,
+) -> Simulation:
+    """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
+
+    def read(response: dict[str, Any]) -> tuple[list[float | None], int]:
+        written = generated_tokens(response, model, "chat_logprobs")
+        expected, misaligned = read_written_listing(written, tokens, ten_handling)
+        return _some_value(expected), misaligned
+
+    response = client.chat.completions.create(
+        model=model,
+        messages=chat_simulator_messages(explanation, tokens, n_fewshot),
+        temperature=0.0,
+        max_tokens=6 * len(tokens) + 32,
+        logprobs=True,
+        top_logprobs=TOP_LOGPROBS,
+        read=read,
+    )
+    expected, misaligned = read(response)
+    return Simulation(expected, _prompt_tokens(response), misaligned)
