@@ -565,3 +565,58 @@ def test_a_chat_probe_that_shows_no_ten_is_an_error_naming_what_came_back():
 
     with pytest.raises(LLMError, match="503"):  # not a capability answer: no fallback to the chat probe
         probe_ten_handling(_probe_client(down, lambda **_: reply), "m", "all_at_once")
+
+
+def test_an_unknown_reading_of_ten_is_refused_naming_the_allowed_ones():
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    from neuron_assets.scorers.scoring import select_scoring_excerpts as scoring_excerpts
+    from neuron_assets.simulators.modes.base import TenHandling
+    from neuron_assets.simulators.neurons import simulate_neurons
+
+    client = SimpleNamespace(completions=SimpleNamespace(create=lambda **request: _echo_of_threes(request["prompt"])))
+    explanations = _own(pl.DataFrame({"layer": [0], "neuron": [1], "sample": [0], "explanation": ["x"]}))
+    records = pl.DataFrame(
+        {
+            "layer": [0],
+            "neuron": [1],
+            "pool": ["scoring"],
+            "kind": ["top"],
+            "rank": [0],
+            "excerpt_id": [5],
+            "activations": [[1.0]],
+        }
+    )
+    excerpts = pl.DataFrame({"excerpt_id": [5], "tokens": [["a"]]})
+    allowed = r"\['second_read', 'single_token', 'top_nine', 'written'\]"
+    with pytest.raises(ValueError, match=f"ten handling 'ten_tokens' is not one of {allowed}"):
+        simulate_neurons(
+            client, "m", explanations, scoring_excerpts(records, 1, 0), excerpts, ten_handling="ten_tokens"
+        )
+    with pytest.raises(ValueError, match="ten handling 'bogus' is not one of"):
+        TenHandling("bogus")
+    frame = simulate_neurons(
+        client, "m", explanations, scoring_excerpts(records, 1, 0), excerpts, ten_handling="top_nine"
+    )
+    assert frame["ten_handling"].to_list() == ["top_nine"] and frame["simulation_mode"].to_list() == ["all_at_once"]
+
+
+def test_the_mode_and_ten_names_are_the_strings_the_stored_tables_allow():
+    from neuron_assets.simulators.modes.base import SimulationMode, TenHandling
+    from neuron_assets.storage.schemas import Simulations
+
+    columns = Simulations.to_schema().columns
+    for column, names in (("simulation_mode", SimulationMode), ("ten_handling", TenHandling)):
+        (isin,) = columns[column].checks
+        assert sorted(isin.statistics["allowed_values"]) == sorted(name.value for name in names)
+    assert TenHandling("top_nine") is TenHandling.TOP_NINE == "top_nine"
+    assert repr(SimulationMode.JSON) == "'json'" and f"{SimulationMode.JSON}" == "json"
+
+
+def test_the_probes_answer_plain_strings_because_dagster_metadata_refuses_enums():
+    from neuron_assets.simulators.probes import probe_ten_handling, resolve_mode
+
+    client = _probe_client(_refuse, _refuse)
+    assert type(resolve_mode(client, "m", "json")) is str and type(probe_ten_handling(client, "m", "json")) is str

@@ -11,12 +11,10 @@ from neuron_assets.llm.client import LLMError, fit_to_context, map_neurons
 from neuron_assets.prompts.templates import EXAMPLE_NEURONS, describe_shortening
 from neuron_assets.simulators.modes import MODES
 from neuron_assets.simulators.modes.base import (
-    SECOND_READ,
-    SINGLE_TOKEN,
-    TOP_NINE,
-    WRITTEN,
     Simulation,
     SimulationError,
+    SimulationMode,
+    TenHandling,
 )
 
 
@@ -27,9 +25,9 @@ def simulate_neurons(
     scoring: pl.DataFrame,
     excerpts: pl.DataFrame,
     *,
-    mode: str = "all_at_once",
+    mode: SimulationMode | str = SimulationMode.ALL_AT_ONCE,
     distribution_shift: int = 0,
-    ten_handling: str | None = None,
+    ten_handling: TenHandling | str | None = None,
     concurrency: int = 1,
     on_neuron: Callable[[int, int], None] | None = None,
 ) -> pl.DataFrame:
@@ -50,15 +48,19 @@ def simulate_neurons(
     A neuron whose simulation fails stops at that excerpt and the others go on; the
     failures are raised together as ``NeuronFailures``.
     """
-    if mode not in MODES:
-        raise ValueError(f"simulation mode {mode!r} is not one of {sorted(MODES)}")
+    mode = SimulationMode(mode)
     prompt_version, simulate_one = MODES[mode]
-    ten_handling = WRITTEN if mode == "json" else (ten_handling or SINGLE_TOKEN)
-    fitting = {"json": (WRITTEN,), "all_at_once": (SINGLE_TOKEN, TOP_NINE)}.get(mode, (SINGLE_TOKEN, SECOND_READ))
+    ten_handling = TenHandling(ten_handling or TenHandling.SINGLE_TOKEN)  # an unknown name is refused here
+    if mode is SimulationMode.JSON:
+        ten_handling = TenHandling.WRITTEN
+    fitting = {
+        SimulationMode.JSON: (TenHandling.WRITTEN,),
+        SimulationMode.ALL_AT_ONCE: (TenHandling.SINGLE_TOKEN, TenHandling.TOP_NINE),
+    }.get(mode, (TenHandling.SINGLE_TOKEN, TenHandling.SECOND_READ))
     if ten_handling not in fitting:
         raise ValueError(f"ten_handling {ten_handling!r} does not fit mode {mode!r}, which takes one of {fitting}")
-    options: dict[str, Any] = {} if mode == "json" else {"ten_handling": ten_handling}
-    if mode == "all_at_once":
+    options: dict[str, Any] = {} if mode is SimulationMode.JSON else {"ten_handling": ten_handling}
+    if mode is SimulationMode.ALL_AT_ONCE:
         options["distribution_shift"] = distribution_shift
     jobs = (
         explanations.select("layer", "neuron", "sample", "method", "explanation_neuron", "explanation")
@@ -155,7 +157,7 @@ def simulate_neurons(
         orient="row",
     ).with_columns(
         simulator_model=pl.lit(model),
-        simulation_mode=pl.lit(mode),
+        simulation_mode=pl.lit(mode.value),
         prompt_version=pl.lit(prompt_version),
-        ten_handling=pl.lit(ten_handling),
+        ten_handling=pl.lit(ten_handling.value),
     )

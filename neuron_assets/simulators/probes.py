@@ -7,7 +7,7 @@ from typing import Any
 
 from neuron_assets.llm.client import LLMError, ReplyFormatError
 from neuron_assets.simulators.modes import MODES
-from neuron_assets.simulators.modes.base import SECOND_READ, SINGLE_TOKEN, TOP_LOGPROBS, TOP_NINE, WRITTEN
+from neuron_assets.simulators.modes.base import TOP_LOGPROBS, SimulationMode, TenHandling
 
 
 class TokenizerProbeError(ReplyFormatError):
@@ -20,16 +20,19 @@ class TokenizerProbeError(ReplyFormatError):
 TEN_PROBE_TEXT = "Activations:\n<start>\nthe\t10\n<end>\n"
 
 
-def probe_ten_handling(client: Any, model: str, mode: str) -> str:
+def probe_ten_handling(client: Any, model: str, mode: SimulationMode | str) -> str:
     """How the simulator's tokenizer writes "10", asked through the server (one cached call).
 
     Where the completions endpoint echoes prompts (llama.cpp, vLLM), the echoed tokens of
     a listing holding "10" say it, whatever the mode; elsewhere (OpenAI chat models) the
     model is asked to write 10 and its generated tokens say it. An answer that shows
     neither "10" nor "1" then "0" is a ``TokenizerProbeError`` naming what came back.
+    The answer is a ``TenHandling`` value as a plain string, as stored tables and Dagster
+    metadata take it (Dagster refuses to serialize an Enum).
     """
-    if mode == "json":
-        return WRITTEN
+    mode = SimulationMode(mode)
+    if mode is SimulationMode.JSON:
+        return TenHandling.WRITTEN.value
     try:
         split = _ask(
             client.completions.create, model, "echo", _echoed_ten, prompt=TEN_PROBE_TEXT, echo=True, logprobs=1
@@ -49,8 +52,8 @@ def probe_ten_handling(client: Any, model: str, mode: str) -> str:
             max_tokens=4,
         )
     if not split:
-        return SINGLE_TOKEN
-    return TOP_NINE if mode == "all_at_once" else SECOND_READ
+        return TenHandling.SINGLE_TOKEN.value
+    return (TenHandling.TOP_NINE if mode is SimulationMode.ALL_AT_ONCE else TenHandling.SECOND_READ).value
 
 
 def _ask(
@@ -95,7 +98,7 @@ UNSUPPORTED_STATUS = frozenset({400, 404, 405, 422})  # not 401/403: a bad key i
 PROBE_TEXT = "Activations:\n<start>\nthe\t0\n<end>\n"
 
 
-def resolve_mode(client: Any, model: str, requested: str) -> str:
+def resolve_mode(client: Any, model: str, requested: SimulationMode | str) -> str:
     """The simulation mode to use: ``requested`` itself, or for ``auto`` what the backend supports.
 
     ``auto`` tries, in order of cost and fidelity, prompt log-probabilities through the
@@ -103,18 +106,20 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
     the chat endpoint (chat_logprobs), and falls back to json. A probe the backend refuses
     (400/404/405/422, such as "echo is not supported") means "not supported"; any other
     failure is raised, so a flaky server or a bad key never silently downgrades the mode.
+    The answer is a ``SimulationMode`` value as a plain string, as stored tables and Dagster
+    metadata take it.
     """
     if requested != AUTO:
         if requested not in MODES:
             raise ValueError(f"simulation mode {requested!r} is not one of {sorted([AUTO, *MODES])}")
-        return requested
+        return SimulationMode(requested).value
     try:
         response = client.completions.create(
             model=model, prompt=PROBE_TEXT, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS
         )
         logprobs = response["choices"][0].get("logprobs") or {}
         if any(logprobs.get("top_logprobs") or []) and logprobs.get("text_offset"):
-            return "all_at_once"
+            return SimulationMode.ALL_AT_ONCE.value
     except LLMError as error:
         if error.status not in UNSUPPORTED_STATUS:
             raise
@@ -129,8 +134,8 @@ def resolve_mode(client: Any, model: str, requested: str) -> str:
         )
         content = (response["choices"][0].get("logprobs") or {}).get("content") or []
         if content and content[0].get("top_logprobs"):
-            return "chat_logprobs"
+            return SimulationMode.CHAT_LOGPROBS.value
     except LLMError as error:
         if error.status not in UNSUPPORTED_STATUS:
             raise
-    return "json"
+    return SimulationMode.JSON.value

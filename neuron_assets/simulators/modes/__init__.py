@@ -11,14 +11,14 @@ from neuron_assets.prompts.templates import (
     SIMULATOR_PROMPT_VERSION,
 )
 from neuron_assets.simulators.modes.all_at_once import simulate
-from neuron_assets.simulators.modes.base import Simulation
+from neuron_assets.simulators.modes.base import Simulation, SimulationMode
 from neuron_assets.simulators.modes.chat_logprobs import simulate_chat
 from neuron_assets.simulators.modes.json_array import simulate_json
 from neuron_assets.simulators.modes.one_at_a_time import simulate_one_at_a_time
 
-MODES: dict[str, tuple[str, Callable[..., Simulation]]] = {
-    "all_at_once": (SIMULATOR_PROMPT_VERSION, simulate),
-    "one_at_a_time": (ONE_AT_A_TIME_PROMPT_VERSION, simulate_one_at_a_time),
-    "chat_logprobs": (CHAT_SIMULATOR_PROMPT_VERSION, simulate_chat),
-    "json": (JSON_SIMULATOR_PROMPT_VERSION, simulate_json),
+MODES: dict[SimulationMode, tuple[str, Callable[..., Simulation]]] = {
+    SimulationMode.ALL_AT_ONCE: (SIMULATOR_PROMPT_VERSION, simulate),
+    SimulationMode.ONE_AT_A_TIME: (ONE_AT_A_TIME_PROMPT_VERSION, simulate_one_at_a_time),
+    SimulationMode.CHAT_LOGPROBS: (CHAT_SIMULATOR_PROMPT_VERSION, simulate_chat),
+    SimulationMode.JSON: (JSON_SIMULATOR_PROMPT_VERSION, simulate_json),
 }

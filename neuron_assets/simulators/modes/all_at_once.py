@@ -9,11 +9,10 @@ from typing import Any
 from neuron_assets.prompts.templates import SimulatorPrompt, simulator_prompt
 from neuron_assets.simulators.expected_value import expected_value
 from neuron_assets.simulators.modes.base import (
-    SINGLE_TOKEN,
     TOP_LOGPROBS,
-    TOP_NINE,
     Simulation,
     SimulationError,
+    TenHandling,
     _prompt_tokens,
     _some_value,
 )
@@ -51,7 +50,7 @@ def simulate(
     *,
     distribution_shift: int,
     n_fewshot: int | None = None,
-    ten_handling: str = SINGLE_TOKEN,
+    ten_handling: TenHandling | str = TenHandling.SINGLE_TOKEN,
 ) -> Simulation:
     """Simulate one excerpt with one completions call that echoes the prompt's log-probabilities.
 
@@ -59,7 +58,7 @@ def simulate(
     vLLM) evaluate only the explanation and the excerpt. With ``top_nine`` the prompt's
     scale tops at 9 (see the module's docstring).
     """
-    top = 9 if ten_handling == TOP_NINE else 10
+    top = 9 if TenHandling(ten_handling) is TenHandling.TOP_NINE else 10
     prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot, top=top)
 
     def read(response: dict[str, Any]) -> list[float | None]:

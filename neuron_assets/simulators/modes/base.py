@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, NoReturn
 
 from neuron_assets.llm.client import ReplyFormatError
 
 TOP_LOGPROBS = 20
-SINGLE_TOKEN, TOP_NINE, SECOND_READ, WRITTEN = "single_token", "top_nine", "second_read", "written"
+
+
+class _Choice(StrEnum):
+    """A closed set of names that are stored and configured as their strings.
+
+    Members equal their strings, so stored tables and configs keep working; ``repr`` is the
+    string's, so messages read as they did; an unknown string is a ``ValueError`` naming the
+    allowed ones.
+    """
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @classmethod
+    def _missing_(cls, value: object) -> NoReturn:
+        what = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()
+        raise ValueError(f"{what} {value!r} is not one of {sorted(member.value for member in cls)}")
+
+
+class SimulationMode(_Choice):
+    """How the simulator is asked for an excerpt's activations (one module each under ``modes``)."""
+
+    ALL_AT_ONCE = "all_at_once"
+    ONE_AT_A_TIME = "one_at_a_time"
+    CHAT_LOGPROBS = "chat_logprobs"
+    JSON = "json"
+
+
+class TenHandling(_Choice):
+    """How the value 10 is read (see the package docstring)."""
+
+    SINGLE_TOKEN = "single_token"
+    TOP_NINE = "top_nine"
+    SECOND_READ = "second_read"
+    WRITTEN = "written"
 
 
 class SimulationError(ReplyFormatError):

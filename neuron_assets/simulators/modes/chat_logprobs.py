@@ -11,10 +11,10 @@ from typing import Any
 from neuron_assets.prompts.templates import chat_simulator_messages, display_token
 from neuron_assets.simulators.expected_value import expected_value, zero_probability
 from neuron_assets.simulators.modes.base import (
-    SECOND_READ,
-    SINGLE_TOKEN,
     TOP_LOGPROBS,
     Simulation,
+    SimulationMode,
+    TenHandling,
     _prompt_tokens,
     _some_value,
     generated_tokens,
@@ -22,7 +22,9 @@ from neuron_assets.simulators.modes.base import (
 
 
 def read_written_listing(
-    written: Sequence[tuple[str, Mapping[str, float] | None]], tokens: Sequence[str], ten_handling: str = SINGLE_TOKEN
+    written: Sequence[tuple[str, Mapping[str, float] | None]],
+    tokens: Sequence[str],
+    ten_handling: TenHandling | str = TenHandling.SINGLE_TOKEN,
 ) -> tuple[list[float | None], int]:
     """Expected values per excerpt token from a generated ``token<TAB>value`` listing.
 
@@ -33,6 +35,7 @@ def read_written_listing(
     in merged, split, missing or changed lines stay unsimulated, and they and any extra
     lines are counted as misaligned.
     """
+    second_read = TenHandling(ten_handling) is TenHandling.SECOND_READ
     text = "".join(token for token, _ in written)
     starts = list(itertools.accumulate((len(token) for token, _ in written[:-1]), initial=0))
     begin = text.find("<start>")
@@ -54,7 +57,7 @@ def read_written_listing(
             continue
         at = bisect.bisect_right(starts, value_at) - 1
         share = None
-        if ten_handling == SECOND_READ and written[at][0].strip() == "1" and at + 1 < len(written):
+        if second_read and written[at][0].strip() == "1" and at + 1 < len(written):
             share = zero_probability(written[at + 1][1])  # what followed the "1" the model wrote
         values.append(expected_value(written[at][1], share))
     wanted = [display_token(token).strip() for token in tokens]
@@ -76,12 +79,12 @@ def simulate_chat(
     tokens: Sequence[str],
     *,
     n_fewshot: int | None = None,
-    ten_handling: str = SINGLE_TOKEN,
+    ten_handling: TenHandling | str = TenHandling.SINGLE_TOKEN,
 ) -> Simulation:
     """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
 
     def read(response: dict[str, Any]) -> tuple[list[float | None], int]:
-        written = generated_tokens(response, model, "chat_logprobs")
+        written = generated_tokens(response, model, SimulationMode.CHAT_LOGPROBS)
         expected, misaligned = read_written_listing(written, tokens, ten_handling)
         return _some_value(expected), misaligned
 

@@ -8,10 +8,10 @@ from typing import Any
 from neuron_assets.prompts.templates import one_at_a_time_messages
 from neuron_assets.simulators.expected_value import expected_value, zero_probability
 from neuron_assets.simulators.modes.base import (
-    SECOND_READ,
-    SINGLE_TOKEN,
     TOP_LOGPROBS,
     Simulation,
+    SimulationMode,
+    TenHandling,
     _prompt_tokens,
     _some_value,
     generated_tokens,
@@ -25,7 +25,7 @@ def simulate_one_at_a_time(
     tokens: Sequence[str],
     *,
     n_fewshot: int | None = None,
-    ten_handling: str = SINGLE_TOKEN,
+    ten_handling: TenHandling | str = TenHandling.SINGLE_TOKEN,
 ) -> Simulation:
     """Simulate one excerpt with one chat call per token, reading one generated number each.
 
@@ -33,10 +33,12 @@ def simulate_one_at_a_time(
     distribution of what comes after it.
     """
 
+    second_read = TenHandling(ten_handling) is TenHandling.SECOND_READ
+
     def read(response: dict[str, Any]) -> float | None:
-        written = generated_tokens(response, model, "one_at_a_time")
+        written = generated_tokens(response, model, SimulationMode.ONE_AT_A_TIME)
         (token, first), share = written[0], None
-        if ten_handling == SECOND_READ and token.strip() == "1" and len(written) > 1:
+        if second_read and token.strip() == "1" and len(written) > 1:
             share = zero_probability(written[1][1])
         return expected_value(first, share)
 
@@ -46,7 +48,7 @@ def simulate_one_at_a_time(
         response = client.chat.completions.create(
             model=model,
             messages=one_at_a_time_messages(explanation, tokens, position, n_fewshot),
-            max_tokens=2 if ten_handling == SECOND_READ else 1,
+            max_tokens=2 if second_read else 1,
             temperature=0.0,
             logprobs=True,
             top_logprobs=TOP_LOGPROBS,
