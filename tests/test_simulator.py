@@ -620,3 +620,19 @@ def test_the_probes_answer_plain_strings_because_dagster_metadata_refuses_enums(
 
     client = _probe_client(_refuse, _refuse)
     assert type(resolve_mode(client, "m", "json")) is str and type(probe_ten_handling(client, "m", "json")) is str
+
+
+def test_each_mode_allows_only_its_own_readings_of_ten():
+    from neuron_assets.simulators.modes import MODES
+
+    assert {name: mode.ten_readings for name, mode in MODES.items()} == {
+        "all_at_once": ("single_token", "top_nine"),
+        "one_at_a_time": ("single_token", "second_read"),
+        "chat_logprobs": ("single_token", "second_read"),
+        "json": ("written",),
+    }
+    fits = r"\('single_token', 'top_nine'\)"
+    with pytest.raises(ValueError, match=f"'second_read' does not fit mode 'all_at_once', which takes one of {fits}"):
+        MODES["all_at_once"].reading_of_ten("second_read")
+    assert MODES["json"].reading_of_ten("single_token") == "written"  # json reads written numbers, whatever it is told
+    assert MODES["chat_logprobs"].reading_of_ten(None) == "single_token"

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _simulate(run: ModeRun, mode: str, explanation: str, tokens: list[str]) -> list[float | None]:
-    _, simulate = MODES[mode]
+    simulate = MODES[mode].simulate
     options: dict[str, object] = {} if mode == "json" else {"ten_handling": run.ten_handling}
     if mode == "all_at_once":
         options["distribution_shift"] = 0

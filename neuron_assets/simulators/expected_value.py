@@ -47,5 +47,6 @@ def expected_value(
 
 
 def zero_probability(top_logprobs: Mapping[str, float] | None) -> float:
-    """Probability of the token "0" (whitespace stripped) in a next-token distribution."""
+    """Probability of the token "0" (whitespace stripped) in a next-token distribution: after a
+    written "1", the share of that "1" that is really a 10 (``TenHandling.SECOND_READ``)."""
     return sum(math.exp(lp) for token, lp in (top_logprobs or {}).items() if token.strip() == "0")

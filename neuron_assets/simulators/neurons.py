@@ -36,10 +36,10 @@ def simulate_neurons(
     ``explanations`` has (layer, neuron, sample, method, explanation_neuron, explanation):
     the neuron's own explanations, its baselines' and its controls' (another neuron's).
     ``scoring`` has (layer, neuron, excerpt_id, excerpt_kind, activations), as
-    ``scoring.select_scoring_excerpts`` chooses them. ``mode`` is a key of ``MODES``;
-    ``distribution_shift`` only matters for ``all_at_once``. ``ten_handling`` says how the
-    simulator's tokenizer writes "10" (``probe_ten_handling``); by default "10" is taken to be
-    one token, and json mode reads written numbers.
+    ``scoring.select_scoring_excerpts`` chooses them. ``mode`` names a ``SimulationMode``;
+    ``distribution_shift`` only matters for ``all_at_once``. ``ten_handling`` is how the
+    simulator reads "10" (``probes.probe_ten_handling`` answers it); by default "10" is taken
+    to be one token. A name the mode does not know is a ``ValueError`` before any request.
 
     A prompt the backend refuses as too long loses few-shot neurons until it fits (kept
     for the neuron's later excerpts), and the shortening is recorded per simulation.
@@ -48,20 +48,8 @@ def simulate_neurons(
     A neuron whose simulation fails stops at that excerpt and the others go on; the
     failures are raised together as ``NeuronFailures``.
     """
-    mode = SimulationMode(mode)
-    prompt_version, simulate_one = MODES[mode]
-    ten_handling = TenHandling(ten_handling or TenHandling.SINGLE_TOKEN)  # an unknown name is refused here
-    if mode is SimulationMode.JSON:
-        ten_handling = TenHandling.WRITTEN
-    fitting = {
-        SimulationMode.JSON: (TenHandling.WRITTEN,),
-        SimulationMode.ALL_AT_ONCE: (TenHandling.SINGLE_TOKEN, TenHandling.TOP_NINE),
-    }.get(mode, (TenHandling.SINGLE_TOKEN, TenHandling.SECOND_READ))
-    if ten_handling not in fitting:
-        raise ValueError(f"ten_handling {ten_handling!r} does not fit mode {mode!r}, which takes one of {fitting}")
-    options: dict[str, Any] = {} if mode is SimulationMode.JSON else {"ten_handling": ten_handling}
-    if mode is SimulationMode.ALL_AT_ONCE:
-        options["distribution_shift"] = distribution_shift
+    simulator = MODES[SimulationMode(mode)]
+    ten_handling = simulator.reading_of_ten(ten_handling)
     jobs = (
         explanations.select("layer", "neuron", "sample", "method", "explanation_neuron", "explanation")
         .join(scoring.select("layer", "neuron", "excerpt_id", "excerpt_kind", "activations"), on=["layer", "neuron"])
@@ -83,7 +71,15 @@ def simulate_neurons(
         return fit_to_context(
             fewshot_sizes,
             start,
-            lambda n_fewshot: simulate_one(client, model, explanation, tokens, n_fewshot=n_fewshot, **options),
+            lambda n_fewshot: simulator.simulate(
+                client,
+                model,
+                explanation,
+                tokens,
+                n_fewshot=n_fewshot,
+                ten_handling=ten_handling,
+                distribution_shift=distribution_shift,
+            ),
             too_long=f"{len(tokens)} tokens are too long for {model!r} even without few-shot examples",
         )
 
@@ -157,7 +153,7 @@ def simulate_neurons(
         orient="row",
     ).with_columns(
         simulator_model=pl.lit(model),
-        simulation_mode=pl.lit(mode.value),
-        prompt_version=pl.lit(prompt_version),
+        simulation_mode=pl.lit(simulator.name.value),
+        prompt_version=pl.lit(simulator.prompt_version),
         ten_handling=pl.lit(ten_handling.value),
     )

@@ -1,4 +1,7 @@
-"""Questions asked of the backend once per run: which mode it supports (``auto``) and how it writes "10"."""
+"""Questions asked of the backend once per run: which mode it supports (``auto``) and how it writes "10".
+
+Both are ordinary requests, cached like every other.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 from neuron_assets.llm.client import LLMError, ReplyFormatError
 from neuron_assets.simulators.modes import MODES
-from neuron_assets.simulators.modes.base import TOP_LOGPROBS, SimulationMode, TenHandling
+from neuron_assets.simulators.modes.base import TOP_LOGPROBS, SimulationMode
 
 
 class TokenizerProbeError(ReplyFormatError):
@@ -27,12 +30,13 @@ def probe_ten_handling(client: Any, model: str, mode: SimulationMode | str) -> s
     a listing holding "10" say it, whatever the mode; elsewhere (OpenAI chat models) the
     model is asked to write 10 and its generated tokens say it. An answer that shows
     neither "10" nor "1" then "0" is a ``TokenizerProbeError`` naming what came back.
-    The answer is a ``TenHandling`` value as a plain string, as stored tables and Dagster
-    metadata take it (Dagster refuses to serialize an Enum).
+    The mode says which reading goes with each answer; a mode that reads "10" one way only
+    asks nothing. The answer is a ``TenHandling`` value as a plain string, as stored tables
+    and Dagster metadata take it (Dagster refuses to serialize an Enum).
     """
-    mode = SimulationMode(mode)
-    if mode is SimulationMode.JSON:
-        return TenHandling.WRITTEN.value
+    simulator = MODES[SimulationMode(mode)]
+    if len(simulator.ten_readings) == 1:
+        return simulator.ten_readings[0].value
     try:
         split = _ask(
             client.completions.create, model, "echo", _echoed_ten, prompt=TEN_PROBE_TEXT, echo=True, logprobs=1
@@ -51,9 +55,7 @@ def probe_ten_handling(client: Any, model: str, mode: SimulationMode | str) -> s
             top_logprobs=1,
             max_tokens=4,
         )
-    if not split:
-        return TenHandling.SINGLE_TOKEN.value
-    return (TenHandling.TOP_NINE if mode is SimulationMode.ALL_AT_ONCE else TenHandling.SECOND_READ).value
+    return (simulator.ten_if_split if split else simulator.ten_if_one_token).value
 
 
 def _ask(

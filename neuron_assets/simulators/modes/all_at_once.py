@@ -1,4 +1,11 @@
-"""The all_at_once mode: one completions call per excerpt, read from the echoed prompt's log-probabilities."""
+"""The all_at_once mode: one completions call per excerpt, read from the echoed prompt.
+
+The prompt lists the excerpt with ``unknown`` in place of every activation; the server
+echoes the prompt with log-probabilities, and at each ``unknown`` the probabilities of
+"0".."10" give the token's expected activation. One forward pass reads a whole excerpt,
+which is why the study used this mode for all its quantitative results and ``auto``
+prefers it; it needs a backend that returns prompt log-probabilities (vLLM, llama.cpp).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +13,51 @@ import bisect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from neuron_assets.prompts.templates import SimulatorPrompt, simulator_prompt
+from neuron_assets.prompts.templates import SIMULATOR_PROMPT_VERSION, SimulatorPrompt, simulator_prompt
 from neuron_assets.simulators.expected_value import expected_value
 from neuron_assets.simulators.modes.base import (
     TOP_LOGPROBS,
     Simulation,
     SimulationError,
+    SimulationMode,
+    SimulatorMode,
     TenHandling,
-    _prompt_tokens,
-    _some_value,
+    reported_prompt_tokens,
+    some_value,
 )
+
+
+class AllAtOnce(SimulatorMode):
+    """One echoed completions call per excerpt (``simulate``)."""
+
+    name = SimulationMode.ALL_AT_ONCE
+    prompt_version = SIMULATOR_PROMPT_VERSION
+    ten_if_one_token = TenHandling.SINGLE_TOKEN
+    ten_if_split = TenHandling.TOP_NINE
+
+    def simulate(
+        self,
+        client: Any,
+        model: str,
+        explanation: str,
+        tokens: Sequence[str],
+        *,
+        n_fewshot: int | None = None,
+        ten_handling: TenHandling | str | None = None,
+        distribution_shift: int = 0,
+    ) -> Simulation:
+        return simulate(
+            client,
+            model,
+            explanation,
+            tokens,
+            distribution_shift=distribution_shift,
+            n_fewshot=n_fewshot,
+            ten_handling=self.reading_of_ten(ten_handling),
+        )
+
+
+ALL_AT_ONCE = AllAtOnce()
 
 
 def placeholder_distributions(
@@ -56,9 +98,9 @@ def simulate(
 
     Every call shares the same few-shot prefix, so servers with prefix caching (llama.cpp,
     vLLM) evaluate only the explanation and the excerpt. With ``top_nine`` the prompt's
-    scale tops at 9 (see the module's docstring).
+    scale tops at 9 and the values are mapped back onto 0..10 (``TenHandling``).
     """
-    top = 9 if TenHandling(ten_handling) is TenHandling.TOP_NINE else 10
+    top = 9 if ALL_AT_ONCE.reading_of_ten(ten_handling) is TenHandling.TOP_NINE else 10
     prompt = simulator_prompt(explanation, tokens, n_fewshot=n_fewshot, top=top)
 
     def read(response: dict[str, Any]) -> list[float | None]:
@@ -73,7 +115,7 @@ def simulate(
         distributions = placeholder_distributions(
             prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift
         )
-        return _some_value([expected_value(distribution, top=top) for distribution in distributions])
+        return some_value([expected_value(distribution, top=top) for distribution in distributions])
 
     def keep(response: dict[str, Any]) -> dict[str, Any]:
         """For the cache: the offsets, and the distributions at the placeholders only (nearly all
@@ -97,4 +139,4 @@ def simulate(
         read=read,
         keep=keep,
     )
-    return Simulation(read(response), _prompt_tokens(response))
+    return Simulation(read(response), reported_prompt_tokens(response))

@@ -1,4 +1,11 @@
-"""The chat_logprobs mode: one chat call per excerpt, read from the log-probabilities of the listing it writes."""
+"""The chat_logprobs mode: one chat call per excerpt, read from the log-probabilities of the listing it writes.
+
+For chat backends that give log-probabilities of generated tokens only (current OpenAI chat
+models, at most 20 per position): the model writes the excerpt again as ``token<TAB>value``
+lines, and each token's expected value is read from the distribution of the token generated
+after its tab. Written lines are aligned with the excerpt's tokens; merged, split, missing or
+extra lines leave their tokens unsimulated and are counted as misaligned, never zero-filled.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,45 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from neuron_assets.prompts.templates import chat_simulator_messages, display_token
+from neuron_assets.prompts.templates import CHAT_SIMULATOR_PROMPT_VERSION, chat_simulator_messages, display_token
 from neuron_assets.simulators.expected_value import expected_value, zero_probability
 from neuron_assets.simulators.modes.base import (
     TOP_LOGPROBS,
     Simulation,
     SimulationMode,
+    SimulatorMode,
     TenHandling,
-    _prompt_tokens,
-    _some_value,
     generated_tokens,
+    reported_prompt_tokens,
+    some_value,
 )
+
+
+class ChatLogprobs(SimulatorMode):
+    """One chat call per excerpt, its written listing read (``simulate_chat``)."""
+
+    name = SimulationMode.CHAT_LOGPROBS
+    prompt_version = CHAT_SIMULATOR_PROMPT_VERSION
+    ten_if_one_token = TenHandling.SINGLE_TOKEN
+    ten_if_split = TenHandling.SECOND_READ
+
+    def simulate(
+        self,
+        client: Any,
+        model: str,
+        explanation: str,
+        tokens: Sequence[str],
+        *,
+        n_fewshot: int | None = None,
+        ten_handling: TenHandling | str | None = None,
+        distribution_shift: int = 0,
+    ) -> Simulation:
+        return simulate_chat(
+            client, model, explanation, tokens, n_fewshot=n_fewshot, ten_handling=self.reading_of_ten(ten_handling)
+        )
+
+
+CHAT_LOGPROBS = ChatLogprobs()
 
 
 def read_written_listing(
@@ -35,7 +70,7 @@ def read_written_listing(
     in merged, split, missing or changed lines stay unsimulated, and they and any extra
     lines are counted as misaligned.
     """
-    second_read = TenHandling(ten_handling) is TenHandling.SECOND_READ
+    second_read = CHAT_LOGPROBS.reading_of_ten(ten_handling) is TenHandling.SECOND_READ
     text = "".join(token for token, _ in written)
     starts = list(itertools.accumulate((len(token) for token, _ in written[:-1]), initial=0))
     begin = text.find("<start>")
@@ -82,11 +117,12 @@ def simulate_chat(
     ten_handling: TenHandling | str = TenHandling.SINGLE_TOKEN,
 ) -> Simulation:
     """Simulate one excerpt with one chat call, from the generated tokens' top log-probabilities."""
+    ten_handling = CHAT_LOGPROBS.reading_of_ten(ten_handling)
 
     def read(response: dict[str, Any]) -> tuple[list[float | None], int]:
         written = generated_tokens(response, model, SimulationMode.CHAT_LOGPROBS)
         expected, misaligned = read_written_listing(written, tokens, ten_handling)
-        return _some_value(expected), misaligned
+        return some_value(expected), misaligned
 
     response = client.chat.completions.create(
         model=model,
@@ -98,4 +134,4 @@ def simulate_chat(
         read=read,
     )
     expected, misaligned = read(response)
-    return Simulation(expected, _prompt_tokens(response), misaligned)
+    return Simulation(expected, reported_prompt_tokens(response), misaligned)

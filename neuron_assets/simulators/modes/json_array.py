@@ -1,4 +1,10 @@
-"""The json mode: one chat call per excerpt returning a JSON array of integers (no log-probabilities)."""
+"""The json mode: one chat call per excerpt returning a JSON array of integers.
+
+The log-prob-free simulator, for backends without log-probabilities: the integers are used
+as they are, so a value is 0..10 in whole steps. A reply whose length differs from the
+excerpt's is aligned position by position; the tokens it leaves without a value, and any
+extra values, are counted as misaligned, never zero-filled.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,40 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from neuron_assets.prompts.templates import json_simulator_messages
-from neuron_assets.simulators.modes.base import Simulation, SimulationError, _prompt_tokens
+from neuron_assets.prompts.templates import JSON_SIMULATOR_PROMPT_VERSION, json_simulator_messages
+from neuron_assets.simulators.modes.base import (
+    Simulation,
+    SimulationError,
+    SimulationMode,
+    SimulatorMode,
+    TenHandling,
+    reported_prompt_tokens,
+)
+
+
+class JsonArray(SimulatorMode):
+    """One chat call per excerpt for a JSON array (``simulate_json``); needs no log-probabilities."""
+
+    name = SimulationMode.JSON
+    prompt_version = JSON_SIMULATOR_PROMPT_VERSION
+    ten_if_one_token = ten_if_split = TenHandling.WRITTEN
+
+    def simulate(
+        self,
+        client: Any,
+        model: str,
+        explanation: str,
+        tokens: Sequence[str],
+        *,
+        n_fewshot: int | None = None,
+        ten_handling: TenHandling | str | None = None,
+        distribution_shift: int = 0,
+    ) -> Simulation:
+        self.reading_of_ten(ten_handling)  # refuses an unknown name; any known one reads as written
+        return simulate_json(client, model, explanation, tokens, n_fewshot=n_fewshot)
+
+
+JSON_ARRAY = JsonArray()
 
 
 def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None], int]:
@@ -48,4 +86,4 @@ def simulate_json(
         read=read,
     )
     values, misaligned = read(response)
-    return Simulation(values, _prompt_tokens(response), misaligned)
+    return Simulation(values, reported_prompt_tokens(response), misaligned)

@@ -1,21 +1,56 @@
-"""The one_at_a_time mode: one chat call per token, one generated number read each."""
+"""The one_at_a_time mode: one chat call per token, one generated number read each.
+
+The study's other format: the text up to and including the token, the token named again,
+and one number asked for; the expected value is read from the first generated token's
+``top_logprobs``. It works on any chat model with ``top_logprobs`` (OpenAI's included) but
+costs a call per token, and its prompt differs from all_at_once's, so the two can disagree
+(``make bench-modes`` compares them).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from neuron_assets.prompts.templates import one_at_a_time_messages
+from neuron_assets.prompts.templates import ONE_AT_A_TIME_PROMPT_VERSION, one_at_a_time_messages
 from neuron_assets.simulators.expected_value import expected_value, zero_probability
 from neuron_assets.simulators.modes.base import (
     TOP_LOGPROBS,
     Simulation,
     SimulationMode,
+    SimulatorMode,
     TenHandling,
-    _prompt_tokens,
-    _some_value,
     generated_tokens,
+    reported_prompt_tokens,
+    some_value,
 )
+
+
+class OneAtATime(SimulatorMode):
+    """One chat call per token (``simulate_one_at_a_time``)."""
+
+    name = SimulationMode.ONE_AT_A_TIME
+    prompt_version = ONE_AT_A_TIME_PROMPT_VERSION
+    ten_if_one_token = TenHandling.SINGLE_TOKEN
+    ten_if_split = TenHandling.SECOND_READ
+
+    def simulate(
+        self,
+        client: Any,
+        model: str,
+        explanation: str,
+        tokens: Sequence[str],
+        *,
+        n_fewshot: int | None = None,
+        ten_handling: TenHandling | str | None = None,
+        distribution_shift: int = 0,
+    ) -> Simulation:
+        return simulate_one_at_a_time(
+            client, model, explanation, tokens, n_fewshot=n_fewshot, ten_handling=self.reading_of_ten(ten_handling)
+        )
+
+
+ONE_AT_A_TIME = OneAtATime()
 
 
 def simulate_one_at_a_time(
@@ -32,8 +67,7 @@ def simulate_one_at_a_time(
     With ``second_read`` two tokens are generated, so a written "1" is followed by the
     distribution of what comes after it.
     """
-
-    second_read = TenHandling(ten_handling) is TenHandling.SECOND_READ
+    second_read = ONE_AT_A_TIME.reading_of_ten(ten_handling) is TenHandling.SECOND_READ
 
     def read(response: dict[str, Any]) -> float | None:
         written = generated_tokens(response, model, SimulationMode.ONE_AT_A_TIME)
@@ -55,5 +89,5 @@ def simulate_one_at_a_time(
             read=read,
         )
         expected.append(read(response))
-        prompt_tokens += _prompt_tokens(response)
-    return Simulation(_some_value(expected), prompt_tokens)
+        prompt_tokens += reported_prompt_tokens(response)
+    return Simulation(some_value(expected), prompt_tokens)
