@@ -54,7 +54,7 @@ def test_a_context_too_small_for_the_prompt_is_met_by_deliberate_shortening(tmp_
 def test_an_all_at_once_simulation_replays_exactly_from_a_row_a_tenth_the_size_of_the_response(tmp_path):
     import json
 
-    from neuron_assets.simulators.simulator import simulate
+    from neuron_assets.simulators.modes.all_at_once import simulate
 
     (tokens,) = word_tokens(1)
     with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server:

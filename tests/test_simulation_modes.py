@@ -10,15 +10,13 @@ from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServe
 from neuron_assets.prompts.templates import simulator_prompt
 from neuron_assets.sampling.corpus import load_documents
 from neuron_assets.sampling.excerpts import make_excerpts
-from neuron_assets.simulators.simulator import (
-    SimulationError,
-    expected_value,
-    resolve_mode,
-    simulate,
-    simulate_chat,
-    simulate_json,
-    simulate_one_at_a_time,
-)
+from neuron_assets.simulators.expected_value import expected_value
+from neuron_assets.simulators.modes.all_at_once import simulate
+from neuron_assets.simulators.modes.base import SimulationError
+from neuron_assets.simulators.modes.chat_logprobs import simulate_chat
+from neuron_assets.simulators.modes.json_array import simulate_json
+from neuron_assets.simulators.modes.one_at_a_time import simulate_one_at_a_time
+from neuron_assets.simulators.probes import resolve_mode
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +147,7 @@ def test_chat_mode_reads_one_slot_per_token_and_counts_the_lines_that_did_not_li
 
 
 def test_the_probe_finds_that_smollm2_writes_ten_as_one_then_zero(client):
-    from neuron_assets.simulators.simulator import probe_ten_handling
+    from neuron_assets.simulators.probes import probe_ten_handling
 
     assert probe_ten_handling(client, PACKAGED_MODEL_ALIAS, "all_at_once") == "top_nine"
     assert probe_ten_handling(client, PACKAGED_MODEL_ALIAS, "json") == "written"

@@ -3,7 +3,9 @@ import math
 import pytest
 
 from neuron_assets.prompts.templates import simulator_prompt
-from neuron_assets.simulators.simulator import SimulationError, expected_value, placeholder_distributions
+from neuron_assets.simulators.expected_value import expected_value
+from neuron_assets.simulators.modes.all_at_once import placeholder_distributions
+from neuron_assets.simulators.modes.base import SimulationError
 
 
 def read_placeholders(prompt, offsets, tops, distribution_shift):
@@ -72,7 +74,7 @@ def test_mismatched_echo_lengths_are_an_error():
 def test_a_backend_without_prompt_logprobs_is_named_in_the_error():
     from types import SimpleNamespace
 
-    from neuron_assets.simulators.simulator import simulate
+    from neuron_assets.simulators.modes.all_at_once import simulate
 
     reply = {"choices": [{"text": "", "logprobs": None}], "usage": None}
     client = SimpleNamespace(completions=SimpleNamespace(create=lambda **_: reply))
@@ -167,7 +169,7 @@ def test_a_neuron_whose_simulation_fails_is_named_and_the_others_still_run():
     from neuron_assets.llm.errors import LLMError
     from neuron_assets.llm.fan_out import NeuronFailures
     from neuron_assets.scorers.scoring import select_scoring_excerpts as scoring_excerpts
-    from neuron_assets.simulators.simulator import simulate_neurons
+    from neuron_assets.simulators.neurons import simulate_neurons
 
     prompts = []
 
@@ -234,14 +236,14 @@ def test_asking_to_score_on_more_excerpts_than_were_recorded_is_an_error():
     ],
 )
 def test_json_replies_are_clipped_aligned_and_their_gaps_counted(reply, expected, misaligned):
-    from neuron_assets.simulators.simulator import parse_json_activations
+    from neuron_assets.simulators.modes.json_array import parse_json_activations
 
     assert parse_json_activations(reply, 3) == (expected, misaligned)
 
 
 @pytest.mark.parametrize("reply", ["zero, three, ten", "[0, 3,", "{}", ""])
 def test_a_reply_without_a_json_array_is_a_simulation_error(reply):
-    from neuron_assets.simulators.simulator import parse_json_activations
+    from neuron_assets.simulators.modes.json_array import parse_json_activations
 
     with pytest.raises(SimulationError, match="no JSON array"):
         parse_json_activations(reply, 3)
@@ -254,7 +256,7 @@ def test_json_mode_is_recorded_with_each_simulation():
 
     from neuron_assets.prompts.templates import JSON_SIMULATOR_PROMPT_VERSION
     from neuron_assets.scorers.scoring import select_scoring_excerpts as scoring_excerpts
-    from neuron_assets.simulators.simulator import simulate_neurons
+    from neuron_assets.simulators.neurons import simulate_neurons
 
     def create(**request):
         return {"choices": [{"message": {"content": "[4]"}}], "usage": {"prompt_tokens": 50}}
@@ -296,21 +298,21 @@ def _listing_pieces(lines):
 
 
 def test_a_written_listing_is_read_at_the_token_after_each_tab():
-    from neuron_assets.simulators.simulator import read_written_listing
+    from neuron_assets.simulators.modes.chat_logprobs import read_written_listing
 
     written = _written(_listing_pieces([(" a", "0"), (" b", "3")]), [{"0": lp(0.5), "10": lp(0.5)}, {"3": 0.0}])
     assert read_written_listing(written, [" a", " b"]) == ([5.0, 3.0], 0)
 
 
 def test_merged_lines_leave_their_tokens_unsimulated_and_counted():
-    from neuron_assets.simulators.simulator import read_written_listing
+    from neuron_assets.simulators.modes.chat_logprobs import read_written_listing
 
     written = _written(_listing_pieces([(" New York", "7"), (" city", "1")]), [{"7": 0.0}, {"1": 0.0}])
     assert read_written_listing(written, [" New", " York", " city"]) == ([None, None, 1.0], 2)
 
 
 def test_missing_and_extra_lines_are_counted_and_the_rest_still_line_up():
-    from neuron_assets.simulators.simulator import read_written_listing
+    from neuron_assets.simulators.modes.chat_logprobs import read_written_listing
 
     written = _written(
         _listing_pieces([(" a", "1"), (" c", "3"), (" extra", "9")]), [{"1": 0.0}, {"3": 0.0}, {"9": 0.0}]
@@ -319,14 +321,14 @@ def test_missing_and_extra_lines_are_counted_and_the_rest_still_line_up():
 
 
 def test_a_listing_cut_off_after_a_tab_leaves_that_token_and_the_rest_unsimulated():
-    from neuron_assets.simulators.simulator import read_written_listing
+    from neuron_assets.simulators.modes.chat_logprobs import read_written_listing
 
     written = _written(["<start>", "\n", " a", "\t", "4", "\n", " b", "\t"], [{"4": 0.0}])
     assert read_written_listing(written, [" a", " b", " c"]) == ([4.0, None, None], 1)
 
 
 def test_a_reply_that_ignores_the_format_simulates_nothing_and_counts_every_token():
-    from neuron_assets.simulators.simulator import read_written_listing
+    from neuron_assets.simulators.modes.chat_logprobs import read_written_listing
 
     written = _written(["I", " cannot", " help", " with", " that", "."], [])
     assert read_written_listing(written, [" a", " b"]) == ([None, None], 2)
@@ -347,7 +349,7 @@ def _refuse(**_):
 
 
 def test_auto_mode_prefers_prompt_logprobs_then_chat_logprobs_then_json():
-    from neuron_assets.simulators.simulator import resolve_mode
+    from neuron_assets.simulators.probes import resolve_mode
 
     echo = {"choices": [{"text": "x", "logprobs": {"text_offset": [0, 1], "top_logprobs": [None, {"a": 0.0}]}}]}
     written = [{"token": "0", "top_logprobs": [{"token": "0", "logprob": 0.0}]}]
@@ -361,7 +363,7 @@ def test_auto_mode_prefers_prompt_logprobs_then_chat_logprobs_then_json():
 
 def test_auto_mode_raises_an_outage_or_a_bad_key_instead_of_downgrading():
     from neuron_assets.llm.errors import LLMError
-    from neuron_assets.simulators.simulator import resolve_mode
+    from neuron_assets.simulators.probes import resolve_mode
 
     def down(**_):
         raise LLMError("still failing after 5 attempts: 503")
@@ -383,7 +385,7 @@ def test_a_simulation_prompt_too_long_for_the_context_loses_few_shot_neurons_and
     from neuron_assets.llm.errors import ContextLengthError
     from neuron_assets.prompts.templates import simulator_prompt
     from neuron_assets.scorers.scoring import select_scoring_excerpts as scoring_excerpts
-    from neuron_assets.simulators.simulator import simulate_neurons
+    from neuron_assets.simulators.neurons import simulate_neurons
 
     fits = len(simulator_prompt("x", ["a", "b"], n_fewshot=1).text)
     prompts = []
@@ -441,7 +443,7 @@ def _echo_of_threes(prompt):
 def test_an_echo_without_a_single_digit_at_the_placeholders_is_an_error_not_a_silent_blank():
     from types import SimpleNamespace
 
-    from neuron_assets.simulators.simulator import simulate
+    from neuron_assets.simulators.modes.all_at_once import simulate
 
     def words_only(**request):
         reply = _echo_of_threes(request["prompt"])
@@ -457,7 +459,7 @@ def test_an_echo_without_a_single_digit_at_the_placeholders_is_an_error_not_a_si
 def test_a_truncated_echo_is_an_error_not_a_misread_distribution():
     from types import SimpleNamespace
 
-    from neuron_assets.simulators.simulator import simulate
+    from neuron_assets.simulators.modes.all_at_once import simulate
 
     def truncated(**request):
         return _echo_of_threes(request["prompt"][: len(request["prompt"]) // 2])
@@ -468,7 +470,7 @@ def test_a_truncated_echo_is_an_error_not_a_misread_distribution():
 
 
 def test_a_one_followed_by_zero_is_read_as_ten_on_tokenizers_that_split_it():
-    from neuron_assets.simulators.simulator import expected_value
+    from neuron_assets.simulators.expected_value import expected_value
 
     always_one = {"1": lp(1.0)}
     assert expected_value(always_one) == pytest.approx(1.0)  # the naive read loses the 10
@@ -479,7 +481,7 @@ def test_a_one_followed_by_zero_is_read_as_ten_on_tokenizers_that_split_it():
 def test_on_a_tokenizer_without_ten_all_at_once_asks_on_a_zero_to_nine_scale_and_maps_it_back():
     from types import SimpleNamespace
 
-    from neuron_assets.simulators.simulator import simulate
+    from neuron_assets.simulators.modes.all_at_once import simulate
 
     prompts = []
 
@@ -508,7 +510,7 @@ def test_a_ten_on_the_zero_to_nine_scale_is_not_a_digit_and_a_second_read_needs_
 
 
 def test_the_chat_listing_reads_a_written_one_zero_as_ten():
-    from neuron_assets.simulators.simulator import read_written_listing
+    from neuron_assets.simulators.modes.chat_logprobs import read_written_listing
 
     written = [
         ("<start>", None),
@@ -528,7 +530,7 @@ def test_the_chat_listing_reads_a_written_one_zero_as_ten():
 def test_the_tokenizer_probe_reads_how_the_echo_wrote_ten(pieces, expected):
     from types import SimpleNamespace
 
-    from neuron_assets.simulators.simulator import TEN_PROBE_TEXT, probe_ten_handling
+    from neuron_assets.simulators.probes import TEN_PROBE_TEXT, probe_ten_handling
 
     start = TEN_PROBE_TEXT.index("10")
     tokens = [TEN_PROBE_TEXT[:start], *pieces, TEN_PROBE_TEXT[start + 2 :]]
@@ -542,7 +544,7 @@ def test_a_chat_probe_that_shows_no_ten_is_an_error_naming_what_came_back():
     from types import SimpleNamespace
 
     from neuron_assets.llm.errors import LLMError
-    from neuron_assets.simulators.simulator import TokenizerProbeError, probe_ten_handling
+    from neuron_assets.simulators.probes import TokenizerProbeError, probe_ten_handling
 
     content = [{"token": "ten", "logprob": 0.0}]
     reply = {"choices": [{"logprobs": {"content": content}}]}
@@ -564,3 +566,74 @@ def test_a_chat_probe_that_shows_no_ten_is_an_error_naming_what_came_back():
 
     with pytest.raises(LLMError, match="503"):  # not a capability answer: no fallback to the chat probe
         probe_ten_handling(_probe_client(down, lambda **_: reply), "m", "all_at_once")
+
+
+def test_an_unknown_reading_of_ten_is_refused_naming_the_allowed_ones():
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    from neuron_assets.scorers.scoring import select_scoring_excerpts as scoring_excerpts
+    from neuron_assets.simulators.modes.base import TenHandling
+    from neuron_assets.simulators.neurons import simulate_neurons
+
+    client = SimpleNamespace(completions=SimpleNamespace(create=lambda **request: _echo_of_threes(request["prompt"])))
+    explanations = _own(pl.DataFrame({"layer": [0], "neuron": [1], "sample": [0], "explanation": ["x"]}))
+    records = pl.DataFrame(
+        {
+            "layer": [0],
+            "neuron": [1],
+            "pool": ["scoring"],
+            "kind": ["top"],
+            "rank": [0],
+            "excerpt_id": [5],
+            "activations": [[1.0]],
+        }
+    )
+    excerpts = pl.DataFrame({"excerpt_id": [5], "tokens": [["a"]]})
+    allowed = r"\['second_read', 'single_token', 'top_nine', 'written'\]"
+    with pytest.raises(ValueError, match=f"ten handling 'ten_tokens' is not one of {allowed}"):
+        simulate_neurons(
+            client, "m", explanations, scoring_excerpts(records, 1, 0), excerpts, ten_handling="ten_tokens"
+        )
+    with pytest.raises(ValueError, match="ten handling 'bogus' is not one of"):
+        TenHandling("bogus")
+    frame = simulate_neurons(
+        client, "m", explanations, scoring_excerpts(records, 1, 0), excerpts, ten_handling="top_nine"
+    )
+    assert frame["ten_handling"].to_list() == ["top_nine"] and frame["simulation_mode"].to_list() == ["all_at_once"]
+
+
+def test_the_mode_and_ten_names_are_the_strings_the_stored_tables_allow():
+    from neuron_assets.simulators.modes.base import SimulationMode, TenHandling
+    from neuron_assets.storage.schemas import Simulations
+
+    columns = Simulations.to_schema().columns
+    for column, names in (("simulation_mode", SimulationMode), ("ten_handling", TenHandling)):
+        (isin,) = columns[column].checks
+        assert sorted(isin.statistics["allowed_values"]) == sorted(name.value for name in names)
+    assert TenHandling("top_nine") is TenHandling.TOP_NINE == "top_nine"
+    assert repr(SimulationMode.JSON) == "'json'" and f"{SimulationMode.JSON}" == "json"
+
+
+def test_the_probes_answer_plain_strings_because_dagster_metadata_refuses_enums():
+    from neuron_assets.simulators.probes import probe_ten_handling, resolve_mode
+
+    client = _probe_client(_refuse, _refuse)
+    assert type(resolve_mode(client, "m", "json")) is str and type(probe_ten_handling(client, "m", "json")) is str
+
+
+def test_each_mode_allows_only_its_own_readings_of_ten():
+    from neuron_assets.simulators.modes import MODES
+
+    assert {name: mode.ten_readings for name, mode in MODES.items()} == {
+        "all_at_once": ("single_token", "top_nine"),
+        "one_at_a_time": ("single_token", "second_read"),
+        "chat_logprobs": ("single_token", "second_read"),
+        "json": ("written",),
+    }
+    fits = r"\('single_token', 'top_nine'\)"
+    with pytest.raises(ValueError, match=f"'second_read' does not fit mode 'all_at_once', which takes one of {fits}"):
+        MODES["all_at_once"].reading_of_ten("second_read")
+    assert MODES["json"].reading_of_ten("single_token") == "written"  # json reads written numbers, whatever it is told
+    assert MODES["chat_logprobs"].reading_of_ten(None) == "single_token"

@@ -23,7 +23,7 @@ from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.llm.response_cache import ResponseCache
 from neuron_assets.sampling.corpus import load_documents
-from neuron_assets.simulators.simulator import simulate
+from neuron_assets.simulators.modes.all_at_once import simulate
 
 
 def word_excerpts(n: int, length: int = 64) -> list[list[str]]:

@@ -48,7 +48,9 @@ from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.llm.response_cache import ResponseCache
 from neuron_assets.prompts.templates import Record, simulator_prompt, simulator_prompt_for_excerpts
-from neuron_assets.simulators.simulator import TOP_LOGPROBS, expected_value, placeholder_distributions, simulate
+from neuron_assets.simulators.expected_value import expected_value
+from neuron_assets.simulators.modes.all_at_once import placeholder_distributions, simulate
+from neuron_assets.simulators.modes.base import TOP_LOGPROBS
 
 EXPLANATION = "words about sport"
 PROMPT_ONLY = {"model": PACKAGED_MODEL_ALIAS, "max_tokens": 1, "temperature": 0.0}

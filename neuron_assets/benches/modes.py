@@ -30,7 +30,9 @@ from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL, load_s
 from neuron_assets.sampling.corpus import load_documents
 from neuron_assets.sampling.excerpts import make_excerpts
 from neuron_assets.scorers.scoring import score, select_scoring_excerpts
-from neuron_assets.simulators.simulator import MODES, SimulationError, probe_ten_handling
+from neuron_assets.simulators.modes import MODES
+from neuron_assets.simulators.modes.base import SimulationError
+from neuron_assets.simulators.probes import probe_ten_handling
 
 ORDER = ("all_at_once", "chat_logprobs", "one_at_a_time", "json")
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _simulate(run: ModeRun, mode: str, explanation: str, tokens: list[str]) -> list[float | None]:
-    _, simulate = MODES[mode]
+    simulate = MODES[mode].simulate
     options: dict[str, object] = {} if mode == "json" else {"ten_handling": run.ten_handling}
     if mode == "all_at_once":
         options["distribution_shift"] = 0

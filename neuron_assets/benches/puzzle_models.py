@@ -25,7 +25,8 @@ from neuron_assets.llm.llama_build import cpu_model
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.puzzles.evaluation import TRUE, scorer_summary, scorer_test
 from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES, Puzzle, load_puzzles
-from neuron_assets.simulators.simulator import MODES, probe_ten_handling
+from neuron_assets.simulators.modes import MODES
+from neuron_assets.simulators.probes import probe_ten_handling
 
 
 def measure(client: CachingClient, model: str, puzzles: list[Puzzle], mode: str) -> dict[str, object]:

@@ -195,7 +195,7 @@ class LLMResource(dg.ConfigurableResource):
     def simulator(self, requested_mode: str) -> tuple[Any, str, str, str]:
         """(client, simulator model, mode, how it reads "10"): ``requested_mode`` resolved against
         the backend and the simulator's tokenizer probed, as every simulating asset needs."""
-        from neuron_assets.simulators.simulator import probe_ten_handling, resolve_mode
+        from neuron_assets.simulators.probes import probe_ten_handling, resolve_mode
 
         _, model = self.model_names()
         client = self.client()

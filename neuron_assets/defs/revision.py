@@ -246,7 +246,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         extended by the scoring split of the generated sentences."""
         from neuron_assets.revision.reviser import ORIGINAL
         from neuron_assets.revision.scores import revision_scoring_inputs, score_revisions
-        from neuron_assets.simulators.simulator import simulate_neurons
+        from neuron_assets.simulators.neurons import simulate_neurons
 
         client, simulator, mode, ten_handling = llm.simulator(config.mode)
         originals = _first_samples(explanations)

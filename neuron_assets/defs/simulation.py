@@ -132,7 +132,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         from neuron_assets.baselines.controls import control_explanations
         from neuron_assets.explainers.next_token import next_token_view
         from neuron_assets.scorers.methods import CONTROL, NEXT_TOKEN_EXPLANATION, check_methods
-        from neuron_assets.simulators.simulator import simulate_neurons
+        from neuron_assets.simulators.neurons import simulate_neurons
 
         methods = check_methods(config.methods, SIMULATED, "simulations config 'methods'")
         stored = explanations["method"].unique().to_list()

@@ -27,7 +27,7 @@ from neuron_assets.prompts.fewshot import Record
 from neuron_assets.prompts.templates import ExplanationParseError
 from neuron_assets.puzzles.puzzle_file import Puzzle
 from neuron_assets.scorers.scoring import score
-from neuron_assets.simulators.simulator import simulate_neurons
+from neuron_assets.simulators.neurons import simulate_neurons
 
 TRUE, FALSE, COMMON_TOKENS, GENERATED = "true", "false", "common_tokens", "generated"
 
