@@ -194,3 +194,39 @@ def test_the_projects_dagster_instance_runs_more_than_one_run_at_a_time():
     home = os.path.join(os.path.dirname(__file__), "..", "dagster_home")
     with dg.DagsterInstance.from_config(home) as instance:
         assert instance.run_coordinator.get_run_queue_config().max_concurrent_runs >= 2
+
+
+def test_a_run_config_block_naming_one_llm_field_keeps_the_configured_server_and_models(tmp_path):
+    """Dagster replaces the whole configuration of a resource that run config names: the
+    settings are the fields' defaults, so a pasted ``max_concurrency`` keeps the server."""
+    import dagster as dg
+
+    from neuron_assets.defs.definitions import build_definitions
+    from neuron_assets.defs.resources import LLMResource, SubjectModelResource
+    from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
+    from neuron_assets.settings import Settings
+
+    settings = Settings(
+        subject_models=(PACKAGED_SUBJECT_MODEL,),
+        data_dir=tmp_path,
+        llm_base_url="http://gpu1:8000/v1,http://gpu2:8000/v1",
+        explainer_model="big-explainer",
+        simulator_model="big-simulator",
+        device="cpu",
+    )
+    seen = {}
+
+    @dg.asset
+    def probe(llm: LLMResource, subject_model: SubjectModelResource) -> None:
+        seen.update(llm.model_dump(exclude={"results"}), device=subject_model.device)
+
+    resources = build_definitions(settings).resources
+    job = dg.Definitions(assets=[probe], resources=resources).resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(run_config={"resources": {"llm": {"config": {"max_concurrency": 8}}}}).success
+    assert seen["max_concurrency"] == 8
+    assert (seen["base_url"], seen["base_urls"]) == ("http://gpu1:8000/v1", ["http://gpu2:8000/v1"])
+    assert (seen["explainer_model"], seen["simulator_model"], seen["device"]) == (
+        "big-explainer",
+        "big-simulator",
+        "cpu",
+    )

@@ -23,6 +23,7 @@ from neuron_assets.defs.resources import (
     ResultStoreIOManager,
     ResultStoreResource,
     SubjectModelResource,
+    with_defaults,
 )
 from neuron_assets.recording.subject_model import model_shape
 from neuron_assets.settings import Settings
@@ -67,15 +68,16 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
         resources={
             "results": results,
             "io_manager": ResultStoreIOManager(results=results),
-            "subject_model": SubjectModelResource(device=settings.device),
-            "llm": LLMResource(
-                results=results,
+            # the settings are defaults: a run config block that names one field keeps the others
+            "subject_model": with_defaults(SubjectModelResource, device=settings.device)(),
+            "llm": with_defaults(
+                LLMResource,
                 base_url=urls[0] if urls else None,
                 base_urls=urls[1:],
                 explainer_model=settings.explainer_model,
                 simulator_model=settings.simulator_model,
                 **llm_options,
-            ),
+            )(results=results),
         },
         executor=dg.in_process_executor,
     )

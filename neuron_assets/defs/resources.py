@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import dagster as dg
 import polars as pl
@@ -13,6 +13,21 @@ from neuron_assets.defs.common import column_schema
 from neuron_assets.defs.partitions import stored_partitions
 
 PACKAGED_LLM = "packaged SmolLM2-135M-Instruct on a local llama.cpp server"
+R = TypeVar("R", bound=dg.ConfigurableResource)
+
+
+def with_defaults(resource: type[R], **defaults: Any) -> type[R]:
+    """``resource`` with ``defaults`` as its fields' defaults, not as values set on an instance.
+
+    Dagster replaces the whole configuration of a resource that run config names, so values
+    set at construction are lost when a user's run config sets one field (a block with only
+    ``max_concurrency`` would otherwise run on the packaged model instead of the configured
+    server); defaults are filled in field by field.
+    """
+    from pydantic import create_model
+
+    fields = {name: (resource.model_fields[name].annotation, value) for name, value in defaults.items()}
+    return create_model(resource.__name__, __base__=resource, __module__=resource.__module__, **fields)
 
 
 class SubjectModelResource(dg.ConfigurableResource):
