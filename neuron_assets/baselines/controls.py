@@ -14,6 +14,13 @@ import numpy as np
 import polars as pl
 
 from neuron_assets.scorers.methods import CONTROL, EXPLANATION
+from neuron_assets.storage.schemas import Explanations, MethodComparisons, Simulations, polars_schema
+
+# What the simulator takes: an explanation and the neuron it was written for (no stored table holds both).
+CONTROL_SCHEMA = {
+    **polars_schema(Simulations, ["layer", "neuron", "sample", "method", "explanation_neuron"]),
+    **polars_schema(Explanations, ["explanation"]),
+}
 
 
 def control_explanations(explanations: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
@@ -44,30 +51,25 @@ def control_explanations(explanations: pl.DataFrame, seed: int = 0) -> pl.DataFr
                 }
             )
         )
-    schema = {
-        "layer": pl.Int64,
-        "neuron": pl.Int64,
-        "sample": pl.Int64,
-        "method": pl.String,
-        "explanation_neuron": pl.Int64,
-        "explanation": pl.String,
-    }
-    return pl.concat(frames).sort("layer", "neuron") if frames else pl.DataFrame(schema=schema)
+    return pl.concat(frames).sort("layer", "neuron") if frames else pl.DataFrame(schema=CONTROL_SCHEMA)
 
 
-COMPARISON_SCHEMA = {
-    "layer": pl.Int64,
-    "scoring_set": pl.String,
-    "method": pl.String,
-    "n_neurons": pl.Int64,
-    "mean_score": pl.Float64,
-    "mean_ci_low": pl.Float64,
-    "mean_ci_high": pl.Float64,
-    "n_paired": pl.Int64,
-    "explanation_minus_method": pl.Float64,
-    "difference_ci_low": pl.Float64,
-    "difference_ci_high": pl.Float64,
-}
+COMPARISON_SCHEMA = polars_schema(
+    MethodComparisons,
+    [
+        "layer",
+        "scoring_set",
+        "method",
+        "n_neurons",
+        "mean_score",
+        "mean_ci_low",
+        "mean_ci_high",
+        "n_paired",
+        "explanation_minus_method",
+        "difference_ci_low",
+        "difference_ci_high",
+    ],
+)
 
 
 def compare_methods(

@@ -19,15 +19,11 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-PREDICTION_SCHEMA = {
-    "layer": pl.Int64,
-    "neuron": pl.Int64,
-    "method": pl.String,
-    "excerpt_id": pl.Int64,
-    "excerpt_kind": pl.String,
-    "predicted": pl.List(pl.Float64),
-    "true_activations": pl.List(pl.Float64),
-}
+from neuron_assets.storage.schemas import TokenPredictions, polars_schema
+
+PREDICTION_SCHEMA = polars_schema(
+    TokenPredictions, ["layer", "neuron", "method", "excerpt_id", "excerpt_kind", "predicted", "true_activations"]
+)
 
 
 def lookup_fallback(lookup: pl.DataFrame) -> pl.DataFrame:

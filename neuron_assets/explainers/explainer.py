@@ -28,16 +28,11 @@ from neuron_assets.prompts.templates import (
 )
 from neuron_assets.sampling.excerpts import EXPLANATION_POOL
 from neuron_assets.scorers.methods import EXPLANATION, LOOKUP_EXPLANATION
+from neuron_assets.storage.schemas import Explanations, polars_schema
 
-EXPLANATION_SCHEMA = {
-    "layer": pl.Int64,
-    "neuron": pl.Int64,
-    "sample": pl.Int64,
-    "explanation": pl.String,
-    "raw_reply": pl.String,
-    "excerpt_ids": pl.List(pl.Int64),
-    "prompt_shortening": pl.String,
-}
+EXPLANATION_SCHEMA = polars_schema(
+    Explanations, ["layer", "neuron", "sample", "explanation", "raw_reply", "excerpt_ids", "prompt_shortening"]
+)
 
 
 @dataclass(frozen=True)

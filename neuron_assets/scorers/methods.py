@@ -1,7 +1,9 @@
 """The ways a neuron gets scored, by name: its explanation, the token baselines, the control.
 
 Every score carries one of these names in its ``method`` column, so one query compares
-them per neuron and per layer (method.md §6).
+them per neuron and per layer (method.md §6). The names of the scoring sets, and of the
+excerpt kinds they pool, live here too: the stored tables' models check them, and
+``scorers.scoring`` takes its column types from those models, so they cannot import it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ DEFAULT_EXPLAINED = (EXPLANATION, LOOKUP_EXPLANATION)
 DEFAULT_SIMULATED = (EXPLANATION, LOOKUP_EXPLANATION, CONTROL)
 TOKEN_BASELINES = (LOOKUP_TABLE, WEIGHT_BASED)
 BASELINES = (LOOKUP_TABLE, WEIGHT_BASED, LOOKUP_EXPLANATION)
+
+# A scoring set names the excerpt kinds it pools; the calibration kinds are held out to fit the calibration.
+SCORING_SETS = {"top_and_random": ("top", "random"), "random_only": ("random",)}
+CALIBRATION_KINDS = ("calibration_top", "calibration_random")
+EXCERPT_KINDS = ("top", "random", *CALIBRATION_KINDS)
 
 
 def check_methods(requested: Sequence[str], allowed: Sequence[str], where: str) -> list[str]:

@@ -27,10 +27,8 @@ import numpy as np
 import polars as pl
 
 from neuron_assets.sampling.excerpts import SCORING_POOL
-
-SCORING_SETS = {"top_and_random": ("top", "random"), "random_only": ("random",)}
-CALIBRATION_KINDS = ("calibration_top", "calibration_random")
-EXCERPT_KINDS = ("top", "random", *CALIBRATION_KINDS)
+from neuron_assets.scorers.methods import CALIBRATION_KINDS, SCORING_SETS
+from neuron_assets.storage.schemas import Scores, polars_schema
 
 
 @dataclass(frozen=True)
@@ -166,22 +164,25 @@ def select_scoring_excerpts(
     )
 
 
-SCORE_SCHEMA = {
-    "layer": pl.Int64,
-    "neuron": pl.Int64,
-    "sample": pl.Int64,
-    "method": pl.String,
-    "explanation_neuron": pl.Int64,
-    "scoring_set": pl.String,
-    "correlation": pl.Float64,
-    "explained_variance": pl.Float64,
-    "calibration_slope": pl.Float64,
-    "calibration_intercept": pl.Float64,
-    "n_tokens": pl.Int64,
-    "n_unsimulated": pl.Int64,
-    "undefined_reason": pl.String,
-    "n_calibration_tokens": pl.Int64,
-}
+SCORE_SCHEMA = polars_schema(
+    Scores,
+    [
+        "layer",
+        "neuron",
+        "sample",
+        "method",
+        "explanation_neuron",
+        "scoring_set",
+        "correlation",
+        "explained_variance",
+        "calibration_slope",
+        "calibration_intercept",
+        "n_tokens",
+        "n_unsimulated",
+        "undefined_reason",
+        "n_calibration_tokens",
+    ],
+)
 SCORED_BY = ["layer", "neuron", "sample", "method", "explanation_neuron"]
 
 

@@ -17,6 +17,27 @@ from neuron_assets.simulators.modes.base import (
     SimulationMode,
     TenHandling,
 )
+from neuron_assets.storage.schemas import Simulations, polars_schema
+
+# The columns one simulated excerpt's row holds before the simulator's settings are added.
+SIMULATION_SCHEMA = polars_schema(
+    Simulations,
+    [
+        "layer",
+        "neuron",
+        "sample",
+        "method",
+        "explanation_neuron",
+        "excerpt_id",
+        "excerpt_kind",
+        "simulated",
+        "true_activations",
+        "n_unsimulated",
+        "n_misaligned",
+        "prompt_tokens",
+        "prompt_shortening",
+    ],
+)
 
 
 def simulate_neurons(
@@ -134,25 +155,7 @@ def simulate_neurons(
         on_done=on_neuron,
     )
     rows = [row for neuron_rows in per_neuron for row in neuron_rows]
-    return pl.DataFrame(
-        rows,
-        schema={
-            "layer": pl.Int64,
-            "neuron": pl.Int64,
-            "sample": pl.Int64,
-            "method": pl.String,
-            "explanation_neuron": pl.Int64,
-            "excerpt_id": pl.Int64,
-            "excerpt_kind": pl.String,
-            "simulated": pl.List(pl.Float64),
-            "true_activations": pl.List(pl.Float64),
-            "n_unsimulated": pl.Int64,
-            "n_misaligned": pl.Int64,
-            "prompt_tokens": pl.Int64,
-            "prompt_shortening": pl.String,
-        },
-        orient="row",
-    ).with_columns(
+    return pl.DataFrame(rows, schema=SIMULATION_SCHEMA, orient="row").with_columns(
         simulator_model=pl.lit(model),
         simulation_mode=pl.lit(simulator.name.value),
         prompt_version=pl.lit(simulator.prompt_version),

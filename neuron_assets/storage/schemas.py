@@ -6,13 +6,13 @@ input is validated again when it is read back (see ``storage.ResultStore``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import pandera.polars as pa
 import polars as pl
 
-from neuron_assets.scorers.methods import EXPLAINED, METHODS, SIMULATED, TOKEN_BASELINES
-from neuron_assets.scorers.scoring import EXCERPT_KINDS, SCORING_SETS
+from neuron_assets.scorers.methods import EXCERPT_KINDS, EXPLAINED, METHODS, SCORING_SETS, SIMULATED, TOKEN_BASELINES
 
 POOLS = ["explanation", "scoring"]
 
@@ -533,3 +533,20 @@ MODEL_TABLES = tuple(name for name in TABLES if not name.startswith("puzzle_"))
 def validate(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     """Validate ``frame`` against the model of ``table``; raises pandera's error naming the column."""
     return TABLES[table].validate(frame)
+
+
+def polars_schema(model: type[pa.DataFrameModel], columns: Sequence[str] | None = None) -> dict[str, pl.DataType]:
+    """The polars types of ``model``'s columns: all of them in the model's order, or ``columns`` in their order.
+
+    The pure-core stages build frames that hold some of a stored table's columns (the Dagster
+    layer adds lineage: run, partition, subject model, variant, polarity); they take the types
+    from here, so the model stays the one definition. A nullable column needs nothing more: any
+    polars column holds nulls. A column the model lacks is a ValueError naming it.
+    """
+    declared = {name: column.dtype.type for name, column in model.to_schema().columns.items()}
+    wanted = list(declared) if columns is None else list(columns)
+    missing = [name for name in wanted if name not in declared]
+    if missing:
+        raise ValueError(f"{model.__name__} has no column(s) {missing}; it has {list(declared)}")
+    # pandera gives a plain type as its class (pl.Int64), a nested one as an instance (pl.List(pl.Int64)).
+    return {name: declared[name]() if isinstance(declared[name], type) else declared[name] for name in wanted}
