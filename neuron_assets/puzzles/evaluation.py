@@ -28,6 +28,7 @@ from neuron_assets.prompts.templates import ExplanationParseError
 from neuron_assets.puzzles.puzzle_file import Puzzle
 from neuron_assets.scorers.scoring import score
 from neuron_assets.simulators.neurons import simulate_neurons
+from neuron_assets.storage.schemas import PuzzleExplanations, PuzzleScores, polars_schema
 
 TRUE, FALSE, COMMON_TOKENS, GENERATED = "true", "false", "common_tokens", "generated"
 
@@ -64,7 +65,7 @@ def candidate_explanations(puzzles: Sequence[Puzzle]) -> pl.DataFrame:
         rows += [(puzzle.name, i, kind, text) for i, (kind, text) in enumerate(explanations)]
     return pl.DataFrame(
         rows,
-        schema={"puzzle": pl.String, "candidate": pl.Int64, "candidate_kind": pl.String, "explanation": pl.String},
+        schema=polars_schema(PuzzleScores, ["puzzle", "candidate", "candidate_kind", "explanation"]),
         orient="row",
     )
 
@@ -171,14 +172,9 @@ def score_candidates(simulations: pl.DataFrame) -> pl.DataFrame:
         )
     return pl.DataFrame(
         rows,
-        schema={
-            "puzzle": pl.String,
-            "candidate": pl.Int64,
-            "correlation": pl.Float64,
-            "undefined_reason": pl.String,
-            "n_tokens": pl.Int64,
-            "n_unsimulated": pl.Int64,
-        },
+        schema=polars_schema(
+            PuzzleScores, ["puzzle", "candidate", "correlation", "undefined_reason", "n_tokens", "n_unsimulated"]
+        ),
         orient="row",
     )
 
@@ -263,6 +259,6 @@ def explain_puzzles(
         raise PuzzleFailures(f"explanation failed for {len(failures)} puzzle(s):\n" + "\n".join(failures))
     return pl.DataFrame(
         rows,
-        schema={"puzzle": pl.String, "explanation": pl.String, "raw_reply": pl.String, "prompt_shortening": pl.String},
+        schema=polars_schema(PuzzleExplanations, ["puzzle", "explanation", "raw_reply", "prompt_shortening"]),
         orient="row",
     )

@@ -21,6 +21,7 @@ from neuron_assets.llm.fan_out import map_neurons
 from neuron_assets.prompts.fewshot import Record
 from neuron_assets.prompts.revision import revision_messages
 from neuron_assets.prompts.templates import ExplanationParseError, parse_explanation
+from neuron_assets.storage.schemas import Revisions, polars_schema
 
 ORIGINAL, REVISED, REEXPLAINED, RANDOM_SENTENCES = "original", "revised", "reexplained", "random_sentences"
 REVISION_KINDS = (REVISED, REEXPLAINED, RANDOM_SENTENCES)
@@ -88,14 +89,7 @@ def revise_neurons(
     ]
     return pl.DataFrame(
         rows,
-        schema={
-            "layer": pl.Int64,
-            "neuron": pl.Int64,
-            "sample": pl.Int64,
-            "revision_kind": pl.String,
-            "explanation": pl.String,
-            "raw_reply": pl.String,
-        },
+        schema=polars_schema(Revisions, ["layer", "neuron", "sample", "revision_kind", "explanation", "raw_reply"]),
         orient="row",
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from neuron_assets.scorers.scoring import score
+from neuron_assets.storage.schemas import RevisionScores, polars_schema
 
 GENERATED = "generated"
 REVISION_SCORING_SETS = {"original": ("top", "random"), "extended": ("top", "random", GENERATED)}
@@ -53,16 +54,19 @@ def score_revisions(simulations: pl.DataFrame) -> pl.DataFrame:
             )
     return pl.DataFrame(
         rows,
-        schema={
-            "layer": pl.Int64,
-            "neuron": pl.Int64,
-            "sample": pl.Int64,
-            "revision_kind": pl.String,
-            "scoring_set": pl.String,
-            "correlation": pl.Float64,
-            "n_tokens": pl.Int64,
-            "n_unsimulated": pl.Int64,
-            "undefined_reason": pl.String,
-        },
+        schema=polars_schema(
+            RevisionScores,
+            [
+                "layer",
+                "neuron",
+                "sample",
+                "revision_kind",
+                "scoring_set",
+                "correlation",
+                "n_tokens",
+                "n_unsimulated",
+                "undefined_reason",
+            ],
+        ),
         orient="row",
     )

@@ -17,6 +17,7 @@ import polars as pl
 from neuron_assets.llm.errors import LLMError
 from neuron_assets.llm.fan_out import map_neurons
 from neuron_assets.prompts.revision import parse_sentences, sentence_writer_messages
+from neuron_assets.storage.schemas import RevisionSentences, polars_schema
 
 
 class SentenceWriterError(ValueError):
@@ -95,7 +96,7 @@ def write_sentences_for_neurons(
     ]
     return pl.DataFrame(
         rows,
-        schema={"layer": pl.Int64, "neuron": pl.Int64, "sample": pl.Int64, "sentence": pl.Int64, "text": pl.String},
+        schema=polars_schema(RevisionSentences, ["layer", "neuron", "sample", "sentence", "text"]),
         orient="row",
     )
 

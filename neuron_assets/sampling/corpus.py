@@ -17,6 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
+from neuron_assets.storage.schemas import Documents, polars_schema
+
 DEFAULT_CORPUS = "lee"
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -33,7 +35,7 @@ def load_documents(spec: str) -> pl.DataFrame:
         rows = _hf_documents(spec[3:])
     else:
         rows = _folder_documents(Path(spec))
-    frame = pl.DataFrame(rows, schema={"source": pl.String, "text": pl.String}, orient="row")
+    frame = pl.DataFrame(rows, schema=polars_schema(Documents, ["source", "text"]), orient="row")
     frame = frame.filter(pl.col("text").str.strip_chars() != "")
     if frame.is_empty():
         raise CorpusError(f"corpus {spec!r} holds no non-empty documents")
