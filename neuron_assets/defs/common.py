@@ -1,5 +1,6 @@
 """What every domain's assets share: partition keys, column schemas, UI metadata helpers."""
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +18,10 @@ def requested_layers(context: dg.AssetExecutionContext) -> list[int]:
     return sorted(layer_of(key) for key in context.partition_keys)
 
 
-def preview(frame: pl.DataFrame, score_column: str, viewer: str | None = None, n: int = 3) -> str:
-    """Markdown table of the best and worst rows by ``score_column`` (undefined scores apart);
-    with ``viewer`` (the experiment's viewer address) each neuron links to its viewer page."""
+def preview(frame: pl.DataFrame, score_column: str, viewer: str | None = None, n: int = 3) -> dg.TableMetadataValue:
+    """Table of the best and worst rows by ``score_column``, rows without a score left out (``scores``
+    counts them in ``by_method``); with ``viewer`` (the experiment's viewer address) a ``viewer``
+    column gives each neuron's page."""
     defined = frame.filter(pl.col(score_column).is_not_null()).sort(score_column, descending=True)
     shown = (
         pl.concat([defined.head(n), defined.tail(n)]).unique(maintain_order=True) if len(defined) > 2 * n else defined
@@ -28,12 +30,8 @@ def preview(frame: pl.DataFrame, score_column: str, viewer: str | None = None, n
     shown = shown.select(columns).with_columns(pl.col(score_column).round(3))
     if viewer is not None:
         side = pl.when(pl.col("polarity") == "negative").then(pl.lit("-negative")).otherwise(pl.lit(""))
-        shown = shown.with_columns(
-            neuron=pl.format("[{}]({}/layer-{}/neuron-{}{})", "neuron", pl.lit(viewer), "layer", "neuron", side)
-        )
-    table = markdown(shown)
-    undefined = len(frame) - len(defined)
-    return table + (f"\n\n{undefined} row(s) with an undefined score (see `undefined_reason`)." if undefined else "")
+        shown = shown.with_columns(viewer=pl.format("{}/layer-{}/neuron-{}{}", pl.lit(viewer), "layer", "neuron", side))
+    return table(shown)
 
 
 def every_quarter(log: Any) -> Any:
@@ -49,10 +47,26 @@ def every_quarter(log: Any) -> Any:
     return progress
 
 
-def markdown(frame: pl.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join(lines)
+def table(frame: pl.DataFrame) -> dg.TableMetadataValue:
+    """``frame`` as table metadata, its columns typed: the Dagster UI shows it as a table."""
+
+    def kind(dtype: pl.DataType) -> str:
+        if dtype == pl.Boolean:
+            return "bool"
+        if dtype.is_integer():
+            return "int"
+        return "float" if dtype.is_float() else "string"
+
+    def cell(value: Any) -> Any:
+        """A cell is a string, number, bool or empty; NaN and infinity as text (JSON has no number for them)."""
+        if value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value)):
+            return value
+        return str(value)
+
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({n: cell(v) for n, v in row.items()}) for row in frame.iter_rows(named=True)],
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind(dtype)) for name, dtype in frame.schema.items()]),
+    )
 
 
 def sides(frame: pl.DataFrame) -> list[str]:

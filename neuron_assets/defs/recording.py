@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import every_quarter, markdown, requested_layers
+from neuron_assets.defs.common import every_quarter, requested_layers, table
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import SubjectModelResource
 from neuron_assets.sampling.corpus import DEFAULT_CORPUS
@@ -91,7 +91,7 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         pools = frame.group_by("pool").agg(pl.len(), pl.col("doc_id").n_unique().alias("documents"))
         context.add_output_metadata(
             {
-                "excerpts_by_pool": dg.MetadataValue.md(markdown(pools.sort("pool"))),
+                "excerpts_by_pool": table(pools.sort("pool")),
                 "documents_too_short": documents.height - frame["doc_id"].n_unique(),
             }
         )

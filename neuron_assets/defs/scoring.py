@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from neuron_assets.defs.common import each_side, markdown, preview, side
+from neuron_assets.defs.common import each_side, preview, side, table
 from neuron_assets.defs.common import sides as sides_of
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import ResultStoreResource
@@ -83,16 +83,12 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         )
         context.add_output_metadata(
             {  # a mean never stands without how many scores it covers and how many it leaves out
-                "by_method": dg.MetadataValue.md(markdown(summary.with_columns(pl.col("mean").round(3)))),
+                "by_method": table(summary.with_columns(pl.col("mean").round(3))),
                 "undefined_scores": int(frame["correlation"].is_null().sum()),
-                "top_and_random_preview": dg.MetadataValue.md(
-                    preview(
-                        by_set.filter(
-                            (pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")
-                        ),
-                        "correlation",
-                        experiment.viewer,
-                    )
+                "top_and_random_preview": preview(
+                    by_set.filter((pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")),
+                    "correlation",
+                    experiment.viewer,
                 ),
                 "plots": dg.MetadataValue.md(score_plots(frame)),
                 "viewer": dg.MetadataValue.url(f"{experiment.viewer}/"),
@@ -117,7 +113,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 for c in ("mean_score", "explanation_minus_method", "difference_ci_low", "difference_ci_high")
             ),
         )
-        context.add_output_metadata({"top_and_random": dg.MetadataValue.md(markdown(shown))})
+        context.add_output_metadata({"top_and_random": table(shown)})
         return experiment.lineage(frame, context, "method_comparisons")
 
     @dg.asset_check(
