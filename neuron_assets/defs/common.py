@@ -1,7 +1,9 @@
 """What every domain's assets share: partition keys, column schemas, UI metadata helpers."""
 
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -32,6 +34,72 @@ def preview(frame: pl.DataFrame, score_column: str, viewer: str | None = None, n
         side = pl.when(pl.col("polarity") == "negative").then(pl.lit("-negative")).otherwise(pl.lit(""))
         shown = shown.with_columns(viewer=pl.format("{}/layer-{}/neuron-{}{}", pl.lit(viewer), "layer", "neuron", side))
     return table(shown)
+
+
+@dataclass(frozen=True)
+class FrameCheck:
+    """An asset check declared with its asset (``check_specs``) and run in the asset's step on the
+    frame the asset returns (``with_checks``), not on what is stored. ``evaluate`` gives the result
+    on one frame: whether it passed, its metadata and, where not an error, its severity."""
+
+    name: str
+    description: str
+    evaluate: Callable[[pl.DataFrame], dg.AssetCheckResult]
+
+
+def frame_check(description: str) -> Callable[[Callable[[pl.DataFrame], dg.AssetCheckResult]], FrameCheck]:
+    """Make the decorated function a ``FrameCheck`` named after it."""
+    return lambda evaluate: FrameCheck(evaluate.__name__, description, evaluate)
+
+
+def check_specs(
+    key: dg.AssetKey, partitions: dg.PartitionsDefinition | None, *checks: FrameCheck
+) -> list[dg.AssetCheckSpec]:
+    """The checks' specs for ``@dg.asset(check_specs=...)``; a partitioned asset's checks are
+    partitioned alike, so each result is recorded for its layer partition."""
+    with warnings.catch_warnings():  # a partitioned check is a preview feature in Dagster 1.13
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(check.name, asset=key, description=check.description, partitions_def=partitions)
+            for check in checks
+        ]
+
+
+def with_checks(context: dg.AssetExecutionContext, frame: pl.DataFrame, *checks: FrameCheck) -> Iterator[Any]:
+    """``frame`` as the asset's output, then each check's result on it. The output comes first: the
+    IO manager has stored it before any check runs, so a failing check loses no data.
+
+    A run of one layer partition (or of an unpartitioned asset) gets each check's
+    ``AssetCheckResult``, which Dagster records for the run's partition. A run of several layers (a
+    single-run backfill) would get one result for them all, recorded for no partition, so there
+    each check is evaluated on each layer's rows and recorded as that partition's evaluation."""
+    yield dg.Output(frame)
+    by_layer = context.assets_def.partitions_def is not None and not context.has_partition_key
+    for check in checks:
+        if not by_layer:
+            result = check.evaluate(frame)
+            yield dg.AssetCheckResult(
+                check_name=check.name,
+                passed=result.passed,
+                metadata=result.metadata,
+                severity=result.severity,
+                description=result.description,
+            )
+            continue
+        key = dg.AssetCheckKey(context.asset_key, check.name)
+        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
+        for partition in context.partition_keys:
+            result = check.evaluate(frame.filter(pl.col("layer") == layer_of(partition)))
+            yield dg.AssetCheckEvaluation(
+                asset_key=context.asset_key,
+                check_name=check.name,
+                passed=result.passed,
+                metadata=result.metadata,
+                severity=result.severity,
+                description=result.description,
+                blocking=False,
+                partition=partition,
+            )
 
 
 def every_quarter(log: Any) -> Any:
