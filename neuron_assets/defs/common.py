@@ -39,7 +39,7 @@ def preview(frame: pl.DataFrame, score_column: str, viewer: str | None = None, n
 @dataclass(frozen=True)
 class FrameCheck:
     """An asset check declared with its asset (``check_specs``) and run in the asset's step on the
-    frame the asset returns (``with_checks``), not on what is stored. ``evaluate`` gives the result
+    frame the asset returns (``with_checks``), not on every stored partition. ``evaluate`` gives the result
     on one frame: whether it passed, its metadata and, where not an error, its severity."""
 
     name: str
@@ -65,15 +65,21 @@ def check_specs(
         ]
 
 
-def with_checks(context: dg.AssetExecutionContext, frame: pl.DataFrame, *checks: FrameCheck) -> Iterator[Any]:
-    """``frame`` as the asset's output, then each check's result on it. The output comes first: the
-    IO manager has stored it before any check runs, so a failing check loses no data.
+def with_checks(
+    context: dg.AssetExecutionContext, frame: pl.DataFrame, *checks: FrameCheck, metadata: dict[str, Any] | None = None
+) -> Iterator[Any]:
+    """``frame`` as the asset's output, with ``metadata`` (an asset with checks has more than one
+    output, so ``context.add_output_metadata`` would need the output's name), then each check's
+    result on it. The output comes first: the IO manager has stored it before any check runs, so a
+    failing check loses no data.
 
     A run of one layer partition (or of an unpartitioned asset) gets each check's
     ``AssetCheckResult``, which Dagster records for the run's partition. A run of several layers (a
     single-run backfill) would get one result for them all, recorded for no partition, so there
-    each check is evaluated on each layer's rows and recorded as that partition's evaluation."""
-    yield dg.Output(frame)
+    each check is evaluated on each layer's rows and yielded as that partition's
+    ``AssetCheckEvaluation`` (what Dagster makes of an ``AssetCheckResult``, its partition set),
+    after the check's empty output, which Dagster requires of the step."""
+    yield dg.Output(frame, metadata=metadata)
     by_layer = context.assets_def.partitions_def is not None and not context.has_partition_key
     for check in checks:
         if not by_layer:

@@ -100,13 +100,11 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
             seed=config.seed,
         )
         pools = frame.group_by("pool").agg(pl.len(), pl.col("doc_id").n_unique().alias("documents"))
-        context.add_output_metadata(
-            {
-                "excerpts_by_pool": table(pools.sort("pool")),
-                "documents_too_short": documents.height - frame["doc_id"].n_unique(),
-            }
-        )
-        yield from with_checks(context, frame, pools_share_no_document)
+        metadata = {
+            "excerpts_by_pool": table(pools.sort("pool")),
+            "documents_too_short": documents.height - frame["doc_id"].n_unique(),
+        }
+        yield from with_checks(context, frame, pools_share_no_document, metadata=metadata)
 
     @dg.multi_asset(
         name=experiment.op_name("activation_records"),

@@ -116,20 +116,18 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             )
             .sort("method", "scoring_set")
         )
-        context.add_output_metadata(
-            {  # a mean never stands without how many scores it covers and how many it leaves out
-                "by_method": table(summary.with_columns(pl.col("mean").round(3))),
-                "undefined_scores": int(frame["correlation"].is_null().sum()),
-                "top_and_random_preview": preview(
-                    by_set.filter((pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")),
-                    "correlation",
-                    experiment.viewer,
-                ),
-                "plots": dg.MetadataValue.md(score_plots(frame)),
-                "viewer": dg.MetadataValue.url(f"{experiment.viewer}/"),
-            }
-        )
-        yield from with_checks(context, frame, *SCORE_CHECKS)
+        metadata = {  # a mean never stands without how many scores it covers and how many it leaves out
+            "by_method": table(summary.with_columns(pl.col("mean").round(3))),
+            "undefined_scores": int(frame["correlation"].is_null().sum()),
+            "top_and_random_preview": preview(
+                by_set.filter((pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")),
+                "correlation",
+                experiment.viewer,
+            ),
+            "plots": dg.MetadataValue.md(score_plots(frame)),
+            "viewer": dg.MetadataValue.url(f"{experiment.viewer}/"),
+        }
+        yield from with_checks(context, frame, *SCORE_CHECKS, metadata=metadata)
 
     @dg.asset(group_name=GROUP, **experiment.asset("method_comparisons", "scores"))
     def method_comparisons(context: dg.AssetExecutionContext, scores: pl.DataFrame) -> pl.DataFrame:
