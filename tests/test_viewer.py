@@ -115,7 +115,8 @@ def test_the_scores_asset_metadata_links_its_preview_to_the_viewer_and_carries_t
     metadata = {name: value.value for name, value in materialization.metadata.items()}
     viewer = f"http://127.0.0.1:8765/{DEFAULT.slug}/default"
     assert metadata["viewer"] == f"{viewer}/"
-    assert f"]({viewer}/layer-0/neuron-" in metadata["top_and_random_preview"]
+    pages = [record.data["viewer"] for record in metadata["top_and_random_preview"].records]
+    assert pages and all(page.startswith(f"{viewer}/layer-0/neuron-") for page in pages)
     assert metadata["plots"].count("](data:image/svg+xml;base64,") >= 3
 
 

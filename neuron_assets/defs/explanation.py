@@ -123,7 +123,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "explainer_model": explainer,
                 **client.stats.as_metadata(),
                 **llm.server_metadata(),
-                "preview_by_max_activation": dg.MetadataValue.md(preview(shown, "max_activation", experiment.viewer)),
+                "preview_by_max_activation": preview(shown, "max_activation", experiment.viewer),
             }
         )
         return experiment.lineage(frame, context, "explanations")

@@ -9,7 +9,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import column_schema, markdown
+from neuron_assets.defs.common import column_schema, table
 from neuron_assets.defs.resources import LLMResource
 from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES
 
@@ -60,11 +60,9 @@ def build_assets() -> list[Any]:
                 "simulation_mode": mode,
                 "seconds_per_puzzle": round(seconds / len(puzzles), 2),  # near 0 when every response was cached
                 **client.stats.as_metadata(),
-                "ranks": dg.MetadataValue.md(
-                    markdown(
-                        frame.filter(pl.col("candidate_kind") == "true").select(
-                            "puzzle", "rank", "n_candidates", pl.col("correlation").round(3)
-                        )
+                "ranks": table(
+                    frame.filter(pl.col("candidate_kind") == "true").select(
+                        "puzzle", "rank", "n_candidates", pl.col("correlation").round(3)
                     )
                 ),
             }
@@ -137,15 +135,13 @@ def build_assets() -> list[Any]:
                 "scored_above_every_false_candidate": beats_false,
                 "explainer_model": explainer,
                 **client.stats.as_metadata(),
-                "explanations": dg.MetadataValue.md(
-                    markdown(
-                        frame.select(
-                            "puzzle",
-                            "true_explanation",
-                            "explanation",
-                            pl.col("correlation").round(3),
-                            pl.col("true_correlation").round(3),
-                        )
+                "explanations": table(
+                    frame.select(
+                        "puzzle",
+                        "true_explanation",
+                        "explanation",
+                        pl.col("correlation").round(3),
+                        pl.col("true_correlation").round(3),
                     )
                 ),
             }

@@ -4,13 +4,14 @@ Recording is one forward pass over the corpus for every requested layer (a singl
 backfill), so its outputs come from one multi-asset.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import every_quarter, markdown, requested_layers
+from neuron_assets.defs.common import check_specs, every_quarter, frame_check, requested_layers, table, with_checks
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import SubjectModelResource
 from neuron_assets.sampling.corpus import DEFAULT_CORPUS
@@ -55,6 +56,12 @@ class RecordingConfig(dg.Config):
     )
 
 
+@frame_check("No document has excerpts in both pools.")
+def pools_share_no_document(excerpts: pl.DataFrame) -> dg.AssetCheckResult:
+    shared = excerpts.group_by("doc_id").agg(pl.col("pool").n_unique()).filter(pl.col("pool") > 1)
+    return dg.AssetCheckResult(passed=shared.is_empty(), metadata={"shared_documents": len(shared)})
+
+
 def build_model_assets(experiment: Experiment) -> list[Any]:
     """This domain's assets and checks for one subject model (shared by its variants)."""
 
@@ -67,13 +74,17 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
         context.add_output_metadata({"documents": len(frame), "corpus": config.source})
         return frame
 
-    @dg.asset(group_name=GROUP, **experiment.asset("excerpts", "documents", partitioned=False))
+    @dg.asset(
+        group_name=GROUP,
+        check_specs=check_specs(experiment.key("excerpts"), None, pools_share_no_document),
+        **experiment.asset("excerpts", "documents", partitioned=False),
+    )
     def excerpts(
         context: dg.AssetExecutionContext,
         config: ExcerptConfig,
         subject_model: SubjectModelResource,
         documents: pl.DataFrame,
-    ) -> pl.DataFrame:
+    ) -> Iterator[Any]:
         """Fixed-length excerpts (64 tokens by default) in the subject model's tokens; whole
         documents go to the explanation or the scoring pool."""
         from neuron_assets.sampling.excerpts import make_excerpts
@@ -89,13 +100,11 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
             seed=config.seed,
         )
         pools = frame.group_by("pool").agg(pl.len(), pl.col("doc_id").n_unique().alias("documents"))
-        context.add_output_metadata(
-            {
-                "excerpts_by_pool": dg.MetadataValue.md(markdown(pools.sort("pool"))),
-                "documents_too_short": documents.height - frame["doc_id"].n_unique(),
-            }
-        )
-        return frame
+        metadata = {
+            "excerpts_by_pool": table(pools.sort("pool")),
+            "documents_too_short": documents.height - frame["doc_id"].n_unique(),
+        }
+        yield from with_checks(context, frame, pools_share_no_document, metadata=metadata)
 
     @dg.multi_asset(
         name=experiment.op_name("activation_records"),
@@ -196,9 +205,4 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
             metadata={"distinct_tokens": lookup["token_id"].n_unique(), "rows": len(lookup)},
         )
 
-    @dg.asset_check(asset=experiment.key("excerpts"), description="No document has excerpts in both pools.")
-    def pools_share_no_document(excerpts: pl.DataFrame) -> dg.AssetCheckResult:
-        shared = excerpts.group_by("doc_id").agg(pl.col("pool").n_unique()).filter(pl.col("pool") > 1)
-        return dg.AssetCheckResult(passed=shared.is_empty(), metadata={"shared_documents": len(shared)})
-
-    return [documents, excerpts, activation_records, pools_share_no_document]
+    return [documents, excerpts, activation_records]

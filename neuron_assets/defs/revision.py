@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import each_side, markdown, side
+from neuron_assets.defs.common import each_side, side, table
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import LLMResource, SubjectModelResource
 
@@ -143,7 +143,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "false_positive_rate": float(measured_rows["is_false_positive"].mean() or 0.0),
                 "neurons_with_a_false_positive": int((per_neuron["false_positives"] > 0).sum()),
                 **client.stats.as_metadata(),
-                "per_neuron": dg.MetadataValue.md(markdown(per_neuron.sort("layer", "neuron", "polarity"))),
+                "per_neuron": table(per_neuron.sort("layer", "neuron", "polarity")),
             }
         )
         return experiment.lineage(frame, context, "revision_sentences")
@@ -217,10 +217,8 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "revisions": len(frame),
                 "kinds": str(kinds),
                 **client.stats.as_metadata(),
-                "preview": dg.MetadataValue.md(
-                    markdown(
-                        frame.select("layer", "neuron", "revision_kind", "original_explanation", "explanation").head(10)
-                    )
+                "preview": table(
+                    frame.select("layer", "neuron", "revision_kind", "original_explanation", "explanation").head(10)
                 ),
             }
         )
@@ -299,9 +297,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             )
             .sort("revision_kind", "scoring_set")
         )
-        context.add_output_metadata(
-            {"by_kind": dg.MetadataValue.md(markdown(summary)), "simulation_mode": mode, **client.stats.as_metadata()}
-        )
+        context.add_output_metadata({"by_kind": table(summary), "simulation_mode": mode, **client.stats.as_metadata()})
         return experiment.lineage(frame, context, "revision_scores")
 
     @dg.asset(group_name=GROUP, **experiment.asset("revision_comparisons", "revision_scores"))
@@ -344,7 +340,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 for c in ("mean_score", "revised_minus_original", "difference_ci_low", "difference_ci_high")
             ),
         )
-        context.add_output_metadata({"comparison": dg.MetadataValue.md(markdown(shown))})
+        context.add_output_metadata({"comparison": table(shown)})
         return experiment.lineage(frame, context, "revision_comparisons")
 
     return [revision_sentences, revisions, revision_scores, revision_comparisons]

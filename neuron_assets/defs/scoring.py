@@ -1,16 +1,47 @@
 """Scoring: every method's correlation score with held-out calibration, and methods compared per layer."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
-from neuron_assets.defs.common import each_side, markdown, preview, side
+from neuron_assets.defs.common import check_specs, each_side, frame_check, preview, side, table, with_checks
 from neuron_assets.defs.common import sides as sides_of
 from neuron_assets.defs.experiments import Experiment
-from neuron_assets.defs.resources import ResultStoreResource
 
 GROUP = "scoring"
+
+
+@frame_check("Every stored score is a number in [-1, 1] or NULL with its reason; never NaN.")
+def undefined_scores_carry_a_reason(scores: pl.DataFrame) -> dg.AssetCheckResult:
+    nan = scores.filter(pl.col("correlation").is_nan())
+    unexplained = scores.filter(pl.col("correlation").is_null() & pl.col("undefined_reason").is_null())
+    return dg.AssetCheckResult(
+        passed=nan.is_empty() and unexplained.is_empty(),
+        metadata={"nan_scores": len(nan), "null_scores_without_reason": len(unexplained)},
+    )
+
+
+@frame_check(
+    "Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones "
+    "counted); next-token explanations, which have no next token for each excerpt's last position, on "
+    "the same tokens as each other."
+)
+def every_method_is_scored_on_the_same_tokens(scores: pl.DataFrame) -> dg.AssetCheckResult:
+    view = (pl.col("method") == "next_token_explanation").alias("next_token_view")
+    differing = (
+        scores.group_by("layer", "neuron", "polarity", "scoring_set", view)
+        .agg(pl.col("n_tokens").n_unique())
+        .filter(pl.col("n_tokens") > 1)
+    )
+    return dg.AssetCheckResult(
+        passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)}
+    )
+
+
+# run with the scores asset, on the layers it just wrote
+SCORE_CHECKS = (undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens)
 
 
 def score_plots(scores: pl.DataFrame) -> str:
@@ -38,13 +69,17 @@ def score_plots(scores: pl.DataFrame) -> str:
 def build_variant_assets(experiment: Experiment) -> list[Any]:
     """This domain's assets for one variant of one subject model, partitioned by its layers."""
 
-    @dg.asset(group_name=GROUP, **experiment.asset("scores", "simulations", "token_predictions", "explanations"))
+    @dg.asset(
+        group_name=GROUP,
+        check_specs=check_specs(experiment.key("scores"), experiment.partitions, *SCORE_CHECKS),
+        **experiment.asset("scores", "simulations", "token_predictions", "explanations"),
+    )
     def scores(
         context: dg.AssetExecutionContext,
         simulations: pl.DataFrame,
         token_predictions: pl.DataFrame,
         explanations: pl.DataFrame,
-    ) -> pl.DataFrame:
+    ) -> Iterator[Any]:
         """Every method's score per neuron: correlation of simulated (or predicted) with true
         activations on top-and-random and random-only excerpts, and explained variance under a
         held-out calibration."""
@@ -81,24 +116,18 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             )
             .sort("method", "scoring_set")
         )
-        context.add_output_metadata(
-            {  # a mean never stands without how many scores it covers and how many it leaves out
-                "by_method": dg.MetadataValue.md(markdown(summary.with_columns(pl.col("mean").round(3)))),
-                "undefined_scores": int(frame["correlation"].is_null().sum()),
-                "top_and_random_preview": dg.MetadataValue.md(
-                    preview(
-                        by_set.filter(
-                            (pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")
-                        ),
-                        "correlation",
-                        experiment.viewer,
-                    )
-                ),
-                "plots": dg.MetadataValue.md(score_plots(frame)),
-                "viewer": dg.MetadataValue.url(f"{experiment.viewer}/"),
-            }
-        )
-        return frame
+        metadata = {  # a mean never stands without how many scores it covers and how many it leaves out
+            "by_method": table(summary.with_columns(pl.col("mean").round(3))),
+            "undefined_scores": int(frame["correlation"].is_null().sum()),
+            "top_and_random_preview": preview(
+                by_set.filter((pl.col("scoring_set") == "top_and_random") & (pl.col("method") == "explanation")),
+                "correlation",
+                experiment.viewer,
+            ),
+            "plots": dg.MetadataValue.md(score_plots(frame)),
+            "viewer": dg.MetadataValue.url(f"{experiment.viewer}/"),
+        }
+        yield from with_checks(context, frame, *SCORE_CHECKS, metadata=metadata)
 
     @dg.asset(group_name=GROUP, **experiment.asset("method_comparisons", "scores"))
     def method_comparisons(context: dg.AssetExecutionContext, scores: pl.DataFrame) -> pl.DataFrame:
@@ -117,44 +146,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 for c in ("mean_score", "explanation_minus_method", "difference_ci_low", "difference_ci_high")
             ),
         )
-        context.add_output_metadata({"top_and_random": dg.MetadataValue.md(markdown(shown))})
+        context.add_output_metadata({"top_and_random": table(shown)})
         return experiment.lineage(frame, context, "method_comparisons")
 
-    @dg.asset_check(
-        asset=experiment.key("scores"),
-        description="Every stored score is a number in [-1, 1] or NULL with its reason; never NaN.",
-    )
-    def undefined_scores_carry_a_reason(results: ResultStoreResource) -> dg.AssetCheckResult:
-        store = results.store()
-        prefix = experiment.prefix("scores")
-        scores = store.read("scores", store.partitions("scores", prefix), prefix)
-        nan = scores.filter(pl.col("correlation").is_nan())
-        unexplained = scores.filter(pl.col("correlation").is_null() & pl.col("undefined_reason").is_null())
-        return dg.AssetCheckResult(
-            passed=nan.is_empty() and unexplained.is_empty(),
-            metadata={"nan_scores": len(nan), "null_scores_without_reason": len(unexplained)},
-        )
-
-    @dg.asset_check(
-        asset=experiment.key("scores"),
-        description=(
-            "Every method of a neuron is scored on the same tokens (the same scoring excerpts, unsimulated ones "
-            "counted); next-token explanations, which have no next token for each excerpt's last position, on "
-            "the same tokens as each other."
-        ),
-    )
-    def every_method_is_scored_on_the_same_tokens(results: ResultStoreResource) -> dg.AssetCheckResult:
-        store = results.store()
-        prefix = experiment.prefix("scores")
-        scores = store.read("scores", store.partitions("scores", prefix), prefix)
-        view = (pl.col("method") == "next_token_explanation").alias("next_token_view")
-        differing = (
-            scores.group_by("layer", "neuron", "polarity", "scoring_set", view)
-            .agg(pl.col("n_tokens").n_unique())
-            .filter(pl.col("n_tokens") > 1)
-        )
-        return dg.AssetCheckResult(
-            passed=differing.is_empty(), metadata={"neuron_sets_with_differing_tokens": len(differing)}
-        )
-
-    return [scores, method_comparisons, undefined_scores_carry_a_reason, every_method_is_scored_on_the_same_tokens]
+    return [scores, method_comparisons]

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from neuron_assets.defs.common import each_side, markdown, side
+from neuron_assets.defs.common import each_side, side, table
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.resources import LLMResource, SubjectModelResource
 from neuron_assets.scorers.methods import DEFAULT_SIMULATED, SIMULATED, TOKEN_BASELINES
@@ -70,7 +70,7 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
             ),
         )
         kinds = frame.group_by("excerpt_kind").len().sort("excerpt_kind")
-        context.add_output_metadata({"excerpts_by_kind": dg.MetadataValue.md(markdown(kinds))})
+        context.add_output_metadata({"excerpts_by_kind": table(kinds)})
         return experiment.lineage(frame, context, "scoring_excerpts")
 
     @dg.asset(group_name=GROUP, **experiment.asset("token_predictions", "token_lookup", "scoring_excerpts", "excerpts"))
