@@ -26,7 +26,7 @@ LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
-.PHONY: install demo puzzles test lint view dev bench bench-memory bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo puzzles test test-fast lint view dev bench bench-memory bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP)
 
@@ -71,11 +71,16 @@ puzzles: install
 test: install
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } || echo "no Chromium: the browser tests will skip"
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=10
 
-# ruff's lint, configured in pyproject.toml; .ci/run runs it before the tests.
+# The inner loop: the tests that need neither the packaged model nor a real llama.cpp server.
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+# ruff's lint and formatting check, configured in pyproject.toml; .ci/run runs it before the tests.
 lint: install
 	$(VENV)/bin/ruff check neuron_assets tests
+	$(VENV)/bin/ruff format --check neuron_assets tests
 
 # The neuron viewer on http://127.0.0.1:8765/ (ARGS="--port N --data-dir D").
 view: install
