@@ -26,9 +26,17 @@ LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
 
+# For the tests only: GPT-2's real byte-level BPE, which openai-whisper ships as a data file
+# (whisper/assets/gpt2.tiktoken; tests/gpt2_tokenizer.py builds GPT-2's tokenizer from it, as no
+# test reaches a model hub). --no-deps and never imported: its own dependencies (torch's triton,
+# tiktoken, ...) are not needed to read one file. Not in requirements.lock, which is installed
+# with its dependencies. A stamp of its own, so an existing venv gets it from `make install`.
+WHISPER_VERSION := 20250625
+TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
+
 .PHONY: install demo puzzles test test-fast lint view dev bench bench-memory bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
 
-install: $(STAMP)
+install: $(STAMP) $(TEST_ASSETS)
 
 $(STAMP): pyproject.toml requirements.lock $(LLAMA_WHEELS)/.built $(LLAMA_AVX512_WHEELS)/.built
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +47,10 @@ $(STAMP): pyproject.toml requirements.lock $(LLAMA_WHEELS)/.built $(LLAMA_AVX512
 	echo '$(LLAMA_AVX512_CMAKE_ARGS)' > $(LLAMA_VARIANTS)/avx512/cmake-args
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+$(TEST_ASSETS): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps openai-whisper==$(WHISPER_VERSION)
+	rm -f $(VENV)/.openai-whisper-* && touch $@
 
 # Built from the source distribution with pip's cache off, so no wheel built natively
 # elsewhere on this machine can stand in for it.
