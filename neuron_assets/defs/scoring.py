@@ -67,9 +67,13 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             simulated=pl.col("predicted"),
         )
         together = pl.concat([simulations.select(*columns, "polarity"), predictions.select(*columns, "polarity")])
+        from neuron_assets.scorers.methods import TOKEN_BASELINES
+
         frame = experiment.lineage(
             each_side(together, lambda polarity: score_simulations(side(together, polarity))), context, "scores"
         )
+        simulated = ~pl.col("method").is_in(TOKEN_BASELINES)  # token baselines: no LLM stage, no settings
+        frame = experiment.with_settings(frame, "scores", upstream=simulations, rows=simulated)
         named = explanations.select("layer", "neuron", "polarity", "sample", "method", "explanation")
         by_set = frame.join(named, on=["layer", "neuron", "polarity", "sample", "method"])
         summary = (
