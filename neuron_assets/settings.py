@@ -44,8 +44,8 @@ class Settings:
         unlisted = [v.name for v in self.variant_settings if v.name not in self.variants]
         if unlisted or len({v.name for v in self.variant_settings}) < len(self.variant_settings):
             raise ValueError(
-                f"settings of variants {[v.name for v in self.variant_settings]} must each be of one of "
-                f"the variants {list(self.variants)}, once"
+                f"variant settings are given for {[v.name for v in self.variant_settings]}: each must be one of "
+                f"the variants {list(self.variants)}, and given once"
             )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")

@@ -48,6 +48,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         """Every method's score per neuron: correlation of simulated (or predicted) with true
         activations on top-and-random and random-only excerpts, and explained variance under a
         held-out calibration."""
+        from neuron_assets.scorers.methods import TOKEN_BASELINES
         from neuron_assets.scorers.scoring import score_simulations
 
         columns = [
@@ -67,8 +68,6 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             simulated=pl.col("predicted"),
         )
         together = pl.concat([simulations.select(*columns, "polarity"), predictions.select(*columns, "polarity")])
-        from neuron_assets.scorers.methods import TOKEN_BASELINES
-
         frame = experiment.lineage(
             each_side(together, lambda polarity: score_simulations(side(together, polarity))), context, "scores"
         )
