@@ -15,6 +15,7 @@ from pathlib import Path
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.storage.layout import check_variant, model_slug
 from neuron_assets.storage.store import DEFAULT_VARIANT
+from neuron_assets.variants import VariantSettings, combine, read_variants_file
 from neuron_assets.viewer import DEFAULT_URL as VIEWER_URL
 
 
@@ -22,7 +23,8 @@ from neuron_assets.viewer import DEFAULT_URL as VIEWER_URL
 class Settings:
     """``subject_models``: one or more (comma-separated in the environment), each with its own
     assets and layer partitions; ``variants``: named configurations of the LLM stages, each
-    with its own LLM-stage assets, so results of each stay side by side."""
+    with its own LLM-stage assets, so results of each stay side by side; ``variant_settings``:
+    the settings a variants file gives some of them (the others have the default settings)."""
 
     subject_models: tuple[str, ...]
     data_dir: Path
@@ -34,10 +36,17 @@ class Settings:
     llm_layers_per_run: int | None = None  # None: a backfill's LLM stages run as one run
     recording_layers_per_run: int | None = None  # None: one forward pass records every layer of a backfill
     device: str = "auto"  # the subject models' torch device: auto (a CUDA GPU if torch sees one), cpu, cuda[:N]
+    variant_settings: tuple[VariantSettings, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.subject_models or not self.variants:
             raise ValueError("settings need at least one subject model and one variant")
+        unlisted = [v.name for v in self.variant_settings if v.name not in self.variants]
+        if unlisted or len({v.name for v in self.variant_settings}) < len(self.variant_settings):
+            raise ValueError(
+                f"variant settings are given for {[v.name for v in self.variant_settings]}: each must be one of "
+                f"the variants {list(self.variants)}, and given once"
+            )
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         for variant in self.variants:
@@ -54,16 +63,22 @@ class Settings:
         """The first subject model: the one ``make demo`` materializes."""
         return self.subject_models[0]
 
+    def settings_of(self, variant: str) -> VariantSettings:
+        """``variant``'s settings: from the variants file, or the default settings."""
+        return next((v for v in self.variant_settings if v.name == variant), VariantSettings(variant))
+
     @classmethod
     def from_environment(cls) -> Settings:
         env = os.environ
+        variants, variant_settings = _variants(env)
         return cls(
             subject_models=_names(env.get("NEURON_ASSETS_SUBJECT_MODEL", PACKAGED_SUBJECT_MODEL)),
             data_dir=Path(env.get("NEURON_ASSETS_DATA_DIR", "data")).resolve(),
             llm_base_url=env.get("NEURON_ASSETS_LLM_BASE_URL") or None,
             explainer_model=env.get("NEURON_ASSETS_EXPLAINER_MODEL") or None,
             simulator_model=env.get("NEURON_ASSETS_SIMULATOR_MODEL") or None,
-            variants=_names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)),
+            variants=variants,
+            variant_settings=variant_settings,
             viewer_url=env.get("NEURON_ASSETS_VIEWER_URL", VIEWER_URL),
             llm_layers_per_run=_positive(env, "NEURON_ASSETS_LLM_LAYERS_PER_RUN"),
             recording_layers_per_run=_positive(env, "NEURON_ASSETS_RECORDING_LAYERS_PER_RUN"),
@@ -78,6 +93,16 @@ def _positive(env: os._Environ[str], name: str) -> int | None:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"{name} must be a whole number of layers, at least 1; got {text!r}")
     return int(text)
+
+
+def _variants(env: os._Environ[str]) -> tuple[tuple[str, ...], tuple[VariantSettings, ...]]:
+    """The variant names and the settings the variants file (if any) gives them."""
+    file = env.get("NEURON_ASSETS_VARIANTS_FILE", "").strip()
+    if not file:
+        return _names(env.get("NEURON_ASSETS_VARIANTS", DEFAULT_VARIANT)), ()
+    listed = _names(env["NEURON_ASSETS_VARIANTS"]) if env.get("NEURON_ASSETS_VARIANTS", "").strip() else None
+    path = Path(file).expanduser().resolve()
+    return combine(listed, read_variants_file(path), path)
 
 
 def _names(text: str) -> tuple[str, ...]:

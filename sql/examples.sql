@@ -67,8 +67,15 @@ SELECT layer, scoring_set, revision_kind, n_paired, n_improved, round(revised_mi
 FROM revision_layers
 ORDER BY layer, scoring_set, revision_kind;
 
+-- What each variant's scores ran with: one row per settings string (more than one: mixed_settings).
+SELECT subject_model, variant, layers, n_neurons, overridden_settings, mixed_settings, run_settings
+FROM variant_settings
+WHERE stage = 'scores'
+ORDER BY subject_model, variant, layers;
+
 -- Two variants of one layer side by side (NEURON_ASSETS_VARIANTS=default,other): per layer and
--- method, the mean score of each, b minus a and its 95% bootstrap interval over neurons.
+-- method, the mean score of each, b minus a and its 95% bootstrap interval over neurons
+-- (verdict 'mixed settings' where a variant's scores ran with more than one configuration).
 SELECT subject_model, layer, method, variant_a, variant_b, n_paired, round(mean_score_a, 3) AS mean_a,
     round(mean_score_b, 3) AS mean_b, round(b_minus_a, 3) AS b_minus_a,
     round(difference_ci_low, 3) AS ci_low, round(difference_ci_high, 3) AS ci_high, verdict

@@ -70,7 +70,9 @@ SELECT
     ro.n_unsimulated / nullif(ro.n_tokens, 0) AS random_only_unsimulated_share,
     -- true when more than 5% of either set's tokens were unsimulated: read that score with care
     coalesce(tr.n_unsimulated > 0.05 * tr.n_tokens, false)
-        OR coalesce(ro.n_unsimulated > 0.05 * ro.n_tokens, false) AS many_unsimulated
+        OR coalesce(ro.n_unsimulated > 0.05 * ro.n_tokens, false) AS many_unsimulated,
+    -- the settings the score's explanation and simulation ran with (null for token baselines)
+    tr.run_settings
 FROM scores tr
 JOIN scores ro ON ro.subject_model = tr.subject_model AND ro.variant = tr.variant AND ro.layer = tr.layer
     AND ro.neuron = tr.neuron AND ro.polarity = tr.polarity
@@ -388,17 +390,62 @@ LEFT JOIN (
 ) s USING (subject_model, variant, layer, polarity)
 WHERE c.revision_kind <> 'original';
 
+-- What each variant ran with: per subject model, variant and LLM stage (explanations,
+-- simulations, scores of the LLM methods), each distinct settings string its rows hold
+-- (run_settings: canonical JSON of the run's settings after any run-config override, keyed by
+-- stage; a stage's rows carry the settings of the rows they were made from too, so a score's
+-- say its explanation's and its simulation's), how many rows, neurons, layers and runs ran
+-- with it, and which settings those runs overrode (overridden_settings: 'stage.key' or
+-- 'llm.key' differing from the variant's defaults). run_settings is NULL for rows written
+-- before settings were recorded. n_settings counts the strings of the variant's stage;
+-- mixed_settings is true when there is more than one: the name covers more than one
+-- configuration, and variant_scores / variant_layers say so.
+CREATE OR REPLACE VIEW variant_settings AS
+WITH recorded AS (
+    SELECT 'explanations' AS stage, subject_model, variant, layer, neuron, polarity, run_id, run_settings,
+        overridden_settings
+    FROM explanations
+    UNION ALL
+    SELECT 'simulations', subject_model, variant, layer, neuron, polarity, run_id, run_settings, overridden_settings
+    FROM simulations
+    UNION ALL
+    SELECT 'scores', subject_model, variant, layer, neuron, polarity, run_id, run_settings, overridden_settings
+    FROM scores
+    WHERE method NOT IN ('lookup_table', 'weight_based')
+)
+SELECT subject_model, variant, stage, run_settings,
+    list_sort(list_distinct(flatten(list(coalesce(overridden_settings, []::VARCHAR[]))))) AS overridden_settings,
+    count(*) AS n_rows,
+    count(DISTINCT (layer, neuron, polarity)) AS n_neurons,
+    list_sort(list_distinct(list(layer))) AS layers,
+    count(DISTINCT run_id) AS n_runs,
+    count(*) OVER (PARTITION BY subject_model, variant, stage) AS n_settings,
+    count(*) OVER (PARTITION BY subject_model, variant, stage) > 1 AS mixed_settings
+FROM recorded
+GROUP BY subject_model, variant, stage, run_settings;
+
 -- Variants side by side, per neuron: each method's top-and-random and random-only score (a
 -- neuron's samples averaged) under variant_a and variant_b (every pair of variants of the
--- subject model, variant_a < variant_b by name), and b minus a.
+-- subject model, variant_a < variant_b by name), and b minus a. settings_a / settings_b are
+-- the settings the neuron's scores ran with (see variant_settings; null for token baselines);
+-- mixed_settings is true when variant_a's or variant_b's scores, over all layers, ran with
+-- more than one settings string: the names then do not say which configurations are compared.
 CREATE OR REPLACE VIEW variant_scores AS
 WITH per_neuron AS (
     SELECT subject_model, variant, layer, neuron, polarity, method,
         avg(top_and_random_score) AS top_and_random_score,
         avg(random_only_score) AS random_only_score,
-        any_value(explanation) FILTER (WHERE sample = 0) AS explanation
+        any_value(explanation) FILTER (WHERE sample = 0) AS explanation,
+        any_value(run_settings) AS run_settings
     FROM method_scores
     GROUP BY ALL
+),
+mixed AS (
+    -- mixed_settings as the settings view gives it for stage 'scores' (rows with no settings count as one)
+    SELECT subject_model, variant, count(DISTINCT coalesce(run_settings, '')) > 1 AS mixed_settings
+    FROM scores
+    WHERE method NOT IN ('lookup_table', 'weight_based')
+    GROUP BY subject_model, variant
 )
 SELECT
     a.subject_model, a.layer, a.neuron, a.polarity, a.method,
@@ -411,36 +458,47 @@ SELECT
     b.top_and_random_score - a.top_and_random_score AS top_and_random_b_minus_a,
     a.random_only_score AS random_only_score_a,
     b.random_only_score AS random_only_score_b,
-    b.random_only_score - a.random_only_score AS random_only_b_minus_a
+    b.random_only_score - a.random_only_score AS random_only_b_minus_a,
+    a.run_settings AS settings_a,
+    b.run_settings AS settings_b,
+    coalesce(ma.mixed_settings, false) OR coalesce(mb.mixed_settings, false) AS mixed_settings
 FROM per_neuron a
 JOIN per_neuron b ON b.subject_model = a.subject_model AND b.layer = a.layer AND b.neuron = a.neuron
-    AND b.polarity = a.polarity AND b.method = a.method AND b.variant > a.variant;
+    AND b.polarity = a.polarity AND b.method = a.method AND b.variant > a.variant
+LEFT JOIN mixed ma ON ma.subject_model = a.subject_model AND ma.variant = a.variant
+LEFT JOIN mixed mb ON mb.subject_model = b.subject_model AND mb.variant = b.variant;
 
 -- Variants side by side, per layer, method and scoring set: the mean score under each
 -- variant over the neurons both scored (a defined score in both), the mean of b minus a,
 -- and its 95% bootstrap interval over those neurons (1,000 resamples drawn by hashing, so
--- the interval is the same at every query). verdict reads the interval, as in layer_methods.
+-- the interval is the same at every query). verdict reads the interval, as in layer_methods,
+-- except where mixed_settings (see variant_scores): then it is 'mixed settings', and the
+-- numbers compare this layer's settings_a and settings_b only, not what the names ran elsewhere.
 CREATE OR REPLACE VIEW variant_layers AS
 WITH paired AS (
     SELECT subject_model, layer, polarity, method, variant_a, variant_b, scoring_set, score_a, score_b,
+        settings_a, settings_b, mixed_settings,
         score_b - score_a AS difference,
         row_number() OVER (PARTITION BY subject_model, layer, polarity, method, variant_a, variant_b, scoring_set
             ORDER BY neuron) - 1 AS slot,
         count(*) OVER (PARTITION BY subject_model, layer, polarity, method, variant_a, variant_b, scoring_set) AS n
     FROM (
         SELECT subject_model, layer, neuron, polarity, method, variant_a, variant_b, 'top_and_random' AS scoring_set,
-            top_and_random_score_a AS score_a, top_and_random_score_b AS score_b
+            top_and_random_score_a AS score_a, top_and_random_score_b AS score_b, settings_a, settings_b, mixed_settings
         FROM variant_scores
         UNION ALL
         SELECT subject_model, layer, neuron, polarity, method, variant_a, variant_b, 'random_only',
-            random_only_score_a, random_only_score_b
+            random_only_score_a, random_only_score_b, settings_a, settings_b, mixed_settings
         FROM variant_scores
     )
     WHERE score_a IS NOT NULL AND score_b IS NOT NULL
 ),
 groups AS (
     SELECT subject_model, layer, polarity, method, variant_a, variant_b, scoring_set, any_value(n) AS n,
-        avg(score_a) AS mean_score_a, avg(score_b) AS mean_score_b, avg(difference) AS b_minus_a
+        avg(score_a) AS mean_score_a, avg(score_b) AS mean_score_b, avg(difference) AS b_minus_a,
+        -- one layer's rows of a variant are one run's: one settings string each
+        any_value(settings_a) AS settings_a, any_value(settings_b) AS settings_b,
+        bool_or(mixed_settings) OR count(DISTINCT settings_a) > 1 OR count(DISTINCT settings_b) > 1 AS mixed_settings
     FROM paired
     GROUP BY ALL
 ),
@@ -470,10 +528,12 @@ SELECT g.subject_model, g.layer, g.polarity, g.method, g.scoring_set, g.variant_
     g.n AS n_paired, g.mean_score_a, g.mean_score_b, g.b_minus_a,
     i.difference_ci_low, i.difference_ci_high,
     CASE
+        WHEN g.mixed_settings THEN 'mixed settings'
         WHEN i.difference_ci_low IS NULL OR g.n < (SELECT min_neurons FROM verdict_rules) THEN 'too few neurons'
         WHEN i.difference_ci_low > 0 THEN 'variant_b better'
         WHEN i.difference_ci_high < 0 THEN 'variant_a better'
         ELSE 'no clear difference'
-    END AS verdict
+    END AS verdict,
+    g.mixed_settings, g.settings_a, g.settings_b
 FROM groups g
 LEFT JOIN intervals i USING (subject_model, layer, polarity, method, variant_a, variant_b, scoring_set);

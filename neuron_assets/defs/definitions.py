@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from neuron_assets.defs import explanation, puzzles, recording, revision, scoring, simulation
-from neuron_assets.defs.experiments import Experiment
+from neuron_assets.defs.experiments import Experiment, llm_key
 from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
     LLMResource,
@@ -44,6 +44,7 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
                 settings.viewer_url,
                 settings.llm_layers_per_run,
                 settings.recording_layers_per_run,
+                settings.settings_of(variant),
             )
             for variant in settings.variants
         ]
@@ -62,6 +63,19 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
         ]
     results = ResultStoreResource(data_dir=str(settings.data_dir))
     urls = [url.strip() for url in (settings.llm_base_url or "").split(",") if url.strip()]
+    llm = {
+        "base_url": urls[0] if urls else None,
+        "base_urls": urls[1:],
+        "explainer_model": settings.explainer_model,
+        "simulator_model": settings.simulator_model,
+        **llm_options,
+    }
+    # a variant whose settings name LLM fields has its own LLM resource, those settings its defaults
+    variant_llms = {
+        llm_key(variant): with_defaults(LLMResource, **{**llm, **variant.llm})(results=results)
+        for variant in settings.variant_settings
+        if llm_key(variant) != "llm"
+    }
     return dg.Definitions(
         assets=[a for a in built if not isinstance(a, dg.AssetChecksDefinition)],
         asset_checks=[a for a in built if isinstance(a, dg.AssetChecksDefinition)],
@@ -70,14 +84,8 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
             "io_manager": ResultStoreIOManager(results=results),
             # the settings are defaults: a run config block that names one field keeps the others
             "subject_model": with_defaults(SubjectModelResource, device=settings.device)(),
-            "llm": with_defaults(
-                LLMResource,
-                base_url=urls[0] if urls else None,
-                base_urls=urls[1:],
-                explainer_model=settings.explainer_model,
-                simulator_model=settings.simulator_model,
-                **llm_options,
-            )(results=results),
+            "llm": with_defaults(LLMResource, **llm)(results=results),
+            **variant_llms,
         },
         executor=dg.in_process_executor,
     )

@@ -9,21 +9,25 @@ backfills work as before, per model and per variant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import dagster as dg
 import polars as pl
 
 from neuron_assets.storage.layout import VARIANT_TABLES, check_variant, model_slug, prefix
 from neuron_assets.storage.store import DEFAULT_VARIANT
+from neuron_assets.variants import VariantSettings
 from neuron_assets.viewer import DEFAULT_URL
+
+C = TypeVar("C", bound=dg.Config)
 
 
 @dataclass(frozen=True)
 class Experiment:
     """Where a domain's assets go: the subject model, the variant, and the model's layer partitions
-    (needed only to build assets; without them an experiment names keys, ops and selections)."""
+    (needed only to build assets; without them an experiment names keys, ops and selections);
+    ``settings``, the variant's settings (from a variants file; none: the default settings)."""
 
     subject_model: str
     variant: str = DEFAULT_VARIANT
@@ -31,9 +35,60 @@ class Experiment:
     viewer_url: str = DEFAULT_URL
     llm_layers_per_run: int | None = None
     recording_layers_per_run: int | None = None
+    settings: VariantSettings | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_variant(self.variant)
+        if self.settings is not None and self.settings.name != self.variant:
+            raise ValueError(f"variant {self.variant!r} was given the settings of {self.settings.name!r}")
+
+    @property
+    def llm_key(self) -> str:
+        """The resource key of this variant's LLM: its own (``llm__<variant>``, with its settings as
+        the fields' defaults) when its settings name any LLM field, else the shared ``llm``."""
+        return llm_key(self.settings) if self.settings is not None else "llm"
+
+    def llm(self, context: dg.AssetExecutionContext) -> Any:
+        """This variant's ``LLMResource`` in a run (the assets ask for it by ``llm_asset``)."""
+        return getattr(context.resources, self.llm_key)
+
+    def config(self, config_class: type[C], table: str) -> type[C]:
+        """``config_class`` with the variant's settings of ``table`` as its fields' defaults (so the
+        Launchpad shows them and a run config naming one field keeps the others)."""
+        from neuron_assets.defs.resources import with_defaults
+
+        values = self.settings.stages.get(table) if self.settings is not None else None
+        return with_defaults(config_class, **values) if values else config_class
+
+    def llm_asset(self, table: str, *inputs: str, resources: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``asset``'s arguments for an asset calling the variant's LLM (``llm(context)``) and ``resources``."""
+        return {**self.asset(table, *inputs), "required_resource_keys": {self.llm_key, *resources}}
+
+    def with_settings(
+        self,
+        frame: pl.DataFrame,
+        table: str,
+        config: dg.Config | None = None,
+        llm: Any = None,
+        upstream: pl.DataFrame | None = None,
+        rows: pl.Expr | None = None,
+    ) -> pl.DataFrame:
+        """``frame`` with the settings its run used (``run_settings``) and those differing from the
+        variant's defaults (``overridden_settings``): ``config``'s fields, the ``llm``'s backend and
+        model(s) (``variants.RECORDED_LLM_FIELDS``), on top of ``upstream``'s (see ``record_settings``)."""
+        from neuron_assets.variants import BACKEND_FIELDS, RECORDED_LLM_FIELDS, record_settings
+
+        own, overridden = None, []
+        if config is not None:
+            own = config.model_dump()
+            overridden = [f"{table}.{key}" for key, value in own.items() if value != _default(config, key)]
+        if llm is not None:
+            fields = RECORDED_LLM_FIELDS[table]
+            explainer, simulator = llm.model_names()
+            resolved = {"explainer_model": explainer, "simulator_model": simulator}
+            own = {**(own or {}), "backend": llm.backend(), **{k: resolved.get(k, getattr(llm, k)) for k in fields}}
+            overridden += [f"llm.{k}" for k in (*BACKEND_FIELDS, *fields) if getattr(llm, k) != _default(llm, k)]
+        return record_settings(frame, table, own, overridden, upstream, rows)
 
     @property
     def viewer(self) -> str:
@@ -122,3 +177,13 @@ class Experiment:
         if table in VARIANT_TABLES:
             tags["variant"] = pl.lit(self.variant)
         return frame.with_columns(**tags)
+
+
+def llm_key(settings: VariantSettings) -> str:
+    """The resource key of the LLM of the variant with ``settings`` (see ``Experiment.llm_key``)."""
+    return f"llm__{settings.name}" if settings.llm else "llm"
+
+
+def _default(model: Any, field_name: str) -> Any:
+    """The default of ``model``'s field: the variant's setting, or the code's, as its class holds it."""
+    return type(model).model_fields[field_name].get_default(call_default_factory=True)

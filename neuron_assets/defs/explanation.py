@@ -8,7 +8,6 @@ from pydantic import Field
 
 from neuron_assets.defs.common import each_side, preview, side
 from neuron_assets.defs.experiments import Experiment
-from neuron_assets.defs.resources import LLMResource
 from neuron_assets.scorers.methods import DEFAULT_EXPLAINED, EXPLAINED
 
 GROUP = "explanation"
@@ -32,13 +31,16 @@ class ExplanationConfig(dg.Config):
 
 
 def build_variant_assets(experiment: Experiment) -> list[Any]:
-    """This domain's assets for one variant of one subject model, partitioned by its layers."""
+    """This domain's assets for one variant of one subject model, partitioned by its layers; the
+    variant's settings are its config's defaults, and its LLM the variant's."""
+    VariantConfig = experiment.config(ExplanationConfig, "explanations")
 
-    @dg.asset(group_name=GROUP, **experiment.asset("explanations", "activation_records", "token_lookup", "excerpts"))
+    @dg.asset(
+        group_name=GROUP, **experiment.llm_asset("explanations", "activation_records", "token_lookup", "excerpts")
+    )
     def explanations(
         context: dg.AssetExecutionContext,
-        config: ExplanationConfig,
-        llm: LLMResource,
+        config: VariantConfig,
         activation_records: pl.DataFrame,
         token_lookup: pl.DataFrame,
         excerpts: pl.DataFrame,
@@ -51,6 +53,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         from neuron_assets.scorers.methods import EXPLANATION, LOOKUP_EXPLANATION, NEXT_TOKEN_EXPLANATION, check_methods
 
         methods = check_methods(config.methods, EXPLAINED, "explanations config 'methods'")
+        llm = experiment.llm(context)
         explainer, _ = llm.model_names()
         client = llm.client()
         options = {
@@ -126,6 +129,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "preview_by_max_activation": preview(shown, "max_activation", experiment.viewer),
             }
         )
+        frame = experiment.with_settings(frame, "explanations", config, llm)
         return experiment.lineage(frame, context, "explanations")
 
     return [explanations]

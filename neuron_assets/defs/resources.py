@@ -13,11 +13,12 @@ from neuron_assets.defs.common import column_schema
 from neuron_assets.defs.partitions import stored_partitions
 
 PACKAGED_LLM = "packaged SmolLM2-135M-Instruct on a local llama.cpp server"
-R = TypeVar("R", bound=dg.ConfigurableResource)
+R = TypeVar("R", bound=dg.Config)
 
 
 def with_defaults(resource: type[R], **defaults: Any) -> type[R]:
-    """``resource`` with ``defaults`` as its fields' defaults, not as values set on an instance.
+    """``resource`` (or an op's config class) with ``defaults`` as its fields' defaults, not as
+    values set on an instance; each field keeps its description.
 
     Dagster replaces the whole configuration of a resource that run config names, so values
     set at construction are lost when a user's run config sets one field (a block with only
@@ -26,7 +27,13 @@ def with_defaults(resource: type[R], **defaults: Any) -> type[R]:
     """
     from pydantic import create_model
 
-    fields = {name: (resource.model_fields[name].annotation, value) for name, value in defaults.items()}
+    fields = {
+        name: (
+            resource.model_fields[name].annotation,
+            Field(value, description=resource.model_fields[name].description),
+        )
+        for name, value in defaults.items()
+    }
     return create_model(resource.__name__, __base__=resource, __module__=resource.__module__, **fields)
 
 

@@ -12,7 +12,6 @@ from pydantic import Field
 
 from neuron_assets.defs.common import each_side, side, table
 from neuron_assets.defs.experiments import Experiment
-from neuron_assets.defs.resources import LLMResource, SubjectModelResource
 
 GROUP = "revision"
 
@@ -54,14 +53,19 @@ def _first_samples(explanations: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_variant_assets(experiment: Experiment) -> list[Any]:
-    """The revision assets for one variant of one subject model, partitioned by its layers."""
+    """The revision assets for one variant of one subject model, partitioned by its layers; the
+    variant's settings are their configs' defaults, and its LLM the variant's."""
+    SentenceConfig = experiment.config(RevisionSentenceConfig, "revision_sentences")
+    ReviseConfig = experiment.config(RevisionConfig, "revisions")
+    ScoreConfig = experiment.config(RevisionScoreConfig, "revision_scores")
 
-    @dg.asset(group_name=GROUP, **experiment.asset("revision_sentences", "explanations", "neuron_stats"))
+    @dg.asset(
+        group_name=GROUP,
+        **experiment.llm_asset("revision_sentences", "explanations", "neuron_stats", resources=("subject_model",)),
+    )
     def revision_sentences(
         context: dg.AssetExecutionContext,
-        config: RevisionSentenceConfig,
-        llm: LLMResource,
-        subject_model: SubjectModelResource,
+        config: SentenceConfig,
         explanations: pl.DataFrame,
         neuron_stats: pl.DataFrame,
     ) -> pl.DataFrame:
@@ -81,9 +85,10 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 f"n_revision ({config.n_revision}) must be between 1 and n_sentences - 1 ({config.n_sentences - 1})"
             )
         originals = _first_samples(explanations)
+        llm = experiment.llm(context)
         explainer, _ = llm.model_names()
         client = llm.client()
-        model = subject_model.load(experiment.subject_model)
+        model = context.resources.subject_model.load(experiment.subject_model)
         if neuron_stats["subject_model"][0] != model.name:
             raise ValueError(
                 f"the neurons were recorded on {neuron_stats['subject_model'][0]!r} but the subject model is "
@@ -146,16 +151,16 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "per_neuron": table(per_neuron.sort("layer", "neuron", "polarity")),
             }
         )
+        frame = experiment.with_settings(frame, "revision_sentences", config, llm, upstream=explanations)
         return experiment.lineage(frame, context, "revision_sentences")
 
     @dg.asset(
         group_name=GROUP,
-        **experiment.asset("revisions", "revision_sentences", "activation_records", "explanations", "excerpts"),
+        **experiment.llm_asset("revisions", "revision_sentences", "activation_records", "explanations", "excerpts"),
     )
     def revisions(
         context: dg.AssetExecutionContext,
-        config: RevisionConfig,
-        llm: LLMResource,
+        config: ReviseConfig,
         revision_sentences: pl.DataFrame,
         activation_records: pl.DataFrame,
         explanations: pl.DataFrame,
@@ -169,6 +174,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
 
         kinds = check_kinds(config.kinds)
         originals = _first_samples(explanations)
+        llm = experiment.llm(context)
         explainer, _ = llm.model_names()
         client = llm.client()
 
@@ -222,18 +228,18 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 ),
             }
         )
+        frame = experiment.with_settings(frame, "revisions", config, llm, upstream=revision_sentences)
         return experiment.lineage(frame, context, "revisions")
 
     @dg.asset(
         group_name=GROUP,
-        **experiment.asset(
+        **experiment.llm_asset(
             "revision_scores", "revisions", "revision_sentences", "explanations", "scoring_excerpts", "excerpts"
         ),
     )
     def revision_scores(
         context: dg.AssetExecutionContext,
-        config: RevisionScoreConfig,
-        llm: LLMResource,
+        config: ScoreConfig,
         revisions: pl.DataFrame,
         revision_sentences: pl.DataFrame,
         explanations: pl.DataFrame,
@@ -246,6 +252,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         from neuron_assets.revision.scores import revision_scoring_inputs, score_revisions
         from neuron_assets.simulators.neurons import simulate_neurons
 
+        llm = experiment.llm(context)
         client, simulator, mode, ten_handling = llm.simulator(config.mode)
         originals = _first_samples(explanations)
 
@@ -298,6 +305,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             .sort("revision_kind", "scoring_set")
         )
         context.add_output_metadata({"by_kind": table(summary), "simulation_mode": mode, **client.stats.as_metadata()})
+        frame = experiment.with_settings(frame, "revision_scores", config, llm, upstream=revisions)
         return experiment.lineage(frame, context, "revision_scores")
 
     @dg.asset(group_name=GROUP, **experiment.asset("revision_comparisons", "revision_scores"))

@@ -83,6 +83,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         """Every method's score per neuron: correlation of simulated (or predicted) with true
         activations on top-and-random and random-only excerpts, and explained variance under a
         held-out calibration."""
+        from neuron_assets.scorers.methods import TOKEN_BASELINES
         from neuron_assets.scorers.scoring import score_simulations
 
         columns = [
@@ -105,6 +106,8 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         frame = experiment.lineage(
             each_side(together, lambda polarity: score_simulations(side(together, polarity))), context, "scores"
         )
+        simulated = ~pl.col("method").is_in(TOKEN_BASELINES)  # token baselines: no LLM stage, no settings
+        frame = experiment.with_settings(frame, "scores", upstream=simulations, rows=simulated)
         named = explanations.select("layer", "neuron", "polarity", "sample", "method", "explanation")
         by_set = frame.join(named, on=["layer", "neuron", "polarity", "sample", "method"])
         summary = (

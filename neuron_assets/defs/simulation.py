@@ -10,7 +10,7 @@ from pydantic import Field
 
 from neuron_assets.defs.common import each_side, side, table
 from neuron_assets.defs.experiments import Experiment
-from neuron_assets.defs.resources import LLMResource, SubjectModelResource
+from neuron_assets.defs.resources import SubjectModelResource
 from neuron_assets.scorers.methods import DEFAULT_SIMULATED, SIMULATED, TOKEN_BASELINES
 
 GROUP = "simulation"
@@ -115,13 +115,14 @@ def build_model_assets(experiment: Experiment) -> list[Any]:
 
 
 def build_variant_assets(experiment: Experiment) -> list[Any]:
-    """The simulator LLM's simulations for one variant of one subject model, partitioned by its layers."""
+    """The simulator LLM's simulations for one variant of one subject model, partitioned by its layers;
+    the variant's settings are its config's defaults, and its LLM the variant's."""
+    VariantConfig = experiment.config(SimulationConfig, "simulations")
 
-    @dg.asset(group_name=GROUP, **experiment.asset("simulations", "explanations", "scoring_excerpts", "excerpts"))
+    @dg.asset(group_name=GROUP, **experiment.llm_asset("simulations", "explanations", "scoring_excerpts", "excerpts"))
     def simulations(
         context: dg.AssetExecutionContext,
-        config: SimulationConfig,
-        llm: LLMResource,
+        config: VariantConfig,
         explanations: pl.DataFrame,
         scoring_excerpts: pl.DataFrame,
         excerpts: pl.DataFrame,
@@ -141,6 +142,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             raise ValueError(
                 f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'"
             )
+        llm = experiment.llm(context)
         client, simulator, mode, ten_handling = llm.simulator(config.mode)
         context.log.info(f"simulation mode: {mode} (asked for {config.mode}); the value 10 is read as {ten_handling}")
 
@@ -193,6 +195,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 **llm.server_metadata(),
             }
         )
+        frame = experiment.with_settings(frame, "simulations", config, llm, upstream=explanations)
         return experiment.lineage(frame, context, "simulations")
 
     return [simulations]

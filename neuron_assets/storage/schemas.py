@@ -47,6 +47,27 @@ class VariantRows(NeuronSide):
     )
 
 
+class ConfiguredRows(VariantRows):
+    """Rows an LLM stage wrote with settings: what its run (and the runs of the rows it was made from) used."""
+
+    run_settings: Optional[str] = pa.Field(
+        nullable=True,
+        description=(
+            "the settings the row's run used, after any run-config override, as canonical JSON keyed by stage: "
+            "this stage's and those recorded in the rows it was made from (a score's: its simulation's and "
+            "explanation's); compare it across rows of one variant (view variant_settings); null for token-baseline "
+            "scores and for rows written before settings were recorded"
+        ),
+    )
+    overridden_settings: Optional[list[str]] = pa.Field(
+        nullable=True,
+        description=(
+            "which of those settings differ from the variant's defaults (its variants-file settings or the "
+            "environment's), as 'stage.key' or 'llm.key'; empty when none; null where run_settings is"
+        ),
+    )
+
+
 class Documents(pa.DataFrameModel):
     doc_id: int = pa.Field(ge=0, unique=True, description="document number within the corpus")
     corpus: str = pa.Field(description="corpus source as configured ('lee', a folder, 'hf:NAME')")
@@ -139,7 +160,7 @@ class ScoringExcerpts(NeuronSide):
     activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
 
-class Explanations(VariantRows):
+class Explanations(ConfiguredRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which of the neuron's sampled explanations")
@@ -166,7 +187,7 @@ class Explanations(VariantRows):
     )
 
 
-class Simulations(VariantRows):
+class Simulations(ConfiguredRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was simulated")
@@ -223,7 +244,7 @@ class TokenPredictions(NeuronSide):
     true_activations: list[float] = pa.Field(description="the neuron's real activation at every token")
 
 
-class Scores(VariantRows):
+class Scores(ConfiguredRows):
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
     sample: int = pa.Field(ge=0, description="which explanation sample was scored (0 for token baselines)")
@@ -383,7 +404,7 @@ class PuzzleExplanations(pa.DataFrameModel):
     simulation_mode: str = pa.Field(description="simulator mode")
 
 
-class RevisionSentences(VariantRows):
+class RevisionSentences(ConfiguredRows):
     """Sentences the explainer wrote to make a neuron fire by its explanation (method.md §8), and
     what the neuron did on them."""
 
@@ -426,7 +447,7 @@ class RevisionSentences(VariantRows):
     prompt_version: str = pa.Field(description="version of the sentence-writer prompt")
 
 
-class Revisions(VariantRows):
+class Revisions(ConfiguredRows):
     """Revised explanations (method.md §8) and the study's controls."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
@@ -448,7 +469,7 @@ class Revisions(VariantRows):
     prompt_version: str = pa.Field(description="version of the reviser prompt")
 
 
-class RevisionScores(VariantRows):
+class RevisionScores(ConfiguredRows):
     """Original and revised explanations scored on the original and the extended scoring set."""
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")

@@ -31,10 +31,16 @@ SQL = files("neuron_assets") / "sql"
 UNPARTITIONED = "all"
 VIEWS_TABLE = "neuron_assets_views"  # the view statements in force, to refresh only what changed
 # Columns added after results were first stored, with the value every older row has: all
-# results before the negative side was recorded are of the positive side, and all results
-# before variants existed are of the default variant.
+# results before the negative side was recorded are of the positive side, all results
+# before variants existed are of the default variant, and the settings of runs before
+# settings were recorded are unknown (null).
 DEFAULT_VARIANT = "default"
-OLDER_FILES_MEAN = {"polarity": "positive", "variant": DEFAULT_VARIANT}
+OLDER_FILES_MEAN = {
+    "polarity": "positive",
+    "variant": DEFAULT_VARIANT,
+    "run_settings": None,
+    "overridden_settings": None,
+}
 
 
 class ResultStore:
@@ -89,7 +95,10 @@ class ResultStore:
                     f"materialize partition {path.stem} of {table!r} again"
                 )
             frame = pl.read_parquet(path, glob=False)
-            frames.append(frame.with_columns(pl.lit(OLDER_FILES_MEAN[c]).alias(c) for c in sorted(absent)))
+            types = {c: TABLES[table].to_schema().columns[c].dtype.type for c in absent}
+            frames.append(
+                frame.with_columns(pl.lit(OLDER_FILES_MEAN[c], dtype=types[c]).alias(c) for c in sorted(absent))
+            )
         return validate(table, pl.concat([f.select(frames[0].columns) for f in frames], how="vertical"))
 
     def partitions(self, table: str, prefix: Sequence[str] = ()) -> list[str]:
@@ -226,7 +235,7 @@ class ResultStore:
             present.update(parquet_columns(path))
         columns = TABLES[table].to_schema().columns
         return "".join(
-            f", {sql_string(OLDER_FILES_MEAN[c]) if c in OLDER_FILES_MEAN else 'NULL'} AS {sql_identifier(c)}"
+            f", {'NULL' if OLDER_FILES_MEAN.get(c) is None else sql_string(OLDER_FILES_MEAN[c])} AS {sql_identifier(c)}"
             for c in columns
             if c not in present
         )
