@@ -408,7 +408,7 @@ def test_rows_record_their_runs_settings_and_an_override_shows_as_a_second_confi
     assert small[0]["simulations"] == {
         "backend": server.url,
         "simulator_model": "scripted",
-        "prompt_logprobs_shift": 0,
+        "prompt_logprobs_shift": None,
         "methods": ["explanation", "lookup_explanation", "control"],
         "control_seed": 0,
         "mode": "json",

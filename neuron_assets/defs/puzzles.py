@@ -40,7 +40,7 @@ def build_assets() -> list[Any]:
         from neuron_assets.puzzles.puzzle_file import load_puzzles
 
         puzzles = load_puzzles(config.path)
-        client, simulator, mode, ten_handling = llm.simulator(config.mode)
+        client, simulator, mode, ten_handling, shift = llm.simulator(config.mode)
         started = time.perf_counter()
         frame = scorer_test(
             client,
@@ -48,7 +48,7 @@ def build_assets() -> list[Any]:
             puzzles,
             mode=mode,
             ten_handling=ten_handling,
-            distribution_shift=llm.prompt_logprobs_shift,
+            distribution_shift=shift,
             concurrency=llm.max_concurrency,
             on_puzzle=lambda name: context.log.info(f"simulated puzzle {name}"),
         ).with_columns(run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path)))
@@ -96,6 +96,7 @@ def build_assets() -> list[Any]:
             client, explainer, puzzles, temperature=config.temperature, max_tokens=config.max_tokens, seed=config.seed
         )
         mode = puzzle_scores["simulation_mode"][0]
+        ten_handling = puzzle_scores["ten_handling"][0]
         candidates = written.select("puzzle", "explanation").with_columns(
             candidate=pl.lit(0, dtype=pl.Int64), candidate_kind=pl.lit(GENERATED)
         )
@@ -105,8 +106,8 @@ def build_assets() -> list[Any]:
             puzzles,
             candidates,
             mode=mode,
-            ten_handling=puzzle_scores["ten_handling"][0],
-            distribution_shift=llm.prompt_logprobs_shift,
+            ten_handling=ten_handling,
+            distribution_shift=llm.distribution_shift(client, simulator, mode, ten_handling),
             concurrency=llm.max_concurrency,
         )
         reference = puzzle_scores.group_by("puzzle").agg(

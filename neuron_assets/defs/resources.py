@@ -123,7 +123,12 @@ class LLMResource(dg.ConfigurableResource):
     explainer_model: Optional[str] = None
     simulator_model: Optional[str] = None
     api_key_env: str = "OPENAI_API_KEY"
-    prompt_logprobs_shift: int = 0
+    prompt_logprobs_shift: Optional[int] = Field(
+        default=None,
+        description="where the server files echoed prompt log-probabilities (0, or -1 for stock llama-cpp-python "
+        "on models without BOS); unset, the all_at_once simulator's alignment probe finds it, and a value set "
+        "here that the probe contradicts is an error",
+    )
     timeout_s: float = 300.0
     max_attempts: int = 5
     max_concurrency: int = 1  # neurons in flight at once: at least servers x per-server concurrency to use them all
@@ -214,15 +219,29 @@ class LLMResource(dg.ConfigurableResource):
             raise ValueError("with a base_url, set explainer_model and simulator_model too")
         return (self.explainer_model or PACKAGED_MODEL_ALIAS, self.simulator_model or PACKAGED_MODEL_ALIAS)
 
-    def simulator(self, requested_mode: str) -> tuple[Any, str, str, str]:
-        """(client, simulator model, mode, how it reads "10"): ``requested_mode`` resolved against
-        the backend and the simulator's tokenizer probed, as every simulating asset needs."""
+    def simulator(self, requested_mode: str) -> tuple[Any, str, str, str, int]:
+        """(client, simulator model, mode, how it reads "10", where its echo files distributions):
+        ``requested_mode`` resolved against the backend and the simulator's tokenizer probed, as
+        every simulating asset needs."""
         from neuron_assets.simulators.probes import probe_ten_handling, resolve_mode
 
         _, model = self.model_names()
         client = self.client()
         mode = resolve_mode(client, model, requested_mode)
-        return client, model, mode, probe_ten_handling(client, model, mode)
+        ten_handling = probe_ten_handling(client, model, mode)
+        return client, model, mode, ten_handling, self.distribution_shift(client, model, mode, ten_handling)
+
+    def distribution_shift(self, client: Any, model: str, mode: str, ten_handling: str | None = None) -> int:
+        """Where the server files the distribution that predicted each echoed token, for ``mode``:
+        for all_at_once the alignment probe's answer (``probes.probe_alignment``: a tokenizer whose
+        echo cannot be read is an ``AlignmentError`` there, before anything is simulated), checked
+        against ``prompt_logprobs_shift`` where that is set; the other modes read no echo (0)."""
+        from neuron_assets.simulators.modes.base import SimulationMode
+        from neuron_assets.simulators.probes import check_shift, probe_alignment
+
+        if mode != SimulationMode.ALL_AT_ONCE:
+            return self.prompt_logprobs_shift or 0
+        return check_shift(probe_alignment(client, model, ten_handling), self.prompt_logprobs_shift, model)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._server is not None:

@@ -253,7 +253,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         from neuron_assets.simulators.neurons import simulate_neurons
 
         llm = experiment.llm(context)
-        client, simulator, mode, ten_handling = llm.simulator(config.mode)
+        client, simulator, mode, ten_handling, shift = llm.simulator(config.mode)
         originals = _first_samples(explanations)
 
         def score_side(polarity: str) -> pl.DataFrame:
@@ -278,7 +278,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 scoring,
                 texts,
                 mode=mode,
-                distribution_shift=llm.prompt_logprobs_shift,
+                distribution_shift=shift,
                 ten_handling=ten_handling,
                 concurrency=llm.max_concurrency,
                 on_neuron=lambda layer, neuron: context.log.info(

@@ -143,8 +143,11 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'"
             )
         llm = experiment.llm(context)
-        client, simulator, mode, ten_handling = llm.simulator(config.mode)
-        context.log.info(f"simulation mode: {mode} (asked for {config.mode}); the value 10 is read as {ten_handling}")
+        client, simulator, mode, ten_handling, shift = llm.simulator(config.mode)
+        context.log.info(
+            f"simulation mode: {mode} (asked for {config.mode}); the value 10 is read as {ten_handling}"
+            + (f"; echoed distributions are read at shift {shift}" if mode == "all_at_once" else "")
+        )
 
         def simulate_side(polarity: str) -> pl.DataFrame:
             own = side(explanations, polarity).with_columns(explanation_neuron=pl.col("neuron"))
@@ -167,7 +170,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                         view_scoring,
                         view_excerpts,
                         mode=mode,
-                        distribution_shift=llm.prompt_logprobs_shift,
+                        distribution_shift=shift,
                         ten_handling=ten_handling,
                         concurrency=llm.max_concurrency,
                         on_neuron=lambda layer, neuron: context.log.info(
@@ -189,6 +192,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "simulation_mode": mode,
                 "simulation_mode_requested": config.mode,
                 "ten_handling": ten_handling,
+                "prompt_logprobs_shift": shift,
                 "unsimulated_tokens": int(frame["n_unsimulated"].sum()),
                 "misaligned_tokens": int(frame["n_misaligned"].sum()),
                 **client.stats.as_metadata(),

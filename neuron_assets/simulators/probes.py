@@ -1,16 +1,20 @@
-"""Questions asked of the backend once per run: which mode it supports (``auto``) and how it writes "10".
+"""Questions asked of the backend once per run: which mode it supports (``auto``), how it writes "10",
+and, for all_at_once, whether its echo lines up with the placeholders and where it files distributions.
 
 Both are ordinary requests, cached like every other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from neuron_assets.llm.errors import LLMError, ReplyFormatError
+from neuron_assets.prompts.templates import SimulatorPrompt, simulator_prompt
 from neuron_assets.simulators.modes import MODES
-from neuron_assets.simulators.modes.base import TOP_LOGPROBS, SimulationMode
+from neuron_assets.simulators.modes.all_at_once import ALL_AT_ONCE, AlignmentError, placeholder_positions, tokens_around
+from neuron_assets.simulators.modes.base import TOP_LOGPROBS, SimulationMode, TenHandling
 
 
 class TokenizerProbeError(ReplyFormatError):
@@ -141,3 +145,112 @@ def resolve_mode(client: Any, model: str, requested: SimulationMode | str) -> st
         if error.status not in UNSUPPORTED_STATUS:
             raise
     return SimulationMode.JSON.value
+
+
+ALIGNMENT_EXPLANATION = "words about animals"
+# A short excerpt of the kinds of tokens excerpts hold: words with and without a leading space,
+# punctuation, a number, an escaped newline.
+ALIGNMENT_TOKENS = ("The", " cat", " sat", ",", " 42", " dogs", ".", "\n", " End")
+SHIFTS = (0, -1)  # where servers file the distribution that predicted token j: at j, or at j - 1
+MATCH_NATS = 0.25  # mean difference of the reference's top log-probabilities that still matches
+COMPARED_TOP = 5  # the reference's top tokens compared
+MISSING_NATS = 1.0  # the least a top token absent from the compared distribution misses by
+
+
+def alignment_prompt(ten_handling: str | None = None) -> SimulatorPrompt:
+    """The all-at-once prompt the alignment probe sends: the real layout, without few-shot neurons."""
+    top = 9 if ALL_AT_ONCE.reading_of_ten(ten_handling) is TenHandling.TOP_NINE else 10
+    return simulator_prompt(ALIGNMENT_EXPLANATION, ALIGNMENT_TOKENS, n_fewshot=0, top=top)
+
+
+def probe_alignment(client: Any, model: str, ten_handling: str | None = None, *, n_sampled: int = 3) -> int:
+    """Where the server files the distribution that predicted each echoed token (0 or -1), checked
+    on a real all-at-once prompt; ``AlignmentError`` where the echo cannot be read.
+
+    One echoed call of ``alignment_prompt`` must have a token beginning at every placeholder
+    (a tokenizer that joins the tab to the letters after it has none). Then, at ``n_sampled``
+    placeholders, a completions call on the prompt cut just before the placeholder gives the
+    distribution that predicts it unambiguously (a generated token's); the shift is the one
+    whose echoed distribution there has the same top log-probabilities. The echo's own
+    ``token_logprobs`` are no guide: llama-cpp-python computes them from the same misfiled rows.
+    Every call is cached like any other, so a run asks once per backend and simulator model.
+    """
+    prompt = alignment_prompt(ten_handling)
+
+    def aligned(response: dict[str, Any]) -> dict[str, Any]:
+        logprobs = response["choices"][0].get("logprobs") or {}
+        if not logprobs.get("top_logprobs") or not logprobs.get("text_offset"):
+            raise AlignmentError(f"model {model!r} returned no prompt log-probabilities for the alignment probe")
+        if len(logprobs["text_offset"]) != len(logprobs["top_logprobs"]):
+            raise AlignmentError(f"the alignment probe's echo from {model!r} has offsets and distributions unpaired")
+        placeholder_positions(prompt, logprobs["text_offset"], 0, model=model, tokens=logprobs.get("tokens"))
+        return logprobs
+
+    echo = aligned(
+        client.completions.create(
+            model=model,
+            prompt=prompt.text,
+            max_tokens=1,
+            temperature=0.0,
+            echo=True,
+            logprobs=TOP_LOGPROBS,
+            read=aligned,
+        )
+    )
+    tokens = echo.get("tokens")
+    starts = placeholder_positions(prompt, echo["text_offset"], 0, model=model, tokens=tokens)
+    picked = sorted({round(i * (len(starts) - 1) / max(n_sampled - 1, 1)) for i in range(n_sampled)})
+    misses: dict[int, list[float]] = {shift: [] for shift in SHIFTS}
+    for n in picked:
+        reference = next_token_distribution(client, model, prompt.text[: prompt.placeholder_offsets[n]])
+        for shift in SHIFTS:
+            k = starts[n] + shift
+            candidate = echo["top_logprobs"][k] if 0 <= k < len(echo["top_logprobs"]) else None
+            misses[shift].append(distribution_miss(reference, candidate))
+    matching = [shift for shift in SHIFTS if max(misses[shift]) <= MATCH_NATS]
+    if len(matching) != 1:
+        seen = "; ".join(f"shift {shift}: {[round(m, 2) for m in misses[shift]]}" for shift in SHIFTS)
+        around = tokens_around(tokens, echo["text_offset"], prompt.placeholder_offsets[picked[0]])
+        raise AlignmentError(
+            f"the echo of {model!r} files the distributions at its placeholders where "
+            f"{'no' if not matching else 'more than one'} known convention puts them: against a direct next-token "
+            f"query at placeholders {picked}, the mean log-probability differences were {seen} (a match is at most "
+            f"{MATCH_NATS}); {around}"
+        )
+    return matching[0]
+
+
+def next_token_distribution(client: Any, model: str, prefix: str) -> dict[str, float]:
+    """The distribution predicting the token after ``prefix``: a generated token's top log-probabilities."""
+
+    def read(response: dict[str, Any]) -> dict[str, float]:
+        tops = (response["choices"][0].get("logprobs") or {}).get("top_logprobs") or []
+        if not tops or not tops[0]:
+            raise AlignmentError(f"model {model!r} returned no log-probabilities for a generated token")
+        return dict(tops[0])
+
+    return read(
+        client.completions.create(
+            model=model, prompt=prefix, max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, read=read
+        )
+    )
+
+
+def distribution_miss(reference: Mapping[str, float], candidate: Mapping[str, float] | None) -> float:
+    """Mean absolute difference (nats) over ``reference``'s top tokens; a token ``candidate`` lacks
+    misses by at least ``MISSING_NATS``, and no candidate misses by infinity."""
+    if not candidate:
+        return math.inf
+    top = sorted(reference, key=reference.__getitem__, reverse=True)[:COMPARED_TOP]
+    return sum(abs(reference[t] - candidate[t]) if t in candidate else MISSING_NATS for t in top) / len(top)
+
+
+def check_shift(found: int, configured: int | None, model: str) -> int:
+    """The shift to read with: the probe's ``found``, which a ``configured`` (hand-set) one must agree with."""
+    if configured is not None and configured != found:
+        raise AlignmentError(
+            f"prompt_logprobs_shift is set to {configured}, but the alignment probe found that the server files "
+            f"the echoed distributions of {model!r} at shift {found}: remove the setting (the probe's answer is used) "
+            f"or correct it"
+        )
+    return found

@@ -60,28 +60,75 @@ class AllAtOnce(SimulatorMode):
 ALL_AT_ONCE = AllAtOnce()
 
 
+class AlignmentError(SimulationError):
+    """The echoed tokens do not line up with the prompt's placeholders: some placeholder does not
+    begin a token (the tokenizer joined the tab before it, or other text, to it), or the echo
+    files its distributions where no known convention puts them. Reading on would take the
+    distribution of some other position for a plausible-looking value, so nothing is read."""
+
+
+def tokens_around(tokens: Sequence[str] | None, offsets: Sequence[int], offset: int, width: int = 2) -> str:
+    """The echoed tokens around prompt offset ``offset``, for an error message (or their offsets,
+    where the echo names no tokens)."""
+    j = max(bisect.bisect_right(offsets, offset) - 1, 0)
+    window = slice(max(j - width, 0), j + width + 1)
+    if tokens:
+        return f"tokens {list(tokens[window])!r}"
+    return f"token offsets {list(offsets[window])!r}"
+
+
+def placeholder_positions(
+    prompt: SimulatorPrompt,
+    text_offsets: Sequence[int],
+    distribution_shift: int,
+    *,
+    model: str = "the simulator",
+    tokens: Sequence[str] | None = None,
+) -> list[int]:
+    """Where in the echo each placeholder's distribution is: the index of the token that *begins*
+    exactly at the placeholder's offset, plus ``distribution_shift``.
+
+    A placeholder no token begins at is an ``AlignmentError`` naming the model and the tokens
+    around it; the token that merely contains it is never taken in its place, since the
+    distribution that predicted it is not the one predicting the placeholder.
+    """
+    positions = []
+    for n, offset in enumerate(prompt.placeholder_offsets):
+        j = bisect.bisect_left(text_offsets, offset)
+        if j == len(text_offsets) or text_offsets[j] != offset:
+            raise AlignmentError(
+                f"no echoed token of {model!r} begins at placeholder {n} (prompt offset {offset}): its tokenizer "
+                f"joins the text before the placeholder to it ({tokens_around(tokens, text_offsets, offset)}), so "
+                "the all-at-once simulator cannot read this model; use mode chat_logprobs or json"
+            )
+        k = j + distribution_shift
+        if not 0 <= k < len(text_offsets):
+            raise AlignmentError(f"no echoed distribution of {model!r} at position {k} for prompt offset {offset}")
+        positions.append(k)
+    return positions
+
+
 def placeholder_distributions(
     prompt: SimulatorPrompt,
     text_offsets: Sequence[int],
     top_logprobs: Sequence[Mapping[str, float] | None],
     distribution_shift: int,
+    *,
+    model: str = "the simulator",
+    tokens: Sequence[str] | None = None,
 ) -> list[Mapping[str, float] | None]:
     """The next-token distribution at each placeholder, found by character offset in the echoed tokens.
 
     ``distribution_shift`` says where a server puts the distribution that predicted token j:
     0 when ``top_logprobs[j]`` is it (OpenAI and vLLM semantics), -1 when it sits one entry
-    earlier, at ``top_logprobs[j - 1]``, as llama-cpp-python reports echoed prompts.
+    earlier, at ``top_logprobs[j - 1]``, as llama-cpp-python reports echoed prompts of models
+    without a BOS token (``probes.probe_alignment`` finds which). A placeholder no echoed token
+    begins at is an ``AlignmentError`` (``placeholder_positions``).
     """
     if len(text_offsets) != len(top_logprobs):
         raise SimulationError("server returned text offsets and log-probabilities of different lengths")
-    distributions = []
-    for offset in prompt.placeholder_offsets:
-        j = bisect.bisect_right(text_offsets, offset) - 1
-        k = j + distribution_shift
-        if j < 0 or not 0 <= k < len(top_logprobs):
-            raise SimulationError(f"no echoed token covers prompt offset {offset}")
-        distributions.append(top_logprobs[k])
-    return distributions
+    positions = placeholder_positions(prompt, text_offsets, distribution_shift, model=model, tokens=tokens)
+    return [top_logprobs[k] for k in positions]
 
 
 def simulate(
@@ -113,7 +160,12 @@ def simulate(
         if logprobs["text_offset"][-1] < prompt.placeholder_offsets[-1]:
             raise SimulationError("the echoed prompt stops before the excerpt's last token (a truncated reply)")
         distributions = placeholder_distributions(
-            prompt, logprobs["text_offset"], logprobs["top_logprobs"], distribution_shift
+            prompt,
+            logprobs["text_offset"],
+            logprobs["top_logprobs"],
+            distribution_shift,
+            model=model,
+            tokens=logprobs.get("tokens"),
         )
         return some_value([expected_value(distribution, top=top) for distribution in distributions])
 
@@ -122,9 +174,7 @@ def simulate(
         of an echoed response is distributions at prompt positions no reader looks at)."""
         choice = response["choices"][0]
         offsets = choice["logprobs"]["text_offset"]
-        read_at = {
-            bisect.bisect_right(offsets, offset) - 1 + distribution_shift for offset in prompt.placeholder_offsets
-        }
+        read_at = set(placeholder_positions(prompt, offsets, distribution_shift, model=model))
         distributions = [d if k in read_at else None for k, d in enumerate(choice["logprobs"]["top_logprobs"])]
         logprobs = {"text_offset": offsets, "top_logprobs": distributions}
         return {**response, "choices": [{**choice, "logprobs": logprobs}]}
