@@ -18,6 +18,7 @@ from neuron_assets.demo import UP_TO_SCORES
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
+from neuron_assets.simulators.probes import ALIGNMENT_CALLS
 from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,7 @@ KEYS = {
     "scores": ["layer", "neuron", "sample", "method", "scoring_set"],
 }
 ENDPOINT = {"all_at_once": "completions", "json": "chat/completions"}
+PROBE_CALLS = 1 + ALIGNMENT_CALLS  # all_at_once's probes before its first simulation: "10", then the alignment
 
 
 def run_config(mode):
@@ -127,7 +129,7 @@ def test_a_transient_transport_fault_is_retried_and_the_run_completes(fault, pro
 
 @pytest.mark.parametrize("fault", ["digits_as_words", "truncated", "ignore_format"])
 def test_one_unreadable_reply_is_rejected_asked_again_and_the_run_completes(fault, proxy, baseline, results):
-    proxy.inject(fault, "completions", times=1, after=1)  # after the tokenizer probe: a simulation
+    proxy.inject(fault, "completions", times=1, after=PROBE_CALLS)  # after the probes: a simulation
     result = materialize(proxy, results, ["simulations", "scores"])
     proxy.clear()
     assert result.success, error_text(result)
@@ -151,7 +153,7 @@ def test_a_persistent_content_fault_fails_clearly_keeps_what_was_stored_and_a_re
 ):
     store = ResultStore(results)
     before = {table: store.path(table, "0", EXP.prefix(table)).read_bytes() for table in ("simulations", "scores")}
-    proxy.inject(fault, ENDPOINT[mode], times=None, after=int(mode == "all_at_once"))  # spare the tokenizer probe
+    proxy.inject(fault, ENDPOINT[mode], times=None, after=PROBE_CALLS if mode == "all_at_once" else 0)  # spare probes
     failed = materialize(proxy, results, ["simulations", "scores"], mode)
     proxy.clear()
     assert not failed.success

@@ -7,7 +7,7 @@ import pytest
 
 from neuron_assets.llm.client import CachingClient
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
-from neuron_assets.prompts.templates import simulator_prompt
+from neuron_assets.prompts.templates import SimulatorPrompt, simulator_prompt
 from neuron_assets.sampling.corpus import load_documents
 from neuron_assets.sampling.excerpts import make_excerpts
 from neuron_assets.simulators.expected_value import expected_value
@@ -151,6 +151,24 @@ def test_the_probe_finds_that_smollm2_writes_ten_as_one_then_zero(client):
 
     assert probe_ten_handling(client, PACKAGED_MODEL_ALIAS, "all_at_once") == "top_nine"
     assert probe_ten_handling(client, PACKAGED_MODEL_ALIAS, "json") == "written"
+
+
+def test_the_alignment_probe_passes_on_the_packaged_model_and_reads_what_a_direct_query_reads(client):
+    """Every placeholder of a real all-at-once prompt begins one of SmolLM2's tokens, the probe finds
+    the wrapper's shift (0), and at a sample of placeholders of a full prompt (few-shot neurons
+    included) the value read from the echo is the one a next-token query on the prompt cut there
+    reads (up to llama.cpp's batch-against-cache differences, see the first test of this file)."""
+    from neuron_assets.simulators.probes import probe_alignment, probe_ten_handling
+
+    ten_handling = probe_ten_handling(client, PACKAGED_MODEL_ALIAS, "all_at_once")
+    shift = probe_alignment(client, PACKAGED_MODEL_ALIAS, ten_handling)
+    assert shift == 0
+    tokens = word_tokens(1)[0]
+    read = simulate(client, PACKAGED_MODEL_ALIAS, "numbers and dates", tokens, distribution_shift=shift).expected
+    prompt = simulator_prompt("numbers and dates", tokens)
+    sample = [0, len(tokens) // 2, len(tokens) - 1]
+    direct = next_token_values(client, SimulatorPrompt(prompt.text, [prompt.placeholder_offsets[n] for n in sample]))
+    assert [read[n] for n in sample] == pytest.approx(direct, abs=0.1)
 
 
 def forced(value):

@@ -153,6 +153,8 @@ ALIGNMENT_EXPLANATION = "words about animals"
 ALIGNMENT_TOKENS = ("The", " cat", " sat", ",", " 42", " dogs", ".", "\n", " End")
 SHIFTS = (0, -1)  # where servers file the distribution that predicted token j: at j, or at j - 1
 MATCH_NATS = 0.25  # mean difference of the reference's top log-probabilities that still matches
+N_SAMPLED = 3  # placeholders checked against a direct next-token query
+ALIGNMENT_CALLS = 1 + N_SAMPLED  # completions requests the alignment probe makes (each cached)
 COMPARED_TOP = 5  # the reference's top tokens compared
 MISSING_NATS = 1.0  # the least a top token absent from the compared distribution misses by
 
@@ -163,7 +165,7 @@ def alignment_prompt(ten_handling: str | None = None) -> SimulatorPrompt:
     return simulator_prompt(ALIGNMENT_EXPLANATION, ALIGNMENT_TOKENS, n_fewshot=0, top=top)
 
 
-def probe_alignment(client: Any, model: str, ten_handling: str | None = None, *, n_sampled: int = 3) -> int:
+def probe_alignment(client: Any, model: str, ten_handling: str | None = None, *, n_sampled: int = N_SAMPLED) -> int:
     """Where the server files the distribution that predicted each echoed token (0 or -1), checked
     on a real all-at-once prompt; ``AlignmentError`` where the echo cannot be read.
 
