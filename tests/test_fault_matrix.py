@@ -58,7 +58,7 @@ def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
     defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3)
     # By default the pipeline up to the scores: revision and the puzzles are other tests' business.
     selection = EXP.selection(*UP_TO_SCORES)
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         return defs.resolve_implicit_global_asset_job_def().execute_in_process(
             run_config=EXP.run_config(run_config(mode)),
             instance=instance,

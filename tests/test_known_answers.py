@@ -185,7 +185,7 @@ def results(subject_folder, tmp_path_factory):
 
     data_dir = tmp_path_factory.mktemp("known") / "results"
     script = Script()
-    with ScriptedOpenAI(script) as server, dg.instance_for_test() as instance:
+    with ScriptedOpenAI(script) as server, dg.DagsterInstance.ephemeral() as instance:
         settings = Settings(
             subject_models=(str(subject_folder),),
             data_dir=data_dir,

@@ -78,7 +78,7 @@ def backfill(tmp_path_factory):
     SubjectModel.run_with_mlp_hooks = counting
     os.environ["OPENAI_API_KEY"] = SECRET  # sent to the server on every call
     try:
-        with dg.instance_for_test() as instance:
+        with dg.DagsterInstance.ephemeral() as instance:
             result = materialize_layers(build_definitions(settings(data_dir)), 0, 1, TINY, instance, UP_TO_SCORES)
     finally:
         SubjectModel.run_with_mlp_hooks = original
@@ -280,7 +280,7 @@ def test_rematerializing_a_layer_replaces_its_rows_and_keeps_the_others(backfill
     )
     try:
         assert reader.stdout.readline().strip() == "open"
-        with dg.instance_for_test() as instance:
+        with dg.DagsterInstance.ephemeral() as instance:
             job = definitions.resolve_implicit_global_asset_job_def()
             selection = EXP.selection(*UP_TO_SCORES).resolve(definitions.resolve_asset_graph())
             second = job.execute_in_process(
@@ -380,7 +380,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     llm_steps = [EXP.key(name) for name in ("explanations", "simulations", "scores")]
     job = build_definitions(settings(copy.root)).resolve_implicit_global_asset_job_def()
     try:
-        with dg.instance_for_test() as instance:
+        with dg.DagsterInstance.ephemeral() as instance:
             result = job.execute_in_process(
                 run_config=EXP.run_config(TINY),
                 instance=instance,
@@ -404,7 +404,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     print(f"step failed {failed_at - killed_at[0]:.1f} s after the kill (teardown included)")
     assert {table: copy.path(table, "0", EXP.prefix(table)).read_bytes() for table in before} == before
     cached = ResponseCache(copy.root / "llm_cache").count()
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         rerun = job.execute_in_process(
             run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", asset_selection=llm_steps
         )
@@ -425,7 +425,7 @@ def test_an_unreachable_llm_server_fails_clearly_and_keeps_stored_explanations(b
     stored = store.path("explanations", "0", EXP.prefix("explanations")).read_bytes()
     unreachable = settings(store.root, llm_base_url="http://127.0.0.1:9/v1", explainer_model="m", simulator_model="m")
     job = build_definitions(unreachable).resolve_implicit_global_asset_job_def()
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             run_config=EXP.run_config(TINY),
             instance=instance,
@@ -451,7 +451,7 @@ def error_messages(error):
 def test_a_baseline_asked_for_on_a_layer_that_was_not_recorded_names_what_is_missing(backfill):
     _, store, _ = backfill
     job = build_definitions(settings(store.root)).resolve_implicit_global_asset_job_def()
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             instance=instance,
             partition_key="layer-5",
@@ -471,7 +471,7 @@ def test_an_unknown_method_fails_the_step_naming_it_and_keeps_stored_simulations
     stored = store.path("simulations", "0", EXP.prefix("simulations")).read_bytes()
     job = build_definitions(settings(store.root)).resolve_implicit_global_asset_job_def()
     config = {"ops": {"simulations": {"config": {"methods": ["explanation", "random_words"]}}}}
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             run_config=EXP.run_config(config),
             instance=instance,
@@ -521,7 +521,7 @@ def scripted_llm_job(store, answer):
 
     os.environ["OPENAI_API_KEY"] = SECRET
     try:
-        with ScriptedOpenAI(answer) as server, dg.instance_for_test() as instance:
+        with ScriptedOpenAI(answer) as server, dg.DagsterInstance.ephemeral() as instance:
             defs = build_definitions(
                 settings(store.root, llm_base_url=server.url, explainer_model="x", simulator_model="y")
             )

@@ -55,7 +55,7 @@ def results(tmp_path_factory):
     from scripted_openai import ScriptedOpenAI
 
     data_dir = tmp_path_factory.mktemp("viewer") / "data"
-    with ScriptedOpenAI(answer) as server, dg.instance_for_test() as instance:
+    with ScriptedOpenAI(answer) as server, dg.DagsterInstance.ephemeral() as instance:
         settings = Settings((PACKAGED_SUBJECT_MODEL,), data_dir, server.url, "x", "y", variants=("default", "other"))
         defs = build_definitions(settings)
         first = materialize_layers(defs, 0, 0, CONFIG, instance, UP_TO_SCORES, DEFAULT)
