@@ -327,7 +327,7 @@ def test_a_neurons_score_is_the_mean_of_its_samples_in_neuron_scores_as_in_the_l
     best sample's text and score beside it."""
     _, store, _ = backfill
     copy = copy_without_cache(store, tmp_path)
-    layer, neuron = 0, query(copy, "SELECT min(neuron) FROM neuron_scores WHERE layer = 0")[0][0]
+    layer, neuron = 0, query(store, "SELECT min(neuron) FROM neuron_scores WHERE layer = 0")[0][0]
     own = (pl.col("neuron") == neuron) & (pl.col("method") == "explanation") & (pl.col("sample") == 0)
     for table, second in (
         ("explanations", lambda rows: rows.with_columns(sample=pl.lit(1), explanation=pl.lit("a second sample"))),
