@@ -28,8 +28,10 @@ from neuron_assets.llm.process_memory import GIB, MemoryFigures, describe_memory
 from neuron_assets.llm.prompt_cache import BoundedRAMCache, state_bytes
 
 MIB = 1 << 20
-# Loading with n_ctx 2,048 needs about 0.8 GiB of data; a 1,460-token echo needs about 1.1 GiB more.
-OOM_TEST_LIMIT = int(1.3 * GIB)
+# Loading with n_ctx 2,048 needs 0.75 GiB of data (VmData); a 1,460-token echo then needs 0.13 GiB
+# more, and saving its state in a prompt cache (its logits, and llama.cpp's, which hold them too)
+# 0.3 GiB beyond that (measured 2026-12-03).
+OOM_TEST_LIMIT = 1 * GIB
 
 
 class FakeState:
@@ -144,30 +146,31 @@ def test_a_server_killed_near_its_limit_is_reported_with_its_memory_as_out_of_me
 
 
 @pytest.mark.slow
-def test_the_real_servers_memory_stays_flat_over_a_few_hundred_distinct_prompts():
-    """200 distinct echoed prompts of about 60 tokens (12 MB of logits each) against a 64 MiB
+def test_the_real_servers_memory_stays_flat_over_a_hundred_distinct_prompts():
+    """100 distinct echoed prompts of about 60 tokens (12 MB of logits each) against a 64 MiB
     cache: the cache is full after about five, so memory after the last call stays within
-    100 MiB of memory after the first hundred (a cache that did not count the logits would
-    grow by 1.2 GB between the two)."""
+    400 MiB of memory after the first thirty (a cache that did not count the logits would grow
+    by 0.84 GB between the two; the allocator's arenas alone have moved it by 114 MiB)."""
     words = [f" w{i % 97}x{i // 97}" for i in range(4000)]
     with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, n_ctx=512, cache_bytes=64 * MIB) as server:
         url = f"{server.base_url}/completions"
         from neuron_assets.benches.llm import ECHOED, post
 
         after = {}
-        for call in range(1, 201):
+        for call in range(1, 101):
             prompt = f"Prompt {call}:" + "".join(words[call * 17 % 3900 :][:15])
             post(url, {**ECHOED, "prompt": prompt})
-            if call in (100, 200):
+            if call in (30, 100):
                 after[call] = server.memory.sample().last
-    assert after[200] - after[100] < 100 * MIB, {k: v / MIB for k, v in after.items()}
+    assert after[100] - after[30] < 400 * MIB, {k: v / MIB for k, v in after.items()}
 
 
 @pytest.mark.slow
 def test_a_request_past_the_real_servers_memory_limit_is_answered_as_out_of_memory_and_the_server_lives():
-    """Under a limit that loading fits but a long echoed prompt's logits (about 1,460 positions x
-    49,152 x 4 bytes, several copies) do not, the request fails as out of memory with the
-    server's figures, through the client the pipeline uses; the server serves on."""
+    """Under a limit that loading fits but a long echoed prompt's state (about 1,460 positions x
+    49,152 x 4 bytes of logits, copied into a prompt cache) does not, the request fails as out
+    of memory with the server's figures, through the client the pipeline uses; the server
+    serves on."""
     import openai
 
     from neuron_assets.llm.client import CachingClient, RetryPolicy
@@ -175,7 +178,7 @@ def test_a_request_past_the_real_servers_memory_limit_is_answered_as_out_of_memo
 
     long_prompt = "".join(f" w{i % 89}x{i // 89}" for i in range(300))
     with LocalLlamaServer(
-        packaged_gguf_path(), PACKAGED_MODEL_ALIAS, n_ctx=2048, cache_bytes=None, memory_limit=OOM_TEST_LIMIT
+        packaged_gguf_path(), PACKAGED_MODEL_ALIAS, n_ctx=2048, cache_bytes=2 * GIB, memory_limit=OOM_TEST_LIMIT
     ) as server:
         raw = openai.OpenAI(base_url=server.base_url, api_key="not-needed", max_retries=0, timeout=120)
         client = CachingClient(raw, server.base_url, None, RetryPolicy(max_attempts=2, base_delay_s=0.01))

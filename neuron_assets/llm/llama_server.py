@@ -52,11 +52,14 @@ from neuron_assets.llm.process_memory import (
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGED_MODEL_ALIAS = "SmolLM2-135M-Instruct-Q4_1"
-# Evaluated prompt states kept in RAM, counted with their logits (``prompt_cache``).
-DEFAULT_CACHE_BYTES = 1 * GIB
+# No prompt cache by default: llama-cpp-python already reuses the prefix a prompt shares with
+# the one before it (the few-shot part of every simulation prompt), and saving each state
+# (its logits included, 300 MB a simulation prompt) made a call six times slower on a VM
+# where fresh pages are dear (docs/llm-servers.md). A size turns it on (``prompt_cache``).
+DEFAULT_CACHE_BYTES: int | None = None
 # The server's own data-size limit: its logits buffer (n_ctx x vocabulary x 4 bytes, 0.75 GiB
-# for SmolLM2 at 4,096), the model, the 1 GiB cache and the temporaries of a long echoed request
-# (several times prompt length x vocabulary x 4 bytes) all fit with room.
+# for SmolLM2 at 4,096), the model, a cache of 1 GiB if one is asked for and a long echoed
+# request's state being saved to it (prompt length x vocabulary x 4 bytes, twice) fit with room.
 DEFAULT_MEMORY_LIMIT = 6 * GIB
 
 
@@ -64,7 +67,7 @@ def settings_from_environment() -> tuple[int | None, int | None]:
     """The prompt cache's capacity and the memory limit: ``NEURON_ASSETS_LOCAL_LLM_CACHE`` (a size,
     or ``off``) and ``NEURON_ASSETS_LOCAL_LLM_MEMORY_LIMIT`` (a size, or ``none``)."""
 
-    def read(name: str, default: int, off: str) -> int | None:
+    def read(name: str, default: int | None, off: str) -> int | None:
         text = os.environ.get(name, "").strip()
         if text.lower() == off:
             return None
@@ -337,18 +340,36 @@ def generated_logprobs(
     return _token_logprobs(llama, tokens, len(prompt_tokens), top_n, text_base=prompt_chars)
 
 
+# Rows of scores turned into log-probabilities at a time: each block's temporaries (a few MB)
+# come from the allocator's heap and are reused, where whole-prompt arrays (prompt length x
+# vocabulary, 300 MB and more each) were fresh pages the kernel zeroed on every request.
+LOGPROB_BLOCK_ROWS = 32
+
+
 def _token_logprobs(llama: Any, tokens: list[int], first: int, top_n: int, text_base: int) -> dict[str, list[Any]]:
     """Log-probabilities of ``tokens[first:]``, each from the scores row of the token before it.
 
-    The rows are computed with numpy from the scores llama.cpp kept (``logits_all``); the
-    top entries come from ``argpartition`` instead of a Python sort of the vocabulary.
+    The rows are computed with numpy from the scores llama.cpp kept (``logits_all``), a block
+    of ``LOGPROB_BLOCK_ROWS`` at a time; the top entries come from ``argpartition`` instead of
+    a Python sort of the vocabulary.
     """
     first_row = max(first - 1, 0)  # row j - 1 holds the distribution that predicted token j
-    rows = np.asarray(llama.scores[first_row : len(tokens) - 1], dtype=np.float32)
-    shifted = rows - rows.max(axis=1, keepdims=True)
-    logprobs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n_rows = max(len(tokens) - 1 - first_row, 0)
+    rows = np.asarray(llama.scores[first_row : first_row + n_rows], dtype=np.float32)
     top_n = min(top_n, llama.n_vocab())
-    top = np.argpartition(-logprobs, top_n - 1, axis=1)[:, :top_n]
+    predicted = np.asarray(tokens[first_row + 1 : first_row + 1 + n_rows], dtype=np.intp).reshape(-1, 1)
+    token_logprob = np.empty(len(rows), dtype=np.float32)
+    top_ids = np.empty((len(rows), top_n), dtype=np.intp)
+    top_logprob = np.empty((len(rows), top_n), dtype=np.float32)
+    for start in range(0, len(rows), LOGPROB_BLOCK_ROWS):
+        block = rows[start : start + LOGPROB_BLOCK_ROWS]
+        done = slice(start, start + len(block))
+        shifted = block - block.max(axis=1, keepdims=True)
+        log_total = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        top = np.argpartition(block, -top_n, axis=1)[:, -top_n:] if top_n else np.empty((len(block), 0), np.intp)
+        top_ids[done] = top
+        top_logprob[done] = np.take_along_axis(shifted, top, axis=1) - log_total
+        token_logprob[done] = (np.take_along_axis(shifted, predicted[done], axis=1) - log_total)[:, 0]
     pieces: dict[int, str] = {}
 
     def piece(token: int) -> str:
@@ -367,9 +388,11 @@ def _token_logprobs(llama: Any, tokens: list[int], first: int, top_n: int, text_
             out["token_logprobs"].append(None)
             out["top_logprobs"].append(None)
             continue
-        row = logprobs[j - 1 - first_row]
-        out["token_logprobs"].append(float(row[tokens[j]]))
-        out["top_logprobs"].append({piece(int(i)): float(row[i]) for i in top[j - 1 - first_row]})
+        row = j - 1 - first_row
+        out["token_logprobs"].append(float(token_logprob[row]))
+        out["top_logprobs"].append(
+            {piece(int(i)): float(v) for i, v in zip(top_ids[row], top_logprob[row], strict=True)}
+        )
     return out
 
 
