@@ -50,7 +50,7 @@ NOT_RUN = {
     "export NEURON_ASSETS_SIMULATOR_MODEL=gpt-4o": "OpenAI instead of vLLM",
     'export GGUF="$HOME/models/your-model.gguf"': "llama.cpp on a GGUF of your own instead of vLLM",
     '.venv/bin/python -m neuron_assets.llm.llama_server --model "$GGUF" --model_alias my-model --n_ctx 4096 '
-    "--logits_all true --cache true --cache_size 1073741824 --port 8080": "a llama.cpp server on your GGUF",
+    "--logits_all true --port 8080": "a llama.cpp server on your GGUF",
     "export NEURON_ASSETS_LLM_BASE_URL=http://127.0.0.1:8080/v1": "llama.cpp instead of vLLM",
     "export NEURON_ASSETS_EXPLAINER_MODEL=my-model": "llama.cpp instead of vLLM",
     "export NEURON_ASSETS_SIMULATOR_MODEL=my-model": "llama.cpp instead of vLLM",
