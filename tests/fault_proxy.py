@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -51,6 +52,8 @@ class FaultProxy:
         self.forwarded = 0
         self._plan: dict[str, tuple[str, int | None]] = {}
         self._spared: dict[str, int] = {}  # requests per endpoint still to pass before the plan applies
+        self._match: dict[str, Callable[[dict[str, Any]], bool]] = {}  # which requests the plan applies to
+        self.seen: list[tuple[str, str | None]] = []  # (endpoint, fault or None) of every POST, in order
         self._lock = threading.Lock()
         owner = self
 
@@ -62,7 +65,7 @@ class FaultProxy:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fault = owner._take(self.path.removeprefix("/v1/"))
+                fault = owner._take(self.path.removeprefix("/v1/"), body)
                 if fault is None:
                     owner._forward(self, body)
                 else:
@@ -77,36 +80,57 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
 
-    def inject(self, fault: str, endpoint: str, times: int | None = 1, after: int = 0) -> None:
+    def inject(
+        self,
+        fault: str,
+        endpoint: str,
+        times: int | None = 1,
+        after: int = 0,
+        only: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         """Spoil ``times`` requests to ``endpoint`` ("chat/completions" or "completions"; None: all),
-        once ``after`` requests to it have passed untouched."""
+        once ``after`` requests to it have passed untouched; with ``only``, just the requests whose
+        JSON body it accepts count, for either (the others pass)."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}")
         with self._lock:
             self._plan[endpoint] = (fault, times)
             self._spared[endpoint] = after
+            if only is None:
+                self._match.pop(endpoint, None)
+            else:
+                self._match[endpoint] = only
 
     def clear(self) -> None:
         with self._lock:
             self._plan.clear()
             self._spared.clear()
+            self._match.clear()
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def _take(self, endpoint: str) -> str | None:
+    def _take(self, endpoint: str, body: bytes) -> str | None:
         with self._lock:
-            fault, times = self._plan.get(endpoint, (None, 0))
-            if fault is None or times == 0:
-                return None
-            if self._spared.get(endpoint, 0) > 0:
-                self._spared[endpoint] -= 1
-                return None
-            if times is not None:
-                self._plan[endpoint] = (fault, times - 1)
-            self.injected[fault] += 1
+            fault = self._plan_for(endpoint, body)
+            self.seen.append((endpoint, fault))
             return fault
+
+    def _plan_for(self, endpoint: str, body: bytes) -> str | None:
+        fault, times = self._plan.get(endpoint, (None, 0))
+        if fault is None or times == 0:
+            return None
+        only = self._match.get(endpoint)
+        if only is not None and not only(json.loads(body or b"{}")):
+            return None
+        if self._spared.get(endpoint, 0) > 0:
+            self._spared[endpoint] -= 1
+            return None
+        if times is not None:
+            self._plan[endpoint] = (fault, times - 1)
+        self.injected[fault] += 1
+        return fault
 
     def _upstream(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> tuple[int, bytes]:
         request = urllib.request.Request(

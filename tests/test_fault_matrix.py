@@ -18,7 +18,7 @@ from neuron_assets.demo import UP_TO_SCORES
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
-from neuron_assets.simulators.probes import ALIGNMENT_CALLS
+from neuron_assets.simulators.probes import ALIGNMENT_EXPLANATION, TEN_PROBE_TEXT
 from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,12 @@ KEYS = {
     "scores": ["layer", "neuron", "sample", "method", "scoring_set"],
 }
 ENDPOINT = {"all_at_once": "completions", "json": "chat/completions"}
-PROBE_CALLS = 1 + ALIGNMENT_CALLS  # all_at_once's probes before its first simulation: "10", then the alignment
+
+
+def simulation_request(body):
+    """An all-at-once simulation request, not one of the probes that come before it ("10", alignment)."""
+    prompt = body.get("prompt") or ""
+    return bool(body.get("echo")) and prompt != TEN_PROBE_TEXT and ALIGNMENT_EXPLANATION not in prompt
 
 
 def run_config(mode):
@@ -129,11 +134,12 @@ def test_a_transient_transport_fault_is_retried_and_the_run_completes(fault, pro
 
 @pytest.mark.parametrize("fault", ["digits_as_words", "truncated", "ignore_format"])
 def test_one_unreadable_reply_is_rejected_asked_again_and_the_run_completes(fault, proxy, baseline, results):
-    proxy.inject(fault, "completions", times=1, after=PROBE_CALLS)  # after the probes: a simulation
+    proxy.inject(fault, "completions", times=1, only=simulation_request)
+    seen = len(proxy.seen)
     result = materialize(proxy, results, ["simulations", "scores"])
     proxy.clear()
     assert result.success, error_text(result)
-    assert metadata(result, "simulations", "llm_rejected_replies") == 1
+    assert metadata(result, "simulations", "llm_rejected_replies") == 1, proxy.seen[seen:]
     assert stored_rows(results) == baseline[1]
 
 
@@ -153,7 +159,7 @@ def test_a_persistent_content_fault_fails_clearly_keeps_what_was_stored_and_a_re
 ):
     store = ResultStore(results)
     before = {table: store.path(table, "0", EXP.prefix(table)).read_bytes() for table in ("simulations", "scores")}
-    proxy.inject(fault, ENDPOINT[mode], times=None, after=PROBE_CALLS if mode == "all_at_once" else 0)  # spare probes
+    proxy.inject(fault, ENDPOINT[mode], times=None, only=simulation_request if mode == "all_at_once" else None)
     failed = materialize(proxy, results, ["simulations", "scores"], mode)
     proxy.clear()
     assert not failed.success

@@ -154,7 +154,6 @@ ALIGNMENT_TOKENS = ("The", " cat", " sat", ",", " 42", " dogs", ".", "\n", " End
 SHIFTS = (0, -1)  # where servers file the distribution that predicted token j: at j, or at j - 1
 MATCH_NATS = 0.25  # mean difference of the reference's top log-probabilities that still matches
 N_SAMPLED = 3  # placeholders checked against a direct next-token query
-ALIGNMENT_CALLS = 1 + N_SAMPLED  # completions requests the alignment probe makes (each cached)
 COMPARED_TOP = 5  # the reference's top tokens compared
 MISSING_NATS = 1.0  # the least a top token absent from the compared distribution misses by
 
