@@ -6,25 +6,31 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 # llama-cpp-python compiles from source; use both cores.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
-# ...for fixed instruction sets, not -march=native: a native build uses every extension the
-# build host advertises, and some virtual machines advertise AMX and then trap it (llama.cpp
-# died with "invalid opcode"). The portable build (AVX2, FMA, F16C, BMI2) goes into the venv
-# and runs on any x86-64 host with AVX2; an AVX-512 build (no AMX) goes beside it, and the
-# local server starts with it where the CPU offers AVX-512 and it really runs (else the
-# portable one). See neuron_assets/llm/llama_build.py.
+# ...once, for fixed instruction sets, not -march=native: a native build uses every extension
+# the build host advertises, and some virtual machines advertise AMX and then trap it
+# (llama.cpp died with "invalid opcode"). The portable build (AVX2, FMA, F16C, BMI2) goes into
+# the venv and runs on any x86-64 host with AVX2. Only llama.cpp's CPU backend
+# (libggml-cpu.so, the one library compiled for an instruction set) is compiled a second
+# time, with AVX-512 (no AMX): the avx512 variant is the portable build with that library
+# swapped in, and the local server starts with it where the CPU offers AVX-512 and it really
+# runs (else the portable one). See neuron_assets/llm/llama_build.py. The multimodal library
+# (LLAVA_BUILD) is not built: nothing here serves images.
 LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' requirements.lock)
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-	-DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
-	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_VERSION := $(lastword $(subst ==, ,$(LLAMA_CPP)))
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
+	-DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_AVX512_CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
 LLAMA_VARIANTS := $(VENV)/llama-cpp-variants
-# Wheels are kept outside the venv, in folders named after what they were built from, so a
+# Builds are kept outside the venv, in folders named after what they were built from, so a
 # new venv reuses them and a change of version or flags builds anew (the folder name says
-# both, so another edit of requirements.lock, such as a new package, rebuilds nothing).
-wheel_dir = .wheels/$(shell echo '$(LLAMA_CPP) $(1)' | sha1sum | cut -c1-12)
-LLAMA_WHEELS := $(call wheel_dir,$(LLAMA_CMAKE_ARGS))
-LLAMA_AVX512_WHEELS := $(call wheel_dir,$(LLAMA_AVX512_CMAKE_ARGS))
-LLAMA_NATIVE_WHEELS := $(call wheel_dir,native)
+# both, so another edit of requirements.lock, such as a new package, rebuilds nothing). The
+# source distribution is downloaded once, into a folder named after its version.
+build_dir = .wheels/$(shell echo '$(LLAMA_CPP) $(1)' | sha1sum | cut -c1-12)
+LLAMA_SDIST_DIR := .wheels/sdist-$(LLAMA_VERSION)
+LLAMA_WHEELS := $(call build_dir,$(LLAMA_CMAKE_ARGS))
+LLAMA_AVX512_CPU := $(call build_dir,ggml-cpu $(LLAMA_AVX512_CMAKE_ARGS))
+LLAMA_NATIVE_WHEELS := $(call build_dir,native)
 
 # For the tests only: GPT-2's real byte-level BPE, which openai-whisper ships as a data file
 # (whisper/assets/gpt2.tiktoken; tests/gpt2_tokenizer.py builds GPT-2's tokenizer from it, as no
@@ -38,12 +44,13 @@ TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
 
 install: $(STAMP) $(TEST_ASSETS)
 
-$(STAMP): pyproject.toml requirements.lock $(LLAMA_WHEELS)/.built $(LLAMA_AVX512_WHEELS)/.built
+$(STAMP): pyproject.toml requirements.lock $(LLAMA_WHEELS)/.built $(LLAMA_AVX512_CPU)/.built
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --find-links $(LLAMA_WHEELS) -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
-	rm -rf $(LLAMA_VARIANTS) && $(PY) -m pip install --quiet --no-deps --target $(LLAMA_VARIANTS)/avx512 $(LLAMA_AVX512_WHEELS)/*.whl
+	rm -rf $(LLAMA_VARIANTS) && $(PY) -m pip install --quiet --no-deps --target $(LLAMA_VARIANTS)/avx512 $(LLAMA_WHEELS)/*.whl
+	for lib in $(LLAMA_VARIANTS)/avx512/llama_cpp/lib/libggml-cpu.so*; do cp $(LLAMA_AVX512_CPU)/libggml-cpu.so $$lib; done
 	echo '$(LLAMA_AVX512_CMAKE_ARGS)' > $(LLAMA_VARIANTS)/avx512/cmake-args
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
@@ -52,23 +59,37 @@ $(TEST_ASSETS): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps openai-whisper==$(WHISPER_VERSION)
 	rm -f $(VENV)/.openai-whisper-* && touch $@
 
-# Built from the source distribution with pip's cache off, so no wheel built natively
+$(LLAMA_SDIST_DIR)/.downloaded:
+	rm -rf $(dir $@) && mkdir -p $(dir $@)
+	$(PYTHON) -m pip download --quiet --no-deps --no-binary :all: --no-cache-dir "$(LLAMA_CPP)" -d $(dir $@)
+	touch $@
+
+# A wheel built from the source distribution with pip's cache off, so no wheel built natively
 # elsewhere on this machine can stand in for it.
 define build_llama_wheel
 	rm -rf $(dir $@) && mkdir -p $(dir $@)
-	CMAKE_ARGS="$(1)" $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir \
-		--no-binary llama-cpp-python "$(LLAMA_CPP)" -w $(dir $@)
+	CMAKE_ARGS="$(1)" $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir $(LLAMA_SDIST_DIR)/*.tar.gz -w $(dir $@)
 	touch $@
 endef
 
-$(LLAMA_WHEELS)/.built:
+$(LLAMA_WHEELS)/.built: $(LLAMA_SDIST_DIR)/.downloaded
 	$(call build_llama_wheel,$(LLAMA_CMAKE_ARGS))
 
-$(LLAMA_AVX512_WHEELS)/.built:
-	$(call build_llama_wheel,$(LLAMA_AVX512_CMAKE_ARGS))
+# The CPU backend alone, configured from the same source and arguments as the wheel (a
+# Release build, as pip's build of the wheel is) with AVX-512 on: only ggml-base and
+# ggml-cpu are compiled.
+$(LLAMA_AVX512_CPU)/.built: $(LLAMA_SDIST_DIR)/.downloaded
+	@command -v cmake >/dev/null || { echo "cmake is needed to build llama.cpp's CPU backend: apt-get install cmake"; exit 1; }
+	rm -rf $(dir $@) && mkdir -p $(dir $@)src
+	tar -xzf $(LLAMA_SDIST_DIR)/*.tar.gz -C $(dir $@)src --strip-components=1
+	cmake -S $(dir $@)src -B $(dir $@)build -DCMAKE_BUILD_TYPE=Release $(LLAMA_AVX512_CMAKE_ARGS) > $(dir $@)configure.log
+	cmake --build $(dir $@)build --target ggml-cpu > $(dir $@)build.log
+	cp -L $$(find $(dir $@)build -name libggml-cpu.so) $(dir $@)libggml-cpu.so
+	rm -rf $(dir $@)src $(dir $@)build
+	touch $@
 
 # For make bench-llama-build only: llama-cpp-python's default, -march=native.
-$(LLAMA_NATIVE_WHEELS)/.built:
+$(LLAMA_NATIVE_WHEELS)/.built: $(LLAMA_SDIST_DIR)/.downloaded
 	$(call build_llama_wheel,)
 
 demo: install

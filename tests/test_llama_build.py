@@ -8,6 +8,7 @@ on the host where the native build crashed).
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,3 +156,32 @@ def test_the_installed_avx512_variant_has_no_amx_and_is_chosen_where_the_host_of
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     )
     assert "AVX512" in features and "AMX_INT8" not in features
+
+
+def _dynamic_symbols(library: Path) -> set[str]:
+    listing = subprocess.run(
+        ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    return {line.split()[-1] for line in listing.splitlines() if line.strip()}
+
+
+def test_the_avx512_variant_is_the_venvs_build_with_only_its_cpu_backend_recompiled():
+    """One llama.cpp build: the variant shares every file with the venv's build but libggml-cpu.so,
+    which exports the same functions (the same source, another instruction set)."""
+    import llama_cpp
+
+    (variant,) = [v for v in llama_build.installed_variants() if v.name == "avx512"]
+    ours = Path(llama_cpp.__file__).parent
+    theirs = variant.path / "llama_cpp"
+    files = {p.relative_to(ours) for p in ours.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert files == {
+        p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+    backends = {f for f in files if f.name.startswith("libggml-cpu.so")}
+    assert backends, "the venv's llama_cpp has no libggml-cpu.so"
+    for name in sorted(files - backends):
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), f"{name} differs from the venv's build"
+    for name in sorted(backends):
+        assert (ours / name).read_bytes() != (theirs / name).read_bytes(), f"{name} was not recompiled"
+        if shutil.which("nm"):
+            assert _dynamic_symbols(ours / name) == _dynamic_symbols(theirs / name)

@@ -6,11 +6,12 @@ advertise an extension in its CPU flags that its hypervisor then traps. Both wer
 on an Intel Xeon virtual machine whose flags list ``amx_int8`` and ``amx_tile``, a
 native build died with "invalid opcode" on its first multi-token prompt.
 
-So ``make install`` builds llama.cpp for fixed instruction sets (see the Makefile): a
+So ``make install`` builds llama.cpp once, for fixed instruction sets (see the Makefile): a
 portable build (AVX2, FMA, F16C, BMI2; no AVX-512, no AMX) installed in the venv, and
-variants beside it under ``<venv>/llama-cpp-variants/<name>/`` (today ``avx512``: prompt
-evaluation 4-16% faster where the CPU has it, as fast as a native build), each with the
-CMake arguments it was built with. The local server tries the variants the host's CPU flags allow, then the
+variants beside it under ``<venv>/llama-cpp-variants/<name>/``, each a copy of that build
+whose CPU backend (``libggml-cpu.so``, the only library compiled for an instruction set) was
+compiled again with more extensions, with the CMake arguments it was built with (today
+``avx512``). The local server tries the variants the host's CPU flags allow, then the
 portable build, and keeps the first that evaluates a real prompt (a trapped instruction
 kills the process there). In the server process, the build's compiled features
 (``llama_print_system_info``, which reports compile-time features) are checked against
