@@ -142,13 +142,14 @@ def test_the_perturbation_changes_exactly_one_neuron_of_one_layer(subject, layer
         next(module for name, module in blocks[i].named_modules() if name.endswith("c_proj._original_component"))
         for i in range(N_LAYERS)
     ]
-    for run, values in (
-        ("clean", torch.full(tokens.shape, float("nan"))),
-        ("perturbed", torch.full(tokens.shape, 3.0)),
-    ):
+    passes = {
+        "clean": lambda: subject.logits_and_layer_input(tokens, layer),  # a plain pass, none of the ablation's hooks
+        "perturbed": lambda: subject.logits_with_neuron_set(tokens, layer, neuron, torch.full(tokens.shape, 3.0)),
+    }
+    for run, forward in passes.items():
         handles = [p.register_forward_pre_hook(capture(run)) for p in projections]
         try:
-            subject.logits_with_neuron_set(tokens, layer, neuron, values)
+            forward()
         finally:
             for handle in handles:
                 handle.remove()
