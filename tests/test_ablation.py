@@ -122,45 +122,46 @@ def test_the_score_is_one_minus_the_ratio_of_mean_divergences_and_undefined_with
 # --- the perturbed pass
 
 
-@pytest.mark.parametrize("layer", [0, 1])
-def test_the_perturbation_changes_exactly_one_neuron_of_one_layer(subject, layer):
-    """With neuron 5 of ``layer`` set to 3.0, the MLP's output projection of that layer sees 3.0 in
-    column 5 and every other column unchanged; every earlier activation is unchanged."""
-    neuron = 5
-    tokens = torch.tensor([[0, *ids] for ids in excerpt_ids(3)])
-    blocks = subject.bridge.original_model.transformer.h
-    seen = {"clean": {}, "perturbed": {}}
-
-    def capture(run):
-        def hook(_module, args):
-            seen[run].setdefault(len(seen[run]), args[0].detach().clone())
-
-        return hook
-
-    # the Hugging Face Conv1D inside the bridge's wrappers: its input is what the layer's MLP writes out from
+def projection_inputs(subject, suffix, forward):
+    """Per layer, the input of the Hugging Face module whose name ends with ``suffix`` (the MLP's output
+    projection, inside the bridge's wrappers) during ``forward()``: what each layer's MLP writes out from."""
+    blocks = subject.bridge.blocks
     projections = [
-        next(module for name, module in blocks[i].named_modules() if name.endswith("c_proj._original_component"))
-        for i in range(N_LAYERS)
+        next(m for name, m in blocks[i].named_modules() if name.endswith(suffix)) for i in range(len(blocks))
     ]
-    passes = {
-        "clean": lambda: subject.logits_and_layer_input(tokens, layer),  # a plain pass, none of the ablation's hooks
-        "perturbed": lambda: subject.logits_with_neuron_set(tokens, layer, neuron, torch.full(tokens.shape, 3.0)),
-    }
-    for run, forward in passes.items():
-        handles = [p.register_forward_pre_hook(capture(run)) for p in projections]
-        try:
-            forward()
-        finally:
-            for handle in handles:
-                handle.remove()
-    clean, perturbed = seen["clean"], seen["perturbed"]
-    assert len(clean) == len(perturbed) == N_LAYERS
+    seen = {}
+    handles = [
+        p.register_forward_pre_hook(lambda _m, args, i=i: seen.setdefault(i, args[0].detach().clone()))
+        for i, p in enumerate(projections)
+    ]
+    try:
+        forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def check_one_neuron_changed(subject, suffix, layer, neuron, tokens):
+    """Neuron ``neuron`` of ``layer`` set to 3.0: the layer's output projection sees 3.0 in that column and
+    every other column as in a plain pass (none of the ablation's hooks); every earlier layer's, unchanged."""
+    clean = projection_inputs(subject, suffix, lambda: subject.logits_and_layer_input(tokens, layer))
+    perturbed = projection_inputs(
+        subject, suffix, lambda: subject.logits_with_neuron_set(tokens, layer, neuron, torch.full(tokens.shape, 3.0))
+    )
+    assert sorted(clean) == sorted(perturbed) == list(range(subject.n_layers))
     for earlier in range(layer):
         assert torch.equal(clean[earlier], perturbed[earlier])
     assert torch.all(perturbed[layer][..., neuron] == 3.0)
-    others = [i for i in range(D_MLP) if i != neuron]
+    others = [i for i in range(subject.d_mlp) if i != neuron]
     assert torch.equal(clean[layer][..., others], perturbed[layer][..., others])
     assert not torch.equal(clean[layer][..., neuron], perturbed[layer][..., neuron])
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_the_perturbation_changes_exactly_one_neuron_of_one_layer(subject, layer):
+    tokens = torch.tensor([[0, *ids] for ids in excerpt_ids(3)])
+    check_one_neuron_changed(subject, "c_proj._original_component", layer, 5, tokens)
 
 
 def test_nan_keeps_the_real_activation_and_the_pass_equals_an_unperturbed_one(subject):
@@ -192,6 +193,22 @@ def test_mid_model_and_full_ablation_passes_give_the_same_divergences(subject):
             assert a.shape == (len(ids[0]),)
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert all(row.max() > 0 for row in mid[MEAN])  # the neuron does move the distribution
+
+
+@pytest.mark.slow
+def test_on_the_packaged_gated_model_one_neuron_changes_and_a_mid_model_start_matches_a_full_pass():
+    """SmolLM2 (a Llama: gated MLP, rotary positions) is the default subject model."""
+    from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
+
+    smollm2 = load_subject_model(PACKAGED_SUBJECT_MODEL, device="cpu")
+    tokens = torch.tensor([[0, *ids] for ids in excerpt_ids(2, length=16)]) * 97  # ids of the larger vocabulary
+    for layer in (0, 14, smollm2.n_layers - 1):
+        check_one_neuron_changed(smollm2, "down_proj._original_component", layer, 11, tokens)
+        values = torch.linspace(-3.0, 3.0, tokens.numel()).reshape(tokens.shape)
+        _, start = smollm2.logits_and_layer_input(tokens, layer)
+        full = smollm2.logits_with_neuron_set(tokens, layer, 11, values)
+        mid = smollm2.logits_with_neuron_set(tokens, layer, 11, values, start)
+        torch.testing.assert_close(torch.log_softmax(mid, -1), torch.log_softmax(full, -1), rtol=0, atol=1e-5)
 
 
 # --- the score's fixed points
