@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neurons", type=int, default=3, help="random neurons per layer")
     parser.add_argument("--no-revision", action="store_true", help="stop at the scores (revision is the slowest stage)")
     parser.add_argument("--variant", default=None, help="variant of the LLM stages (default: the first configured)")
+    parser.add_argument(
+        "--ablation", action="store_true", help="also the ablation scores of every scored method (make ablation)"
+    )
     args = parser.parse_args(argv)
 
     from neuron_assets.defs.definitions import defs
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.subject_model, args.variant or settings.variants[0], viewer_url=settings.viewer_url
     )
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
-    groups = UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS
+    groups = (*(UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS), *(("ablation",) if args.ablation else ()))
     result = materialize_layers(
         defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups, experiment
     )
@@ -129,6 +132,19 @@ def print_results(
         if revised is not None:
             print("\nRevision: original vs revised explanation, on the original and the extended scoring set:")
             print(revised.pl().to_pandas().to_string(index=False, max_colwidth=50))
+        has_ablation = connection.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'ablation_layers'"
+        ).fetchall()[0][0]
+        if has_ablation:
+            ablation = connection.sql(
+                "SELECT layer, method, scoring_set, n_neurons, n_undefined, round(mean_correlation, 3) AS correlation, "
+                "round(mean_ablation, 3) AS ablation, "
+                "'[' || round(ablation_ci_low, 3) || ', ' || round(ablation_ci_high, 3) || ']' AS ablation_95ci, "
+                "round(rank_correlation, 3) AS rank_correlation "
+                f"FROM ablation_layers WHERE {layers} AND polarity = 'positive' ORDER BY layer, method, scoring_set"
+            )
+            print("\nPer layer, correlation vs ablation score (normal-approximation 95% intervals over neurons):")
+            print(ablation.pl().to_pandas().to_string(index=False))
     database = str(store.database)
     print(f"\nNeuron viewer (make view): {experiment.viewer}/")
     print(f"Results database: {database}")

@@ -47,6 +47,7 @@ LLM_STAGES = [
     "simulations",
     "scores",
     "method_comparisons",
+    "ablation_scores",
     "revision_sentences",
     "revisions",
     "revision_scores",

@@ -78,6 +78,7 @@ def test_asking_for_a_column_the_model_lacks_is_an_error_naming_it():
 def test_the_pure_core_stages_import_no_dagster():
     modules = [
         "neuron_assets.scorers.scoring",
+        "neuron_assets.scorers.ablation",
         "neuron_assets.explainers.explainer",
         "neuron_assets.baselines.token_baselines",
         "neuron_assets.baselines.controls",

@@ -296,6 +296,95 @@ class SubjectModel:
             results.append(captured[0].double().numpy())
         return results
 
+    def block_list(self) -> tuple[Any, str]:
+        """The module holding the transformer's blocks and the attribute naming them (``h``, ``layers``).
+
+        TransformerBridge puts its blocks (``bridge.blocks``) in place of the Hugging Face
+        model's own list, so the list is found as the one holding exactly those modules,
+        whatever the architecture calls it.
+        """
+        blocks = list(self.bridge.blocks)
+        for module in self.bridge.original_model.modules():
+            for attribute, child in module.named_children():
+                if len(child._modules) == len(blocks) and all(
+                    a is b for a, b in zip(child._modules.values(), blocks, strict=True)
+                ):
+                    return module, attribute
+        raise SubjectModelError(f"cannot find the list of {self.name!r}'s transformer blocks in its model")
+
+    def logits_and_layer_input(self, tokens: Any, layer: int) -> tuple[Any, Any]:
+        """One unperturbed pass: (logits [batch, positions, vocabulary], the residual stream
+        entering block ``layer`` [batch, positions, width]), both on the model's device."""
+        import torch
+
+        self.check_layers([layer])
+        captured: list[Any] = []
+
+        def capture(_module: Any, args: tuple, kwargs: dict) -> None:
+            captured.append(_hidden_states(args, kwargs))
+
+        handle = self.bridge.blocks[layer].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            with torch.inference_mode():
+                logits = self.bridge.original_model(input_ids=tokens.to(self.device), use_cache=False).logits
+        finally:
+            handle.remove()
+        return logits, captured[0]
+
+    def logits_with_neuron_set(
+        self, tokens: Any, layer: int, neuron: int, values: Any, start: Any | None = None
+    ) -> Any:
+        """Logits [batch, positions, vocabulary] with neuron ``neuron`` of block ``layer`` set to ``values``.
+
+        ``values`` [batch, positions] replaces the neuron's ``blocks.{layer}.mlp.hook_post``
+        value (NaN keeps the real one at that position); every other unit is left as it is.
+        With ``start``, the residual stream entering block ``layer`` of these very tokens (from
+        ``logits_and_layer_input``), the pass starts there: the earlier blocks are not run (the
+        embedding is, and is then replaced), so it costs the blocks from ``layer`` on. The
+        bridge has no ``start_at_layer``: for the pass, the model's block list holds only the
+        blocks from ``layer`` on, and the first of them is handed ``start``.
+        """
+        import torch
+
+        self.check_layers([layer])
+        values = torch.as_tensor(values, device=self.device)
+        if values.shape != tokens.shape:
+            raise SubjectModelError(f"values of shape {tuple(values.shape)} for tokens of shape {tuple(tokens.shape)}")
+
+        def replace(activations: Any, hook: Any) -> Any:
+            replaced = activations.clone()
+            column = replaced[..., neuron]
+            replaced[..., neuron] = torch.where(torch.isnan(values), column, values.to(column.dtype))
+            return replaced
+
+        point = self.bridge.hook_dict[MLP_POST_HOOK.format(layer=layer)]
+        point.add_hook(replace)
+        handles, restore = [], None
+        try:
+            if start is not None:
+                if tuple(start.shape[:2]) != tuple(tokens.shape):
+                    raise SubjectModelError(
+                        f"residual stream of shape {tuple(start.shape)} for tokens of shape {tuple(tokens.shape)}"
+                    )
+                parent, attribute = self.block_list()
+                blocks = getattr(parent, attribute)
+                restore = (parent, attribute, blocks)
+                handles.append(
+                    blocks[layer].register_forward_pre_hook(
+                        lambda _module, args, kwargs: _with_hidden_states(args, kwargs, start), with_kwargs=True
+                    )
+                )
+                parent._modules[attribute] = type(blocks)(list(blocks)[layer:])
+            with torch.inference_mode():
+                return self.bridge.original_model(input_ids=tokens.to(self.device), use_cache=False).logits
+        finally:
+            if restore is not None:
+                parent, attribute, blocks = restore
+                parent._modules[attribute] = blocks
+            for handle in handles:
+                handle.remove()
+            point.remove_hooks()
+
     @property
     def body(self) -> Any:
         """The transformer body without the LM head, for every architecture alike.
@@ -314,6 +403,24 @@ class SubjectModel:
             self.body(input_ids=tokens.to(self.device), use_cache=False)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()  # the pass is timed: wait for the GPU to finish it
+
+
+def _hidden_states(args: tuple, kwargs: dict) -> Any:
+    """The hidden states a block was called with: its first argument, or ``hidden_states=``."""
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    raise SubjectModelError("a transformer block was called without hidden states as its first argument")
+
+
+def _with_hidden_states(args: tuple, kwargs: dict, hidden_states: Any) -> tuple[tuple, dict]:
+    """A block's call arguments with ``hidden_states`` in place of the ones it was given."""
+    if args:
+        return (hidden_states, *args[1:]), kwargs
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": hidden_states}
+    raise SubjectModelError("a transformer block was called without hidden states as its first argument")
 
 
 class _StopForward(Exception):

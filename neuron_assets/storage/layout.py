@@ -16,6 +16,7 @@ VARIANT_TABLES = (
     "simulations",
     "scores",
     "method_comparisons",
+    "ablation_scores",
     "revision_sentences",
     "revisions",
     "revision_scores",

@@ -325,6 +325,49 @@ class MethodComparisons(VariantRows):
     difference_ci_high: Optional[float] = pa.Field(nullable=True, description="upper end of that interval")
 
 
+class AblationScores(VariantRows):
+    """The ablation score (method.md §5) of every scored method of a neuron, per scoring set."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    sample: int = pa.Field(ge=0, description="which explanation sample (0 for token baselines), as in scores")
+    method: str = pa.Field(isin=list(METHODS), description="the scored method, as in scores")
+    explanation_neuron: Optional[int] = pa.Field(
+        nullable=True, description="as in scores: the neuron the explanation was written for; null for token baselines"
+    )
+    scoring_set: str = pa.Field(isin=list(SCORING_SETS), description="'top_and_random' or 'random_only'")
+    ablation_score: Optional[float] = pa.Field(
+        nullable=True,
+        le=1.0,
+        description=(
+            "1 - E[JSD(simulated)] / E[JSD(mean)] over the set's tokens: the next-token distributions with the neuron "
+            "replaced by its calibrated simulation, and by its mean activation, each against the original; 1 keeps "
+            "the neuron's effect, 0 is no better than the mean, negative is worse; null when undefined"
+        ),
+    )
+    mean_jsd_simulated: Optional[float] = pa.Field(
+        nullable=True, ge=0.0, description="E[JSD] with the calibrated simulation in the neuron's place (nats)"
+    )
+    mean_jsd_mean: Optional[float] = pa.Field(
+        nullable=True, ge=0.0, description="E[JSD] with the neuron's mean activation in its place (nats)"
+    )
+    mean_activation: float = pa.Field(
+        description="the value put in the neuron's place for the mean ablation, on the recorded scale (both sides)"
+    )
+    calibration_slope: Optional[float] = pa.Field(
+        nullable=True, description="the calibration used (from scores): slope from the simulation to the side's scale"
+    )
+    calibration_intercept: Optional[float] = pa.Field(nullable=True, description="its intercept")
+    n_tokens: int = pa.Field(ge=0, description="tokens the expectations are over")
+    undefined_reason: Optional[str] = pa.Field(
+        nullable=True,
+        description=(
+            "why the score is undefined: no calibration (constant simulation on the calibration excerpts), or the "
+            "mean ablation changes nothing; null when defined"
+        ),
+    )
+
+
 class PuzzleScores(pa.DataFrameModel):
     """The puzzle scorer test (method.md §10): every candidate explanation of every puzzle, scored and ranked."""
 
@@ -538,6 +581,7 @@ TABLES: dict[str, type[pa.DataFrameModel]] = {
     "token_predictions": TokenPredictions,
     "scores": Scores,
     "method_comparisons": MethodComparisons,
+    "ablation_scores": AblationScores,
     "revision_sentences": RevisionSentences,
     "revisions": Revisions,
     "revision_scores": RevisionScores,

@@ -173,3 +173,25 @@ def explanation_vs(scores: pl.DataFrame, baseline: str, scoring_set: str = "top_
 def as_markdown_image(svg: str, title: str) -> str:
     """The SVG as a Markdown image with a data URI, which the Dagster UI shows in metadata."""
     return f"![{title}](data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()})"
+
+
+def correlation_vs_ablation(frame: pl.DataFrame) -> str:
+    """Per scored method of a neuron, its correlation score against its ablation score (rows with
+    ``correlation`` and ``ablation_score`` per scoring set); ablation scores below -1 are drawn at -1."""
+    pairs = frame.drop_nulls(["correlation", "ablation_score"])
+    axes = _Axes((-1.0, 1.0), (-1.0, 1.0))
+    ticks = [-1, -0.5, 0, 0.5, 1]
+    parts = axes.frame("correlation vs ablation score", "correlation score", "ablation score", ticks, ticks)
+    parts.append(
+        f'<line x1="{axes.x(-1)}" y1="{axes.y(-1)}" x2="{axes.x(1)}" y2="{axes.y(1)}" '
+        'stroke="#999" stroke-dasharray="4 3"/>'
+    )
+    parts += _legend({name: colour for name, colour in SETS.items() if name in set(pairs["scoring_set"].to_list())})
+    for r in pairs.iter_rows(named=True):
+        y = axes.y(max(r["ablation_score"], -1.0))
+        parts.append(
+            f'<circle class="pair" cx="{axes.x(r["correlation"]):.1f}" cy="{y:.1f}" '
+            f'r="3" fill="{SETS[r["scoring_set"]]}" fill-opacity="0.7"><title>layer {r["layer"]} neuron {r["neuron"]} '
+            f"{r['method']}: correlation {r['correlation']:.3f}, ablation {r['ablation_score']:.3f}</title></circle>"
+        )
+    return _svg(parts, "correlation vs ablation score")
