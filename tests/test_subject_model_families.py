@@ -131,6 +131,25 @@ def test_recorded_activations_are_what_feeds_the_mlp_output_projection(family, t
         assert difference < 1e-5
 
 
+@pytest.mark.parametrize("family", [gpt2, pythia, llama, qwen2, gemma], ids=lambda f: f.__name__)
+def test_make_bench_measures_every_family(family, tokenizer, tmp_path, capsys):
+    """``make bench ARGS="--model FOLDER"``: every variant of the recording bench runs and is timed."""
+    from neuron_assets.benches import recording as bench
+
+    torch.manual_seed(0)
+    model, _ = family(len(tokenizer))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    args = ["--model", str(tmp_path), "--excerpts", "16", "--length", "32", "--batch-size", "8", "--rounds", "1"]
+    bench.main(args)  # 32 tokens and the start token: within the tiny models' 64 positions
+    printed = capsys.readouterr().out
+    assert f"model {tmp_path}, 16 excerpts" in printed
+    rows = [line for line in printed.splitlines() if line.startswith(("bare forward", "TransformerBridge", "record"))]
+    assert [row.split()[0] for row in rows] == ["bare", "TransformerBridge", "record", "record", "record"]
+    assert "record layer 1 x" in printed  # the bench's early layer, clamped to the model's last
+    assert all(float(row.split()[-3]) > 0 for row in rows)  # tokens per second
+
+
 def test_the_gpt2_tokenizer_is_gpt2s(real_gpt2_tokenizer):
     """Known ids, and the recovered merges encode as BPE by rank does (tiktoken's rule) on real text."""
     from gpt2_tokenizer import bytes_to_unicode, ranks_path, read_ranks

@@ -35,14 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=PACKAGED_SUBJECT_MODEL)
     parser.add_argument("--excerpts", type=int, default=128)
+    parser.add_argument("--length", type=int, default=64, help="tokens per excerpt, as the excerpts asset cuts them")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--early-layer", type=int, default=2)
+    parser.add_argument("--early-layer", type=int, default=2, help="the one layer recorded alone (at most the last)")
     parser.add_argument("--device", default="auto", help="torch device of the subject model (auto: CUDA if seen)")
     args = parser.parse_args(argv)
 
     model = load_subject_model(args.model, device=args.device)
-    excerpts = make_excerpts(load_documents("lee"), model.tokenize, model.token_text, model.name)
+    excerpts = make_excerpts(load_documents("lee"), model.tokenize, model.token_text, model.name, length=args.length)
     excerpts = excerpts.sort("pool").gather_every(max(1, len(excerpts) // args.excerpts)).head(args.excerpts)
     randoms = random_sample(excerpts, 4, seed=0)
     all_neurons = list(range(model.d_mlp))
@@ -71,12 +72,13 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     every_layer = list(range(model.n_layers))
+    early_layer = min(args.early_layer, model.n_layers - 1)
     variants = {
         "bare forward (body, no LM head)": bare,
         "TransformerBridge forward, no hooks": bridge,
         f"record all {model.n_layers} layers x {model.d_mlp} neurons": recording(every_layer, all_neurons),
         f"record all {model.n_layers} layers x 3 neurons": recording(every_layer, [0, 1, 2]),
-        f"record layer {args.early_layer} x {model.d_mlp} neurons": recording([args.early_layer], all_neurons),
+        f"record layer {early_layer} x {model.d_mlp} neurons": recording([early_layer], all_neurons),
     }
     torch.set_grad_enabled(False)
     for run in variants.values():  # warm-up: allocator, kernels, compiled fold, caches
