@@ -174,9 +174,7 @@ def test_the_avx512_variant_is_the_venvs_build_with_only_its_cpu_backend_recompi
     ours = Path(llama_cpp.__file__).parent
     theirs = variant.path / "llama_cpp"
     files = {p.relative_to(ours) for p in ours.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert files == {
-        p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    }
+    assert files == {p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     backends = {f for f in files if f.name.startswith("libggml-cpu.so")}
     assert backends, "the venv's llama_cpp has no libggml-cpu.so"
     for name in sorted(files - backends):
