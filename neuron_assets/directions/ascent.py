@@ -170,6 +170,9 @@ def coordinate_ascent(
     better of the new and the previously kept explanation on the new θ, records it, and
     (except in the last round) takes ``steps_per_round`` ascent steps. A row's ``correlation``
     is its explanation's score on that row's θ, so the last round holds the found directions.
+    Each round's steps start a fresh Adam state (the simulation they ascend against is new);
+    a direction whose kept explanation has no defined score (constant simulation or virtual
+    neuron) is not moved in that round.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
