@@ -368,6 +368,31 @@ class AblationScores(VariantRows):
     )
 
 
+class DirectionRounds(VariantRows):
+    """Every round of the coordinate ascent of an explainable direction (method.md §9).
+
+    Not yet a stored table: the directions assets are still to be built.
+    """
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    direction: int = pa.Field(ge=0, description="index of the direction among the run's directions")
+    round: int = pa.Field(ge=0, description="ascent round, 0 for the random start")
+    theta: list[float] = pa.Field(description="the unit direction θ (length d_mlp) explained in this round")
+    explanation: str = pa.Field(description="the explanation kept in this round (new, or re-used from an earlier one)")
+    correlation: Optional[float] = pa.Field(
+        nullable=True, ge=-1.0, le=1.0, description="its correlation score on this round's θ; null when undefined"
+    )
+    correlation_after_update: Optional[float] = pa.Field(
+        nullable=True,
+        ge=-1.0,
+        le=1.0,
+        description="the same simulation's correlation on θ after the round's ascent steps; null in the last round",
+    )
+    reused_from_round: Optional[int] = pa.Field(
+        nullable=True, ge=0, description="the round whose explanation was kept because it scored higher; null if new"
+    )
+
+
 class PuzzleScores(pa.DataFrameModel):
     """The puzzle scorer test (method.md §10): every candidate explanation of every puzzle, scored and ranked."""
 
