@@ -44,6 +44,24 @@ def test_our_puzzle_file_holds_at_least_twelve_puzzles_each_with_a_firing_token_
         assert any(a == 0 for sentence in puzzle.activations for a in sentence), f"{puzzle.name}: nothing is silent"
 
 
+def test_the_19_puzzle_file_extends_ours_to_the_studys_shape():
+    """19 puzzles of 6 sentences and 4-5 candidate explanations; our 14 come first, their
+    sentences and false explanations kept as they are, with more after them."""
+    ours = {p.name: p for p in load_puzzles(OUR_PUZZLES)}
+    longer = load_puzzles(OUR_PUZZLES.with_name("neuron_puzzles_19.json"))
+    assert len(longer) == 19 and len({p.name for p in longer}) == 19
+    assert [p.name for p in longer[: len(ours)]] == list(ours)
+    for puzzle in longer:
+        assert len(puzzle.sentences) == 6 and 4 <= 1 + len(puzzle.false_explanations) <= 5, puzzle.name
+        assert puzzle.explanation not in puzzle.false_explanations
+        assert any(a > 0 for sentence in puzzle.activations for a in sentence)
+        if puzzle.name in ours:
+            old = ours[puzzle.name]
+            assert puzzle.explanation == old.explanation
+            assert puzzle.sentences[: len(old.sentences)] == old.sentences
+            assert puzzle.false_explanations[: len(old.false_explanations)] == old.false_explanations
+
+
 def test_a_puzzle_reads_plain_tokens_as_zero_and_pairs_as_their_activation(tmp_path):
     (puzzle,) = load_puzzles(_file(tmp_path, {"colours": COLOURS}))
     assert puzzle.tokens[0] == ["The", " red", " car"]
