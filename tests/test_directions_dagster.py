@@ -1,0 +1,156 @@
+"""Explainable directions through Dagster (method.md §9): one run of recording and the directions
+group on the tiny offline GPT-2 of test_ablation (2 layers, MLP width 24), what it stores and says,
+and its refusals of bad input, which write nothing.
+"""
+
+import json
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pytest
+from test_ablation import D_MLP, WORDS, save_tiny_gpt2
+
+from neuron_assets.directions.ascent import random_directions
+from neuron_assets.storage.store import ResultStore
+
+DIRECTIONS = {"n_directions": 3, "rounds": 3, "steps_per_round": 30, "n_top": 3, "n_random": 3, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "tiny_gpt2")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    documents = [" ".join(rng.choice(WORDS, size=40)) for _ in range(24)]
+    (folder / "words.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))
+    return folder
+
+
+def run(folder, corpus, data_dir, groups, directions, layer=1, **options):
+    """Materialize ``groups`` for ``layer`` on the tiny model, results under ``data_dir``."""
+    from neuron_assets.defs.definitions import build_definitions
+    from neuron_assets.defs.experiments import Experiment
+    from neuron_assets.demo import materialize_layers
+    from neuron_assets.settings import Settings
+
+    config = {
+        "ops": {
+            "documents": {"config": {"source": str(corpus)}},
+            "excerpts": {"config": {"length": 16}},
+            "activation_records": {"config": {"selection": "list", "neuron_indices": [2, 5], "top_k": 4}},
+            "direction_rounds": {"config": directions},
+        }
+    }
+    settings = Settings(
+        subject_models=(str(folder),),
+        data_dir=data_dir,
+        llm_base_url=None,
+        explainer_model=None,
+        simulator_model=None,
+        device="cpu",
+    )
+    defs = build_definitions(settings, cache=False)
+    with dg.DagsterInstance.ephemeral() as instance:
+        return materialize_layers(defs, layer, layer, config, instance, groups, Experiment(str(folder)), **options)
+
+
+@pytest.fixture(scope="module")
+def finished(folder, corpus, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("results")
+    result = run(folder, corpus, data_dir, ("recording", "directions"), DIRECTIONS)
+    return result, ResultStore(data_dir)
+
+
+def test_every_round_of_every_direction_is_stored_with_a_unit_theta_starting_from_the_seeded_random_start(finished):
+    result, store = finished
+    assert result.success
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        rounds = connection.sql("SELECT * FROM direction_rounds ORDER BY direction, round").pl()
+    assert rounds.height == 3 * 3
+    assert set(rounds["explanation_kind"]) == {"lookup_table"}
+    assert all(text.startswith("lookup table, top tokens: ") for text in rounds["explanation"])
+    thetas = np.asarray(rounds["theta"].to_list())
+    assert thetas.shape == (9, D_MLP)
+    np.testing.assert_allclose(np.linalg.norm(thetas, axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(thetas[rounds["round"].to_numpy() == 0], random_directions(3, D_MLP, 0))
+    assert rounds.filter(rounds["round"] == 2)["correlation_after_update"].is_null().all()  # no update after the last
+    assert rounds["correlation"].is_not_null().all()
+    assert set(rounds["partition"]) == {"layer-1"}
+
+
+def test_the_ascent_raises_the_score_of_the_directions_it_moves(finished):
+    _, store = finished
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        moved = connection.execute(
+            "SELECT count(*), count(*) FILTER (WHERE correlation_after_update > correlation) FROM direction_rounds "
+            "WHERE round < 2"
+        ).fetchone()
+        start, found = connection.execute(
+            "SELECT avg(start_correlation), avg(found_correlation) FROM direction_summaries"
+        ).fetchone()
+    assert moved[0] == 6 and moved[1] == 6  # each Adam step set raised the fixed simulation's correlation
+    assert found > start
+
+
+def test_the_summary_holds_each_directions_scores_cosines_and_truncation(finished):
+    _, store = finished
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        summary = connection.sql("SELECT * FROM direction_summaries ORDER BY direction").pl()
+        last = connection.sql("SELECT direction, correlation FROM direction_rounds WHERE round = 2 ORDER BY 1").pl()
+        first = connection.sql("SELECT direction, correlation FROM direction_rounds WHERE round = 0 ORDER BY 1").pl()
+    assert summary["direction"].to_list() == [0, 1, 2]
+    assert summary["found_correlation"].to_list() == last["correlation"].to_list()
+    assert summary["start_correlation"].to_list() == first["correlation"].to_list()
+    assert all(0.0 <= c <= 1.0 for c in summary["max_abs_cosine"])
+    assert set(summary["neurons_to_recover"]) <= {1, 2, 4, 8, 16, D_MLP}
+    recovered = summary.filter(summary["neurons_to_recover"].is_not_null())
+    assert (recovered["recovered_correlation"] >= 0.9 * recovered["found_correlation"] - 1e-12).all()
+    weights = np.abs(np.asarray(summary["top_weights"].to_list()))
+    assert (np.diff(weights, axis=1) <= 1e-12).all()  # largest |weight| first
+
+
+def test_the_metadata_compares_found_start_and_neurons_and_says_when_no_scores_are_stored(finished):
+    result, _ = finished
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "direction_summaries"]
+    metadata = event.materialization.metadata
+    rows = {row.data["what"]: row.data for row in metadata["comparison"].records}
+    assert list(rows) == [
+        "found directions (last round)",
+        "random starting directions (round 0)",
+        "layer neurons, this run's lookup table",
+        "recorded neurons, stored lookup_table scores",
+    ]
+    assert rows["found directions (last round)"]["n"] == 3
+    assert rows["found directions (last round)"]["ci_low"] <= rows["found directions (last round)"]["mean"]
+    assert rows["recorded neurons, stored lookup_table scores"]["note"] == "no stored scores for this layer"
+    assert rows["recorded neurons, stored lookup_table scores"]["n"] == 0
+    assert rows["layer neurons, this run's lookup table"]["n"] + rows["layer neurons, this run's lookup table"][
+        "n_undefined"
+    ] == min(64, D_MLP)
+    assert "mean_found_score" in metadata and "median_neurons_to_recover" in metadata
+
+
+def failure(folder, corpus, data_dir, groups, directions, layer=1):
+    result = run(folder, corpus, data_dir, groups, directions, layer, raise_on_error=False)
+    assert not result.success
+    [event] = [e for e in result.all_events if e.is_step_failure]
+    return event.step_failure_data.error.cause.message if event.step_failure_data.error.cause else ""
+
+
+def test_more_directions_than_d_mlp_is_refused_and_writes_nothing(folder, corpus, tmp_path):
+    message = failure(folder, corpus, tmp_path, ("recording", "directions"), {**DIRECTIONS, "n_directions": D_MLP + 1})
+    assert f"{D_MLP + 1} directions asked for a layer of d_mlp {D_MLP}" in message
+    assert not ResultStore(tmp_path).has_results("direction_rounds")
+    assert not ResultStore(tmp_path).has_results("direction_summaries")
+
+
+def test_a_layer_not_recorded_is_refused_by_name_and_writes_nothing(finished, folder, corpus, tmp_path):
+    run(folder, corpus, tmp_path, ("recording",), DIRECTIONS, layer=1)
+    message = failure(folder, corpus, tmp_path, ("directions",), DIRECTIONS, layer=0)
+    assert "layer(s) [0] have not been recorded" in message
+    assert not ResultStore(tmp_path).has_results("direction_rounds")
