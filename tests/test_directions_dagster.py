@@ -154,3 +154,15 @@ def test_a_layer_not_recorded_is_refused_by_name_and_writes_nothing(finished, fo
     message = failure(folder, corpus, tmp_path, ("directions",), DIRECTIONS, layer=0)
     assert "layer(s) [0] have not been recorded" in message
     assert not ResultStore(tmp_path).has_results("direction_rounds")
+
+
+def test_the_direction_layers_view_gives_start_and_found_means_with_intervals(finished):
+    _, store = finished
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        view = connection.sql("SELECT * FROM direction_layers").pl()
+        start, found = connection.execute(
+            "SELECT avg(start_correlation), avg(found_correlation) FROM direction_summaries"
+        ).fetchone()
+    assert view.height == 1 and view["layer"][0] == 1 and view["n_directions"][0] == 3
+    assert view["mean_start"][0] == pytest.approx(start) and view["mean_found"][0] == pytest.approx(found)
+    assert view["found_ci_low"][0] <= view["mean_found"][0] <= view["found_ci_high"][0]

@@ -288,7 +288,8 @@ def scoring_excerpts(virtual: np.ndarray, order: np.ndarray, n_top: int, n_rando
     maximum, then the first ``n_random`` of the seeded random ``order`` (scoring pool) not among them."""
     maxima = virtual[order].max(axis=1)
     top = order[np.argsort(-maxima, kind="stable")[:n_top]]
-    random = [row for row in order if row not in set(top.tolist())][:n_random]
+    taken = set(top.tolist())
+    random = [row for row in order if row not in taken][:n_random]
     return np.concatenate([top, np.asarray(random, dtype=top.dtype)])
 
 
