@@ -8,7 +8,9 @@ import json
 import dagster as dg
 import duckdb
 import numpy as np
+import polars as pl
 import pytest
+import torch
 from test_ablation import D_MLP, WORDS, save_tiny_gpt2
 
 from neuron_assets.directions.ascent import random_directions
@@ -166,3 +168,88 @@ def test_the_direction_layers_view_gives_start_and_found_means_with_intervals(fi
     assert view.height == 1 and view["layer"][0] == 1 and view["n_directions"][0] == 3
     assert view["mean_start"][0] == pytest.approx(start) and view["mean_found"][0] == pytest.approx(found)
     assert view["found_ci_low"][0] <= view["mean_found"][0] <= view["found_ci_high"][0]
+
+
+def stored_scores(folder, correlations):
+    """A ``scores`` partition for layer 1 holding lookup_table scores of neurons 0, 1, ...: as a scoring run writes."""
+    from neuron_assets.defs.experiments import Experiment
+    from neuron_assets.storage.schemas import Scores, polars_schema
+
+    rows = [
+        {
+            "run_id": "earlier",
+            "partition": "layer-1",
+            "subject_model": str(folder),
+            "polarity": "positive",
+            "variant": "default",
+            "run_settings": None,
+            "overridden_settings": None,
+            "layer": 1,
+            "neuron": neuron,
+            "sample": 0,
+            "method": method,
+            "explanation_neuron": None,
+            "scoring_set": scoring_set,
+            "correlation": value if method == "lookup_table" and scoring_set == "top_and_random" else 0.99,
+            "explained_variance": None,
+            "calibration_slope": None,
+            "calibration_intercept": None,
+            "n_calibration_tokens": 0,
+            "n_tokens": 32,
+            "n_unsimulated": 0,
+            "undefined_reason": None,
+        }
+        for neuron, value in enumerate(correlations)
+        for method in ("lookup_table", "weight_based")
+        for scoring_set in ("top_and_random", "random_only")
+    ]
+    schema = polars_schema(Scores)
+    return pl.DataFrame([{c: row.get(c) for c in schema} for row in rows], schema=schema), Experiment(str(folder))
+
+
+def test_stored_lookup_table_scores_of_the_layer_join_the_comparison_and_its_view(folder, corpus, tmp_path):
+    run(folder, corpus, tmp_path, ("recording",), DIRECTIONS)
+    frame, experiment = stored_scores(folder, [0.2, 0.4, 0.6])
+    ResultStore(tmp_path).write("scores", frame, "1", experiment.prefix("scores"))
+    result = run(folder, corpus, tmp_path, ("directions",), {**DIRECTIONS, "rounds": 1})
+    assert result.success
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "direction_summaries"]
+    rows = {row.data["what"]: row.data for row in event.materialization.metadata["comparison"].records}
+    stored = rows["recorded neurons, stored lookup_table scores"]
+    assert stored["n"] == 3 and stored["mean"] == pytest.approx(0.4)  # only lookup_table, top_and_random
+    assert stored["ci_low"] == round(0.4 - 1.96 * 0.2 / np.sqrt(3), 3)  # mean - 1.96 standard errors, as shown
+    with duckdb.connect(str(ResultStore(tmp_path).database), read_only=True) as connection:
+        n_neurons, mean_neurons = connection.execute(
+            "SELECT n_neurons, mean_neurons FROM direction_comparison WHERE layer = 1"
+        ).fetchone()
+    assert (n_neurons, mean_neurons) == (3, pytest.approx(0.4))
+
+
+class ConstantLayer:
+    """A stand-in subject model whose layer is the same vector at every token: no variance to whiten."""
+
+    def __init__(self, width):
+        self.width = width
+        self.passes = 0
+
+    def __call__(self, tokens, hooks, stop_at_layer):
+        self.passes += 1
+        for hook in hooks.values():
+            hook(torch.ones(*tokens.shape, self.width))
+
+
+def test_a_covariance_with_no_variance_is_refused_after_one_pass_naming_the_layer():
+    from neuron_assets.directions.search import Corpus, DirectionsError, SearchSettings, search
+
+    excerpts = pl.DataFrame(
+        {
+            "token_ids": [[i, i + 1, i + 2, i + 3] for i in range(12)],
+            "tokens": [[str(i), str(i + 1), str(i + 2), str(i + 3)] for i in range(12)],
+            "pool": ["explanation"] * 6 + ["scoring"] * 6,
+        }
+    )
+    layer = ConstantLayer(width=4)
+    settings = SearchSettings(n_directions=2, n_top=2, n_random=2, batch_size=4)
+    with pytest.raises(DirectionsError, match="layer 3: the covariance is singular: the activations have no variance"):
+        search(layer, Corpus.of(excerpts, None), 3, 4, settings)
+    assert layer.passes == 2  # the covariance pass over the 6 explanation excerpts, in batches of 4; no round
