@@ -135,6 +135,18 @@ def test_the_metadata_compares_found_start_and_neurons_and_says_when_no_scores_a
         "n_undefined"
     ] == min(64, D_MLP)
     assert "mean_found_score" in metadata and "median_neurons_to_recover" in metadata
+    [rounds] = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "direction_rounds"]
+    assert rounds.materialization.metadata["plot"].value.startswith("![score by round](data:image/svg+xml;base64,")
+
+
+def test_the_ascent_plot_draws_one_line_per_direction_and_a_point_per_round():
+    from neuron_assets.viewer.plots import direction_ascent
+
+    rounds = pl.DataFrame(
+        {"layer": [0] * 6, "direction": [0, 0, 0, 1, 1, 1], "round": [0, 1, 2] * 2, "correlation": [0.1, 0.3, 0.5] * 2}
+    )
+    svg = direction_ascent(rounds)
+    assert svg.count("<polyline") == 2 and svg.count('class="round"') == 6
 
 
 def failure(folder, corpus, data_dir, groups, directions, layer=1):

@@ -84,6 +84,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             summaries,
         )
         from neuron_assets.scorers.methods import LOOKUP_TABLE
+        from neuron_assets.viewer import plots
 
         layers = requested_layers(context)
         store = results.store()
@@ -142,6 +143,9 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
                 "rounds": settings.rounds,
                 "directions_per_layer": settings.n_directions,
                 "seconds_by_layer": str(seconds),
+                "plot": dg.MetadataValue.md(
+                    plots.as_markdown_image(plots.direction_ascent(rounds_out), "score by round")
+                ),
             },
         )
         yield dg.Output(
