@@ -123,6 +123,15 @@ class SearchResult:
     n_tokens: int
 
 
+@dataclass
+class _Progress:
+    """What the explanation step carries between rounds: the round, round 0's neuron scores, the last step."""
+
+    round: int = 0
+    neuron_scores: dict[int, float | None] = field(default_factory=dict)
+    last: list[Explained[TokenTable, np.ndarray]] = field(default_factory=list)
+
+
 def layer_batches(
     run_model: RunModel,
     corpus: Corpus,
@@ -192,11 +201,11 @@ def search(
     neurons = np.sort(
         np.random.default_rng(settings.seed).choice(width, min(settings.n_neurons_compared, width), replace=False)
     )
-    state: dict[str, object] = {"round": 0, "neuron_scores": {}, "last": []}
+    state = _Progress()
 
     def explain(thetas: np.ndarray) -> list[Explained[TokenTable, np.ndarray]]:
         projection = direction_projection(whitening, thetas)
-        first = state["round"] == 0
+        first = state.round == 0
         if first and len(neurons):
             projection = np.hstack([projection, np.eye(width)[:, neurons]])
         virtual = virtual_pass(run_model, corpus, layer, projection, settings.batch_size)
@@ -210,7 +219,7 @@ def search(
                 rows = scoring_excerpts(virtual[:, :, column], order, settings.n_top, settings.n_random)
                 simulated = tables[column].simulate(corpus.token_ids[rows].ravel())
                 scores[int(neuron)] = correlation(simulated, virtual[rows, :, column].ravel())
-            state["neuron_scores"] = scores
+            state.neuron_scores = scores
         union = np.unique(np.concatenate(chosen))
         full = gather(run_model, corpus, layer, union, width, settings.batch_size)
         where = {int(row): i for i, row in enumerate(union)}
@@ -219,9 +228,9 @@ def search(
             ids = corpus.token_ids[rows].ravel()
             activations = full[[where[int(r)] for r in rows]].reshape(-1, width).astype(np.float64)
             explained.append(Explained(tables[j], ids, activations, tables[j].simulate(ids)))
-        log(f"layer {layer}: round {state['round']} explained {len(thetas)} direction(s)")
-        state["round"] = int(state["round"]) + 1  # type: ignore[call-overload]
-        state["last"] = explained
+        log(f"layer {layer}: round {state.round} explained {len(thetas)} direction(s)")
+        state.round += 1
+        state.last = explained
         return explained
 
     history = coordinate_ascent(
@@ -232,7 +241,7 @@ def search(
         settings.rounds,
         settings.steps_per_round,
     )
-    return SearchResult(history, whitening, state["neuron_scores"], state["last"], accumulator.count)  # type: ignore[arg-type]
+    return SearchResult(history, whitening, state.neuron_scores, state.last, accumulator.count)
 
 
 def virtual_pass(
