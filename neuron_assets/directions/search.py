@@ -172,8 +172,8 @@ def search(
     """Random directions, Σ^{-1/2} from one covariance pass, then ``settings.rounds`` rounds of
     coordinate ascent with lookup-table explanations (see the module docstring).
 
-    More directions than ``width`` (d_mlp), or more scoring excerpts per direction than the
-    scoring pool holds, is a DirectionsError raised before any forward pass; a singular or
+    More directions than ``width`` (d_mlp), more scoring excerpts per direction than the
+    scoring pool holds, or no round, is a DirectionsError raised before any forward pass; a singular or
     non-finite covariance is one raised after the covariance pass, before any round.
     """
     try:
@@ -188,6 +188,13 @@ def search(
         )
     if settings.n_top < 1:
         raise DirectionsError(f"n_top must be at least 1, got {settings.n_top}")
+    if settings.rounds < 1 or settings.steps_per_round < 0:
+        raise DirectionsError(
+            f"rounds must be at least 1 and steps_per_round at least 0, got {settings.rounds} and "
+            f"{settings.steps_per_round}"
+        )
+    if not 0.0 < settings.recover_fraction <= 1.0:
+        raise DirectionsError(f"recover_fraction must lie in (0, 1], got {settings.recover_fraction}")
     try:
         accumulator = layer_covariance(run_model, corpus, layer, width, settings.batch_size)
         whitening = inverse_sqrt(accumulator.covariance(), accumulator.count, settings.eps)
@@ -207,7 +214,9 @@ def search(
         projection = direction_projection(whitening, thetas)
         first = state.round == 0
         if first and len(neurons):
-            projection = np.hstack([projection, np.eye(width)[:, neurons]])
+            units = np.zeros((width, len(neurons)))
+            units[neurons, np.arange(len(neurons))] = 1.0
+            projection = np.hstack([projection, units])
         virtual = virtual_pass(run_model, corpus, layer, projection, settings.batch_size)
         tables = lookup_tables(virtual, corpus, settings.describe_tokens, settings.min_count)
         chosen = [
