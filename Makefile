@@ -40,7 +40,7 @@ LLAMA_NATIVE_WHEELS := $(call build_dir,native)
 WHISPER_VERSION := 20250625
 TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
 
-.PHONY: install demo ablation puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo ablation directions puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP) $(TEST_ASSETS)
 
@@ -101,6 +101,11 @@ demo: install
 # neurons each and no revision; ARGS="--neurons 20" for the run issue 20 asks for (slow: the LLM stages).
 ablation: install
 	$(PY) -W ignore -m neuron_assets.demo --no-revision --ablation $(ARGS)
+
+# Explainable directions (method.md §9) of one layer (layer 0): records it, then 8 directions, 3 rounds of
+# lookup-table explanations (no LLM) and Adam steps; ARGS="--layer 10 --rounds 10 --directions 16" for more.
+directions: install
+	$(PY) -W ignore -m neuron_assets.directions_demo $(ARGS)
 
 # The puzzle scorer and explainer tests (method.md §10) on our puzzles, or ARGS="--path FILE".
 puzzles: install

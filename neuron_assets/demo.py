@@ -36,16 +36,18 @@ def materialize_layers(
     instance: dg.DagsterInstance | None = None,
     groups: tuple[str, ...] = PIPELINE_GROUPS,
     experiment: Experiment = Experiment(PACKAGED_SUBJECT_MODEL),
+    raise_on_error: bool = True,
 ) -> dg.ExecuteInJobResult:
     """Materialize the assets of ``groups`` of ``experiment`` for layers first..last in one run (one
     forward pass, one server); ``run_config``'s ops are named by table. The puzzles are apart: they
-    test the scorer and explainer, not these layers."""
+    test the scorer and explainer, not these layers. ``raise_on_error=False`` returns a failed run's result."""
     job = defs.resolve_implicit_global_asset_job_def()
     selection = experiment.selection(*groups).resolve(defs.resolve_asset_graph())
     return job.execute_in_process(
         run_config=experiment.run_config(run_config or {}),
         instance=instance,
         asset_selection=sorted(selection, key=lambda key: key.to_user_string()),
+        raise_on_error=raise_on_error,
         tags={
             "dagster/asset_partition_range_start": layer_key(first_layer),
             "dagster/asset_partition_range_end": layer_key(last_layer),

@@ -608,3 +608,47 @@ SELECT e.subject_model, e.variant, e.layer, e.polarity, e.method, e.scoring_set,
     s.rank_correlation
 FROM everything e
 LEFT JOIN summary s USING (subject_model, variant, layer, polarity, method, scoring_set);
+
+-- Explainable directions (method.md §9) per layer: the random starting directions' and the
+-- found directions' mean lookup-table score (top and random scoring-pool excerpts of each
+-- direction's own virtual neuron), each with a 95% interval (normal approximation, mean +- 1.96
+-- standard errors; NULL under 2 directions), how close the found directions lie to one another
+-- (mean and largest |cosine|) and how many top-|weight| neurons recover their score (median).
+CREATE OR REPLACE VIEW direction_layers AS
+SELECT subject_model, variant, layer,
+    count(*) AS n_directions,
+    avg(start_correlation) AS mean_start,
+    avg(start_correlation) - 1.96 * stddev_samp(start_correlation) / sqrt(count(start_correlation)) AS start_ci_low,
+    avg(start_correlation) + 1.96 * stddev_samp(start_correlation) / sqrt(count(start_correlation)) AS start_ci_high,
+    avg(found_correlation) AS mean_found,
+    avg(found_correlation) - 1.96 * stddev_samp(found_correlation) / sqrt(count(found_correlation)) AS found_ci_low,
+    avg(found_correlation) + 1.96 * stddev_samp(found_correlation) / sqrt(count(found_correlation)) AS found_ci_high,
+    avg(max_abs_cosine) AS mean_max_abs_cosine,
+    max(max_abs_cosine) AS largest_abs_cosine,
+    median(neurons_to_recover) AS median_neurons_to_recover
+FROM direction_summaries
+GROUP BY subject_model, variant, layer;
+
+-- The found directions beside the layer's recorded neurons' stored lookup_table scores
+-- (top_and_random, every stored side), where both exist: the study's comparison (GPT-2 small
+-- layer 10, with GPT-4: 0.718 found vs 0.147 neurons vs 0.061 random starts). The neurons were
+-- scored on their own scoring excerpts, the directions on theirs; the asset's metadata also
+-- scores a random sample of the layer's neurons the directions' way.
+CREATE OR REPLACE VIEW direction_comparison AS
+WITH neurons AS (
+    SELECT subject_model, variant, layer,
+        count(correlation) AS n_neurons,
+        avg(correlation) AS mean_neurons,
+        1.96 * stddev_samp(correlation) / sqrt(count(correlation)) AS neurons_half_width
+    FROM scores
+    WHERE method = 'lookup_table' AND scoring_set = 'top_and_random'
+    GROUP BY subject_model, variant, layer
+)
+SELECT d.subject_model, d.variant, d.layer, d.n_directions,
+    d.mean_found, d.found_ci_low, d.found_ci_high,
+    n.n_neurons, n.mean_neurons,
+    n.mean_neurons - n.neurons_half_width AS neurons_ci_low,
+    n.mean_neurons + n.neurons_half_width AS neurons_ci_high,
+    d.mean_start, d.start_ci_low, d.start_ci_high
+FROM direction_layers d
+JOIN neurons n USING (subject_model, variant, layer);

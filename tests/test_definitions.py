@@ -48,6 +48,8 @@ LLM_STAGES = [
     "scores",
     "method_comparisons",
     "ablation_scores",
+    "direction_rounds",
+    "direction_summaries",
     "revision_sentences",
     "revisions",
     "revision_scores",

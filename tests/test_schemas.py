@@ -88,6 +88,7 @@ def test_the_pure_core_stages_import_no_dagster():
         "neuron_assets.revision.scores",
         "neuron_assets.puzzles.evaluation",
         "neuron_assets.sampling.corpus",
+        "neuron_assets.directions.search",
     ]
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in sys.modules if 'dagster' in m))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,7 +1,8 @@
 """The code location: ``dagster dev`` and the daemon load ``defs`` from here.
 
 Each pipeline stage is a domain module (``recording``, ``explanation``, ``simulation``,
-``scoring``, ``ablation``, ``revision``; ``puzzles`` beside them, unpartitioned) with its configs, assets and checks;
+``scoring``, ``ablation``, ``revision``, ``directions``; ``puzzles`` beside them, unpartitioned)
+with its configs, assets and checks;
 this module puts them together: once per subject model for what the model's variants share
 (``build_model_assets``), and once per variant for the LLM stages (``build_variant_assets``).
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import dagster as dg
 
-from neuron_assets.defs import ablation, explanation, puzzles, recording, revision, scoring, simulation
+from neuron_assets.defs import ablation, directions, explanation, puzzles, recording, revision, scoring, simulation
 from neuron_assets.defs.experiments import Experiment, llm_key
 from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
@@ -28,7 +29,7 @@ from neuron_assets.defs.resources import (
 from neuron_assets.recording.subject_model import model_shape
 from neuron_assets.settings import Settings
 
-DOMAINS = (recording, explanation, simulation, scoring, ablation, revision)
+DOMAINS = (recording, explanation, simulation, scoring, ablation, revision, directions)
 
 
 def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:

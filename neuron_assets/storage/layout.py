@@ -17,6 +17,8 @@ VARIANT_TABLES = (
     "scores",
     "method_comparisons",
     "ablation_scores",
+    "direction_rounds",
+    "direction_summaries",
     "revision_sentences",
     "revisions",
     "revision_scores",

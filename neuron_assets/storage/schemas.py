@@ -371,16 +371,26 @@ class AblationScores(VariantRows):
 class DirectionRounds(VariantRows):
     """Every round of the coordinate ascent of an explainable direction (method.md §9).
 
-    Not yet a stored table: the directions assets are still to be built.
+    Written by the ``directions`` group's ``direction_rounds`` asset; the virtual neuron is
+    recorded as is (``polarity`` 'positive').
     """
 
     layer: int = pa.Field(ge=0, description="transformer block of the MLP")
     direction: int = pa.Field(ge=0, description="index of the direction among the run's directions")
     round: int = pa.Field(ge=0, description="ascent round, 0 for the random start")
     theta: list[float] = pa.Field(description="the unit direction θ (length d_mlp) explained in this round")
+    explanation_kind: str = pa.Field(
+        isin=["lookup_table"], description="how the virtual neuron was explained and simulated ('lookup_table')"
+    )
     explanation: str = pa.Field(description="the explanation kept in this round (new, or re-used from an earlier one)")
     correlation: Optional[float] = pa.Field(
-        nullable=True, ge=-1.0, le=1.0, description="its correlation score on this round's θ; null when undefined"
+        nullable=True,
+        ge=-1.0,
+        le=1.0,
+        description=(
+            "its correlation score on this round's θ over the direction's top and random scoring-pool excerpts; "
+            "null when undefined"
+        ),
     )
     correlation_after_update: Optional[float] = pa.Field(
         nullable=True,
@@ -391,6 +401,42 @@ class DirectionRounds(VariantRows):
     reused_from_round: Optional[int] = pa.Field(
         nullable=True, ge=0, description="the round whose explanation was kept because it scored higher; null if new"
     )
+
+
+class DirectionSummaries(VariantRows):
+    """One row per explainable direction of a run (method.md §9): where its ascent started and
+    ended, how close it lies to the others, and how many neurons carry its score."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    direction: int = pa.Field(ge=0, description="index of the direction, as in direction_rounds")
+    explanation_kind: str = pa.Field(
+        isin=["lookup_table"], description="how its virtual neuron was explained and simulated ('lookup_table')"
+    )
+    explanation: str = pa.Field(description="the explanation kept in the last round")
+    start_correlation: Optional[float] = pa.Field(
+        nullable=True, ge=-1.0, le=1.0, description="round 0's score: the random starting direction's"
+    )
+    found_correlation: Optional[float] = pa.Field(
+        nullable=True, ge=-1.0, le=1.0, description="the last round's score: the found direction's"
+    )
+    max_abs_cosine: Optional[float] = pa.Field(
+        nullable=True, ge=0.0, le=1.0, description="largest |cosine| between this found θ and another; null alone"
+    )
+    neurons_to_recover: Optional[int] = pa.Field(
+        nullable=True,
+        ge=1,
+        description=(
+            "fewest top-|weight| neurons (1, 2, 4, ..., d_mlp) of w = Σ^{-1/2}θ whose truncated virtual neuron scores "
+            "at least recover_fraction of the found score with the same simulation; null when that score is undefined "
+            "or not positive"
+        ),
+    )
+    recovered_correlation: Optional[float] = pa.Field(
+        nullable=True, ge=-1.0, le=1.0, description="the truncated virtual neuron's score at neurons_to_recover"
+    )
+    recover_fraction: float = pa.Field(gt=0.0, le=1.0, description="the share of the found score to recover")
+    top_neurons: list[int] = pa.Field(description="the 10 neurons of largest |weight| in w = Σ^{-1/2}θ, largest first")
+    top_weights: list[float] = pa.Field(description="their weights in w")
 
 
 class PuzzleScores(pa.DataFrameModel):
@@ -607,6 +653,8 @@ TABLES: dict[str, type[pa.DataFrameModel]] = {
     "scores": Scores,
     "method_comparisons": MethodComparisons,
     "ablation_scores": AblationScores,
+    "direction_rounds": DirectionRounds,
+    "direction_summaries": DirectionSummaries,
     "revision_sentences": RevisionSentences,
     "revisions": Revisions,
     "revision_scores": RevisionScores,

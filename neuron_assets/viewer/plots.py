@@ -195,3 +195,30 @@ def correlation_vs_ablation(frame: pl.DataFrame) -> str:
             f"{r['method']}: correlation {r['correlation']:.3f}, ablation {r['ablation_score']:.3f}</title></circle>"
         )
     return _svg(parts, "correlation vs ablation score")
+
+
+def direction_ascent(rounds: pl.DataFrame) -> str:
+    """Each explainable direction's score by round (rows shaped like ``direction_rounds``): one line
+    per direction and layer from its random start (round 0) to the found direction (the last round)."""
+    scored = rounds.drop_nulls("correlation").sort("layer", "direction", "round")
+    last = int(scored["round"].max() or 0) if len(scored) else 0
+    axes = _Axes((-0.25, last + 0.25), (-1.0, 1.0))
+    parts = axes.frame(
+        "Explainable directions: score by round",
+        "round",
+        "correlation score",
+        list(range(last + 1)),
+        [-1, -0.5, 0, 0.5, 1],
+    )
+    colour = SETS["top_and_random"]
+    for (layer, direction), points in scored.group_by("layer", "direction", maintain_order=True):
+        line = [(axes.x(r["round"]), axes.y(r["correlation"])) for r in points.iter_rows(named=True)]
+        if len(line) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in line)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-opacity="0.6"/>')
+        for r, (x, y) in zip(points.iter_rows(named=True), line, strict=True):
+            parts.append(
+                f'<circle class="round" cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"><title>layer {layer} '
+                f"direction {direction}, round {r['round']}: {r['correlation']:.3f}</title></circle>"
+            )
+    return _svg(parts, "explainable directions: score by round")
