@@ -16,6 +16,7 @@ from gpt2_tokenizer import END_OF_TEXT, END_OF_TEXT_ID, KNOWN_IDS, VOCAB_SIZE, M
 
 from neuron_assets.recording.recorder import RecordingSettings, random_sample, record, record_tables
 from neuron_assets.recording.subject_model import (
+    SubjectModelError,
     default_cache_dir,
     load_subject_model,
     materialize_packaged_model,
@@ -148,6 +149,21 @@ def test_make_bench_measures_every_family(family, tokenizer, tmp_path, capsys):
     assert [row.split()[0] for row in rows] == ["bare", "TransformerBridge", "record", "record", "record"]
     assert "record layer 1 x" in printed  # the bench's early layer, clamped to the model's last
     assert all(float(row.split()[-3]) > 0 for row in rows)  # tokens per second
+
+
+def test_a_model_folder_without_its_tokenizer_is_refused_at_load(tmp_path):
+    model, _ = gpt2(100)
+    model.save_pretrained(tmp_path)  # no tokenizer files beside the weights
+    with pytest.raises(SubjectModelError, match="no usable tokenizer.*tokenizer.save_pretrained"):
+        load_subject_model(str(tmp_path), device="cpu")
+
+
+def test_a_tokenizer_whose_ids_the_model_cannot_embed_is_refused_at_load(smollm2_tokenizer, tmp_path):
+    model, _ = gpt2(100)  # 100 embedding rows; SmolLM2's ids go to 49,151
+    model.save_pretrained(tmp_path)
+    smollm2_tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(SubjectModelError, match=r"embeds only ids 0\.\.99.*not the model's"):
+        load_subject_model(str(tmp_path), device="cpu")
 
 
 def test_the_gpt2_tokenizer_is_gpt2s(real_gpt2_tokenizer):

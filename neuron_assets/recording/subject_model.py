@@ -453,7 +453,30 @@ def load_subject_model(name: str, cache_dir: Path | None = None, device: str = A
         raise SubjectModelError(f"cannot load subject model {name!r}: {error}") from error
     bridge.eval()
     _check_recordable(name, bridge)
+    _check_tokenizer(name, bridge)
     return SubjectModel(name, bridge, device)
+
+
+TOKENIZER_PROBE = "The cat sat on the mat, and then it left."
+
+
+def _check_tokenizer(name: str, bridge: Any) -> None:
+    """Refuse at load a tokenizer that cannot feed the model: none, one that encodes a plain
+    sentence as nothing (a model folder saved without its tokenizer files boots with an
+    empty one), or one whose ids fall outside the model's embedding."""
+    tokenizer = bridge.tokenizer
+    ids = [] if tokenizer is None else tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise SubjectModelError(
+            f"subject model {name!r} has no usable tokenizer (it encodes {TOKENIZER_PROBE!r} as no tokens): "
+            "a local folder needs its tokenizer files beside the weights (tokenizer.save_pretrained(folder))"
+        )
+    rows = bridge.original_model.get_input_embeddings().num_embeddings
+    if max(ids) >= rows:
+        raise SubjectModelError(
+            f"subject model {name!r}: its tokenizer gives token id {max(ids)} for {TOKENIZER_PROBE!r} but the "
+            f"model embeds only ids 0..{rows - 1}: the tokenizer beside the weights is not the model's"
+        )
 
 
 def _check_recordable(name: str, bridge: Any) -> None:
