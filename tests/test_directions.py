@@ -105,6 +105,16 @@ def test_theta_stays_unit_norm_and_a_gradient_step_raises_the_correlation():
     assert correlation(simulation, whitened @ many) > correlation(simulation, whitened @ one)
 
 
+def test_the_ascent_steps_even_where_the_caller_turned_gradients_off():
+    rng = np.random.default_rng(3)
+    whitened = rng.standard_normal((200, 8))
+    simulation = whitened @ rng.standard_normal(8)
+    theta = random_directions(1, 8, seed=4)[0]
+    with torch.inference_mode():
+        moved = ascend(theta, whitened, simulation, steps=5)
+    assert correlation(simulation, whitened @ moved) > correlation(simulation, whitened @ theta)
+
+
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="at most 16"):
         random_directions(17, 16, seed=0)

@@ -142,7 +142,8 @@ def test_make_bench_measures_every_family(family, tokenizer, tmp_path, capsys):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     args = ["--model", str(tmp_path), "--excerpts", "16", "--length", "32", "--batch-size", "8", "--rounds", "1"]
-    bench.main(args)  # 32 tokens and the start token: within the tiny models' 64 positions
+    with torch.enable_grad():  # the bench turns gradients off for its process; restored on leaving
+        bench.main(args)  # 32 tokens and the start token: within the tiny models' 64 positions
     printed = capsys.readouterr().out
     assert f"model {tmp_path}, 16 excerpts" in printed
     rows = [line for line in printed.splitlines() if line.startswith(("bare forward", "TransformerBridge", "record"))]

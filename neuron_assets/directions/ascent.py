@@ -102,28 +102,30 @@ def ascend(
     ValueError, as for mismatched shapes or a non-unit θ.
     """
     theta0 = _check_directions(np.asarray(direction)[None, :], np.asarray(whitened).shape[-1])[0]
-    z = torch.as_tensor(np.asarray(whitened, dtype=np.float64))
-    s = torch.as_tensor(np.asarray(simulation, dtype=np.float64))
-    if z.ndim != 2 or s.shape != (z.shape[0],):
-        raise ValueError(f"whitened activations {tuple(z.shape)} and simulation {tuple(s.shape)} do not match")
-    if steps < 0:
-        raise ValueError(f"steps must be at least 0, got {steps}")
-    s_centred = s - s.mean()
-    if float(s_centred.norm()) == 0.0:
-        raise ValueError("the simulation is constant over the scoring tokens: no correlation to ascend")
-    s_unit = s_centred / s_centred.norm()
-    z_centred = z - z.mean(dim=0)
-    theta = torch.nn.Parameter(torch.as_tensor(theta0.copy()))
-    optimizer = torch.optim.Adam([theta], lr=learning_rate, betas=betas)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        a = z_centred @ theta
-        rho = (s_unit @ a) / a.norm().clamp_min(1e-30)
-        (-rho).backward()
-        optimizer.step()
-        with torch.no_grad():
-            theta /= theta.norm()
-    return theta.detach().numpy().copy()
+    # gradients whatever mode the caller (a bench, an inference pass) left on
+    with torch.inference_mode(False), torch.enable_grad():
+        z = torch.as_tensor(np.asarray(whitened, dtype=np.float64))
+        s = torch.as_tensor(np.asarray(simulation, dtype=np.float64))
+        if z.ndim != 2 or s.shape != (z.shape[0],):
+            raise ValueError(f"whitened activations {tuple(z.shape)} and simulation {tuple(s.shape)} do not match")
+        if steps < 0:
+            raise ValueError(f"steps must be at least 0, got {steps}")
+        s_centred = s - s.mean()
+        if float(s_centred.norm()) == 0.0:
+            raise ValueError("the simulation is constant over the scoring tokens: no correlation to ascend")
+        s_unit = s_centred / s_centred.norm()
+        z_centred = z - z.mean(dim=0)
+        theta = torch.nn.Parameter(torch.as_tensor(theta0.copy()))
+        optimizer = torch.optim.Adam([theta], lr=learning_rate, betas=betas)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            a = z_centred @ theta
+            rho = (s_unit @ a) / a.norm().clamp_min(1e-30)
+            (-rho).backward()
+            optimizer.step()
+            with torch.no_grad():
+                theta /= theta.norm()
+        return theta.detach().numpy().copy()
 
 
 @dataclass(frozen=True)
