@@ -453,25 +453,27 @@ def load_subject_model(name: str, cache_dir: Path | None = None, device: str = A
         raise SubjectModelError(f"cannot load subject model {name!r}: {error}") from error
     bridge.eval()
     _check_recordable(name, bridge)
-    _check_tokenizer(name, bridge)
-    return SubjectModel(name, bridge, device)
+    model = SubjectModel(name, bridge, device)
+    _check_tokenizer(model)
+    return model
 
 
 TOKENIZER_PROBE = "The cat sat on the mat, and then it left."
 
 
-def _check_tokenizer(name: str, bridge: Any) -> None:
+def _check_tokenizer(model: SubjectModel) -> None:
     """Refuse at load a tokenizer that cannot feed the model: none, one that encodes a plain
     sentence as nothing (a model folder saved without its tokenizer files boots with an
-    empty one), or one whose ids fall outside the model's embedding."""
-    tokenizer = bridge.tokenizer
-    ids = [] if tokenizer is None else tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
+    empty one), or one whose ids fall outside the model's embedding. The sentence goes
+    through ``SubjectModel.tokenize``, the path recording's excerpts take."""
+    name = model.name
+    ids = [] if model.tokenizer is None else model.tokenize([TOKENIZER_PROBE])[0]
     if not ids:
         raise SubjectModelError(
             f"subject model {name!r} has no usable tokenizer (it encodes {TOKENIZER_PROBE!r} as no tokens): "
             "a local folder needs its tokenizer files beside the weights (tokenizer.save_pretrained(folder))"
         )
-    rows = bridge.original_model.get_input_embeddings().num_embeddings
+    rows = model.bridge.original_model.get_input_embeddings().num_embeddings
     if max(ids) >= rows:
         raise SubjectModelError(
             f"subject model {name!r}: its tokenizer gives token id {max(ids)} for {TOKENIZER_PROBE!r} but the "
