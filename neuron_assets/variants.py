@@ -37,6 +37,7 @@ LLM_FIELDS: dict[str, Any] = {
     "api_key_env": str,
     "backend_name": str,
     "prompt_logprobs_shift": int,
+    "json_schema_format": str,
     "per_server_concurrency": int,
     "max_concurrency": int,
     "timeout_s": float,
@@ -78,10 +79,10 @@ STAGE_FIELDS: dict[str, dict[str, Any]] = {
 # retries and concurrency shape how a run goes, not what it answers, so they are not recorded.
 RECORDED_LLM_FIELDS = {
     "explanations": ("explainer_model",),
-    "simulations": ("simulator_model", "prompt_logprobs_shift"),
+    "simulations": ("simulator_model", "prompt_logprobs_shift", "json_schema_format"),
     "revision_sentences": ("explainer_model",),
     "revisions": ("explainer_model",),
-    "revision_scores": ("simulator_model", "prompt_logprobs_shift"),
+    "revision_scores": ("simulator_model", "prompt_logprobs_shift", "json_schema_format"),
 }
 # Which LLM resource fields make up the recorded backend.
 BACKEND_FIELDS = ("base_url", "base_urls", "backend_name")
@@ -90,6 +91,7 @@ UPSTREAM.update(scores="simulations", revision_scores="revisions")
 
 
 def _choices() -> dict[tuple[str, str], Sequence[str]]:
+    from neuron_assets.llm.json_schema import JSON_SCHEMA_FORMATS
     from neuron_assets.simulators.modes.base import SimulationMode
 
     modes = ["auto", *(mode.value for mode in SimulationMode)]
@@ -98,6 +100,7 @@ def _choices() -> dict[tuple[str, str], Sequence[str]]:
         ("simulations", "methods"): SIMULATED,
         ("simulations", "mode"): modes,
         ("revision_scores", "mode"): modes,
+        ("llm", "json_schema_format"): JSON_SCHEMA_FORMATS,
     }
 
 
@@ -204,7 +207,7 @@ def _value(where: str, label: str, fields: dict[str, Any], value: Any, stage: st
     if checked is None:
         wanted = " or ".join(_name(w) for w in alternatives)
         raise VariantsFileError(f"{where}: key {label!r} must be {wanted}, not {_kind(value)}")
-    allowed = _choices().get((stage, key)) if stage else None
+    allowed = _choices().get((stage or "llm", key))
     outside = [
         v for v in (checked if isinstance(checked, list) else [checked]) if allowed is not None and v not in allowed
     ]

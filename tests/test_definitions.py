@@ -233,3 +233,17 @@ def test_a_run_config_block_naming_one_llm_field_keeps_the_configured_server_and
         "big-simulator",
         "cpu",
     )
+
+
+def test_the_json_replies_schema_form_is_the_local_servers_unless_a_server_is_named(tmp_path):
+    """The local llama-cpp-python server takes ``json_object`` with a schema; a named server is
+    asked with the prompt alone unless the form it takes is set (OpenAI refuses an array root)."""
+    from neuron_assets.defs.resources import LLMResource, ResultStoreResource
+
+    results = ResultStoreResource(data_dir=str(tmp_path))
+    assert LLMResource(results=results).reply_schema_format() == "json_object"
+    assert LLMResource(results=results, base_url="http://gpu1:8000/v1").reply_schema_format() == "none"
+    named = LLMResource(results=results, base_url="http://gpu1:8000/v1", json_schema_format="json_schema")
+    assert named.reply_schema_format() == "json_schema"
+    with pytest.raises(ValueError, match=r"json_schema_format 'xml' is not one of"):
+        LLMResource(results=results, json_schema_format="xml").reply_schema_format()

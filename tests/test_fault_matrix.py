@@ -60,7 +60,8 @@ def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
         explainer_model=PACKAGED_MODEL_ALIAS,
         simulator_model=PACKAGED_MODEL_ALIAS,
     )
-    defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3)
+    # behind the proxy is the local llama-cpp-python server: its json replies are held to a schema
+    defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3, json_schema_format="json_object")
     # By default the pipeline up to the scores: revision and the puzzles are other tests' business.
     selection = EXP.selection(*UP_TO_SCORES)
     with dg.DagsterInstance.ephemeral() as instance:

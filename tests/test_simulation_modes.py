@@ -106,6 +106,16 @@ def test_json_mode_returns_one_slot_per_token_and_counts_what_did_not_line_up(cl
     assert all(v is None or 0.0 <= v <= 10.0 for v in result.expected)
 
 
+def test_the_local_server_holds_a_json_reply_to_one_integer_per_token(client):
+    """Held to the schema, the packaged model answers a value for every token of every excerpt,
+    where unconstrained it writes arrays of other lengths, or words."""
+    schema_client = CachingClient(client.pool, client.backend, None, json_schema_format="json_object")
+    for tokens in word_tokens(4):
+        result = simulate_json(schema_client, PACKAGED_MODEL_ALIAS, "words about government", tokens)
+        assert result.n_misaligned == 0 and result.n_unsimulated == 0
+        assert all(v == int(v) and 0.0 <= v <= 10.0 for v in result.expected)
+
+
 def test_generated_token_logprobs_are_the_distributions_that_predicted_each_token(client):
     """The server's numpy path for generated tokens: token k's entry equals a one-token call's."""
     prompt = "The days of the week are Monday, Tuesday,"

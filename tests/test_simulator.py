@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -247,6 +248,47 @@ def test_a_reply_without_a_json_array_is_a_simulation_error(reply):
 
     with pytest.raises(SimulationError, match="no JSON array"):
         parse_json_activations(reply, 3)
+
+
+@pytest.mark.parametrize(
+    "schema_format, field",
+    [
+        ("json_schema", {"type": "json_schema", "json_schema": {"name": "activations", "schema": "SCHEMA"}}),
+        ("json_object", {"type": "json_object", "schema": "SCHEMA"}),
+        ("none", None),
+    ],
+)
+def test_the_json_reply_is_held_to_one_integer_per_token_in_the_form_the_backend_takes(schema_format, field):
+    from types import SimpleNamespace
+
+    from neuron_assets.simulators.modes.json_array import activations_schema, simulate_json
+
+    sent = []
+
+    def create(**request):
+        sent.append(request)
+        return {"choices": [{"message": {"content": "[4, 0]"}}], "usage": {"prompt_tokens": 50}}
+
+    client = SimpleNamespace(
+        chat=SimpleNamespace(completions=SimpleNamespace(create=create)), json_schema_format=schema_format
+    )
+    assert simulate_json(client, "m", "x", ["a", "b"]).expected == [4.0, 0.0]
+    schema = activations_schema(2)
+    assert schema == {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": 10},
+        "minItems": 2,
+        "maxItems": 2,
+    }
+    expected = None if field is None else json.loads(json.dumps(field).replace('"SCHEMA"', json.dumps(schema)))
+    assert sent[0].get("response_format") == expected
+
+
+def test_an_unknown_json_schema_format_is_refused_naming_the_known_ones():
+    from neuron_assets.llm.client import CachingClient
+
+    with pytest.raises(ValueError, match=r"json_schema_format 'grammar' is not one of \['json_schema', 'json_object'"):
+        CachingClient(object(), "b", None, json_schema_format="grammar")
 
 
 def test_json_mode_is_recorded_with_each_simulation():

@@ -81,6 +81,7 @@ def test_the_example_file_names_each_variant_with_its_llm_and_stage_settings():
         ("[variants.a]\nbase_url = []\n", r"variant 'a': key 'base_url' lists no server"),
         ("[variants.a]\nexplanations = 3\n", r"variant 'a': 'explanations' must be a table"),
         ("[variants.a.simulations]\nmode = 'fast'\n", r"key 'simulations.mode': \['fast'\] not among \['auto', "),
+        ("[variants.a]\njson_schema_format = 'grammar'\n", r"key 'json_schema_format': \['grammar'\] not among \["),
         ("[variants.a.simulations]\nmethods = ['explanation', 'guess']\n", r"\['guess'\] not among"),
         ("[variants.a.explanations]\nmethods = ['control']\n", r"'explanations.methods': \['control'\] not among"),
         ("[variants.a]\n[variants.b]\n[variants.a]\n", r"variant 'a' is named twice \(lines 1 and 3\)"),
@@ -409,6 +410,7 @@ def test_rows_record_their_runs_settings_and_an_override_shows_as_a_second_confi
         "backend": server.url,
         "simulator_model": "scripted",
         "prompt_logprobs_shift": None,
+        "json_schema_format": "none",  # a base_url's default: the prompt alone asks for the JSON array
         "methods": ["explanation", "lookup_explanation", "control"],
         "control_seed": 0,
         "mode": "json",

@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
             .join(excerpts.select("excerpt_id", "tokens"), on="excerpt_id")
             .sort("neuron", "excerpt_kind", "excerpt_id", descending=[False, True, False])
         )
-        runs = {mode: ModeRun(CachingClient(raw, server.base_url, None)) for mode in ORDER}
+        # json replies held to a schema, in the form the local llama-cpp-python server takes
+        runs = {
+            mode: ModeRun(CachingClient(raw, server.base_url, None, json_schema_format="json_object")) for mode in ORDER
+        }
         for mode, run in runs.items():
             run.ten_handling = probe_ten_handling(run.client, PACKAGED_MODEL_ALIAS, mode)
         simulated: dict[str, list[list[float | None]]] = {mode: [] for mode in ORDER}

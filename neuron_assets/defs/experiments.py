@@ -85,7 +85,11 @@ class Experiment:
         if llm is not None:
             fields = RECORDED_LLM_FIELDS[table]
             explainer, simulator = llm.model_names()
-            resolved = {"explainer_model": explainer, "simulator_model": simulator}
+            resolved = {
+                "explainer_model": explainer,
+                "simulator_model": simulator,
+                "json_schema_format": llm.reply_schema_format(),
+            }
             own = {**(own or {}), "backend": llm.backend(), **{k: resolved.get(k, getattr(llm, k)) for k in fields}}
             overridden += [f"llm.{k}" for k in (*BACKEND_FIELDS, *fields) if getattr(llm, k) != _default(llm, k)]
         return record_settings(frame, table, own, overridden, upstream, rows)

@@ -129,6 +129,12 @@ class LLMResource(dg.ConfigurableResource):
         "on models without BOS); unset, the all_at_once simulator's alignment probe finds it, and a value set "
         "here that the probe contradicts is an error",
     )
+    json_schema_format: Optional[str] = Field(
+        default=None,
+        description="how the server takes a JSON schema for the json simulator's replies: 'json_schema' (vLLM, "
+        "SGLang, llama.cpp's server, Ollama), 'json_object' (llama-cpp-python's server) or 'none' (the prompt "
+        "alone; OpenAI); unset: json_object for the local server, none for a base_url",
+    )
     timeout_s: float = 300.0
     max_attempts: int = 5
     max_concurrency: int = 1  # neurons in flight at once: at least servers x per-server concurrency to use them all
@@ -154,8 +160,21 @@ class LLMResource(dg.ConfigurableResource):
         cache = ResponseCache(self.results.store().root / "llm_cache") if self.cache else None
         liveness = self._server.check_alive if self._server is not None else None
         return CachingClient(
-            self._pool, self.backend(), cache, RetryPolicy(max_attempts=self.max_attempts), liveness=liveness
+            self._pool,
+            self.backend(),
+            cache,
+            RetryPolicy(max_attempts=self.max_attempts),
+            liveness=liveness,
+            json_schema_format=self.reply_schema_format(),
         )
+
+    def reply_schema_format(self) -> str:
+        """``json_schema_format``, or where unset what the local server takes (none for a ``base_url``)."""
+        from neuron_assets.llm.json_schema import check_json_schema_format
+
+        if self.json_schema_format is not None:
+            return check_json_schema_format(self.json_schema_format)
+        return "none" if self.urls() else "json_object"
 
     def backend(self) -> str:
         """What the cache keys on: ``backend_name``, the URL(s), or the packaged model (its port changes per run)."""

@@ -21,6 +21,8 @@ JSON (a dict, exactly what the cache stores). Around the SDK it:
   answers 5xx rests, and the request goes to another that is up at once.
 - calls ``liveness()`` when a request cannot connect (for the local server: is its process
   still running?); an error it raises ends the request at once, without retries.
+- tells the core how its backend takes a JSON schema for a reply (``json_schema_format``, see
+  ``llm.json_schema``).
 - counts calls, cache hits, retries, rejected replies, tokens and cached bytes (``CallStats``),
   for asset metadata.
 """
@@ -44,6 +46,7 @@ from neuron_assets.llm.errors import (
     is_out_of_memory,
     server_message,
 )
+from neuron_assets.llm.json_schema import check_json_schema_format
 from neuron_assets.llm.response_cache import ResponseCache, compact
 from neuron_assets.llm.server_pool import ServerPool
 
@@ -118,12 +121,14 @@ class CachingClient:
         cache: ResponseCache | None,
         retry: RetryPolicy | None = None,
         liveness: Callable[[], None] | None = None,
+        json_schema_format: str = "none",
     ) -> None:
         self.pool = client if isinstance(client, ServerPool) else ServerPool.of(client, backend)
         self.backend = backend
         self.cache = cache
         self.retry = retry or RetryPolicy()
         self.liveness = liveness
+        self.json_schema_format = check_json_schema_format(json_schema_format)
         self.stats = CallStats()
         self.chat = type("Chat", (), {})()
         self.chat.completions = _Endpoint(self, "chat")

@@ -3,7 +3,9 @@
 The log-prob-free simulator, for backends without log-probabilities: the integers are used
 as they are, so a value is 0..10 in whole steps. A reply whose length differs from the
 excerpt's is aligned position by position; the tokens it leaves without a value, and any
-extra values, are counted as misaligned, never zero-filled.
+extra values, are counted as misaligned, never zero-filled. Where the backend takes a JSON
+schema (the client's ``json_schema_format``), the reply is held to an array of integers 0..10,
+one per token, so a weak simulator's reply can still be read.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from neuron_assets.llm.json_schema import response_format
 from neuron_assets.prompts.templates import JSON_SIMULATOR_PROMPT_VERSION, json_simulator_messages
 from neuron_assets.simulators.modes.base import (
     Simulation,
@@ -70,10 +73,17 @@ def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None
     return values, abs(len(items) - n_tokens)
 
 
+def activations_schema(n_tokens: int) -> dict[str, Any]:
+    """The JSON schema of a reply: exactly ``n_tokens`` integers from 0 to 10."""
+    item = {"type": "integer", "minimum": 0, "maximum": 10}
+    return {"type": "array", "items": item, "minItems": n_tokens, "maxItems": n_tokens}
+
+
 def simulate_json(
     client: Any, model: str, explanation: str, tokens: Sequence[str], *, n_fewshot: int | None = None
 ) -> Simulation:
-    """Simulate one excerpt with one chat call asking for a JSON array (no log-probabilities)."""
+    """Simulate one excerpt with one chat call asking for a JSON array (no log-probabilities),
+    held to ``activations_schema`` in the form the client's backend takes (none: the prompt alone)."""
 
     def read(response: dict[str, Any]) -> tuple[list[float | None], int]:
         return parse_json_activations(response["choices"][0]["message"]["content"] or "", len(tokens))
@@ -84,6 +94,14 @@ def simulate_json(
         temperature=0.0,
         max_tokens=4 * len(tokens) + 16,
         read=read,
+        **constrained(client, len(tokens)),
     )
     values, misaligned = read(response)
     return Simulation(values, reported_prompt_tokens(response), misaligned)
+
+
+def constrained(client: Any, n_tokens: int) -> dict[str, Any]:
+    """The request field that holds the reply to ``activations_schema``, if the client's backend takes one."""
+    schema_format = getattr(client, "json_schema_format", "none")
+    field = response_format(schema_format, "activations", activations_schema(n_tokens))
+    return {} if field is None else {"response_format": field}
