@@ -15,9 +15,10 @@ WORDS = [" the", " dog", " sat", " on", " a", " mat", " and", " slept", "."]
 
 def synthetic_examples(n_activating: int, n_non_activating: int) -> pl.DataFrame:
     """Examples in select_examples' layout, activating and non-activating interleaved."""
+    paired = min(n_activating, n_non_activating)
+    labels = [True, False] * paired + [n_activating > paired] * (n_activating + n_non_activating - 2 * paired)
     rows = []
-    for i in range(n_activating + n_non_activating):
-        activating = i % 2 == 0 and i // 2 < n_activating or i >= 2 * n_non_activating
+    for i, activating in enumerate(labels):
         tokens = ["Once", f" w{i}", *WORDS[: 3 + i % 5]]
         activations = [0.1 * (j % 3) for j in range(len(tokens))]
         if activating:
