@@ -119,16 +119,31 @@ def resolve_mode(client: Any, model: str, requested: SimulationMode | str) -> st
         if requested not in MODES:
             raise ValueError(f"simulation mode {requested!r} is not one of {sorted([AUTO, *MODES])}")
         return SimulationMode(requested).value
+    if gives_prompt_logprobs(client, model):
+        return SimulationMode.ALL_AT_ONCE.value
+    if gives_chat_logprobs(client, model):
+        return SimulationMode.CHAT_LOGPROBS.value
+    return SimulationMode.JSON.value
+
+
+def gives_prompt_logprobs(client: Any, model: str) -> bool:
+    """Whether the backend echoes a prompt with its log-probabilities (completions, ``echo``): one
+    tiny probe; a refusal as unsupported is False, any other failure is raised."""
     try:
         response = client.completions.create(
             model=model, prompt=PROBE_TEXT, max_tokens=1, temperature=0.0, echo=True, logprobs=TOP_LOGPROBS
         )
-        logprobs = response["choices"][0].get("logprobs") or {}
-        if any(logprobs.get("top_logprobs") or []) and logprobs.get("text_offset"):
-            return SimulationMode.ALL_AT_ONCE.value
     except LLMError as error:
         if error.status not in UNSUPPORTED_STATUS:
             raise
+        return False
+    logprobs = response["choices"][0].get("logprobs") or {}
+    return bool(any(logprobs.get("top_logprobs") or []) and logprobs.get("text_offset"))
+
+
+def gives_chat_logprobs(client: Any, model: str) -> bool:
+    """Whether the backend's chat endpoint gives generated tokens' ``top_logprobs``: one tiny
+    probe; a refusal as unsupported is False, any other failure is raised."""
     try:
         response = client.chat.completions.create(
             model=model,
@@ -138,13 +153,12 @@ def resolve_mode(client: Any, model: str, requested: SimulationMode | str) -> st
             logprobs=True,
             top_logprobs=TOP_LOGPROBS,
         )
-        content = (response["choices"][0].get("logprobs") or {}).get("content") or []
-        if content and content[0].get("top_logprobs"):
-            return SimulationMode.CHAT_LOGPROBS.value
     except LLMError as error:
         if error.status not in UNSUPPORTED_STATUS:
             raise
-    return SimulationMode.JSON.value
+        return False
+    content = (response["choices"][0].get("logprobs") or {}).get("content") or []
+    return bool(content and content[0].get("top_logprobs"))
 
 
 ALIGNMENT_EXPLANATION = "words about animals"
