@@ -1,19 +1,8 @@
 """Known answers end to end: a neuron whose activation is an exact function of the token, through the Dagster assets.
 
-The subject model is a tiny GPT-2 (2 layers, width 16, MLP width 8, the packaged SmolLM2
-tokenizer) with hand-set weights, built offline. Position embeddings and every attention
-block's output projection (weight and bias) are zero, so attention writes nothing and the
-residual stream that layer 0's MLP reads is ``LN(wte[token])``: a function of the token only.
-
-The chosen neuron is made to fire on ``WORDS`` and nowhere else, from what LayerNorm does.
-Every embedding is ``s * alpha * u + r``: ``u`` a unit vector with zero mean, ``s`` +1 for the
-words' ids and -1 for every other token, ``r`` a random vector orthogonal to ``u`` and to the
-all-ones vector, of norm ``rho``. Each embedding then has mean 0 and the same norm, so
-``ln_2`` (gain 1, bias 0) divides every one by the same ``sigma = sqrt((alpha^2 + rho^2) / d + eps)``
-and its component along ``u`` is ``s * alpha / sigma``. The neuron's input weights are
-``k * u`` with ``k = FIRING * sigma / alpha`` and bias 0, so its pre-activation is exactly
-``+-FIRING``: GELU(10) = 10 on the words, GELU(-10) = 0 (-0.0 in float32) elsewhere. The other
-neurons keep their random weights; layer 1 is never recorded.
+The subject model is the hand-set tiny GPT-2 of ``handset_gpt2`` (2 layers, width 16, MLP
+width 8, the packaged SmolLM2 tokenizer): its layer-0 neuron ``NEURON`` is exactly ``FIRING``
+(GELU(10) = 10) on ``WORDS`` and 0 elsewhere, a function of the token alone.
 
 With that neuron, every score has a known value:
 
@@ -46,6 +35,7 @@ import dagster as dg
 import duckdb
 import pytest
 import torch
+from handset_gpt2 import FIRING, build_handset_gpt2
 
 from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
@@ -57,9 +47,7 @@ from neuron_assets.storage.store import ResultStore
 pytestmark = pytest.mark.slow
 
 WORDS = (" the", " of", " and")  # common in the Lee news corpus: every scoring set holds some
-NEURON, N_INNER, WIDTH = 3, 8, 16
-FIRING = 10.0
-ALPHA, RHO = 1.0, 3.0
+NEURON = 3
 SIMULATORS = ("exact", "noise", "constant")  # the variants, one scripted simulator each
 CONFIG = {
     "ops": {
@@ -86,48 +74,7 @@ def word_ids(tokenizer):
 @pytest.fixture(scope="module")
 def subject_folder(tokenizer, word_ids, tmp_path_factory):
     """The hand-set GPT-2, saved as a Hugging Face folder (its path is the subject model's name)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,  # 64-token excerpts plus the document start token
-        n_embd=WIDTH,
-        n_layer=2,
-        n_head=2,
-        n_inner=N_INNER,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT2LMHeadModel(config).eval()
-    body = model.transformer
-    with torch.no_grad():
-        body.wpe.weight.zero_()
-        for block in body.h:
-            block.attn.c_proj.weight.zero_()
-            block.attn.c_proj.bias.zero_()
-        u = torch.zeros(WIDTH)
-        u[0], u[1] = 1.0, -1.0
-        u /= u.norm()
-        ones = torch.ones(WIDTH) / WIDTH**0.5
-        r = torch.randn(len(tokenizer), WIDTH)
-        r -= (r @ ones)[:, None] * ones
-        r -= (r @ u)[:, None] * u
-        r *= RHO / r.norm(dim=1, keepdim=True)
-        sign = -torch.ones(len(tokenizer))
-        sign[word_ids] = 1.0
-        body.wte.weight.copy_(ALPHA * sign[:, None] * u + r)
-        norm = body.h[0].ln_2
-        norm.weight.fill_(1.0)
-        norm.bias.zero_()
-        sigma = ((ALPHA**2 + RHO**2) / WIDTH + norm.eps) ** 0.5
-        mlp = body.h[0].mlp.c_fc  # Conv1D: weight is [n_embd, n_inner]
-        mlp.weight[:, NEURON] = FIRING * sigma / ALPHA * u
-        mlp.bias[NEURON] = 0.0
-    folder = tmp_path_factory.mktemp("subject") / "handset_gpt2"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_handset_gpt2(tmp_path_factory.mktemp("subject") / "handset_gpt2", tokenizer, {NEURON: word_ids})
 
 
 def test_the_neuron_is_a_function_of_the_token_alone(subject_folder, tokenizer, word_ids):
