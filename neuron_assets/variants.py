@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from neuron_assets.scorers.methods import EXPLAINED, SIMULATED
+from neuron_assets.scorers.methods import CLASSIFIED, CLASSIFIER_SCORERS, EXPLAINED, SIMULATED
 from neuron_assets.storage.layout import ExperimentNameError, check_variant
 
 # A variant table's own keys: fields of its LLM resource (defs.resources.LLMResource). base_url
@@ -73,6 +73,17 @@ STAGE_FIELDS: dict[str, dict[str, Any]] = {
         "seed": int,
     },
     "revision_scores": {"mode": str},
+    "classifier_scores": {
+        "scorers": list[str],
+        "methods": list[str],
+        "n_top": int,
+        "n_non_activating": int,
+        "silent_fraction": float,
+        "batch_size": int,
+        "logprobs": str,
+        "control_seed": int,
+        "seed": int,
+    },
 }
 # What each stage's rows record of its LLM beside its op config: the backend (backend_name or
 # the servers' URLs, as the response cache keys on) and the model(s) the stage calls. Timeouts,
@@ -83,11 +94,12 @@ RECORDED_LLM_FIELDS = {
     "revision_sentences": ("explainer_model",),
     "revisions": ("explainer_model",),
     "revision_scores": ("simulator_model", "prompt_logprobs_shift", "json_schema_format"),
+    "classifier_scores": ("simulator_model", "json_schema_format"),
 }
 # Which LLM resource fields make up the recorded backend.
 BACKEND_FIELDS = ("base_url", "base_urls", "backend_name")
 UPSTREAM = {"simulations": "explanations", "revision_sentences": "explanations", "revisions": "revision_sentences"}
-UPSTREAM.update(scores="simulations", revision_scores="revisions")
+UPSTREAM.update(scores="simulations", revision_scores="revisions", classifier_scores="explanations")
 
 
 def _choices() -> dict[tuple[str, str], Sequence[str]]:
@@ -101,6 +113,9 @@ def _choices() -> dict[tuple[str, str], Sequence[str]]:
         ("simulations", "mode"): modes,
         ("revision_scores", "mode"): modes,
         ("llm", "json_schema_format"): JSON_SCHEMA_FORMATS,
+        ("classifier_scores", "scorers"): CLASSIFIER_SCORERS,
+        ("classifier_scores", "methods"): CLASSIFIED,
+        ("classifier_scores", "logprobs"): ("auto", "yes", "no"),
     }
 
 

@@ -1,6 +1,6 @@
 -- Derived views over the per-table views (documents, excerpts, activation_records,
 -- neuron_stats, token_lookup, scoring_excerpts, explanations, simulations,
--- token_predictions, scores, method_comparisons, ablation_scores) that neuron_assets creates in
+-- token_predictions, scores, method_comparisons, ablation_scores, classifier_scores, ...) that neuron_assets creates in
 -- results.duckdb. Each statement ends with a semicolon; comments start with "--".
 --
 -- Scores carry a method: 'explanation' (the explainer's, from top excerpts), the
@@ -652,3 +652,65 @@ SELECT d.subject_model, d.variant, d.layer, d.n_directions,
     d.mean_start, d.start_ci_low, d.start_ci_high
 FROM direction_layers d
 JOIN neurons n USING (subject_model, variant, layer);
+
+-- The classifier scorers (delphi's detection, fuzzing and surprisal) beside the correlation
+-- score, per neuron side and method, a method's samples averaged (as in neuron_scores).
+-- detection / fuzzing: balanced accuracy of the written yes/no answers (0.5 is chance) and,
+-- where the answers were graded from log-probabilities, the AUROC; surprisal: the AUROC of
+-- the likelihood gain the explanation gives activating over non-activating excerpts (0.5 is
+-- chance). simulation_score is the top-and-random correlation of the same explanation.
+CREATE OR REPLACE VIEW neuron_scorers AS
+WITH classified AS (
+    SELECT subject_model, variant, layer, neuron, polarity, method,
+        avg(balanced_accuracy) FILTER (WHERE scorer = 'detection') AS detection_balanced_accuracy,
+        avg(auroc) FILTER (WHERE scorer = 'detection') AS detection_auroc,
+        avg(balanced_accuracy) FILTER (WHERE scorer = 'fuzzing') AS fuzzing_balanced_accuracy,
+        avg(auroc) FILTER (WHERE scorer = 'fuzzing') AS fuzzing_auroc,
+        avg(auroc) FILTER (WHERE scorer = 'surprisal') AS surprisal_auroc,
+        avg(mean_gain_activating - mean_gain_non_activating) FILTER (WHERE scorer = 'surprisal')
+            AS surprisal_gain_difference,
+        max(n_examples) AS n_examples
+    FROM classifier_scores
+    GROUP BY subject_model, variant, layer, neuron, polarity, method
+),
+simulated AS (
+    SELECT subject_model, variant, layer, neuron, polarity, method, avg(correlation) AS simulation_score
+    FROM scores WHERE scoring_set = 'top_and_random'
+    GROUP BY subject_model, variant, layer, neuron, polarity, method
+)
+SELECT c.*, s.simulation_score
+FROM classified c
+LEFT JOIN simulated s USING (subject_model, variant, layer, neuron, polarity, method);
+
+-- Every scorer per layer and method: the mean of its headline metric over neurons (balanced
+-- accuracy for detection and fuzzing, AUROC for surprisal; graded_auroc beside it where the
+-- answers were graded) with a 95% interval (normal approximation, mean +- 1.96 standard
+-- errors; NULL under 2 neurons), and 'simulation' (the top-and-random correlation) for
+-- comparison. Read explanation against control: an explanation that tells its neuron's
+-- excerpts apart no better than another neuron's explanation does carries nothing of its own.
+CREATE OR REPLACE VIEW scorer_layers AS
+WITH per_neuron AS (
+    SELECT subject_model, variant, layer, polarity, method, 'detection' AS scorer,
+        detection_balanced_accuracy AS metric, detection_auroc AS graded_auroc
+    FROM neuron_scorers WHERE detection_balanced_accuracy IS NOT NULL OR detection_auroc IS NOT NULL
+    UNION ALL
+    SELECT subject_model, variant, layer, polarity, method, 'fuzzing', fuzzing_balanced_accuracy, fuzzing_auroc
+    FROM neuron_scorers WHERE fuzzing_balanced_accuracy IS NOT NULL OR fuzzing_auroc IS NOT NULL
+    UNION ALL
+    SELECT subject_model, variant, layer, polarity, method, 'surprisal', surprisal_auroc, surprisal_auroc
+    FROM neuron_scorers WHERE surprisal_auroc IS NOT NULL
+    UNION ALL
+    SELECT subject_model, variant, layer, polarity, method, 'simulation', simulation_score, NULL
+    FROM neuron_scorers WHERE simulation_score IS NOT NULL
+)
+SELECT subject_model, variant, layer, polarity, method, scorer,
+    CASE WHEN scorer IN ('detection', 'fuzzing') THEN 'balanced_accuracy'
+         WHEN scorer = 'surprisal' THEN 'auroc' ELSE 'correlation' END AS metric_name,
+    count(metric) AS n_neurons,
+    avg(metric) AS mean_metric,
+    avg(metric) - 1.96 * stddev_samp(metric) / sqrt(count(metric)) AS ci_low,
+    avg(metric) + 1.96 * stddev_samp(metric) / sqrt(count(metric)) AS ci_high,
+    avg(graded_auroc) AS mean_graded_auroc
+FROM per_neuron
+GROUP BY subject_model, variant, layer, polarity, method, scorer
+ORDER BY subject_model, variant, layer, polarity, scorer, method;

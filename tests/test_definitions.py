@@ -48,6 +48,7 @@ LLM_STAGES = [
     "scores",
     "method_comparisons",
     "ablation_scores",
+    "classifier_scores",
     "direction_rounds",
     "direction_summaries",
     "revision_sentences",

@@ -133,10 +133,11 @@ def test_settings_read_the_variants_file_from_the_environment(tmp_path, monkeypa
 
 
 def test_the_files_keys_are_the_llm_resources_and_the_stage_configs_fields():
-    from neuron_assets.defs import explanation, revision, simulation
+    from neuron_assets.defs import classifiers, explanation, revision, simulation
     from neuron_assets.defs.resources import LLMResource
 
     configs = {
+        "classifier_scores": classifiers.ClassifierScoreConfig,
         "explanations": explanation.ExplanationConfig,
         "simulations": simulation.SimulationConfig,
         "revision_sentences": revision.RevisionSentenceConfig,

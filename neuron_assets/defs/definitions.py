@@ -16,7 +16,17 @@ from typing import Any
 
 import dagster as dg
 
-from neuron_assets.defs import ablation, directions, explanation, puzzles, recording, revision, scoring, simulation
+from neuron_assets.defs import (
+    ablation,
+    classifiers,
+    directions,
+    explanation,
+    puzzles,
+    recording,
+    revision,
+    scoring,
+    simulation,
+)
 from neuron_assets.defs.experiments import Experiment, llm_key
 from neuron_assets.defs.partitions import layer_partitions
 from neuron_assets.defs.resources import (
@@ -29,7 +39,7 @@ from neuron_assets.defs.resources import (
 from neuron_assets.recording.subject_model import model_shape
 from neuron_assets.settings import Settings
 
-DOMAINS = (recording, explanation, simulation, scoring, ablation, revision, directions)
+DOMAINS = (recording, explanation, simulation, scoring, classifiers, ablation, revision, directions)
 
 
 def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:

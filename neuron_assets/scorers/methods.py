@@ -37,6 +37,15 @@ DEFAULT_SIMULATED = (EXPLANATION, LOOKUP_EXPLANATION, CONTROL)
 TOKEN_BASELINES = (LOOKUP_TABLE, WEIGHT_BASED)
 BASELINES = (LOOKUP_TABLE, WEIGHT_BASED, LOOKUP_EXPLANATION)
 
+# The classifier scorers beside simulation (delphi's): each asks about whole excerpts, not
+# per-token activations; and the methods they score (explanations written for excerpt text).
+CLASSIFIER_SCORERS = {
+    "detection": "does the neuron fire in this excerpt? answered from the explanation, per excerpt",
+    "fuzzing": "are the tokens marked in this excerpt the ones the neuron fires on?",
+    "surprisal": "does the explanation, as a prefix, raise the likelihood of excerpts the neuron fires on?",
+}
+CLASSIFIED = (EXPLANATION, LOOKUP_EXPLANATION, CONTROL)
+
 # A scoring set names the excerpt kinds it pools; the calibration kinds are held out to fit the calibration.
 SCORING_SETS = {"top_and_random": ("top", "random"), "random_only": ("random",)}
 CALIBRATION_KINDS = ("calibration_top", "calibration_random")

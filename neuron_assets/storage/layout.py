@@ -17,6 +17,7 @@ VARIANT_TABLES = (
     "scores",
     "method_comparisons",
     "ablation_scores",
+    "classifier_scores",
     "direction_rounds",
     "direction_summaries",
     "revision_sentences",

@@ -12,7 +12,16 @@ from typing import Optional
 import pandera.polars as pa
 import polars as pl
 
-from neuron_assets.scorers.methods import EXCERPT_KINDS, EXPLAINED, METHODS, SCORING_SETS, SIMULATED, TOKEN_BASELINES
+from neuron_assets.scorers.methods import (
+    CLASSIFIED,
+    CLASSIFIER_SCORERS,
+    EXCERPT_KINDS,
+    EXPLAINED,
+    METHODS,
+    SCORING_SETS,
+    SIMULATED,
+    TOKEN_BASELINES,
+)
 
 POOLS = ["explanation", "scoring"]
 
@@ -368,6 +377,65 @@ class AblationScores(VariantRows):
     )
 
 
+class ClassifierScores(ConfiguredRows):
+    """Every explanation of a neuron scored by the classifier scorers (detection, fuzzing,
+    surprisal), with the examples each was asked about; beside the correlation score in ``scores``."""
+
+    layer: int = pa.Field(ge=0, description="transformer block of the MLP")
+    neuron: int = pa.Field(ge=0, description="index of the neuron in the MLP's hidden layer")
+    sample: int = pa.Field(ge=0, description="which explanation sample was scored, as in scores")
+    method: str = pa.Field(
+        isin=list(CLASSIFIED), description="the scored explanation: 'explanation', 'lookup_explanation' or 'control'"
+    )
+    explanation_neuron: int = pa.Field(
+        ge=0, description="the neuron the explanation was written for (another one for 'control')"
+    )
+    scorer: str = pa.Field(
+        isin=list(CLASSIFIER_SCORERS),
+        description="'detection' (which excerpts fire?), 'fuzzing' (are the marked tokens the firing ones?) or "
+        "'surprisal' (does the explanation raise the likelihood of firing excerpts?)",
+    )
+    balanced_accuracy: Optional[float] = pa.Field(
+        nullable=True,
+        ge=0.0,
+        le=1.0,
+        description="mean of recall on both classes of the written answers; null "
+        "for surprisal or when a class is empty",
+    )
+    precision: Optional[float] = pa.Field(nullable=True, ge=0.0, le=1.0, description="of the 'yes' answers")
+    recall: Optional[float] = pa.Field(nullable=True, ge=0.0, le=1.0, description="of the positive examples")
+    f1: Optional[float] = pa.Field(nullable=True, ge=0.0, le=1.0, description="harmonic mean of precision and recall")
+    auroc: Optional[float] = pa.Field(
+        nullable=True,
+        ge=0.0,
+        le=1.0,
+        description="area under the ROC curve of the graded answers (P(yes) from log-probabilities) or, for "
+        "surprisal, of the likelihood gain; null without log-probabilities or when a class is empty",
+    )
+    mean_gain_activating: Optional[float] = pa.Field(
+        nullable=True, description="surprisal: mean log-likelihood gain (nats) of the activating excerpts"
+    )
+    mean_gain_non_activating: Optional[float] = pa.Field(
+        nullable=True, description="surprisal: mean log-likelihood gain (nats) of the non-activating excerpts"
+    )
+    n_examples: int = pa.Field(ge=0, description="examples asked about")
+    n_activating: int = pa.Field(ge=0, description="of them positive: activating (fuzzing: correctly marked)")
+    n_unanswered: int = pa.Field(ge=0, description="examples the replies gave no answer (counted as 'no')")
+    excerpt_ids: list[int] = pa.Field(description="the examples' excerpts, in the order asked (scoring pool only)")
+    example_kinds: list[str] = pa.Field(description="each example's kind: 'top', 'quantile' or 'non_activating'")
+    labels: list[bool] = pa.Field(description="each example's truth the metrics are against")
+    answers: Optional[list[int]] = pa.Field(
+        nullable=True, description="each example's written answer, 1 or 0 (null: unanswered); null for surprisal"
+    )
+    graded: Optional[list[float]] = pa.Field(
+        nullable=True,
+        description="each example's P(yes) (with log-probabilities) or surprisal's likelihood gain; null without",
+    )
+    prompt_tokens: int = pa.Field(ge=0, description="prompt tokens the scorer's calls reported, summed")
+    scorer_model: str = pa.Field(description="the LLM that answered (the variant's simulator model)")
+    prompt_version: str = pa.Field(description="the scorer's prompt version")
+
+
 class DirectionRounds(VariantRows):
     """Every round of the coordinate ascent of an explainable direction (method.md §9).
 
@@ -653,6 +721,7 @@ TABLES: dict[str, type[pa.DataFrameModel]] = {
     "scores": Scores,
     "method_comparisons": MethodComparisons,
     "ablation_scores": AblationScores,
+    "classifier_scores": ClassifierScores,
     "direction_rounds": DirectionRounds,
     "direction_summaries": DirectionSummaries,
     "revision_sentences": RevisionSentences,
