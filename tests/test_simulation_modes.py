@@ -116,6 +116,39 @@ def test_the_local_server_holds_a_json_reply_to_one_integer_per_token(client):
         assert all(v == int(v) and 0.0 <= v <= 10.0 for v in result.expected)
 
 
+def test_the_classifier_scorers_read_every_answer_and_every_likelihood_from_the_local_server(client):
+    """Detection and fuzzing with the answers held to a schema and graded from top log-probabilities,
+    and surprisal from echoed prompt log-probabilities: every example answered, every excerpt's
+    tokens read, on the packaged model (what the answers are worth is the puzzles' business)."""
+    from neuron_assets.scorers.detection import score_detection
+    from neuron_assets.scorers.examples import EXAMPLE_SCHEMA
+    from neuron_assets.scorers.fuzzing import score_fuzzing
+    from neuron_assets.scorers.surprisal import score_surprisal
+
+    schema_client = CachingClient(client.pool, client.backend, None, json_schema_format="json_object")
+    excerpts = word_tokens(4)
+    examples = pl.DataFrame(
+        [
+            (
+                i,
+                "top" if i < 2 else "non_activating",
+                i < 2,
+                tokens,
+                [10.0 * (i < 2 and j == 3) for j in range(len(tokens))],
+            )
+            for i, tokens in enumerate(excerpts)
+        ],
+        schema=EXAMPLE_SCHEMA,
+        orient="row",
+    )
+    for score in (score_detection, score_fuzzing):
+        asked, metrics = score(schema_client, PACKAGED_MODEL_ALIAS, "words about politics", examples, use_logprobs=True)
+        assert metrics.n_unanswered == 0 and asked["answer"].is_in([0, 1]).all()
+        assert asked["probability"].is_not_null().all() and metrics.auroc is not None
+    scored, surprisal = score_surprisal(schema_client, PACKAGED_MODEL_ALIAS, "words about politics", examples)
+    assert (scored["n_tokens"] > 0).all() and scored["gain"].is_finite().all() and surprisal.auroc is not None
+
+
 def test_generated_token_logprobs_are_the_distributions_that_predicted_each_token(client):
     """The server's numpy path for generated tokens: token k's entry equals a one-token call's."""
     prompt = "The days of the week are Monday, Tuesday,"

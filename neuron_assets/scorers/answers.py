@@ -41,8 +41,9 @@ class AnswerError(ReplyFormatError):
 
 
 def answers_schema(n_examples: int) -> dict[str, Any]:
-    """The JSON schema of a reply: exactly ``n_examples`` integers 0 or 1."""
-    item = {"type": "integer", "minimum": 0, "maximum": 1}
+    """The JSON schema of a reply: exactly ``n_examples`` integers 0 or 1 (an ``enum``, which
+    llama-cpp-python's grammar enforces where it ignores ``minimum`` and ``maximum``)."""
+    item = {"type": "integer", "enum": [0, 1]}
     return {"type": "array", "items": item, "minItems": n_examples, "maxItems": n_examples}
 
 

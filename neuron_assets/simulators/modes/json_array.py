@@ -74,8 +74,9 @@ def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None
 
 
 def activations_schema(n_tokens: int) -> dict[str, Any]:
-    """The JSON schema of a reply: exactly ``n_tokens`` integers from 0 to 10."""
-    item = {"type": "integer", "minimum": 0, "maximum": 10}
+    """The JSON schema of a reply: exactly ``n_tokens`` integers from 0 to 10 (an ``enum``, which
+    llama-cpp-python's grammar enforces where it ignores ``minimum`` and ``maximum``)."""
+    item = {"type": "integer", "enum": list(range(11))}
     return {"type": "array", "items": item, "minItems": n_tokens, "maxItems": n_tokens}
 
 
