@@ -281,21 +281,26 @@ LEFT JOIN explanations e ON e.subject_model = sc.subject_model AND e.variant = s
     AND e.sample = (CASE WHEN sc.method = 'control' THEN 0 ELSE sc.sample END)
     AND e.method = (CASE WHEN sc.method = 'control' THEN 'explanation' ELSE sc.method END);
 
--- The puzzle scorer test (method.md §10), per puzzle file and simulator: how often the true
--- explanation ranked first and in the top two, against what picking at random would give.
+-- The puzzle scorer test (method.md §10), per puzzle file, scorer and model: how often the true
+-- explanation ranked first and in the top two, against what picking at random would give, and
+-- the mean metric (correlation for simulation, balanced accuracy for detection and fuzzing, AUROC
+-- for surprisal) of the true and of the other candidates. The classifier scorers borrow silent
+-- sentences of other puzzles where a puzzle has too few (puzzle_scores metadata says the rule):
+-- those are assumed silent for the borrowing puzzle.
 CREATE OR REPLACE VIEW puzzle_scorer_summary AS
 SELECT
     puzzle_file,
+    scorer,
     simulator_model,
     simulation_mode,
-    count(*) AS n_puzzles,
-    count(*) FILTER (WHERE rank = 1) AS top_1,
-    count(*) FILTER (WHERE rank <= 2) AS top_2,
-    round(sum(1.0 / n_candidates), 2) AS chance_top_1,
-    round(sum(least(2, n_candidates) * 1.0 / n_candidates), 2) AS chance_top_2,
-    avg(correlation) AS mean_true_score
+    count(*) FILTER (WHERE candidate_kind = 'true') AS n_puzzles,
+    count(*) FILTER (WHERE candidate_kind = 'true' AND rank = 1) AS top_1,
+    count(*) FILTER (WHERE candidate_kind = 'true' AND rank <= 2) AS top_2,
+    round(sum(1.0 / n_candidates) FILTER (WHERE candidate_kind = 'true'), 2) AS chance_top_1,
+    round(sum(least(2, n_candidates) * 1.0 / n_candidates) FILTER (WHERE candidate_kind = 'true'), 2) AS chance_top_2,
+    avg(coalesce(metric, correlation)) FILTER (WHERE candidate_kind = 'true') AS mean_true_score,
+    avg(coalesce(metric, correlation)) FILTER (WHERE candidate_kind <> 'true') AS mean_other_score
 FROM puzzle_scores
-WHERE candidate_kind = 'true'
 GROUP BY ALL;
 
 -- The puzzle explainer test: per puzzle, the explainer's explanation beside the true one, and

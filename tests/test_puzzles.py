@@ -261,3 +261,98 @@ def test_the_puzzle_assets_store_ranks_and_the_explainers_scores_and_the_views_s
         assert len(db.sql(example).fetchall()) == 1
     assert explained[0][0] == "colour words such as red" and explained[0][1] == pytest.approx(1.0, abs=0.02)
     assert explained[0][2] is False  # a wrong explanation, simulated as firing on first tokens, scores below the truth
+
+
+def test_a_puzzle_with_too_few_silent_sentences_borrows_other_puzzles_silent_ones_by_a_seeded_rule(tmp_path):
+    from neuron_assets.puzzles.classifier_test import puzzle_examples
+
+    animals = {
+        "name": "animals",
+        "explanation": "animals",
+        "sentences": [["A", [" fox", 10]], ["Two", [" cats", 9]], ["No", " pets"]],
+        "false_explanations": ["vehicles"],
+    }
+    quiet = {
+        "name": "quiet",
+        "explanation": "x",
+        "sentences": [["a"], ["b"], ["c", ["d", 5]]],
+        "false_explanations": ["y"],
+    }
+    puzzles = load_puzzles(_file(tmp_path, {"colours": COLOURS, "animals": animals, "quiet": quiet}))
+    examples = puzzle_examples(puzzles, seed=0)
+    colours, pets = examples[0, 0], examples[0, 1]
+    # colours: 2 firing sentences, 1 silent of its own and 1 borrowed; animals: 2 firing, 1 own, 1 borrowed
+    assert sorted(colours.filter("activating")["excerpt_id"].to_list()) == [0, 1]
+    assert sorted(colours.filter(~pl.col("activating"))["excerpt_id"].to_list())[0] == 2
+    for frame, own in ((colours, 0), (pets, 1)):
+        silent = frame.filter(~pl.col("activating"))
+        assert len(silent) == len(frame) - len(silent) == 2
+        borrowed = [i for i in silent["excerpt_id"].to_list() if i // 1000 != own]
+        assert len(borrowed) == 1 and borrowed[0] in (1002, 2000, 2001, 2) and borrowed[0] // 1000 != own
+        assert set(silent["example_kind"]) == {"non_activating"}
+        assert all(max(v) == 0 for v in silent["activations"].to_list())
+    assert puzzle_examples(puzzles, seed=0)[0, 0].equals(colours)  # the same rule gives the same examples
+
+
+def test_detection_ranks_an_oracles_true_explanation_first_through_the_puzzle_asset(tmp_path, monkeypatch):
+    """The oracle answers detection right for a puzzle's true explanation (1 exactly on that
+    puzzle's firing sentences) and 'all fire' for any other candidate: balanced accuracy 1
+    against 0.5, so every true explanation ranks first."""
+    import re
+
+    import dagster as dg
+    import duckdb
+
+    from neuron_assets.defs.definitions import build_definitions
+    from neuron_assets.prompts.classifiers import DETECTION_SYSTEM, excerpt_text
+    from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
+    from neuron_assets.settings import Settings
+    from neuron_assets.storage.store import ResultStore
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    path = _file(tmp_path, OUR_PUZZLES.read_text(encoding="utf-8"))
+    puzzles = load_puzzles(path)
+    firing = {
+        (p.explanation, excerpt_text(t)): max(a) > 0
+        for p in puzzles
+        for t, a in zip(p.tokens, p.activations, strict=True)
+    }
+
+    def answer(body):
+        system, question = body["messages"][0]["content"], body["messages"][-1]["content"]
+        assert system == DETECTION_SYSTEM, question
+        explanation = question.split("find ", 1)[1].split(".\n\n", 1)[0]
+        texts = re.findall(r"^Example \d+: (.*)$", question, flags=re.MULTILINE)
+        return json.dumps(
+            [
+                int(firing.get((explanation, text), explanation not in {p.explanation for p in puzzles}))
+                for text in texts
+            ]
+        )
+
+    with ScriptedOpenAI(answer) as server:
+        settings = Settings((PACKAGED_SUBJECT_MODEL,), tmp_path / "data", server.url, "explainer", "scorer")
+        job = build_definitions(settings, timeout_s=10, max_attempts=1).resolve_implicit_global_asset_job_def()
+        config = {"path": str(path), "scorers": ["detection"]}
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(
+                run_config={"ops": {"puzzle_scores": {"config": config}}},
+                instance=instance,
+                asset_selection=[dg.AssetKey("puzzle_scores")],
+            )
+    assert result.success
+    metadata = result.asset_materializations_for_node("puzzle_scores")[0].metadata
+    assert (
+        metadata["detection_top_1"].value == len(puzzles) and "assumed silent" in metadata["borrowed_sentences"].value
+    )
+    store = ResultStore(tmp_path / "data")
+    scores = store.read("puzzle_scores")
+    assert set(scores["scorer"]) == {"detection"} and scores["correlation"].is_null().all()
+    true = scores.filter(pl.col("candidate_kind") == "true")
+    assert true["metric"].to_list() == [1.0] * len(puzzles) and true["rank"].to_list() == [1] * len(puzzles)
+    assert set(scores.filter(pl.col("candidate_kind") != "true")["metric"]) == {0.5}
+    with duckdb.connect(str(store.database), read_only=True) as db:
+        summary = db.sql(
+            "SELECT scorer, n_puzzles, top_1, mean_true_score, mean_other_score FROM puzzle_scorer_summary"
+        )
+        assert summary.fetchall() == [("detection", len(puzzles), len(puzzles), 1.0, 0.5)]

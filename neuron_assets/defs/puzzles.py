@@ -19,6 +19,11 @@ GROUP = "puzzles"
 class PuzzleConfig(dg.Config):
     path: str = Field(default=str(OUR_PUZZLES), description="puzzle file in the study's JSON format (default: ours)")
     mode: str = Field(default="auto", description="simulator mode, as for simulations")
+    scorers: list[str] = Field(
+        default_factory=lambda: ["simulation"],
+        description="what ranks the candidates: 'simulation' (the correlation score) and/or the classifier scorers "
+        "'detection', 'fuzzing', 'surprisal' (needs prompt log-probabilities)",
+    )
 
 
 class PuzzleExplainerConfig(dg.Config):
@@ -33,36 +38,76 @@ def build_assets() -> list[Any]:
     @dg.asset(group_name=GROUP, metadata={"dagster/column_schema": column_schema("puzzle_scores")})
     def puzzle_scores(context: dg.AssetExecutionContext, config: PuzzleConfig, llm: LLMResource) -> pl.DataFrame:
         """The scorer test: the true explanation, the false ones and the 3 most common firing tokens
-        of every puzzle, simulated and ranked; the true one should rank first."""
+        of every puzzle, simulated (or classified) and ranked; the true one should rank first."""
         import time
 
+        from neuron_assets.puzzles.classifier_test import BORROW_RULE, classifier_scorer_test
         from neuron_assets.puzzles.evaluation import scorer_summary, scorer_test
         from neuron_assets.puzzles.puzzle_file import load_puzzles
+        from neuron_assets.scorers.classifier_neurons import SURPRISAL, check_scorers
+        from neuron_assets.simulators.probes import gives_prompt_logprobs
 
         puzzles = load_puzzles(config.path)
-        client, simulator, mode, ten_handling, shift = llm.simulator(config.mode)
-        started = time.perf_counter()
-        frame = scorer_test(
-            client,
-            simulator,
-            puzzles,
-            mode=mode,
-            ten_handling=ten_handling,
-            distribution_shift=shift,
-            concurrency=llm.max_concurrency,
-            on_puzzle=lambda name: context.log.info(f"simulated puzzle {name}"),
-        ).with_columns(run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path)))
-        seconds = time.perf_counter() - started
-        summary = scorer_summary(frame)
+        classifiers = [s for s in config.scorers if s != "simulation"]
+        if classifiers:
+            check_scorers(classifiers, "puzzle_scores config 'scorers'")
+        if not config.scorers:
+            raise ValueError("puzzle_scores config 'scorers' names none: name 'simulation' and/or a classifier scorer")
+        if "simulation" in config.scorers:  # one client (its counts in the metadata) for every scorer
+            client, simulator, mode, ten_handling, shift = llm.simulator(config.mode)
+        else:
+            client, (_, simulator) = llm.client(), llm.model_names()
+        if SURPRISAL in classifiers and not gives_prompt_logprobs(client, simulator):
+            raise ValueError(
+                f"the surprisal scorer needs prompt log-probabilities (completions with echo), which {simulator!r} "
+                f"at {llm.backend()} does not give: leave 'surprisal' out of scorers"
+            )
+        frames, metadata = [], {}
+        for scorer in dict.fromkeys(config.scorers):
+            started = time.perf_counter()
+            if scorer == "simulation":
+                frame = scorer_test(
+                    client,
+                    simulator,
+                    puzzles,
+                    mode=mode,
+                    ten_handling=ten_handling,
+                    distribution_shift=shift,
+                    concurrency=llm.max_concurrency,
+                    on_puzzle=lambda name: context.log.info(f"simulated puzzle {name}"),
+                )
+                metadata["simulation_mode"] = mode
+            else:
+                frame = classifier_scorer_test(
+                    client,
+                    simulator,
+                    puzzles,
+                    scorer,
+                    concurrency=llm.max_concurrency,
+                    on_puzzle=lambda name, scorer=scorer: context.log.info(f"{scorer}: puzzle {name}"),
+                )
+                metadata["borrowed_sentences"] = BORROW_RULE.format(seed=0)
+            seconds = time.perf_counter() - started
+            summary = scorer_summary(frame)
+            metadata[f"{scorer}_top_1"] = summary["top_1"]
+            metadata[f"{scorer}_top_2"] = summary["top_2"]
+            # near 0 when every response was cached
+            metadata[f"{scorer}_seconds_per_puzzle"] = round(seconds / len(puzzles), 2)
+            frames.append(frame)
+        frame = pl.concat(frames, how="diagonal_relaxed").with_columns(
+            run_id=pl.lit(context.run.run_id), puzzle_file=pl.lit(str(config.path))
+        )
+        summary = scorer_summary(frame.filter(pl.col("scorer") == config.scorers[0]))
         context.add_output_metadata(
             {
-                **{k: dg.MetadataValue.float(round(v, 2)) if isinstance(v, float) else v for k, v in summary.items()},
-                "simulation_mode": mode,
-                "seconds_per_puzzle": round(seconds / len(puzzles), 2),  # near 0 when every response was cached
+                "puzzles": summary["puzzles"],
+                "chance_top_1": dg.MetadataValue.float(round(summary["chance_top_1"], 2)),
+                "chance_top_2": dg.MetadataValue.float(round(summary["chance_top_2"], 2)),
+                **metadata,
                 **client.stats.as_metadata(),
                 "ranks": table(
                     frame.filter(pl.col("candidate_kind") == "true").select(
-                        "puzzle", "rank", "n_candidates", pl.col("correlation").round(3)
+                        "scorer", "puzzle", "rank", "n_candidates", pl.col("metric").round(3)
                     )
                 ),
             }
@@ -86,6 +131,12 @@ def build_assets() -> list[Any]:
         )
         from neuron_assets.puzzles.puzzle_file import load_puzzles
 
+        puzzle_scores = puzzle_scores.filter(pl.col("scorer") == "simulation")
+        if puzzle_scores.is_empty():
+            raise ValueError(
+                "puzzle_explanations scores the explainer's explanation with the simulator: materialize puzzle_scores "
+                "with 'simulation' among its scorers first"
+            )
         path = puzzle_scores["puzzle_file"][0]
         puzzles = load_puzzles(path)
         if set(p.name for p in puzzles) != set(puzzle_scores["puzzle"]):

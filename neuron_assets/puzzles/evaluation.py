@@ -179,14 +179,14 @@ def score_candidates(simulations: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def rank_candidates(scored: pl.DataFrame) -> pl.DataFrame:
-    """Add ``rank`` (1 = best) within each puzzle and ``n_candidates``.
+def rank_candidates(scored: pl.DataFrame, column: str = "correlation") -> pl.DataFrame:
+    """Add ``rank`` (1 = best by ``column``) within each puzzle and ``n_candidates``.
 
     Ties count against a candidate (its rank is 1 + the number of others scoring at least as
     well), so a scorer that gives everything the same score solves nothing; an undefined
     score ranks below every defined one.
     """
-    value = pl.col("correlation").fill_null(float("-inf"))
+    value = pl.col(column).fill_null(float("-inf"))
     return scored.with_columns(
         rank=value.rank("max", descending=True).over("puzzle").cast(pl.Int64),
         n_candidates=pl.len().over("puzzle").cast(pl.Int64),
@@ -220,7 +220,9 @@ def scorer_test(
     )
     ranked = rank_candidates(candidates.join(score_candidates(simulations), on=["puzzle", "candidate"]))
     settings = simulations.select("puzzle", "simulator_model", "simulation_mode", "prompt_version", "ten_handling")
-    return ranked.join(settings.unique("puzzle"), on="puzzle")
+    return ranked.join(settings.unique("puzzle"), on="puzzle").with_columns(
+        scorer=pl.lit("simulation"), metric=pl.col("correlation")
+    )
 
 
 def scorer_summary(ranked: pl.DataFrame) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """``make puzzles``: the scorer and explainer puzzle tests, through Dagster, then their results.
 
 ``make puzzles ARGS="--path other.json --mode json"`` runs them on another puzzle file or
-simulator mode; the LLMs are the configured ones (the packaged SmolLM2 by default).
+simulator mode; ``--scorer detection --scorer fuzzing`` ranks the candidates by those scorers
+too (or instead: the explainer test then needs 'simulation' among them). The LLMs are the
+configured ones (the packaged SmolLM2 by default).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", default=str(OUR_PUZZLES), help="puzzle file in the study's format")
     parser.add_argument("--mode", default="auto", help="simulator mode, as for simulations")
     parser.add_argument("--scorer-only", action="store_true", help="skip the explainer test")
+    parser.add_argument(
+        "--scorer",
+        action="append",
+        dest="scorers",
+        help="what ranks the candidates (repeatable): simulation (the default), detection, fuzzing, surprisal",
+    )
     args = parser.parse_args(argv)
+    scorers = args.scorers or ["simulation"]
+    scorer_only = args.scorer_only or "simulation" not in scorers
 
     import duckdb
 
@@ -27,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from neuron_assets.settings import Settings
     from neuron_assets.storage.store import ResultStore
 
-    selection = [dg.AssetKey("puzzle_scores")] + ([] if args.scorer_only else [dg.AssetKey("puzzle_explanations")])
+    selection = [dg.AssetKey("puzzle_scores")] + ([] if scorer_only else [dg.AssetKey("puzzle_explanations")])
+    config = {"path": args.path, "mode": args.mode, "scorers": scorers}
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        run_config={"ops": {"puzzle_scores": {"config": {"path": args.path, "mode": args.mode}}}},
+        run_config={"ops": {"puzzle_scores": {"config": config}}},
         instance=dg.DagsterInstance.get(),
         asset_selection=selection,
         raise_on_error=False,
@@ -43,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         print("Scorer test: the true explanation's rank among the candidates (1 = the scorer picked it)")
         print(
             db.sql(
-                "SELECT puzzle, rank, n_candidates, round(correlation, 3) AS true_score, "
-                "(SELECT round(max(o.correlation), 3) FROM puzzle_scores o WHERE o.puzzle = t.puzzle "
-                " AND o.candidate_kind <> 'true') AS best_other_score "
-                "FROM puzzle_scores t WHERE candidate_kind = 'true' ORDER BY puzzle"
+                "SELECT scorer, puzzle, rank, n_candidates, round(metric, 3) AS true_score, "
+                "(SELECT round(max(o.metric), 3) FROM puzzle_scores o WHERE o.puzzle = t.puzzle "
+                " AND o.scorer = t.scorer AND o.candidate_kind <> 'true') AS best_other_score "
+                "FROM puzzle_scores t WHERE candidate_kind = 'true' ORDER BY scorer, puzzle"
             )
             .pl()
             .to_pandas()
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             db.sql("SELECT * EXCLUDE (puzzle_file) FROM puzzle_scorer_summary").pl().to_pandas().to_string(index=False)
         )
-        if not args.scorer_only:
+        if not scorer_only:
             print("\nExplainer test: the explainer's explanation, scored on the puzzle beside the true one")
             print(
                 db.sql(

@@ -521,20 +521,34 @@ class PuzzleScores(pa.DataFrameModel):
             "tokens that most often fire)"
         ),
     )
-    explanation: str = pa.Field(description="the candidate explanation that was simulated")
+    explanation: str = pa.Field(description="the candidate explanation that was scored")
+    scorer: str = pa.Field(
+        isin=["simulation", *CLASSIFIER_SCORERS],
+        description="what scored the candidates: 'simulation' (the correlation score), 'detection', 'fuzzing' or "
+        "'surprisal'",
+    )
+    metric: Optional[float] = pa.Field(
+        nullable=True,
+        description="what the candidates are ranked by: the correlation (simulation), the balanced accuracy "
+        "(detection, fuzzing) or the AUROC (surprisal); null when undefined (and in rows written before scorers)",
+    )
     correlation: Optional[float] = pa.Field(
         nullable=True,
         ge=-1.0,
         le=1.0,
         description=(
-            "correlation of simulated with true activations over all the puzzle's sentences; null when undefined"
+            "correlation of simulated with true activations over all the puzzle's sentences; null when undefined "
+            "and for the classifier scorers"
         ),
     )
     undefined_reason: Optional[str] = pa.Field(
-        nullable=True, description="why the correlation is undefined; null when defined"
+        nullable=True, description="why the metric is undefined; null when defined"
     )
-    n_tokens: int = pa.Field(ge=0, description="tokens scored")
-    n_unsimulated: int = pa.Field(ge=0, description="tokens without a simulated value, scored as 0")
+    n_tokens: int = pa.Field(ge=0, description="tokens scored (classifier scorers: of the examples asked about)")
+    n_unsimulated: int = pa.Field(
+        ge=0,
+        description="tokens without a simulated value, scored as 0 (classifier scorers: examples without an answer)",
+    )
     rank: int = pa.Field(
         ge=1,
         description=(
@@ -543,10 +557,15 @@ class PuzzleScores(pa.DataFrameModel):
         ),
     )
     n_candidates: int = pa.Field(ge=1, description="candidates of the puzzle")
-    simulator_model: str = pa.Field(description="model that simulated the puzzle from each candidate")
-    simulation_mode: str = pa.Field(description="simulator mode (see simulations.simulation_mode)")
-    prompt_version: str = pa.Field(description="version of the simulator prompt")
-    ten_handling: str = pa.Field(description="how the value 10 was read (see simulations.ten_handling)")
+    simulator_model: str = pa.Field(description="model that simulated (or classified) from each candidate")
+    simulation_mode: Optional[str] = pa.Field(
+        nullable=True, description="simulator mode (see simulations.simulation_mode); null for the classifier scorers"
+    )
+    prompt_version: str = pa.Field(description="version of the simulator's (or the classifier scorer's) prompt")
+    ten_handling: Optional[str] = pa.Field(
+        nullable=True,
+        description="how the value 10 was read (see simulations.ten_handling); null for the classifier scorers",
+    )
 
 
 class PuzzleExplanations(pa.DataFrameModel):

@@ -40,6 +40,8 @@ OLDER_FILES_MEAN = {
     "variant": DEFAULT_VARIANT,
     "run_settings": None,
     "overridden_settings": None,
+    "scorer": "simulation",  # puzzle scores from before the classifier scorers
+    "metric": None,
 }
 
 
