@@ -149,6 +149,17 @@ def _oracle_json_client(puzzles, calls):
     return SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
 
 
+def test_the_chance_of_ranking_true_explanations_first_by_luck_is_the_poisson_binomial_tail():
+    from neuron_assets.puzzles.evaluation import chance_of_at_least
+
+    # two puzzles of 4 and 2 candidates: both first by luck 1/4 x 1/2; at least one 1 - 3/4 x 1/2
+    assert chance_of_at_least(2, [0.25, 0.5]) == pytest.approx(0.125)
+    assert chance_of_at_least(1, [0.25, 0.5]) == pytest.approx(0.625)
+    assert chance_of_at_least(0, [0.25, 0.5]) == pytest.approx(1.0)
+    # 19 puzzles of 5 candidates: 8 or more first by luck has the binomial tail P(X >= 8) = 0.0233
+    assert chance_of_at_least(8, [0.2] * 19) == pytest.approx(0.02328, abs=1e-5)
+
+
 def test_the_scorer_test_ranks_an_oracle_simulators_true_explanation_first(tmp_path):
     animals = {
         "name": "animals",

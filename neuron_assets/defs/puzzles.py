@@ -91,6 +91,7 @@ def build_assets() -> list[Any]:
             summary = scorer_summary(frame)
             metadata[f"{scorer}_top_1"] = summary["top_1"]
             metadata[f"{scorer}_top_2"] = summary["top_2"]
+            metadata[f"{scorer}_p_top_1"] = dg.MetadataValue.float(round(summary["p_top_1"], 4))
             # near 0 when every response was cached
             metadata[f"{scorer}_seconds_per_puzzle"] = round(seconds / len(puzzles), 2)
             frames.append(frame)

@@ -226,15 +226,34 @@ def scorer_test(
 
 
 def scorer_summary(ranked: pl.DataFrame) -> dict[str, float]:
-    """Top-1 and top-2 counts of the true explanation, and what chance would give."""
+    """Top-1 and top-2 counts of the true explanation, what chance would give, and how likely
+    chance alone is to rank it first that often (``p_top_1``, see ``chance_of_at_least``)."""
     true = ranked.filter(pl.col("candidate_kind") == TRUE)
+    top_1 = int((true["rank"] == 1).sum())
     return {
         "puzzles": len(true),
-        "top_1": int((true["rank"] == 1).sum()),
+        "top_1": top_1,
         "top_2": int((true["rank"] <= 2).sum()),
         "chance_top_1": float((1 / true["n_candidates"]).sum()),
         "chance_top_2": float((true["n_candidates"].clip(upper_bound=2) / true["n_candidates"]).sum()),
+        "p_top_1": chance_of_at_least(top_1, (1 / true["n_candidates"]).to_list()),
     }
+
+
+def chance_of_at_least(successes: int, chances: Sequence[float]) -> float:
+    """P(at least ``successes`` of independent trials succeed), trial i with probability ``chances[i]``.
+
+    The test of a scorer against chance on the puzzles: a scorer that picks a candidate at
+    random ranks puzzle i's true explanation first with probability 1 / its candidates; a
+    small value (below 0.01, say) means the top-1 count is unlikely to be luck. Exact (the
+    Poisson-binomial distribution, by dynamic programming over the trials)."""
+    distribution = [1.0]
+    for p in chances:
+        distribution = [
+            (distribution[k] if k < len(distribution) else 0.0) * (1 - p) + (distribution[k - 1] * p if k >= 1 else 0.0)
+            for k in range(len(distribution) + 1)
+        ]
+    return float(min(1.0, sum(distribution[successes:])))
 
 
 def explain_puzzles(

@@ -13,6 +13,7 @@ import sys
 
 import dagster as dg
 
+from neuron_assets.puzzles.evaluation import chance_of_at_least
 from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES
 
 
@@ -67,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             db.sql("SELECT * EXCLUDE (puzzle_file) FROM puzzle_scorer_summary").pl().to_pandas().to_string(index=False)
         )
+        true = db.sql("SELECT scorer, rank, n_candidates FROM puzzle_scores WHERE candidate_kind = 'true'").pl()
+        for (scorer,), rows in true.group_by("scorer", maintain_order=True):
+            top_1, chances = int((rows["rank"] == 1).sum()), (1 / rows["n_candidates"]).to_list()
+            print(
+                f"{scorer}: chance alone ranks the true explanation first {top_1} or more times with "
+                f"probability {chance_of_at_least(top_1, chances):.4f}"
+            )
         if not scorer_only:
             print("\nExplainer test: the explainer's explanation, scored on the puzzle beside the true one")
             print(
