@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from neuron_assets.llm.fan_out import NeuronFailures
-from neuron_assets.puzzles.evaluation import PuzzleFailures, candidate_explanations, rank_candidates
+from neuron_assets.puzzles.evaluation import candidate_explanations, puzzle_failures, rank_candidates
 from neuron_assets.puzzles.puzzle_file import Puzzle
 from neuron_assets.scorers.classifier_neurons import PROMPT_VERSIONS, SURPRISAL, score_by_classifiers
 from neuron_assets.scorers.examples import EXAMPLE_SCHEMA
@@ -94,11 +94,7 @@ def classifier_scorer_test(
             on_neuron=None if on_puzzle is None else (lambda _layer, neuron: on_puzzle(puzzles[neuron].name)),
         )
     except NeuronFailures as failures:
-        lines = [
-            f"  puzzle {puzzles[neuron].name!r}: {message}"
-            for (_, neuron), message in sorted(failures.failures.items())
-        ]
-        raise PuzzleFailures(f"{scorer} failed for {len(lines)} puzzle(s):\n" + "\n".join(lines)) from failures
+        raise puzzle_failures(puzzles, failures, scorer) from failures
     metric = pl.col("auroc") if scorer == SURPRISAL else pl.col("balanced_accuracy")
     n_tokens = {key: int(frame["tokens"].list.len().sum()) for key, frame in examples.items()}
     frame = scored.select(

@@ -37,6 +37,14 @@ class PuzzleFailures(RuntimeError):
     """The LLM work of some puzzles failed; the others' responses are cached, so a re-run redoes only these."""
 
 
+def puzzle_failures(puzzles: Sequence[Puzzle], failures: NeuronFailures, what: str) -> PuzzleFailures:
+    """``failures`` of the synthetic neurons (layer 0, neuron = a puzzle's index) named by their puzzles."""
+    lines = [
+        f"  puzzle {puzzles[neuron].name!r}: {message}" for (_, neuron), message in sorted(failures.failures.items())
+    ]
+    return PuzzleFailures(f"{what} failed for {len(lines)} puzzle(s):\n" + "\n".join(lines))
+
+
 def common_tokens_explanation(tokens: Sequence[Sequence[str]], activations: Sequence[Sequence[float]]) -> str:
     """The study's fixed false candidate: the 3 tokens that most often carry a non-zero activation.
 
@@ -138,11 +146,7 @@ def simulate_candidates(
             on_neuron=None if on_puzzle is None else (lambda _layer, neuron: on_puzzle(puzzles[neuron].name)),
         )
     except NeuronFailures as failures:
-        lines = [
-            f"  puzzle {puzzles[neuron].name!r}: {message}"
-            for (_, neuron), message in sorted(failures.failures.items())
-        ]
-        raise PuzzleFailures(f"simulation failed for {len(lines)} puzzle(s):\n" + "\n".join(lines)) from failures
+        raise puzzle_failures(puzzles, failures, "simulation") from failures
     return (
         frame.join(sentences.select("excerpt_id", "sentence"), on="excerpt_id")
         .with_columns(puzzle=pl.col("neuron").map_elements(lambda i: puzzles[i].name, return_dtype=pl.String))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -28,7 +27,7 @@ import polars as pl
 
 from neuron_assets.llm.errors import ReplyFormatError
 from neuron_assets.llm.json_schema import response_format
-from neuron_assets.simulators.modes.base import TOP_LOGPROBS, reported_prompt_tokens
+from neuron_assets.simulators.modes.base import TOP_LOGPROBS, json_array, reported_prompt_tokens
 
 BATCH_SIZE = 5  # examples per call
 ANSWER_COLUMNS = {"answer": pl.Int64, "probability": pl.Float64, "batch": pl.Int64, "prompt_tokens": pl.Int64}
@@ -60,19 +59,15 @@ def parse_answers(reply: str, n_examples: int) -> list[tuple[int | None, int | N
     The array runs from the reply's first "[" to its last "]"; one that cannot be parsed, or
     whose length is not ``n_examples``, is an ``AnswerError``, as is an array without one 0 or 1.
     """
-    start, end = reply.find("["), reply.rfind("]")
-    try:
-        items = json.loads(reply[start : end + 1]) if 0 <= start < end else None
-    except json.JSONDecodeError:
-        items = None
-    if not isinstance(items, list):
+    items = json_array(reply)
+    if items is None:
         raise AnswerError(f"reply holds no JSON array of answers: {reply[:200]!r}")
     if len(items) != n_examples:
         raise AnswerError(f"reply's JSON array has {len(items)} answers for {n_examples} examples: {reply[:200]!r}")
     answers = [_answer(item) for item in items]
     if all(answer is None for answer in answers):
         raise AnswerError(f"no element of the reply's JSON array is 0 or 1: {reply[:200]!r}")
-    written = [(m.start(), m.group()) for m in ITEM.finditer(reply, start + 1, end)]
+    written = [(m.start(), m.group()) for m in ITEM.finditer(reply, reply.find("[") + 1, reply.rfind("]"))]
     if len(written) != n_examples:  # elements with spaces or commas inside: offsets unknown
         return [(answer, None) for answer in answers]
     return [

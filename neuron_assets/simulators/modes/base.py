@@ -3,6 +3,7 @@ names of the modes and of the readings of "10", and the helpers the modes share 
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -164,6 +165,17 @@ def some_value(expected: list[float | None]) -> list[float | None]:
             "where a value belongs (digits written as words, or the format ignored)"
         )
     return expected
+
+
+def json_array(reply: str) -> list[Any] | None:
+    """The JSON array a reply holds from its first "[" to its last "]" (text around it, such as
+    a sentence or a code fence, is ignored); None when there is none or it does not parse."""
+    start, end = reply.find("["), reply.rfind("]")
+    try:
+        items = json.loads(reply[start : end + 1]) if 0 <= start < end else None
+    except json.JSONDecodeError:
+        return None
+    return items if isinstance(items, list) else None
 
 
 def reported_prompt_tokens(response: dict[str, Any]) -> int:

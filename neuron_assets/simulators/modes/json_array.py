@@ -10,7 +10,6 @@ one per token, so a weak simulator's reply can still be read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from neuron_assets.simulators.modes.base import (
     SimulationMode,
     SimulatorMode,
     TenHandling,
+    json_array,
     reported_prompt_tokens,
 )
 
@@ -58,12 +58,8 @@ def parse_json_activations(reply: str, n_tokens: int) -> tuple[list[float | None
     values leave the trailing tokens unsimulated and extra values are dropped; both count
     as misaligned.
     """
-    start, end = reply.find("["), reply.rfind("]")
-    try:
-        items = json.loads(reply[start : end + 1]) if 0 <= start < end else None
-    except json.JSONDecodeError:
-        items = None
-    if not isinstance(items, list):
+    items = json_array(reply)
+    if items is None:
         raise SimulationError(f"reply holds no JSON array of activations: {reply[:200]!r}")
     values: list[float | None] = [
         min(10.0, max(0.0, float(v))) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
