@@ -111,3 +111,22 @@ def test_an_excerpt_missing_from_the_excerpts_table_is_an_error():
     records = neuron_records()
     with pytest.raises(ValueError, match=r"excerpts \[13\] are not in the excerpts given"):
         select_examples(records, excerpts_for(records).filter(pl.col("excerpt_id") != 13), n_top=2, n_non_activating=3)
+
+
+def test_every_neuron_with_too_few_examples_is_named_in_one_error_before_any_call():
+    from neuron_assets.scorers.classifier_neurons import neuron_examples
+
+    records = pl.concat(
+        [
+            neuron_records(),
+            neuron_records().with_columns(neuron=pl.lit(8, pl.Int64)),
+            neuron_records().with_columns(neuron=pl.lit(9, pl.Int64)),
+        ]
+    )
+    explanations = pl.DataFrame({"layer": [2, 2, 2], "neuron": [7, 8, 9]})
+    with pytest.raises(ValueError, match=r"3 neuron\(s\) cannot be scored:\n.*neuron 7.*\n.*neuron 8.*\n.*neuron 9"):
+        neuron_examples(explanations, records, excerpts_for(records), n_top=3, n_non_activating=4)
+    chosen = neuron_examples(explanations, records, excerpts_for(records), n_top=3, n_non_activating=3)
+    assert sorted(chosen) == [(2, 7), (2, 8), (2, 9)]
+    with pytest.raises(ValueError, match=r"no activation records for the explained \(layer, neuron\) \[\(2, 10\)\]"):
+        neuron_examples(pl.DataFrame({"layer": [2], "neuron": [10]}), records, excerpts_for(records))

@@ -87,12 +87,21 @@ def neuron_examples(
     its ``records`` (one side) and the ``excerpts``: call it before any LLM call, so a neuron
     with too few examples, or none recorded, stops the step first, named."""
     explained = explanations.select("layer", "neuron").unique()
-    chosen = {
-        (layer, neuron): select_examples(
-            group, excerpts, n_top=n_top, n_non_activating=n_non_activating, silent_fraction=silent_fraction, seed=seed
-        )
-        for (layer, neuron), group in records.join(explained, on=["layer", "neuron"]).group_by("layer", "neuron")
-    }
+    chosen, problems = {}, []
+    for (layer, neuron), group in records.join(explained, on=["layer", "neuron"]).group_by("layer", "neuron"):
+        try:
+            chosen[layer, neuron] = select_examples(
+                group,
+                excerpts,
+                n_top=n_top,
+                n_non_activating=n_non_activating,
+                silent_fraction=silent_fraction,
+                seed=seed,
+            )
+        except ValueError as error:  # every neuron that cannot be asked about is named at once
+            problems.append(str(error))
+    if problems:
+        raise ValueError(f"{len(problems)} neuron(s) cannot be scored:\n" + "\n".join(sorted(problems)))
     unrecorded = sorted(set(explained.iter_rows()) - set(chosen))
     if unrecorded:
         raise ValueError(f"no activation records for the explained (layer, neuron) {unrecorded}: record them first")
