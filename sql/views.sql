@@ -658,41 +658,31 @@ SELECT d.subject_model, d.variant, d.layer, d.n_directions,
 FROM direction_layers d
 JOIN neurons n USING (subject_model, variant, layer);
 
--- The classifier scorers (delphi's detection, fuzzing and surprisal) beside the correlation
--- score, per neuron side and method, a method's samples averaged (as in neuron_scores).
--- detection / fuzzing: balanced accuracy of the written yes/no answers (0.5 is chance) and,
--- where the answers were graded from log-probabilities, the AUROC; surprisal: the AUROC of
--- the likelihood gain the explanation gives activating over non-activating excerpts (0.5 is
--- chance). simulation_score is the top-and-random correlation of the same explanation.
+-- The classifier scorers (delphi's detection, fuzzing and surprisal), per neuron side and
+-- method, a method's samples averaged (as in neuron_scores). detection / fuzzing: balanced
+-- accuracy of the written yes/no answers (0.5 is chance) and, where the answers were graded
+-- from log-probabilities, the AUROC; surprisal: the AUROC of the likelihood gain the
+-- explanation gives activating over non-activating excerpts (0.5 is chance).
+-- scorers_beside_simulation adds the same explanation's correlation score where it was simulated.
 CREATE OR REPLACE VIEW neuron_scorers AS
-WITH classified AS (
-    SELECT subject_model, variant, layer, neuron, polarity, method,
-        avg(balanced_accuracy) FILTER (WHERE scorer = 'detection') AS detection_balanced_accuracy,
-        avg(auroc) FILTER (WHERE scorer = 'detection') AS detection_auroc,
-        avg(balanced_accuracy) FILTER (WHERE scorer = 'fuzzing') AS fuzzing_balanced_accuracy,
-        avg(auroc) FILTER (WHERE scorer = 'fuzzing') AS fuzzing_auroc,
-        avg(auroc) FILTER (WHERE scorer = 'surprisal') AS surprisal_auroc,
-        avg(mean_gain_activating - mean_gain_non_activating) FILTER (WHERE scorer = 'surprisal')
-            AS surprisal_gain_difference,
-        max(n_examples) AS n_examples
-    FROM classifier_scores
-    GROUP BY subject_model, variant, layer, neuron, polarity, method
-),
-simulated AS (
-    SELECT subject_model, variant, layer, neuron, polarity, method, avg(correlation) AS simulation_score
-    FROM scores WHERE scoring_set = 'top_and_random'
-    GROUP BY subject_model, variant, layer, neuron, polarity, method
-)
-SELECT c.*, s.simulation_score
-FROM classified c
-LEFT JOIN simulated s USING (subject_model, variant, layer, neuron, polarity, method);
+SELECT subject_model, variant, layer, neuron, polarity, method,
+    avg(balanced_accuracy) FILTER (WHERE scorer = 'detection') AS detection_balanced_accuracy,
+    avg(auroc) FILTER (WHERE scorer = 'detection') AS detection_auroc,
+    avg(balanced_accuracy) FILTER (WHERE scorer = 'fuzzing') AS fuzzing_balanced_accuracy,
+    avg(auroc) FILTER (WHERE scorer = 'fuzzing') AS fuzzing_auroc,
+    avg(auroc) FILTER (WHERE scorer = 'surprisal') AS surprisal_auroc,
+    avg(mean_gain_activating - mean_gain_non_activating) FILTER (WHERE scorer = 'surprisal')
+        AS surprisal_gain_difference,
+    max(n_examples) AS n_examples
+FROM classifier_scores
+GROUP BY subject_model, variant, layer, neuron, polarity, method;
 
 -- Every scorer per layer and method: the mean of its headline metric over neurons (balanced
 -- accuracy for detection and fuzzing, AUROC for surprisal; graded_auroc beside it where the
 -- answers were graded) with a 95% interval (normal approximation, mean +- 1.96 standard
--- errors; NULL under 2 neurons), and 'simulation' (the top-and-random correlation) for
--- comparison. Read explanation against control: an explanation that tells its neuron's
--- excerpts apart no better than another neuron's explanation does carries nothing of its own.
+-- errors; NULL under 2 neurons). Read explanation against control: an explanation that tells
+-- its neuron's excerpts apart no better than another neuron's explanation does carries
+-- nothing of its own.
 CREATE OR REPLACE VIEW scorer_layers AS
 WITH per_neuron AS (
     SELECT subject_model, variant, layer, polarity, method, 'detection' AS scorer,
@@ -704,13 +694,9 @@ WITH per_neuron AS (
     UNION ALL
     SELECT subject_model, variant, layer, polarity, method, 'surprisal', surprisal_auroc, surprisal_auroc
     FROM neuron_scorers WHERE surprisal_auroc IS NOT NULL
-    UNION ALL
-    SELECT subject_model, variant, layer, polarity, method, 'simulation', simulation_score, NULL
-    FROM neuron_scorers WHERE simulation_score IS NOT NULL
 )
 SELECT subject_model, variant, layer, polarity, method, scorer,
-    CASE WHEN scorer IN ('detection', 'fuzzing') THEN 'balanced_accuracy'
-         WHEN scorer = 'surprisal' THEN 'auroc' ELSE 'correlation' END AS metric_name,
+    CASE WHEN scorer = 'surprisal' THEN 'auroc' ELSE 'balanced_accuracy' END AS metric_name,
     count(metric) AS n_neurons,
     avg(metric) AS mean_metric,
     avg(metric) - 1.96 * stddev_samp(metric) / sqrt(count(metric)) AS ci_low,
@@ -719,3 +705,14 @@ SELECT subject_model, variant, layer, polarity, method, scorer,
 FROM per_neuron
 GROUP BY subject_model, variant, layer, polarity, method, scorer
 ORDER BY subject_model, variant, layer, polarity, scorer, method;
+
+-- neuron_scorers with the same explanation's top-and-random correlation score (simulation_score)
+-- where it was simulated too: the scorers side by side, one row per neuron side and method.
+CREATE OR REPLACE VIEW scorers_beside_simulation AS
+SELECT c.*, s.simulation_score
+FROM neuron_scorers c
+LEFT JOIN (
+    SELECT subject_model, variant, layer, neuron, polarity, method, avg(correlation) AS simulation_score
+    FROM scores WHERE scoring_set = 'top_and_random'
+    GROUP BY subject_model, variant, layer, neuron, polarity, method
+) s USING (subject_model, variant, layer, neuron, polarity, method);

@@ -166,12 +166,25 @@ def test_neuron_scorers_and_scorer_layers_show_every_scorer_beside_the_others(sc
     neurons = query(
         store,
         "SELECT neuron, method, detection_balanced_accuracy, fuzzing_balanced_accuracy, "
-        "surprisal_auroc, simulation_score FROM neuron_scorers WHERE method = 'explanation'",
+        "surprisal_auroc, simulation_score FROM scorers_beside_simulation WHERE method = 'explanation'",
     )
     assert sorted(n for n, *_ in neurons) == sorted(FIRING_WORDS)
     for *_, detection, fuzzing, surprisal, simulation in neurons:
         assert (detection, fuzzing, surprisal) == (1.0, 1.0, None)  # no surprisal without prompt log-probabilities
         assert simulation >= 0.99  # the exact simulator's top-and-random correlation, beside them
+
+
+def test_the_scorer_views_need_no_simulation(scored, tmp_path):
+    """A results folder with classifier scores but no scores table still has neuron_scorers and scorer_layers."""
+    import shutil
+
+    _, store, _, _ = scored
+    copy = tmp_path / "results"
+    shutil.copytree(store.root, copy, ignore=shutil.ignore_patterns("scores", "results.duckdb*", "llm_cache"))
+    copied = ResultStore(copy)
+    copied.refresh_views()
+    assert query(copied, "SELECT count(*) FROM scorer_layers WHERE method = 'explanation'") == [(2,)]
+    assert query(copied, "SELECT count(*) FROM neuron_scorers") == [(6,)]
 
 
 def rerun(scored, config):
