@@ -34,11 +34,19 @@ SECRET = "sk-neuron-assets-test-0123456789"
 TINY = {
     "ops": {
         "activation_records": {"config": {"n_neurons": 2, "n_random": 4, "batch_size": 32}},
-        "scoring_excerpts": {"config": {"n_top": 2, "n_random": 2, "n_calibration_top": 1, "n_calibration_random": 1}},
+        "scoring_excerpts": {"config": {"n_top": 1, "n_random": 1, "n_calibration_top": 1, "n_calibration_random": 1}},
         "explanations": {"config": {"n_examples": 2, "max_tokens": 30, "lookup_tokens": 8}},
     }
 }
 METHODS = ["control", "explanation", "lookup_explanation", "lookup_table", "weight_based"]
+# The killed-server test redoes layer 0's LLM stages without the cache: its own explanation only.
+OWN_EXPLANATION_ONLY = {
+    "ops": {
+        **TINY["ops"],
+        "explanations": {"config": {**TINY["ops"]["explanations"]["config"], "methods": ["explanation"]}},
+        "simulations": {"config": {"methods": ["explanation"]}},
+    }
+}
 # Revision runs on this backfill's results with a scripted LLM (test_revision_*): with the
 # real one it would add minutes of sentence writing and simulation to the suite.
 # Example queries over tables this backfill does not make; the tests that make them run them.
@@ -156,7 +164,7 @@ def test_every_method_is_scored_on_the_same_tokens_with_a_held_out_calibration(b
         assert calibration_tokens == 2 * 64  # one top and one random calibration excerpt
     scored = query(store, "SELECT list(excerpt_id) FROM scoring_excerpts GROUP BY layer, neuron")
     for (ids,) in scored:
-        assert len(ids) == len(set(ids)) == 6  # 2 top, 2 random, 2 calibration: none twice
+        assert len(ids) == len(set(ids)) == 4  # 1 top, 1 random, 2 calibration: none twice
     # a calibration fitted elsewhere: explained variance is not the correlation squared
     gaps = query(
         store, "SELECT abs(explained_variance - correlation ^ 2) FROM scores WHERE explained_variance IS NOT NULL"
@@ -238,7 +246,7 @@ def test_lineage_view_traces_every_score_to_its_run_prompts_models_and_excerpts(
     assert len(rows) == 8  # 4 neurons x 2 scoring sets
     for explainer_v, simulator_v, shown, scored, calibration, corpus, *runs in rows:
         assert explainer_v.startswith("explainer-") and simulator_v.startswith("simulator-")
-        assert len(shown) == 2 and len(scored) == 4 and not set(shown) & set(scored)
+        assert len(shown) == 2 and len(scored) == 2 and not set(shown) & set(scored)
         assert len(calibration) == 2 and not set(calibration) & set(scored)
         assert corpus == "lee" and set(runs) == {result.run_id}
     baselines = query(
@@ -365,7 +373,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
         servers.append(self)
         return enter(self)
 
-    def kill_after_five_responses():  # 2 explanations, 2 lookup explanations, the simulator's mode probe
+    def kill_after_five_responses():  # 2 explanations, then the simulator's probes
         cache, deadline = copy.root / "llm_cache", time.monotonic() + 600
         while ResponseCache(cache).count() < 5:
             if time.monotonic() > deadline:
@@ -382,7 +390,7 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     try:
         with dg.DagsterInstance.ephemeral() as instance:
             result = job.execute_in_process(
-                run_config=EXP.run_config(TINY),
+                run_config=EXP.run_config(OWN_EXPLANATION_ONLY),
                 instance=instance,
                 partition_key="layer-0",
                 raise_on_error=False,
@@ -406,7 +414,10 @@ def test_the_local_server_killed_mid_run_fails_the_step_naming_the_signal_and_a_
     cached = ResponseCache(copy.root / "llm_cache").count()
     with dg.DagsterInstance.ephemeral() as instance:
         rerun = job.execute_in_process(
-            run_config=EXP.run_config(TINY), instance=instance, partition_key="layer-0", asset_selection=llm_steps
+            run_config=EXP.run_config(OWN_EXPLANATION_ONLY),
+            instance=instance,
+            partition_key="layer-0",
+            asset_selection=llm_steps,
         )
     assert rerun.success
     calls = sum(
