@@ -3,7 +3,8 @@ every explanation of a neuron, its control and its lookup explanation, asked abo
 excerpts of the scoring pool.
 
 Its own group after ``explanations``: it is not part of ``make demo``; the ``classifier_scores``
-table and the views ``neuron_scorers`` / ``scorer_layers`` hold the results.
+table and the views ``neuron_scorers``, ``scorer_layers`` and ``scorers_beside_simulation`` hold
+the results.
 """
 
 from typing import Any
@@ -54,6 +55,24 @@ def classifier_metrics_are_numbers_or_null(frame: pl.DataFrame) -> dg.AssetCheck
 CLASSIFIER_CHECKS = (classifier_metrics_are_numbers_or_null,)
 
 
+def check_surprisal_backend(llm: Any, client: Any, model: str) -> None:
+    """Refuse, before any scoring call, a backend surprisal cannot read: one that echoes no
+    prompt log-probabilities, or files them shifted from their token (the alignment probe)."""
+    from neuron_assets.simulators.probes import gives_prompt_logprobs
+
+    if not gives_prompt_logprobs(client, model):
+        raise ValueError(
+            f"the surprisal scorer needs prompt log-probabilities (completions with echo), which {model!r} at "
+            f"{llm.backend()} does not give: leave 'surprisal' out of scorers"
+        )
+    shift = llm.distribution_shift(client, model, "all_at_once")
+    if shift != 0:
+        raise ValueError(
+            f"the server files prompt log-probabilities at shift {shift}; surprisal reads them at their "
+            "token (shift 0): leave 'surprisal' out of scorers or use vLLM or llama.cpp's server"
+        )
+
+
 def summary(frame: pl.DataFrame) -> pl.DataFrame:
     """Per layer, scorer and method: how many neuron sides, and the mean of each metric over them."""
     return (
@@ -96,7 +115,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             score_by_classifiers,
         )
         from neuron_assets.scorers.methods import CLASSIFIED, CONTROL, check_methods
-        from neuron_assets.simulators.probes import gives_chat_logprobs, gives_prompt_logprobs
+        from neuron_assets.simulators.probes import gives_chat_logprobs
 
         scorers = check_scorers(config.scorers, "classifier_scores config 'scorers'")
         methods = check_methods(config.methods, CLASSIFIED, "classifier_scores config 'methods'")
@@ -121,17 +140,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         client = llm.client()
         _, model = llm.model_names()
         if SURPRISAL in scorers:
-            if not gives_prompt_logprobs(client, model):
-                raise ValueError(
-                    f"the surprisal scorer needs prompt log-probabilities (completions with echo), which {model!r} at "
-                    f"{llm.backend()} does not give: leave 'surprisal' out of scorers"
-                )
-            shift = llm.distribution_shift(client, model, "all_at_once")
-            if shift != 0:
-                raise ValueError(
-                    f"the server files prompt log-probabilities at shift {shift}; surprisal reads them at their "
-                    "token (shift 0): leave 'surprisal' out of scorers or use vLLM or llama.cpp's server"
-                )
+            check_surprisal_backend(llm, client, model)
         graded = config.logprobs != "no" and (
             bool({"detection", "fuzzing"} & set(scorers)) and gives_chat_logprobs(client, model)
         )

@@ -41,27 +41,25 @@ def build_assets() -> list[Any]:
         of every puzzle, simulated (or classified) and ranked; the true one should rank first."""
         import time
 
+        from neuron_assets.defs.classifiers import check_surprisal_backend
         from neuron_assets.puzzles.classifier_test import BORROW_RULE, classifier_scorer_test
         from neuron_assets.puzzles.evaluation import scorer_summary, scorer_test
         from neuron_assets.puzzles.puzzle_file import load_puzzles
-        from neuron_assets.scorers.classifier_neurons import SURPRISAL, check_scorers
-        from neuron_assets.simulators.probes import gives_prompt_logprobs
+        from neuron_assets.scorers.classifier_neurons import SCORERS, SURPRISAL
 
         puzzles = load_puzzles(config.path)
+        unknown = [s for s in config.scorers if s not in ("simulation", *SCORERS)]
+        if unknown or not config.scorers:
+            raise ValueError(
+                f"puzzle_scores config 'scorers': {unknown or 'none'} not among {['simulation', *SCORERS]}"
+            )
         classifiers = [s for s in config.scorers if s != "simulation"]
-        if classifiers:
-            check_scorers(classifiers, "puzzle_scores config 'scorers'")
-        if not config.scorers:
-            raise ValueError("puzzle_scores config 'scorers' names none: name 'simulation' and/or a classifier scorer")
         if "simulation" in config.scorers:  # one client (its counts in the metadata) for every scorer
             client, simulator, mode, ten_handling, shift = llm.simulator(config.mode)
         else:
             client, (_, simulator) = llm.client(), llm.model_names()
-        if SURPRISAL in classifiers and not gives_prompt_logprobs(client, simulator):
-            raise ValueError(
-                f"the surprisal scorer needs prompt log-probabilities (completions with echo), which {simulator!r} "
-                f"at {llm.backend()} does not give: leave 'surprisal' out of scorers"
-            )
+        if SURPRISAL in classifiers:
+            check_surprisal_backend(llm, client, simulator)
         frames, metadata = [], {}
         for scorer in dict.fromkeys(config.scorers):
             started = time.perf_counter()

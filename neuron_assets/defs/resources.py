@@ -131,7 +131,8 @@ class LLMResource(dg.ConfigurableResource):
     )
     json_schema_format: Optional[str] = Field(
         default=None,
-        description="how the server takes a JSON schema for the json simulator's replies: 'json_schema' (vLLM, "
+        description="how the server takes a JSON schema for JSON replies (the json simulator's, the classifier "
+        "scorers'): 'json_schema' (vLLM, "
         "SGLang, llama.cpp's server, Ollama), 'json_object' (llama-cpp-python's server) or 'none' (the prompt "
         "alone; OpenAI); unset: json_object for the local server, none for a base_url",
     )
