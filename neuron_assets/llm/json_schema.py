@@ -26,6 +26,13 @@ def check_json_schema_format(name: str) -> str:
     return name
 
 
+def schema_request(client: Any, schema_name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The request fields that hold a reply to ``schema`` in the form ``client``'s backend takes
+    (its ``json_schema_format``; a client without one is asked with the prompt alone): none for ``none``."""
+    field = response_format(getattr(client, "json_schema_format", "none"), schema_name, schema)
+    return {} if field is None else {"response_format": field}
+
+
 def response_format(name: str, schema_name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     """The ``response_format`` request field asking for ``schema`` in the form ``name``; ``None``
     for ``none`` (send no such field)."""

@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from neuron_assets.llm.errors import ReplyFormatError
-from neuron_assets.llm.json_schema import response_format
+from neuron_assets.llm.json_schema import schema_request
 from neuron_assets.simulators.modes.base import TOP_LOGPROBS, json_array, reported_prompt_tokens
 
 BATCH_SIZE = 5  # examples per call
@@ -44,12 +44,6 @@ def answers_schema(n_examples: int) -> dict[str, Any]:
     llama-cpp-python's grammar enforces where it ignores ``minimum`` and ``maximum``)."""
     item = {"type": "integer", "enum": [0, 1]}
     return {"type": "array", "items": item, "minItems": n_examples, "maxItems": n_examples}
-
-
-def constrained(client: Any, n_examples: int) -> dict[str, Any]:
-    """The request field that holds the reply to ``answers_schema``, if the client's backend takes one."""
-    field = response_format(getattr(client, "json_schema_format", "none"), "answers", answers_schema(n_examples))
-    return {} if field is None else {"response_format": field}
 
 
 def parse_answers(reply: str, n_examples: int) -> list[tuple[int | None, int | None]]:
@@ -168,7 +162,7 @@ def ask_in_batches(
             max_tokens=4 * n + 16,
             read=read,
             **logprobs,
-            **constrained(client, n),
+            **schema_request(client, "answers", answers_schema(n)),
         )
         answers, probabilities = read(response)
         columns["answer"] += answers

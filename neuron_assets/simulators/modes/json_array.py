@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from neuron_assets.llm.json_schema import response_format
+from neuron_assets.llm.json_schema import schema_request
 from neuron_assets.prompts.templates import JSON_SIMULATOR_PROMPT_VERSION, json_simulator_messages
 from neuron_assets.simulators.modes.base import (
     Simulation,
@@ -91,14 +91,7 @@ def simulate_json(
         temperature=0.0,
         max_tokens=4 * len(tokens) + 16,
         read=read,
-        **constrained(client, len(tokens)),
+        **schema_request(client, "activations", activations_schema(len(tokens))),
     )
     values, misaligned = read(response)
     return Simulation(values, reported_prompt_tokens(response), misaligned)
-
-
-def constrained(client: Any, n_tokens: int) -> dict[str, Any]:
-    """The request field that holds the reply to ``activations_schema``, if the client's backend takes one."""
-    schema_format = getattr(client, "json_schema_format", "none")
-    field = response_format(schema_format, "activations", activations_schema(n_tokens))
-    return {} if field is None else {"response_format": field}
