@@ -19,7 +19,13 @@ import numpy as np
 import polars as pl
 
 from neuron_assets.llm.fan_out import NeuronFailures
-from neuron_assets.puzzles.evaluation import candidate_explanations, puzzle_failures, rank_candidates
+from neuron_assets.puzzles.evaluation import (
+    candidate_explanations,
+    candidate_jobs,
+    puzzle_failures,
+    puzzle_of,
+    rank_candidates,
+)
 from neuron_assets.puzzles.puzzle_file import Puzzle
 from neuron_assets.scorers.classifier_neurons import PROMPT_VERSIONS, SURPRISAL, score_by_classifiers
 from neuron_assets.scorers.examples import EXAMPLE_SCHEMA
@@ -70,15 +76,7 @@ def classifier_scorer_test(
     """Every candidate of every puzzle scored by ``scorer`` and ranked: ``puzzle_scores``' rows
     (lineage aside), ``metric`` the balanced accuracy (detection, fuzzing) or AUROC (surprisal)."""
     candidates = candidate_explanations(puzzles)
-    index = {p.name: i for i, p in enumerate(puzzles)}
-    jobs = candidates.select(
-        layer=pl.lit(0, dtype=pl.Int64),
-        neuron=pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64),
-        sample=pl.col("candidate"),
-        method=pl.col("candidate_kind"),
-        explanation_neuron=pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64),
-        explanation=pl.col("explanation"),
-    )
+    jobs = candidate_jobs(puzzles, candidates)
     examples = puzzle_examples(puzzles, seed)
     try:
         scored = score_by_classifiers(
@@ -96,12 +94,12 @@ def classifier_scorer_test(
     except NeuronFailures as failures:
         raise puzzle_failures(puzzles, failures, scorer) from failures
     metric = pl.col("auroc") if scorer == SURPRISAL else pl.col("balanced_accuracy")
-    n_tokens = {key: int(frame["tokens"].list.len().sum()) for key, frame in examples.items()}
+    n_tokens = {neuron: int(frame["tokens"].list.len().sum()) for (_, neuron), frame in examples.items()}
     frame = scored.select(
-        puzzle=pl.col("neuron").map_elements(lambda i: puzzles[i].name, return_dtype=pl.String),
+        puzzle=puzzle_of(puzzles),
         candidate=pl.col("sample"),
         metric=metric,
-        n_tokens=pl.col("neuron").map_elements(lambda i: n_tokens[0, i], return_dtype=pl.Int64),
+        n_tokens=pl.col("neuron").replace_strict(n_tokens, return_dtype=pl.Int64),
         n_unsimulated=pl.col("n_unanswered"),
         undefined_reason=pl.when(metric.is_null()).then(pl.lit(f"{scorer} gave no defined metric")),
     )

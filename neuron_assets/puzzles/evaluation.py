@@ -78,6 +78,29 @@ def candidate_explanations(puzzles: Sequence[Puzzle]) -> pl.DataFrame:
     )
 
 
+def candidate_jobs(puzzles: Sequence[Puzzle], candidates: pl.DataFrame) -> pl.DataFrame:
+    """``candidates`` as the jobs of synthetic neurons: a puzzle is (layer 0, neuron = its index in
+    ``puzzles``), a candidate its explanation ``sample``, its kind the ``method``. A candidate of a
+    puzzle that is not in ``puzzles`` is a ``ValueError``."""
+    index = {p.name: i for i, p in enumerate(puzzles)}
+    unknown = sorted(set(candidates["puzzle"]) - set(index))
+    if unknown:
+        raise ValueError(f"candidates name puzzles that are not in the puzzle file: {unknown}")
+    neuron = pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64)
+    return candidates.with_columns(
+        layer=pl.lit(0, dtype=pl.Int64),
+        neuron=neuron,
+        sample=pl.col("candidate"),
+        method=pl.col("candidate_kind"),
+        explanation_neuron=neuron,
+    )
+
+
+def puzzle_of(puzzles: Sequence[Puzzle]) -> pl.Expr:
+    """The puzzle's name of a synthetic neuron (``candidate_jobs``' neuron column)."""
+    return pl.col("neuron").replace_strict({i: p.name for i, p in enumerate(puzzles)}, return_dtype=pl.String)
+
+
 def simulate_candidates(
     client: Any,
     model: str,
@@ -95,10 +118,7 @@ def simulate_candidates(
     Returns one row per (puzzle, candidate, sentence) with ``simulated`` and
     ``true_activations``, plus the simulator's model, mode, prompt version and 10-handling.
     """
-    index = {p.name: i for i, p in enumerate(puzzles)}
-    unknown = sorted(set(candidates["puzzle"]) - set(index))
-    if unknown:
-        raise ValueError(f"candidates name puzzles that are not in the puzzle file: {unknown}")
+    jobs = candidate_jobs(puzzles, candidates)
     sentences = (
         pl.DataFrame(
             [
@@ -117,14 +137,7 @@ def simulate_candidates(
         .with_row_index("excerpt_id")
         .with_columns(pl.col("excerpt_id").cast(pl.Int64))
     )
-    # A puzzle is a synthetic neuron: (layer 0, neuron = its index), its sentences the scored excerpts.
-    jobs = candidates.with_columns(
-        layer=pl.lit(0, dtype=pl.Int64),
-        neuron=pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64),
-        sample=pl.col("candidate"),
-        method=pl.col("candidate_kind"),
-        explanation_neuron=pl.col("puzzle").replace_strict(index, return_dtype=pl.Int64),
-    )
+    # A puzzle is a synthetic neuron (candidate_jobs), its sentences the scored excerpts.
     scoring = sentences.select(
         layer=pl.lit(0, dtype=pl.Int64),
         neuron="neuron",
@@ -149,7 +162,7 @@ def simulate_candidates(
         raise puzzle_failures(puzzles, failures, "simulation") from failures
     return (
         frame.join(sentences.select("excerpt_id", "sentence"), on="excerpt_id")
-        .with_columns(puzzle=pl.col("neuron").map_elements(lambda i: puzzles[i].name, return_dtype=pl.String))
+        .with_columns(puzzle=puzzle_of(puzzles))
         .rename({"sample": "candidate"})
         .select(
             "puzzle",
