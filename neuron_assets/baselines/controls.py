@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
@@ -52,6 +54,26 @@ def control_explanations(explanations: pl.DataFrame, seed: int = 0) -> pl.DataFr
             )
         )
     return pl.concat(frames).sort("layer", "neuron") if frames else pl.DataFrame(schema=CONTROL_SCHEMA)
+
+
+def check_explained(explanations: pl.DataFrame, methods: Sequence[str], step: str) -> None:
+    """A ``ValueError`` naming ``step`` when ``methods`` names one other than the control that the
+    explanations table holds no explanation of: raised before anything is scored."""
+    missing = [m for m in methods if m != CONTROL and m not in explanations["method"].unique().to_list()]
+    if missing:
+        raise ValueError(
+            f"{step} asked for {missing}, but the explanations table holds none: add them to its 'methods'"
+        )
+
+
+def explanation_jobs(explanations: pl.DataFrame, methods: Sequence[str], seed: int = 0) -> pl.DataFrame:
+    """What a step scores of one side's ``explanations``: the stored explanations of ``methods``
+    (each on its own neuron) and, where ``methods`` names ``CONTROL``, ``control_explanations``
+    (shuffled with ``seed``). Returns ``CONTROL_SCHEMA``'s columns."""
+    jobs = [explanations.filter(pl.col("method").is_in(methods)).with_columns(explanation_neuron=pl.col("neuron"))]
+    if CONTROL in methods:
+        jobs.append(control_explanations(explanations, seed=seed))
+    return pl.concat([frame.select(list(CONTROL_SCHEMA)) for frame in jobs], how="vertical")
 
 
 COMPARISON_SCHEMA = polars_schema(

@@ -107,23 +107,21 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         """Each explanation, lookup explanation and control of a neuron scored by detection, fuzzing
         and/or surprisal on the same examples: top and quantile excerpts of the scoring pool against
         silent random ones (balanced accuracy, precision, recall, F1; AUROC where graded)."""
-        from neuron_assets.baselines.controls import control_explanations
+        from neuron_assets.baselines.controls import check_explained, explanation_jobs
         from neuron_assets.scorers.classifier_neurons import (
             SURPRISAL,
             check_scorers,
             neuron_examples,
             score_by_classifiers,
         )
-        from neuron_assets.scorers.methods import CLASSIFIED, CONTROL, check_methods
+        from neuron_assets.scorers.methods import CLASSIFIED, check_methods
         from neuron_assets.simulators.probes import gives_chat_logprobs
 
         scorers = check_scorers(config.scorers, "classifier_scores config 'scorers'")
         methods = check_methods(config.methods, CLASSIFIED, "classifier_scores config 'methods'")
         if config.logprobs not in ("auto", "yes", "no"):
             raise ValueError(f"classifier_scores config 'logprobs' is {config.logprobs!r}, not 'auto', 'yes' or 'no'")
-        missing = [m for m in methods if m != CONTROL and m not in explanations["method"].unique().to_list()]
-        if missing:
-            raise ValueError(f"classifier_scores asked for {missing}, but the explanations table holds none")
+        check_explained(explanations, methods, "classifier_scores")  # a method the table lacks fails first
         examples = {  # chosen before any call: too few examples stops the step first
             polarity: neuron_examples(
                 side(explanations, polarity),
@@ -151,15 +149,10 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
             )
 
         def score_side(polarity: str) -> pl.DataFrame:
-            own = side(explanations, polarity).with_columns(explanation_neuron=pl.col("neuron"))
-            jobs = [own.filter(pl.col("method").is_in(methods))]
-            if CONTROL in methods:
-                jobs.append(control_explanations(side(explanations, polarity), seed=config.control_seed))
-            columns = ["layer", "neuron", "sample", "method", "explanation_neuron", "explanation"]
             return score_by_classifiers(
                 client,
                 model,
-                pl.concat([frame.select(columns) for frame in jobs], how="vertical"),
+                explanation_jobs(side(explanations, polarity), methods, config.control_seed),
                 examples[polarity],
                 scorers=scorers,
                 silent_fraction=config.silent_fraction,

@@ -130,18 +130,13 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         """The simulator LLM's predicted activations, from the explanation alone, on each neuron's
         scoring and calibration excerpts; also for the lookup explanation and the control (another
         neuron's explanation)."""
-        from neuron_assets.baselines.controls import control_explanations
+        from neuron_assets.baselines.controls import check_explained, explanation_jobs
         from neuron_assets.explainers.next_token import next_token_view
-        from neuron_assets.scorers.methods import CONTROL, NEXT_TOKEN_EXPLANATION, check_methods
+        from neuron_assets.scorers.methods import NEXT_TOKEN_EXPLANATION, check_methods
         from neuron_assets.simulators.neurons import simulate_neurons
 
         methods = check_methods(config.methods, SIMULATED, "simulations config 'methods'")
-        stored = explanations["method"].unique().to_list()
-        missing = [m for m in methods if m != CONTROL and m not in stored]
-        if missing:
-            raise ValueError(
-                f"simulations asked for {missing}, but the explanations table holds none: add them to its 'methods'"
-            )
+        check_explained(explanations, methods, "simulations")  # a method the table lacks fails before any call
         llm = experiment.llm(context)
         client, simulator, mode, ten_handling, shift = llm.simulator(config.mode)
         context.log.info(
@@ -150,12 +145,7 @@ def build_variant_assets(experiment: Experiment) -> list[Any]:
         )
 
         def simulate_side(polarity: str) -> pl.DataFrame:
-            own = side(explanations, polarity).with_columns(explanation_neuron=pl.col("neuron"))
-            to_simulate = [own.filter(pl.col("method").is_in(methods))]
-            if CONTROL in methods:
-                to_simulate.append(control_explanations(side(explanations, polarity), seed=config.control_seed))
-            columns = ["layer", "neuron", "sample", "method", "explanation_neuron", "explanation"]
-            jobs = pl.concat([frame.select(columns) for frame in to_simulate], how="vertical")
+            jobs = explanation_jobs(side(explanations, polarity), methods, config.control_seed)
             scoring = side(scoring_excerpts, polarity)
             next_token = pl.col("method") == NEXT_TOKEN_EXPLANATION
             views = [(jobs.filter(~next_token), scoring, excerpts)]
