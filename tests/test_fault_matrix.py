@@ -16,6 +16,7 @@ from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.demo import UP_TO_SCORES
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
+from neuron_assets.llm.process_memory import GIB
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
 from neuron_assets.simulators.probes import ALIGNMENT_EXPLANATION, TEN_PROBE_TEXT
@@ -23,7 +24,10 @@ from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
 EXP = Experiment(PACKAGED_SUBJECT_MODEL)  # the one subject model and variant these tests materialize
-TIMEOUT_S = 20
+TIMEOUT_S = 20  # the clean run's: its prompts reach the server for the first time
+# The transient faults' runs: the server's prompt cache answers their prompts in a few seconds,
+# so the "slow" fault's wait past the timeout is short.
+WARM_TIMEOUT_S = 10
 LLM_TABLES = ("explanations", "simulations", "scores")
 KEYS = {
     "explanations": ["layer", "neuron", "sample"],
@@ -42,6 +46,7 @@ def simulation_request(body):
 def run_config(mode):
     return {
         "ops": {
+            "excerpts": {"config": {"length": 32}},  # half the default: every request half as long
             "activation_records": {"config": {"n_neurons": 1, "n_random": 4, "batch_size": 32}},
             "scoring_excerpts": {
                 "config": {"n_top": 1, "n_random": 1, "n_calibration_top": 0, "n_calibration_random": 0}
@@ -52,7 +57,7 @@ def run_config(mode):
     }
 
 
-def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
+def materialize(proxy, data_dir, steps=None, mode="all_at_once", timeout_s=TIMEOUT_S):
     settings = Settings(
         subject_models=(PACKAGED_SUBJECT_MODEL,),
         data_dir=data_dir,
@@ -61,7 +66,7 @@ def materialize(proxy, data_dir, steps=None, mode="all_at_once"):
         simulator_model=PACKAGED_MODEL_ALIAS,
     )
     # behind the proxy is the local llama-cpp-python server: its json replies are held to a schema
-    defs = build_definitions(settings, timeout_s=TIMEOUT_S, max_attempts=3, json_schema_format="json_object")
+    defs = build_definitions(settings, timeout_s=timeout_s, max_attempts=3, json_schema_format="json_object")
     # By default the pipeline up to the scores: revision and the puzzles are other tests' business.
     selection = EXP.selection(*UP_TO_SCORES)
     with dg.DagsterInstance.ephemeral() as instance:
@@ -97,8 +102,12 @@ def metadata(result, step, name):
 
 @pytest.fixture(scope="module")
 def proxy():
-    with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server:
-        proxy = FaultProxy(server.base_url, slow_s=TIMEOUT_S + 5)
+    # Every run sends the server the same prompts, so its prompt cache (off by default) spares
+    # recomputing them; the faults are injected between the client and the server, which it does not
+    # touch. The cache holds a run's states (about 300 MB each), its memory limit room for them.
+    cache = {"cache_bytes": 4 * GIB, "memory_limit": 10 * GIB}
+    with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, **cache) as server:
+        proxy = FaultProxy(server.base_url, slow_s=WARM_TIMEOUT_S + 2)
         yield proxy
         proxy.close()
 
@@ -124,7 +133,7 @@ def test_a_transient_transport_fault_is_retried_and_the_run_completes(fault, pro
     for endpoint in ("chat/completions", "completions"):
         proxy.inject(fault, endpoint, times=1)
     injected = proxy.injected[fault]
-    result = materialize(proxy, results, LLM_TABLES)
+    result = materialize(proxy, results, LLM_TABLES, timeout_s=WARM_TIMEOUT_S)
     proxy.clear()
     assert result.success, error_text(result)
     assert proxy.injected[fault] - injected == 2  # met once by the explainer, once by the simulator
