@@ -31,8 +31,10 @@ pytestmark = pytest.mark.slow
 EXP = Experiment(PACKAGED_SUBJECT_MODEL)  # the one subject model and variant these tests materialize
 SECRET = "sk-neuron-assets-test-0123456789"
 
+EXCERPT_LENGTH = 32  # half the default: every LLM request about half as long
 TINY = {
     "ops": {
+        "excerpts": {"config": {"length": EXCERPT_LENGTH}},
         "activation_records": {"config": {"n_neurons": 2, "n_random": 4, "batch_size": 32}},
         "scoring_excerpts": {"config": {"n_top": 1, "n_random": 1, "n_calibration_top": 1, "n_calibration_random": 1}},
         "explanations": {"config": {"n_examples": 2, "max_tokens": 30, "lookup_tokens": 8}},
@@ -161,7 +163,7 @@ def test_every_method_is_scored_on_the_same_tokens_with_a_held_out_calibration(b
     assert len(rows) == 8  # 2 layers x 2 neurons x 2 scoring sets
     for *_, methods, token_counts, calibration_counts, calibration_tokens in rows:
         assert (methods, token_counts, calibration_counts) == (5, 1, 1)
-        assert calibration_tokens == 2 * 64  # one top and one random calibration excerpt
+        assert calibration_tokens == 2 * EXCERPT_LENGTH  # one top and one random calibration excerpt
     scored = query(store, "SELECT list(excerpt_id) FROM scoring_excerpts GROUP BY layer, neuron")
     for (ids,) in scored:
         assert len(ids) == len(set(ids)) == 4  # 1 top, 1 random, 2 calibration: none twice
@@ -668,7 +670,7 @@ def test_a_next_token_explanation_is_written_and_simulated_on_the_next_tokens_an
     assert as_is and shifted and not set(as_is) & set(shifted)  # the next-token prompt is shifted by one
     simulations = copy.read("simulations", ["0"], EXP.prefix("simulations"))
     lengths = simulations.group_by("method").agg(pl.col("true_activations").list.len().max()).sort("method").rows()
-    assert lengths == [("explanation", 64), ("next_token_explanation", 63)]
+    assert lengths == [("explanation", EXCERPT_LENGTH), ("next_token_explanation", EXCERPT_LENGTH - 1)]
     assert result.get_asset_check_evaluations() and all(e.passed for e in result.get_asset_check_evaluations())
     rows = query(copy, "SELECT count(*), count(next_token_explanation_score) FROM neuron_scores WHERE layer = 0")
     assert rows == [(2, 0)]  # all-zero simulations: undefined scores, still one row per neuron
