@@ -100,7 +100,7 @@ def test_bos_position_is_fed_to_the_model_but_not_recorded(corpus):
 
     recorders = record(run, excerpts, {1: [0]}, [101], start_token_id=7, batch_size=50)
     assert seen == [LENGTH + 1]
-    assert recorders[1, "positive"].maximum.item() < 99.0
+    assert recorders[1, "positive"].state().maximum.item() < 99.0
 
 
 def test_record_tables_hold_top_random_and_quantile_rows(corpus):
@@ -223,12 +223,12 @@ def test_an_unknown_polarity_is_refused_by_name(corpus):
 
 
 def test_neuron_ranges_for_threads_cover_the_layer_on_cache_line_bounds():
-    from neuron_assets.recording.recorder import _ranges
+    from neuron_assets.recording.fold import ranges
 
-    assert _ranges(1536, 2) == [(0, 768), (768, 1536)]
-    assert _ranges(1000, 3) == [(0, 336), (336, 672), (672, 1000)]
-    assert _ranges(300, 4) == [(0, 300)]  # under 256 neurons a range: one thread
-    assert _ranges(10, 2) == [(0, 10)]
+    assert ranges(1536, 2) == [(0, 768), (768, 1536)]
+    assert ranges(1000, 3) == [(0, 336), (336, 672), (672, 1000)]
+    assert ranges(300, 4) == [(0, 300)]  # under 256 neurons a range: one thread
+    assert ranges(10, 2) == [(0, 10)]
 
 
 def test_a_batch_folded_by_several_threads_gives_exactly_what_one_thread_gives(corpus):

@@ -19,17 +19,15 @@ neuron, on its own rows.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 
 import numpy as np
 import polars as pl
 import torch
 
-from neuron_assets.recording.fold import BLOCK, EXPLANATION, SCORING, fold_batch
+from neuron_assets.recording.fold import EXPLANATION, SCORING, FoldState, NumbaFold
 from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL
 
 POOL_INDEX = {EXPLANATION_POOL: EXPLANATION, SCORING_POOL: SCORING}  # pool -> its index in fold's arrays
@@ -56,7 +54,7 @@ class RecordingSettings:
 class LayerRecorder:
     """Folds batches of one layer's activations into top-k, random-sample and statistics state.
 
-    The state is numpy arrays that ``fold.fold_batch`` updates in place, one pass per batch.
+    The state is held by a ``fold.NumbaFold``, numpy arrays that one compiled pass per batch updates.
     """
 
     def __init__(
@@ -72,28 +70,12 @@ class LayerRecorder:
         self.layer = layer
         self.polarity = polarity
         self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
-        n = len(self.neurons)
-        # A selection that is a prefix of the layer is read in place, not copied out of each batch.
-        self._prefix = bool(torch.equal(self.neurons, torch.arange(n)))
-        self._sign = np.float32(1.0 if polarity == POSITIVE else -1.0)
         self.top_k = top_k
-        # k unordered slots per pool and neuron; -inf marks a slot not filled yet.
-        self.top_values = np.full((2, n, top_k), -np.inf, dtype=np.float32)
-        self.top_ids = np.full((2, n, top_k), -1, dtype=np.int64)
-        self.top_acts = np.zeros((2, n, top_k, excerpt_length), dtype=np.float32)
         self.random_ids = list(random_excerpt_ids)
-        self._random_slot = {e: i for i, e in enumerate(self.random_ids)}
-        self.random_acts = np.full((len(self.random_ids), n, excerpt_length), np.nan, dtype=np.float32)
-        self.total = np.zeros(n, dtype=np.float64)
-        self.total_sq = np.zeros(n, dtype=np.float64)
-        self.maximum = np.full(n, -np.inf, dtype=np.float32)
-        self.minimum = np.full(n, np.inf, dtype=np.float32)
-        self.firing = np.zeros(n, dtype=np.int64)
-        self.n_tokens = 0
-        # Sorted ids of the explanation pool's distinct tokens, and each one's sums there.
+        # Sorted ids of the explanation pool's distinct tokens (the rows of the token sums).
         self.vocabulary = vocabulary
-        self.token_sums = np.zeros((len(vocabulary), n), dtype=np.float64)
-        self.token_counts = np.zeros(len(vocabulary), dtype=np.int64)
+        sign = 1.0 if polarity == POSITIVE else -1.0
+        self._fold = NumbaFold(self.neurons, self.random_ids, excerpt_length, top_k, len(vocabulary), sign)
 
     def update(
         self,
@@ -105,77 +87,47 @@ class LayerRecorder:
     ) -> None:
         """Fold a batch: ``activations`` [batch, offset + tokens, d_mlp] (the first ``offset``
         positions are not recorded), excerpt ids and pool indexes (``fold.EXPLANATION`` or
-        ``fold.SCORING``) [batch], and each token's row of the vocabulary [batch, tokens]."""
-        n = len(self.neurons)
-        acts = activations.detach().to("cpu", torch.float32)
-        if not self._prefix:
-            acts = acts.index_select(-1, self.neurons)
-        acts = np.ascontiguousarray(acts.numpy())
-        # The fold is compiled and lets go of the GIL: disjoint neuron ranges run on threads.
-        calls = [
-            (
-                acts,
-                offset,
-                lo,
-                hi,
-                lo == 0,
-                self._sign,
-                pools.numpy(),
-                excerpt_ids.numpy(),
-                slots.numpy(),
-                self.total,
-                self.total_sq,
-                self.minimum,
-                self.maximum,
-                self.firing,
-                self.token_sums,
-                self.token_counts,
-                self.top_values,
-                self.top_ids,
-                self.top_acts,
-            )
-            for lo, hi in _ranges(n, torch.get_num_threads())
-        ]
-        others = [_fold_threads().submit(fold_batch, *call) for call in calls[1:]]
-        fold_batch(*calls[0])
-        for other in others:
-            other.result()
-        self.n_tokens += acts.shape[0] * (acts.shape[1] - offset)
-        for row, excerpt_id in enumerate(excerpt_ids.tolist()):
-            slot = self._random_slot.get(excerpt_id)
-            if slot is not None:
-                self.random_acts[slot] = self._sign * acts[row, offset:, :n].T
+        ``fold.SCORING``) [batch], and each token's row of the vocabulary [batch, tokens], on the host."""
+        self._fold.update(activations, excerpt_ids, pools, slots, offset)
+
+    def state(self) -> FoldState:
+        """The state on the host."""
+        return self._fold.state()
 
     def top(self, pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first.
 
         Slots never filled (a pool with fewer than k excerpts) have id -1.
         """
-        p = POOL_INDEX[pool]
-        values, order = torch.from_numpy(self.top_values[p].T).sort(dim=0, descending=True, stable=True)
-        ids = torch.from_numpy(self.top_ids[p].T).gather(0, order).masked_fill(values == float("-inf"), -1)
-        held = torch.from_numpy(self.top_acts[p]).transpose(0, 1)  # [k, n, tokens]
+        p, state = POOL_INDEX[pool], self.state()
+        values, order = torch.from_numpy(state.top_values[p].T).sort(dim=0, descending=True, stable=True)
+        ids = torch.from_numpy(state.top_ids[p].T).gather(0, order).masked_fill(values == float("-inf"), -1)
+        held = torch.from_numpy(state.top_acts[p]).transpose(0, 1)  # [k, n, tokens]
         return values, ids, held.gather(0, order[:, :, None].expand(-1, -1, held.shape[2]))
 
     def records(self, settings: RecordingSettings) -> pl.DataFrame:
         """Top, random and quantile-bin records as rows of the ``activation_records`` table."""
-        if np.isnan(self.random_acts).any():
+        random_acts = self.state().random_acts
+        if np.isnan(random_acts).any():
             raise RuntimeError(f"layer {self.layer}: some random-sample excerpts were never seen")
         frames = [
             _rows(self.layer, self.neurons, pool, "top", None, *self.top(pool)[1:]).filter(pl.col("excerpt_id") >= 0)
             for pool in POOLS
         ]
         random_ids = torch.as_tensor(self.random_ids, dtype=torch.long)[:, None].expand(-1, len(self.neurons))
-        random_acts = torch.from_numpy(self.random_acts)
-        frames.append(_rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, random_acts))
-        frames += self._quantile_records(settings, random_ids)
+        frames.append(
+            _rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, torch.from_numpy(random_acts))
+        )
+        frames += self._quantile_records(settings, random_ids, random_acts)
         return pl.concat([f for f in frames if not f.is_empty()], how="vertical")
 
-    def _quantile_records(self, settings: RecordingSettings, random_ids: torch.Tensor) -> list[pl.DataFrame]:
+    def _quantile_records(
+        self, settings: RecordingSettings, random_ids: torch.Tensor, random_acts: np.ndarray
+    ) -> list[pl.DataFrame]:
         """Bins of the per-excerpt maximum, estimated from the random sample (for viewing only)."""
         if not self.random_ids:
             return []
-        maxima = self.random_acts.max(-1)  # [r, n]
+        maxima = random_acts.max(-1)  # [r, n]
         frames = []
         for lo, hi in settings.quantile_bins:
             bounds = np.quantile(maxima, [lo, hi], axis=0)  # [2, n]
@@ -193,16 +145,17 @@ class LayerRecorder:
                         "quantile",
                         f"{lo}-{hi}",
                         random_ids[index, column : column + 1],
-                        torch.from_numpy(self.random_acts[rows, column : column + 1]),
+                        torch.from_numpy(random_acts[rows, column : column + 1]),
                     )
                 )
         return frames
 
     def token_lookup(self) -> pl.DataFrame:
         """Mean activation of every (token, neuron) over the explanation pool: the lookup table."""
-        seen = torch.from_numpy(self.token_counts > 0)
-        counts = torch.from_numpy(self.token_counts)[seen]
-        means = torch.from_numpy(self.token_sums)[seen] / counts[:, None]  # [tokens, n]
+        state = self.state()
+        seen = torch.from_numpy(state.token_counts > 0)
+        counts = torch.from_numpy(state.token_counts)[seen]
+        means = torch.from_numpy(state.token_sums)[seen] / counts[:, None]  # [tokens, n]
         n_tokens, n = means.shape
         return pl.DataFrame(
             {
@@ -216,34 +169,22 @@ class LayerRecorder:
 
     def stats(self) -> pl.DataFrame:
         """Mean, variance, max, min and firing fraction over every recorded token."""
-        n = self.n_tokens
-        mean = self.total / n
-        variance = np.clip(self.total_sq / n - mean**2, 0.0, None)
+        state = self.state()
+        n = state.n_tokens
+        mean = state.total / n
+        variance = np.clip(state.total_sq / n - mean**2, 0.0, None)
         return pl.DataFrame(
             {
                 "layer": pl.Series([self.layer] * len(self.neurons), dtype=pl.Int64),
                 "neuron": pl.Series(self.neurons.tolist(), dtype=pl.Int64),
                 "mean": mean,
                 "variance": variance,
-                "max": self.maximum.astype(np.float64),
-                "min": self.minimum.astype(np.float64),
-                "frac_firing": self.firing / n,
+                "max": state.maximum.astype(np.float64),
+                "min": state.minimum.astype(np.float64),
+                "frac_firing": state.firing / n,
                 "n_tokens": pl.Series([n] * len(self.neurons), dtype=pl.Int64),
             }
         )
-
-
-def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    """``n`` neurons cut into at most ``parts`` ranges of whole cache lines (16 float32), at least 256 each."""
-    parts = max(1, min(parts, n // 256))
-    step = -(-n // parts // BLOCK) * BLOCK
-    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-
-
-@cache
-def _fold_threads() -> ThreadPoolExecutor:
-    """The threads that fold a batch's other neuron ranges while the caller folds the first."""
-    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="fold")
 
 
 def _rows(
