@@ -7,6 +7,8 @@ and cost more than half a forward pass on two cores. This kernel reads an excerp
 once for the running statistics, the explanation-pool token sums and the excerpt's
 maximum per neuron, and right after, while those rows are still in cache, copies the
 excerpt's tokens into the top-k of each neuron where it beats the weakest one held.
+Excerpts rank by maximum, then by lower id: a total order, so the top-k is the same
+whatever order the excerpts come in, ties included.
 
 numba compiles it for the CPU it runs on at first use (cached on disk per CPU), so
 nothing is tuned to another host. Loops run over slices indexed from 0: in that form
@@ -70,7 +72,7 @@ def fold_batch(
     weakest_slot = np.empty((2, m), np.int64)
     for p in range(2):
         for j in range(m):
-            weakest_slot[p, j] = _weakest(top_values[p, lo + j])
+            weakest_slot[p, j] = _weakest(top_values[p, lo + j], top_ids[p, lo + j])
             weakest[p, j] = top_values[p, lo + j, weakest_slot[p, j]]
     changed = np.empty(m, np.int64)
     for e in range(batch):
@@ -94,10 +96,13 @@ def fold_batch(
                     sums[j] += sign * row[j]
         p = pool[e]
         beaten = weakest[p]
+        excerpt_id = excerpt_ids[e]
         count = 0
         for j in range(m):
             high[j] = max(high[j], excerpt_max[j])
-            if excerpt_max[j] > beaten[j]:
+            if excerpt_max[j] > beaten[j] or (
+                excerpt_max[j] == beaten[j] and excerpt_id < top_ids[p, lo + j, weakest_slot[p, j]]
+            ):
                 changed[count] = j
                 count += 1
         # The excerpt's rows were just read, so copying its columns reads from cache.
@@ -105,11 +110,11 @@ def fold_batch(
             j = changed[c]
             neuron, slot = lo + j, weakest_slot[p, j]
             top_values[p, neuron, slot] = excerpt_max[j]
-            top_ids[p, neuron, slot] = excerpt_ids[e]
+            top_ids[p, neuron, slot] = excerpt_id
             held = top_acts[p, neuron, slot]
             for t in range(offset, width):
                 held[t - offset] = sign * acts[e, t, neuron]
-            weakest_slot[p, j] = _weakest(top_values[p, neuron])
+            weakest_slot[p, j] = _weakest(top_values[p, neuron], top_ids[p, neuron])
             beaten[j] = top_values[p, neuron, weakest_slot[p, j]]
     total[lo:hi] += part
     total_sq[lo:hi] += part_sq
@@ -117,11 +122,12 @@ def fold_batch(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _weakest(values: np.ndarray) -> int:
-    """The slot a new excerpt replaces: the lowest held value (an empty slot holds -inf)."""
+def _weakest(values: np.ndarray, ids: np.ndarray) -> int:
+    """The slot a new excerpt replaces: the lowest held value (an empty slot holds -inf), of
+    equal ones the higher id."""
     slot = 0
     for s in range(1, len(values)):
-        if values[s] < values[slot]:
+        if values[s] < values[slot] or (values[s] == values[slot] and ids[s] > ids[slot]):
             slot = s
     return slot
 
@@ -146,6 +152,13 @@ class FoldState:
     token_sums: np.ndarray  # float64 [vocabulary, n]
     token_counts: np.ndarray  # int64 [vocabulary]
     n_tokens: int
+
+
+def best_first(values: torch.Tensor, ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """The indexes along ``dim`` that put excerpts best first: highest value, then lowest id."""
+    by_id = ids.argsort(dim=dim, stable=True)
+    by_value = values.gather(dim, by_id).argsort(dim=dim, descending=True, stable=True)
+    return by_id.gather(dim, by_value)
 
 
 class NumbaFold:

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from neuron_assets.recording.fold import EXPLANATION, SCORING, FoldState, NumbaFold
+from neuron_assets.recording.fold import EXPLANATION, SCORING, FoldState, NumbaFold, best_first
 from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL
 
 POOL_INDEX = {EXPLANATION_POOL: EXPLANATION, SCORING_POOL: SCORING}  # pool -> its index in fold's arrays
@@ -95,13 +95,16 @@ class LayerRecorder:
         return self._fold.state()
 
     def top(self, pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first.
+        """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first (of equal
+        values the lower id).
 
         Slots never filled (a pool with fewer than k excerpts) have id -1.
         """
         p, state = POOL_INDEX[pool], self.state()
-        values, order = torch.from_numpy(state.top_values[p].T).sort(dim=0, descending=True, stable=True)
-        ids = torch.from_numpy(state.top_ids[p].T).gather(0, order).masked_fill(values == float("-inf"), -1)
+        values, ids = torch.from_numpy(state.top_values[p].T), torch.from_numpy(state.top_ids[p].T)
+        order = best_first(values, ids, dim=0)
+        values = values.gather(0, order)
+        ids = ids.gather(0, order).masked_fill(values == float("-inf"), -1)
         held = torch.from_numpy(state.top_acts[p]).transpose(0, 1)  # [k, n, tokens]
         return values, ids, held.gather(0, order[:, :, None].expand(-1, -1, held.shape[2]))
 
