@@ -61,14 +61,17 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
                 assert torch.allclose(top_acts[:, column], expected)
 
 
-def test_excerpts_rank_by_maximum_then_lower_id_whatever_order_they_come_in(corpus):
+@pytest.mark.parametrize("fold", ["numba", "torch"])
+def test_excerpts_rank_by_maximum_then_lower_id_whatever_order_they_come_in(corpus, fold):
     excerpts, activations = corpus
     tied = {1: activations[1].clone()}
     tied[1][1::4, :, 2] = 10.0  # every other scoring excerpt ties for neuron 2's first places
     shuffled = excerpts.sample(fraction=1.0, shuffle=True, seed=1)
     tops = []
     for frame in (excerpts, shuffled):
-        recorders = record(fake_model(tied, []), frame, {1: [0, 2]}, [], start_token_id=None, batch_size=6, top_k=5)
+        recorders = record(
+            fake_model(tied, []), frame, {1: [0, 2]}, [], start_token_id=None, batch_size=6, top_k=5, fold=fold
+        )
         tops.append(recorders[1, "positive"].top("scoring"))
     for in_order, out_of_order in zip(*tops, strict=True):
         assert torch.equal(in_order, out_of_order)

@@ -8,14 +8,15 @@ once for the running statistics, the explanation-pool token sums and the excerpt
 maximum per neuron, and right after, while those rows are still in cache, copies the
 excerpt's tokens into the top-k of each neuron where it beats the weakest one held.
 Excerpts rank by maximum, then by lower id: a total order, so the top-k is the same
-whatever order the excerpts come in, ties included.
+whatever order the excerpts come in, and the same as ``torch_fold``'s, ties included.
 
 numba compiles it for the CPU it runs on at first use (cached on disk per CPU), so
 nothing is tuned to another host. Loops run over slices indexed from 0: in that form
 LLVM vectorizes them (about 7x faster here than indexing the whole arrays from ``lo``).
 
 ``NumbaFold`` holds one recorder's state as numpy arrays and folds each batch with this
-kernel, its neurons split over threads; it gives the state as a ``FoldState``.
+kernel, its neurons split over threads: the CPU's fold. ``torch_fold.TorchFold`` holds the
+same state on the activations' device. Both give a ``FoldState``.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _weakest(values: np.ndarray, ids: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class FoldState:
-    """One recorder's state on the host (see ``LayerRecorder``).
+    """One recorder's state on the host, as either fold holds it (see ``LayerRecorder``).
 
     Top-k slots per pool and neuron may be in any order: -inf and id -1 in a slot never
     filled. ``random_acts`` is NaN for a random excerpt not seen yet.

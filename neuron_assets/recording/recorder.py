@@ -7,8 +7,9 @@ the top-k excerpts of each pool by maximum activation (with their per-token
 activations), the activations on a fixed random sample of scoring excerpts, running
 sums for the statistics, and per-token sums over the explanation pool for the token
 lookup-table baseline (method.md §6), so memory grows with neurons x (k + distinct
-tokens), never with the corpus. Each batch is folded by one compiled pass
-(``recording.fold``), its neurons split over threads.
+tokens), never with the corpus. On the CPU each batch is folded by one compiled pass
+(``recording.fold``), its neurons split over threads; on a GPU by torch operations on the
+device (``recording.torch_fold``), the state copied to the host once, when the tables are read.
 
 Both signs: a gated MLP's unit (SmolLM2, Llama) takes large negative values, which the
 0..10 scale of the explainer and simulator reads as 0. The ``negative`` polarity records
@@ -28,12 +29,14 @@ import polars as pl
 import torch
 
 from neuron_assets.recording.fold import EXPLANATION, SCORING, FoldState, NumbaFold, best_first
+from neuron_assets.recording.torch_fold import TorchFold
 from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL
 
 POOL_INDEX = {EXPLANATION_POOL: EXPLANATION, SCORING_POOL: SCORING}  # pool -> its index in fold's arrays
 POOLS = tuple(POOL_INDEX)
 POSITIVE, NEGATIVE = "positive", "negative"
 POLARITY_SETTINGS = {POSITIVE: (POSITIVE,), NEGATIVE: (NEGATIVE,), "both": (POSITIVE, NEGATIVE)}
+FOLDS = ("auto", "numba", "torch")  # auto: numba for activations on the CPU, torch on any other device
 
 
 def polarities(setting: str) -> tuple[str, ...]:
@@ -41,6 +44,15 @@ def polarities(setting: str) -> tuple[str, ...]:
     if setting not in POLARITY_SETTINGS:
         raise ValueError(f"polarity {setting!r} is not one of {list(POLARITY_SETTINGS)}")
     return POLARITY_SETTINGS[setting]
+
+
+def resolve_fold(fold: str, device: torch.device | str) -> str:
+    """The fold that folds activations on ``device``: 'numba' or 'torch' ('auto' picks by device)."""
+    if fold not in FOLDS:
+        raise ValueError(f"fold {fold!r} is not one of {list(FOLDS)}")
+    if fold != "auto":
+        return fold
+    return "numba" if torch.device(device).type == "cpu" else "torch"
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,9 @@ class RecordingSettings:
 class LayerRecorder:
     """Folds batches of one layer's activations into top-k, random-sample and statistics state.
 
-    The state is held by a ``fold.NumbaFold``, numpy arrays that one compiled pass per batch updates.
+    The state is held by a fold made at the first batch, where the activations are:
+    ``fold.NumbaFold`` (numpy, compiled) or ``torch_fold.TorchFold`` (tensors on their
+    device), as ``fold`` says ('auto' by device). Both give the same tables (tests/test_recording_folds.py).
     """
 
     def __init__(
@@ -66,16 +80,19 @@ class LayerRecorder:
         top_k: int,
         vocabulary: torch.Tensor,
         polarity: str = POSITIVE,
+        fold: str = "auto",
     ) -> None:
+        resolve_fold(fold, "cpu")  # refuses an unknown fold now, not at the first batch
         self.layer = layer
         self.polarity = polarity
         self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
         self.top_k = top_k
+        self.excerpt_length = excerpt_length
         self.random_ids = list(random_excerpt_ids)
         # Sorted ids of the explanation pool's distinct tokens (the rows of the token sums).
         self.vocabulary = vocabulary
-        sign = 1.0 if polarity == POSITIVE else -1.0
-        self._fold = NumbaFold(self.neurons, self.random_ids, excerpt_length, top_k, len(vocabulary), sign)
+        self.fold = fold
+        self._fold: NumbaFold | TorchFold | None = None
 
     def update(
         self,
@@ -88,11 +105,27 @@ class LayerRecorder:
         """Fold a batch: ``activations`` [batch, offset + tokens, d_mlp] (the first ``offset``
         positions are not recorded), excerpt ids and pool indexes (``fold.EXPLANATION`` or
         ``fold.SCORING``) [batch], and each token's row of the vocabulary [batch, tokens], on the host."""
+        if self._fold is None:
+            self._fold = self._make_fold(activations.device)
         self._fold.update(activations, excerpt_ids, pools, slots, offset)
 
+    def _make_fold(self, device: torch.device) -> NumbaFold | TorchFold:
+        sign = 1.0 if self.polarity == POSITIVE else -1.0
+        shape = (self.neurons, self.random_ids, self.excerpt_length, self.top_k, len(self.vocabulary), sign)
+        if resolve_fold(self.fold, device) == "numba":
+            return NumbaFold(*shape)
+        return TorchFold(*shape, device=device)
+
     def state(self) -> FoldState:
-        """The state on the host."""
+        """The state on the host (the torch fold's is copied from its device at the first read after a batch)."""
+        if self._fold is None:  # no batch yet: an empty state
+            self._fold = self._make_fold(torch.device("cpu"))
         return self._fold.state()
+
+    @property
+    def fold_used(self) -> str | None:
+        """'numba' or 'torch' once a batch was folded; None before."""
+        return None if self._fold is None else "numba" if isinstance(self._fold, NumbaFold) else "torch"
 
     def top(self, pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first (of equal
@@ -232,13 +265,14 @@ def record(
     top_k: int = 20,
     progress: Callable[[int, int], None] | None = None,
     polarity: str = POSITIVE,
+    fold: str = "auto",
 ) -> dict[tuple[int, str], LayerRecorder]:
     """Run the subject model once over all excerpts and fold every requested layer, keyed (layer, polarity).
 
     ``run_model(tokens, hooks, stop_at_layer)`` runs a forward pass calling ``hooks[layer]``
     with that layer's post-nonlinearity activations. With ``start_token_id`` each excerpt is
     preceded by that token (the one the model saw between documents in training); its
-    position is not recorded.
+    position is not recorded. ``fold`` picks the fold ('auto': numba on the CPU, torch on a GPU).
     """
     length = len(excerpts["token_ids"][0])
     vocabulary = torch.as_tensor(
@@ -246,7 +280,7 @@ def record(
         dtype=torch.long,
     )
     recorders = {
-        (layer, sign): LayerRecorder(layer, selected, random_excerpt_ids, length, top_k, vocabulary, sign)
+        (layer, sign): LayerRecorder(layer, selected, random_excerpt_ids, length, top_k, vocabulary, sign, fold)
         for layer, selected in neurons.items()
         for sign in polarities(polarity)
     }
