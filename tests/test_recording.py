@@ -61,6 +61,24 @@ def test_streaming_top_k_equals_brute_force_top_k(corpus):
                 assert torch.allclose(top_acts[:, column], expected)
 
 
+@pytest.mark.parametrize("fold", ["numba", "torch"])
+def test_excerpts_rank_by_maximum_then_lower_id_whatever_order_they_come_in(corpus, fold):
+    excerpts, activations = corpus
+    tied = {1: activations[1].clone()}
+    tied[1][1::4, :, 2] = 10.0  # every other scoring excerpt ties for neuron 2's first places
+    shuffled = excerpts.sample(fraction=1.0, shuffle=True, seed=1)
+    tops = []
+    for frame in (excerpts, shuffled):
+        recorders = record(
+            fake_model(tied, []), frame, {1: [0, 2]}, [], start_token_id=None, batch_size=6, top_k=5, fold=fold
+        )
+        tops.append(recorders[1, "positive"].top("scoring"))
+    for in_order, out_of_order in zip(*tops, strict=True):
+        assert torch.equal(in_order, out_of_order)
+    values, ids, _ = tops[0]
+    assert (values[:, 1] == 10.0).all() and ids[:, 1].tolist() == [101, 105, 109, 113, 117]
+
+
 def test_a_pool_smaller_than_k_keeps_only_real_excerpts(corpus):
     excerpts, activations = corpus
     recorders = record(fake_model(activations, []), excerpts.head(5), {1: [0]}, [], start_token_id=None, top_k=4)
@@ -100,7 +118,7 @@ def test_bos_position_is_fed_to_the_model_but_not_recorded(corpus):
 
     recorders = record(run, excerpts, {1: [0]}, [101], start_token_id=7, batch_size=50)
     assert seen == [LENGTH + 1]
-    assert recorders[1, "positive"].maximum.item() < 99.0
+    assert recorders[1, "positive"].state().maximum.item() < 99.0
 
 
 def test_record_tables_hold_top_random_and_quantile_rows(corpus):
@@ -223,12 +241,12 @@ def test_an_unknown_polarity_is_refused_by_name(corpus):
 
 
 def test_neuron_ranges_for_threads_cover_the_layer_on_cache_line_bounds():
-    from neuron_assets.recording.recorder import _ranges
+    from neuron_assets.recording.fold import ranges
 
-    assert _ranges(1536, 2) == [(0, 768), (768, 1536)]
-    assert _ranges(1000, 3) == [(0, 336), (336, 672), (672, 1000)]
-    assert _ranges(300, 4) == [(0, 300)]  # under 256 neurons a range: one thread
-    assert _ranges(10, 2) == [(0, 10)]
+    assert ranges(1536, 2) == [(0, 768), (768, 1536)]
+    assert ranges(1000, 3) == [(0, 336), (336, 672), (672, 1000)]
+    assert ranges(300, 4) == [(0, 300)]  # under 256 neurons a range: one thread
+    assert ranges(10, 2) == [(0, 10)]
 
 
 def test_a_batch_folded_by_several_threads_gives_exactly_what_one_thread_gives(corpus):

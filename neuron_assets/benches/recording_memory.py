@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     state = sum(
         array.nbytes
-        for r in recorders.values()
-        for array in (r.top_values, r.top_ids, r.top_acts, r.random_acts, r.token_sums, r.token_counts)
+        for s in (r.state() for r in recorders.values())
+        for array in (s.top_values, s.top_ids, s.top_acts, s.random_acts, s.token_sums, s.token_counts)
     )
     vocabulary = len(next(iter(recorders.values())).vocabulary)
     print(

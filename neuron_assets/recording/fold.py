@@ -1,21 +1,34 @@
 """The per-batch fold of one layer's activations, compiled: every statistic in one read.
 
 Recording every neuron must cost little beside the forward pass itself (``make bench``).
-Done as separate tensor operations, the statistics, per-excerpt maxima, token sums and
-top-k merge read each layer's [batch, tokens, neurons] activations a dozen times and
-cost more than half a forward pass on two cores. This kernel reads an excerpt's rows
+Done as separate tensor operations on the CPU, the statistics, per-excerpt maxima, token
+sums and top-k merge read each layer's [batch, tokens, neurons] activations a dozen times
+and cost more than half a forward pass on two cores. This kernel reads an excerpt's rows
 once for the running statistics, the explanation-pool token sums and the excerpt's
 maximum per neuron, and right after, while those rows are still in cache, copies the
 excerpt's tokens into the top-k of each neuron where it beats the weakest one held.
+Excerpts rank by maximum, then by lower id: a total order, so the top-k is the same
+whatever order the excerpts come in, and the same as ``torch_fold``'s, ties included.
 
 numba compiles it for the CPU it runs on at first use (cached on disk per CPU), so
 nothing is tuned to another host. Loops run over slices indexed from 0: in that form
 LLVM vectorizes them (about 7x faster here than indexing the whole arrays from ``lo``).
+
+``NumbaFold`` holds one recorder's state as numpy arrays and folds each batch with this
+kernel, its neurons split over threads: the CPU's fold. ``torch_fold.TorchFold`` holds the
+same state on the activations' device. Both give a ``FoldState``.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+
 import numpy as np
+import torch
 from numba import njit
 
 EXPLANATION, SCORING = 0, 1  # index of a pool in the stacked top-k arrays
@@ -60,7 +73,7 @@ def fold_batch(
     weakest_slot = np.empty((2, m), np.int64)
     for p in range(2):
         for j in range(m):
-            weakest_slot[p, j] = _weakest(top_values[p, lo + j])
+            weakest_slot[p, j] = _weakest(top_values[p, lo + j], top_ids[p, lo + j])
             weakest[p, j] = top_values[p, lo + j, weakest_slot[p, j]]
     changed = np.empty(m, np.int64)
     for e in range(batch):
@@ -84,10 +97,13 @@ def fold_batch(
                     sums[j] += sign * row[j]
         p = pool[e]
         beaten = weakest[p]
+        excerpt_id = excerpt_ids[e]
         count = 0
         for j in range(m):
             high[j] = max(high[j], excerpt_max[j])
-            if excerpt_max[j] > beaten[j]:
+            if excerpt_max[j] > beaten[j] or (
+                excerpt_max[j] == beaten[j] and excerpt_id < top_ids[p, lo + j, weakest_slot[p, j]]
+            ):
                 changed[count] = j
                 count += 1
         # The excerpt's rows were just read, so copying its columns reads from cache.
@@ -95,11 +111,11 @@ def fold_batch(
             j = changed[c]
             neuron, slot = lo + j, weakest_slot[p, j]
             top_values[p, neuron, slot] = excerpt_max[j]
-            top_ids[p, neuron, slot] = excerpt_ids[e]
+            top_ids[p, neuron, slot] = excerpt_id
             held = top_acts[p, neuron, slot]
             for t in range(offset, width):
                 held[t - offset] = sign * acts[e, t, neuron]
-            weakest_slot[p, j] = _weakest(top_values[p, neuron])
+            weakest_slot[p, j] = _weakest(top_values[p, neuron], top_ids[p, neuron])
             beaten[j] = top_values[p, neuron, weakest_slot[p, j]]
     total[lo:hi] += part
     total_sq[lo:hi] += part_sq
@@ -107,10 +123,154 @@ def fold_batch(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _weakest(values: np.ndarray) -> int:
-    """The slot a new excerpt replaces: the lowest held value (an empty slot holds -inf)."""
+def _weakest(values: np.ndarray, ids: np.ndarray) -> int:
+    """The slot a new excerpt replaces: the lowest held value (an empty slot holds -inf), of
+    equal ones the higher id."""
     slot = 0
     for s in range(1, len(values)):
-        if values[s] < values[slot]:
+        if values[s] < values[slot] or (values[s] == values[slot] and ids[s] > ids[slot]):
             slot = s
     return slot
+
+
+@dataclass(frozen=True)
+class FoldState:
+    """One recorder's state on the host, as either fold holds it (see ``LayerRecorder``).
+
+    Top-k slots per pool and neuron may be in any order: -inf and id -1 in a slot never
+    filled. ``random_acts`` is NaN for a random excerpt not seen yet.
+    """
+
+    top_values: np.ndarray  # float32 [2, n, k]
+    top_ids: np.ndarray  # int64 [2, n, k]
+    top_acts: np.ndarray  # float32 [2, n, k, tokens]
+    random_acts: np.ndarray  # float32 [random excerpts, n, tokens]
+    total: np.ndarray  # float64 [n]
+    total_sq: np.ndarray  # float64 [n]
+    minimum: np.ndarray  # float32 [n]
+    maximum: np.ndarray  # float32 [n]
+    firing: np.ndarray  # int64 [n]
+    token_sums: np.ndarray  # float64 [vocabulary, n]
+    token_counts: np.ndarray  # int64 [vocabulary]
+    n_tokens: int
+
+
+def best_first(values: torch.Tensor, ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """The indexes along ``dim`` that put excerpts best first: highest value, then lowest id."""
+    by_id = ids.argsort(dim=dim, stable=True)
+    by_value = values.gather(dim, by_id).argsort(dim=dim, descending=True, stable=True)
+    return by_id.gather(dim, by_value)
+
+
+class NumbaFold:
+    """The fold on the CPU: numpy state that ``fold_batch`` updates in place, neuron ranges on threads.
+
+    Activations on another device are copied to the host batch by batch.
+    """
+
+    def __init__(
+        self,
+        neurons: torch.Tensor,
+        random_excerpt_ids: Sequence[int],
+        excerpt_length: int,
+        top_k: int,
+        vocabulary_size: int,
+        sign: float,
+    ) -> None:
+        n = len(neurons)
+        self._neurons = neurons
+        # A selection that is a prefix of the layer is read in place, not copied out of each batch.
+        self._prefix = bool(torch.equal(neurons, torch.arange(n)))
+        self._sign = np.float32(sign)
+        self._random_slot = {e: i for i, e in enumerate(random_excerpt_ids)}
+        self.top_values = np.full((2, n, top_k), -np.inf, dtype=np.float32)
+        self.top_ids = np.full((2, n, top_k), -1, dtype=np.int64)
+        self.top_acts = np.zeros((2, n, top_k, excerpt_length), dtype=np.float32)
+        self.random_acts = np.full((len(self._random_slot), n, excerpt_length), np.nan, dtype=np.float32)
+        self.total = np.zeros(n, dtype=np.float64)
+        self.total_sq = np.zeros(n, dtype=np.float64)
+        self.minimum = np.full(n, np.inf, dtype=np.float32)
+        self.maximum = np.full(n, -np.inf, dtype=np.float32)
+        self.firing = np.zeros(n, dtype=np.int64)
+        self.token_sums = np.zeros((vocabulary_size, n), dtype=np.float64)
+        self.token_counts = np.zeros(vocabulary_size, dtype=np.int64)
+        self.n_tokens = 0
+
+    def update(
+        self,
+        activations: torch.Tensor,
+        excerpt_ids: torch.Tensor,
+        pools: torch.Tensor,
+        slots: torch.Tensor,
+        offset: int,
+    ) -> None:
+        """Fold a batch (see ``LayerRecorder.update``)."""
+        n = len(self._neurons)
+        acts = activations.detach().to("cpu", torch.float32)
+        if not self._prefix:
+            acts = acts.index_select(-1, self._neurons)
+        acts = np.ascontiguousarray(acts.numpy())
+        # The fold is compiled and lets go of the GIL: disjoint neuron ranges run on threads.
+        calls = [
+            (
+                acts,
+                offset,
+                lo,
+                hi,
+                lo == 0,
+                self._sign,
+                pools.numpy(),
+                excerpt_ids.numpy(),
+                slots.numpy(),
+                self.total,
+                self.total_sq,
+                self.minimum,
+                self.maximum,
+                self.firing,
+                self.token_sums,
+                self.token_counts,
+                self.top_values,
+                self.top_ids,
+                self.top_acts,
+            )
+            for lo, hi in ranges(n, torch.get_num_threads())
+        ]
+        others = [_fold_threads().submit(fold_batch, *call) for call in calls[1:]]
+        fold_batch(*calls[0])
+        for other in others:
+            other.result()
+        self.n_tokens += acts.shape[0] * (acts.shape[1] - offset)
+        for row, excerpt_id in enumerate(excerpt_ids.tolist()):
+            slot = self._random_slot.get(excerpt_id)
+            if slot is not None:
+                self.random_acts[slot] = self._sign * acts[row, offset:, :n].T
+
+    def state(self) -> FoldState:
+        """The live arrays (no copy)."""
+        return FoldState(
+            self.top_values,
+            self.top_ids,
+            self.top_acts,
+            self.random_acts,
+            self.total,
+            self.total_sq,
+            self.minimum,
+            self.maximum,
+            self.firing,
+            self.token_sums,
+            self.token_counts,
+            self.n_tokens,
+        )
+
+
+def ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """``n`` neurons cut into at most ``parts`` ranges of whole cache lines (16 float32), at least 256 each."""
+    parts = max(1, min(parts, n // 256))
+    step = -(-n // parts // BLOCK) * BLOCK
+    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+
+@cache
+def _fold_threads() -> ThreadPoolExecutor:
+    """The threads that fold a batch's other neuron ranges while the caller folds the first."""
+    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="fold")

@@ -7,8 +7,9 @@ the top-k excerpts of each pool by maximum activation (with their per-token
 activations), the activations on a fixed random sample of scoring excerpts, running
 sums for the statistics, and per-token sums over the explanation pool for the token
 lookup-table baseline (method.md §6), so memory grows with neurons x (k + distinct
-tokens), never with the corpus. Each batch is folded by one compiled pass
-(``recording.fold``), its neurons split over threads.
+tokens), never with the corpus. On the CPU each batch is folded by one compiled pass
+(``recording.fold``), its neurons split over threads; on a GPU by torch operations on the
+device (``recording.torch_fold``), the state copied to the host once, when the tables are read.
 
 Both signs: a gated MLP's unit (SmolLM2, Llama) takes large negative values, which the
 0..10 scale of the explainer and simulator reads as 0. The ``negative`` polarity records
@@ -19,23 +20,23 @@ neuron, on its own rows.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 
 import numpy as np
 import polars as pl
 import torch
 
-from neuron_assets.recording.fold import BLOCK, EXPLANATION, SCORING, fold_batch
+from neuron_assets.recording.fold import EXPLANATION, SCORING, FoldState, NumbaFold, best_first
+from neuron_assets.recording.torch_fold import TorchFold
 from neuron_assets.sampling.excerpts import EXPLANATION_POOL, SCORING_POOL
 
 POOL_INDEX = {EXPLANATION_POOL: EXPLANATION, SCORING_POOL: SCORING}  # pool -> its index in fold's arrays
 POOLS = tuple(POOL_INDEX)
 POSITIVE, NEGATIVE = "positive", "negative"
 POLARITY_SETTINGS = {POSITIVE: (POSITIVE,), NEGATIVE: (NEGATIVE,), "both": (POSITIVE, NEGATIVE)}
+FOLDS = ("auto", "numba", "torch")  # auto: numba for activations on the CPU, torch on any other device
 
 
 def polarities(setting: str) -> tuple[str, ...]:
@@ -43,6 +44,15 @@ def polarities(setting: str) -> tuple[str, ...]:
     if setting not in POLARITY_SETTINGS:
         raise ValueError(f"polarity {setting!r} is not one of {list(POLARITY_SETTINGS)}")
     return POLARITY_SETTINGS[setting]
+
+
+def resolve_fold(fold: str, device: torch.device | str) -> str:
+    """The fold that folds activations on ``device``: 'numba' or 'torch' ('auto' picks by device)."""
+    if fold not in FOLDS:
+        raise ValueError(f"fold {fold!r} is not one of {list(FOLDS)}")
+    if fold != "auto":
+        return fold
+    return "numba" if torch.device(device).type == "cpu" else "torch"
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,9 @@ class RecordingSettings:
 class LayerRecorder:
     """Folds batches of one layer's activations into top-k, random-sample and statistics state.
 
-    The state is numpy arrays that ``fold.fold_batch`` updates in place, one pass per batch.
+    The state is held by a fold made at the first batch, where the activations are:
+    ``fold.NumbaFold`` (numpy, compiled) or ``torch_fold.TorchFold`` (tensors on their
+    device), as ``fold`` says ('auto' by device). Both give the same tables (tests/test_recording_folds.py).
     """
 
     def __init__(
@@ -68,32 +80,19 @@ class LayerRecorder:
         top_k: int,
         vocabulary: torch.Tensor,
         polarity: str = POSITIVE,
+        fold: str = "auto",
     ) -> None:
+        resolve_fold(fold, "cpu")  # refuses an unknown fold now, not at the first batch
         self.layer = layer
         self.polarity = polarity
         self.neurons = torch.as_tensor(list(neurons), dtype=torch.long)
-        n = len(self.neurons)
-        # A selection that is a prefix of the layer is read in place, not copied out of each batch.
-        self._prefix = bool(torch.equal(self.neurons, torch.arange(n)))
-        self._sign = np.float32(1.0 if polarity == POSITIVE else -1.0)
         self.top_k = top_k
-        # k unordered slots per pool and neuron; -inf marks a slot not filled yet.
-        self.top_values = np.full((2, n, top_k), -np.inf, dtype=np.float32)
-        self.top_ids = np.full((2, n, top_k), -1, dtype=np.int64)
-        self.top_acts = np.zeros((2, n, top_k, excerpt_length), dtype=np.float32)
+        self.excerpt_length = excerpt_length
         self.random_ids = list(random_excerpt_ids)
-        self._random_slot = {e: i for i, e in enumerate(self.random_ids)}
-        self.random_acts = np.full((len(self.random_ids), n, excerpt_length), np.nan, dtype=np.float32)
-        self.total = np.zeros(n, dtype=np.float64)
-        self.total_sq = np.zeros(n, dtype=np.float64)
-        self.maximum = np.full(n, -np.inf, dtype=np.float32)
-        self.minimum = np.full(n, np.inf, dtype=np.float32)
-        self.firing = np.zeros(n, dtype=np.int64)
-        self.n_tokens = 0
-        # Sorted ids of the explanation pool's distinct tokens, and each one's sums there.
+        # Sorted ids of the explanation pool's distinct tokens (the rows of the token sums).
         self.vocabulary = vocabulary
-        self.token_sums = np.zeros((len(vocabulary), n), dtype=np.float64)
-        self.token_counts = np.zeros(len(vocabulary), dtype=np.int64)
+        self.fold = fold
+        self._fold: NumbaFold | TorchFold | None = None
 
     def update(
         self,
@@ -105,77 +104,66 @@ class LayerRecorder:
     ) -> None:
         """Fold a batch: ``activations`` [batch, offset + tokens, d_mlp] (the first ``offset``
         positions are not recorded), excerpt ids and pool indexes (``fold.EXPLANATION`` or
-        ``fold.SCORING``) [batch], and each token's row of the vocabulary [batch, tokens]."""
-        n = len(self.neurons)
-        acts = activations.detach().to("cpu", torch.float32)
-        if not self._prefix:
-            acts = acts.index_select(-1, self.neurons)
-        acts = np.ascontiguousarray(acts.numpy())
-        # The fold is compiled and lets go of the GIL: disjoint neuron ranges run on threads.
-        calls = [
-            (
-                acts,
-                offset,
-                lo,
-                hi,
-                lo == 0,
-                self._sign,
-                pools.numpy(),
-                excerpt_ids.numpy(),
-                slots.numpy(),
-                self.total,
-                self.total_sq,
-                self.minimum,
-                self.maximum,
-                self.firing,
-                self.token_sums,
-                self.token_counts,
-                self.top_values,
-                self.top_ids,
-                self.top_acts,
-            )
-            for lo, hi in _ranges(n, torch.get_num_threads())
-        ]
-        others = [_fold_threads().submit(fold_batch, *call) for call in calls[1:]]
-        fold_batch(*calls[0])
-        for other in others:
-            other.result()
-        self.n_tokens += acts.shape[0] * (acts.shape[1] - offset)
-        for row, excerpt_id in enumerate(excerpt_ids.tolist()):
-            slot = self._random_slot.get(excerpt_id)
-            if slot is not None:
-                self.random_acts[slot] = self._sign * acts[row, offset:, :n].T
+        ``fold.SCORING``) [batch], and each token's row of the vocabulary [batch, tokens], on the host."""
+        if self._fold is None:
+            self._fold = self._make_fold(activations.device)
+        self._fold.update(activations, excerpt_ids, pools, slots, offset)
+
+    def _make_fold(self, device: torch.device) -> NumbaFold | TorchFold:
+        sign = 1.0 if self.polarity == POSITIVE else -1.0
+        shape = (self.neurons, self.random_ids, self.excerpt_length, self.top_k, len(self.vocabulary), sign)
+        if resolve_fold(self.fold, device) == "numba":
+            return NumbaFold(*shape)
+        return TorchFold(*shape, device=device)
+
+    def state(self) -> FoldState:
+        """The state on the host (the torch fold's is copied from its device at the first read after a batch)."""
+        if self._fold is None:  # no batch yet: an empty state
+            self._fold = self._make_fold(torch.device("cpu"))
+        return self._fold.state()
+
+    @property
+    def fold_used(self) -> str | None:
+        """'numba' or 'torch' once a batch was folded; None before."""
+        return None if self._fold is None else "numba" if isinstance(self._fold, NumbaFold) else "torch"
 
     def top(self, pool: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first.
+        """(values [k, n], excerpt ids [k, n], activations [k, n, tokens]), best first (of equal
+        values the lower id).
 
         Slots never filled (a pool with fewer than k excerpts) have id -1.
         """
-        p = POOL_INDEX[pool]
-        values, order = torch.from_numpy(self.top_values[p].T).sort(dim=0, descending=True, stable=True)
-        ids = torch.from_numpy(self.top_ids[p].T).gather(0, order).masked_fill(values == float("-inf"), -1)
-        held = torch.from_numpy(self.top_acts[p]).transpose(0, 1)  # [k, n, tokens]
+        p, state = POOL_INDEX[pool], self.state()
+        values, ids = torch.from_numpy(state.top_values[p].T), torch.from_numpy(state.top_ids[p].T)
+        order = best_first(values, ids, dim=0)
+        values = values.gather(0, order)
+        ids = ids.gather(0, order).masked_fill(values == float("-inf"), -1)
+        held = torch.from_numpy(state.top_acts[p]).transpose(0, 1)  # [k, n, tokens]
         return values, ids, held.gather(0, order[:, :, None].expand(-1, -1, held.shape[2]))
 
     def records(self, settings: RecordingSettings) -> pl.DataFrame:
         """Top, random and quantile-bin records as rows of the ``activation_records`` table."""
-        if np.isnan(self.random_acts).any():
+        random_acts = self.state().random_acts
+        if np.isnan(random_acts).any():
             raise RuntimeError(f"layer {self.layer}: some random-sample excerpts were never seen")
         frames = [
             _rows(self.layer, self.neurons, pool, "top", None, *self.top(pool)[1:]).filter(pl.col("excerpt_id") >= 0)
             for pool in POOLS
         ]
         random_ids = torch.as_tensor(self.random_ids, dtype=torch.long)[:, None].expand(-1, len(self.neurons))
-        random_acts = torch.from_numpy(self.random_acts)
-        frames.append(_rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, random_acts))
-        frames += self._quantile_records(settings, random_ids)
+        frames.append(
+            _rows(self.layer, self.neurons, SCORING_POOL, "random", None, random_ids, torch.from_numpy(random_acts))
+        )
+        frames += self._quantile_records(settings, random_ids, random_acts)
         return pl.concat([f for f in frames if not f.is_empty()], how="vertical")
 
-    def _quantile_records(self, settings: RecordingSettings, random_ids: torch.Tensor) -> list[pl.DataFrame]:
+    def _quantile_records(
+        self, settings: RecordingSettings, random_ids: torch.Tensor, random_acts: np.ndarray
+    ) -> list[pl.DataFrame]:
         """Bins of the per-excerpt maximum, estimated from the random sample (for viewing only)."""
         if not self.random_ids:
             return []
-        maxima = self.random_acts.max(-1)  # [r, n]
+        maxima = random_acts.max(-1)  # [r, n]
         frames = []
         for lo, hi in settings.quantile_bins:
             bounds = np.quantile(maxima, [lo, hi], axis=0)  # [2, n]
@@ -193,16 +181,17 @@ class LayerRecorder:
                         "quantile",
                         f"{lo}-{hi}",
                         random_ids[index, column : column + 1],
-                        torch.from_numpy(self.random_acts[rows, column : column + 1]),
+                        torch.from_numpy(random_acts[rows, column : column + 1]),
                     )
                 )
         return frames
 
     def token_lookup(self) -> pl.DataFrame:
         """Mean activation of every (token, neuron) over the explanation pool: the lookup table."""
-        seen = torch.from_numpy(self.token_counts > 0)
-        counts = torch.from_numpy(self.token_counts)[seen]
-        means = torch.from_numpy(self.token_sums)[seen] / counts[:, None]  # [tokens, n]
+        state = self.state()
+        seen = torch.from_numpy(state.token_counts > 0)
+        counts = torch.from_numpy(state.token_counts)[seen]
+        means = torch.from_numpy(state.token_sums)[seen] / counts[:, None]  # [tokens, n]
         n_tokens, n = means.shape
         return pl.DataFrame(
             {
@@ -216,34 +205,22 @@ class LayerRecorder:
 
     def stats(self) -> pl.DataFrame:
         """Mean, variance, max, min and firing fraction over every recorded token."""
-        n = self.n_tokens
-        mean = self.total / n
-        variance = np.clip(self.total_sq / n - mean**2, 0.0, None)
+        state = self.state()
+        n = state.n_tokens
+        mean = state.total / n
+        variance = np.clip(state.total_sq / n - mean**2, 0.0, None)
         return pl.DataFrame(
             {
                 "layer": pl.Series([self.layer] * len(self.neurons), dtype=pl.Int64),
                 "neuron": pl.Series(self.neurons.tolist(), dtype=pl.Int64),
                 "mean": mean,
                 "variance": variance,
-                "max": self.maximum.astype(np.float64),
-                "min": self.minimum.astype(np.float64),
-                "frac_firing": self.firing / n,
+                "max": state.maximum.astype(np.float64),
+                "min": state.minimum.astype(np.float64),
+                "frac_firing": state.firing / n,
                 "n_tokens": pl.Series([n] * len(self.neurons), dtype=pl.Int64),
             }
         )
-
-
-def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    """``n`` neurons cut into at most ``parts`` ranges of whole cache lines (16 float32), at least 256 each."""
-    parts = max(1, min(parts, n // 256))
-    step = -(-n // parts // BLOCK) * BLOCK
-    return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-
-
-@cache
-def _fold_threads() -> ThreadPoolExecutor:
-    """The threads that fold a batch's other neuron ranges while the caller folds the first."""
-    return ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="fold")
 
 
 def _rows(
@@ -288,13 +265,14 @@ def record(
     top_k: int = 20,
     progress: Callable[[int, int], None] | None = None,
     polarity: str = POSITIVE,
+    fold: str = "auto",
 ) -> dict[tuple[int, str], LayerRecorder]:
     """Run the subject model once over all excerpts and fold every requested layer, keyed (layer, polarity).
 
     ``run_model(tokens, hooks, stop_at_layer)`` runs a forward pass calling ``hooks[layer]``
     with that layer's post-nonlinearity activations. With ``start_token_id`` each excerpt is
     preceded by that token (the one the model saw between documents in training); its
-    position is not recorded.
+    position is not recorded. ``fold`` picks the fold ('auto': numba on the CPU, torch on a GPU).
     """
     length = len(excerpts["token_ids"][0])
     vocabulary = torch.as_tensor(
@@ -302,7 +280,7 @@ def record(
         dtype=torch.long,
     )
     recorders = {
-        (layer, sign): LayerRecorder(layer, selected, random_excerpt_ids, length, top_k, vocabulary, sign)
+        (layer, sign): LayerRecorder(layer, selected, random_excerpt_ids, length, top_k, vocabulary, sign, fold)
         for layer, selected in neurons.items()
         for sign in polarities(polarity)
     }
