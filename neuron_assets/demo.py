@@ -65,7 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ablation", action="store_true", help="also the ablation scores of every scored method (make ablation)"
     )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a YAML run config ('ops' by table name, as in the Launchpad) laid over the demo's own",
+    )
     args = parser.parse_args(argv)
+    if args.config is not None:
+        try:
+            overrides = read_run_config(args.config)
+        except ValueError as error:
+            parser.error(str(error))
 
     from neuron_assets.defs.definitions import defs
     from neuron_assets.settings import Settings
@@ -75,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.subject_model, args.variant or settings.variants[0], viewer_url=settings.viewer_url
     )
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
+    if args.config is not None:
+        config = overlay_run_config(config, overrides)
     groups = (*(UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS), *(("ablation",) if args.ablation else ()))
     result = materialize_layers(
         defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups, experiment
@@ -84,6 +96,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print_results(ResultStore(settings.data_dir), args.first_layer, args.last_layer, experiment)
     return 0
+
+
+def read_run_config(path: str) -> dict[str, Any]:
+    """A run config file's contents (a mapping whose one key, ``ops``, maps tables to their config),
+    or a ``ValueError`` naming the file."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = yaml.safe_load(file)
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"run config {path!r} cannot be read: {error}") from None
+    if not isinstance(config, dict) or set(config) != {"ops"} or not isinstance(config["ops"], dict):
+        raise ValueError(f"run config {path!r} must be a mapping with one key, 'ops', of tables (as in the Launchpad)")
+    return config
+
+
+def overlay_run_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merged key by key, any other value of ``over`` taking the place of base's."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = overlay_run_config(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def print_results(
