@@ -98,7 +98,8 @@ demo: install
 	$(PY) -W ignore -m neuron_assets.demo
 
 # The ablation score (method.md §5) of every scored method, after the scores, on layers 0-1 with 3 random
-# neurons each and no revision; ARGS="--neurons 20" for the run issue 20 asks for (slow: the LLM stages).
+# neurons each and no revision; ARGS="--neurons 20" for more (slow: the LLM stages), and
+# ARGS="--config run.yaml" lays a run config (ops by table name) over the demo's, as make demo takes it.
 ablation: install
 	$(PY) -W ignore -m neuron_assets.demo --no-revision --ablation $(ARGS)
 
