@@ -131,7 +131,9 @@ lint: install
 view: install
 	$(PY) -W ignore -m neuron_assets.viewer.server $(ARGS)
 
+# DAGSTER_HOME's instance is checked first: a PostgreSQL one that cannot be reached fails here, naming it.
 dev: install
+	$(PY) -m neuron_assets.instance
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: install

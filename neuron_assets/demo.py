@@ -15,6 +15,7 @@ import dagster as dg
 
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.partitions import layer_key
+from neuron_assets.instance import instance_for_command
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.storage.store import ResultStore
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ablation", action="store_true", help="also the ablation scores of every scored method (make ablation)"
     )
     args = parser.parse_args(argv)
+    instance = instance_for_command()  # before anything is loaded or written: a bad instance ends it here
 
     from neuron_assets.defs.definitions import defs
     from neuron_assets.settings import Settings
@@ -76,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = {"ops": {"activation_records": {"config": {"n_neurons": args.neurons}}}}
     groups = (*(UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS), *(("ablation",) if args.ablation else ()))
-    result = materialize_layers(
-        defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups, experiment
-    )
+    result = materialize_layers(defs, args.first_layer, args.last_layer, config, instance, groups, experiment)
     if not result.success:
         print("the demo run failed; see the errors above", file=sys.stderr)
         return 1
