@@ -113,10 +113,15 @@ puzzles: install
 	$(PY) -W ignore -m neuron_assets.puzzles.run $(ARGS)
 
 # The viewer's browser tests drive Debian's Chromium (no library downloads a browser of its
-# own); where it is missing and apt-get can run, it is installed first, else they skip.
+# own), and the shared-instance tests start a PostgreSQL server from the distribution's
+# package (initdb in a temporary folder); where one is missing and apt-get can run, it is
+# installed first, else those tests skip.
 test: install
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } || echo "no Chromium: the browser tests will skip"
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null && \
+		apt-get install -y -qq postgresql >/dev/null; } || echo "no PostgreSQL: the shared-instance tests will skip"
 	$(PY) -m pytest --durations=10
 
 # The inner loop: the tests that need neither the packaged model nor a real llama.cpp server.
@@ -132,7 +137,9 @@ lint: install
 view: install
 	$(PY) -W ignore -m neuron_assets.viewer.server $(ARGS)
 
+# DAGSTER_HOME's instance is checked first: a PostgreSQL one that cannot be reached fails here, naming it.
 dev: install
+	$(PY) -m neuron_assets.instance
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 bench: install

@@ -15,6 +15,7 @@ import dagster as dg
 
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.partitions import layer_key
+from neuron_assets.instance import instance_for_command
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.storage.store import ResultStore
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = read_run_config(args.config)
         except ValueError as error:
             parser.error(str(error))
+    instance = instance_for_command()  # before anything is loaded or written: a bad instance ends it here
 
     from neuron_assets.defs.definitions import defs
     from neuron_assets.settings import Settings
@@ -88,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config is not None:
         config = overlay_run_config(config, overrides)
     groups = (*(UP_TO_SCORES if args.no_revision else PIPELINE_GROUPS), *(("ablation",) if args.ablation else ()))
-    result = materialize_layers(
-        defs, args.first_layer, args.last_layer, config, dg.DagsterInstance.get(), groups, experiment
-    )
+    result = materialize_layers(defs, args.first_layer, args.last_layer, config, instance, groups, experiment)
     if not result.success:
         print("the demo run failed; see the errors above", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-import dagster as dg
+from neuron_assets.instance import instance_for_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neurons", type=int, default=3, help="random neurons recorded (activation_records)")
     parser.add_argument("--variant", default=None, help="variant (default: the first configured)")
     args = parser.parse_args(argv)
+    instance = instance_for_command()
 
     import duckdb
     import polars as pl
@@ -47,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     }
     started = time.perf_counter()
-    result = materialize_layers(
-        defs, args.layer, args.layer, config, dg.DagsterInstance.get(), ("recording", "directions"), experiment
-    )
+    result = materialize_layers(defs, args.layer, args.layer, config, instance, ("recording", "directions"), experiment)
     if not result.success:
         print("the directions run failed; see the errors above", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from neuron_assets.settings import Settings
 from neuron_assets.storage.store import ResultStore
 
 pytestmark = pytest.mark.slow
+REPOSITORY = Path(__file__).resolve().parent.parent
 EXP = Experiment(PACKAGED_SUBJECT_MODEL)
 RUN_LAYER = """
 import json, sys
@@ -108,6 +109,53 @@ def assert_complete_and_duplicate_free(data_dir) -> None:
     assert not list(data_dir.rglob("*.tmp")) and not list(data_dir.rglob("*.migrating"))
 
 
+def write_workspace(path: Path) -> Path:
+    """A workspace.yaml that loads this repository's code location (what ``make dev`` loads)."""
+    path.write_text(
+        "load_from:\n  - python_module:\n      module_name: neuron_assets.defs.definitions\n"
+        f"      working_directory: {REPOSITORY}\n"
+    )
+    return path
+
+
+def start_daemon(workspace: Path, env: dict[str, str], log) -> subprocess.Popen:
+    """A real ``dagster-daemon`` on ``workspace`` under ``env`` (its DAGSTER_HOME), writing to ``log``."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
+        cwd=REPOSITORY,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def request_backfill(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    partitions: list[str],
+    selection: dg.AssetSelection,
+    run_config: dict,
+) -> str:
+    """Asks for a backfill of ``selection``'s ``partitions``, as the UI's backfill button does; its id."""
+    backfill_id = make_new_backfill_id()
+    instance.add_backfill(
+        PartitionBackfill.from_asset_partitions(
+            backfill_id=backfill_id,
+            asset_graph=defs.resolve_asset_graph(),
+            partition_names=partitions,
+            asset_selection=list(selection.resolve(defs.resolve_asset_graph())),
+            backfill_timestamp=time.time(),
+            tags={},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=None,
+            description=None,
+            run_config=run_config,
+        )
+    )
+    return backfill_id
+
+
 def test_the_daemons_run_queue_runs_a_backfills_runs_two_at_a_time(tmp_path):
     """The user's path: a backfill of the LLM stages of layers 0-1, one run per layer
     (NEURON_ASSETS_LLM_LAYERS_PER_RUN=1), queued and launched by a real ``dagster-daemon``
@@ -115,15 +163,10 @@ def test_the_daemons_run_queue_runs_a_backfills_runs_two_at_a_time(tmp_path):
     at once, both succeed, and the partitions are complete and duplicate-free."""
     from scripted_openai import ScriptedOpenAI
 
-    repository = Path(__file__).resolve().parent.parent
     home, data_dir = tmp_path / "dagster_home", tmp_path / "data"
     home.mkdir()
-    shutil.copy(repository / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        "load_from:\n  - python_module:\n      module_name: neuron_assets.defs.definitions\n"
-        f"      working_directory: {repository}\n"
-    )
+    shutil.copy(REPOSITORY / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    workspace = write_workspace(tmp_path / "workspace.yaml")
     with ScriptedOpenAI(answer) as server:
         env = {
             **os.environ,
@@ -142,31 +185,10 @@ def test_the_daemons_run_queue_runs_a_backfills_runs_two_at_a_time(tmp_path):
             [EXP.slug, EXP.variant]
         )
         log = (tmp_path / "daemon.log").open("w")
-        daemon = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
-            cwd=repository,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        daemon = start_daemon(workspace, env, log)
         try:
             with dg.DagsterInstance.from_config(str(home)) as instance:
-                backfill_id = make_new_backfill_id()
-                instance.add_backfill(
-                    PartitionBackfill.from_asset_partitions(
-                        backfill_id=backfill_id,
-                        asset_graph=defs.resolve_asset_graph(),
-                        partition_names=["layer-0", "layer-1"],
-                        asset_selection=list(stages.resolve(defs.resolve_asset_graph())),
-                        backfill_timestamp=time.time(),
-                        tags={},
-                        dynamic_partitions_store=instance,
-                        all_partitions=False,
-                        title=None,
-                        description=None,
-                        run_config=EXP.run_config(CONFIG),
-                    )
-                )
+                backfill_id = request_backfill(instance, defs, ["layer-0", "layer-1"], stages, EXP.run_config(CONFIG))
                 deadline = time.monotonic() + 900
                 while instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:
                     assert time.monotonic() < deadline and daemon.poll() is None, (tmp_path / "daemon.log").read_text()

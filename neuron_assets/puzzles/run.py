@@ -13,6 +13,7 @@ import sys
 
 import dagster as dg
 
+from neuron_assets.instance import instance_for_command
 from neuron_assets.puzzles.evaluation import chance_of_at_least
 from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     scorers = args.scorers or ["simulation"]
     scorer_only = args.scorer_only or "simulation" not in scorers
+    instance = instance_for_command()
 
     import duckdb
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"path": args.path, "mode": args.mode, "scorers": scorers}
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
         run_config={"ops": {"puzzle_scores": {"config": config}}},
-        instance=dg.DagsterInstance.get(),
+        instance=instance,
         asset_selection=selection,
         raise_on_error=False,
     )

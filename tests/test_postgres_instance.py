@@ -1,0 +1,295 @@
+"""A shared Dagster instance on PostgreSQL: ``dagster_home/postgres/dagster.yaml``, selected by
+pointing ``DAGSTER_HOME`` at its folder, every connection field read from the environment.
+
+One real PostgreSQL server serves the file (``tests/postgres_server.py``: the distribution's
+binaries, initdb in a temporary folder, a free port, a user with a password); where none can
+be found or started, the tests that need it skip saying why. A real ``dagster-daemon`` runs a
+backfill of layers 0-1 of a tiny GPT-2 with the scripted LLM into that instance, one run per
+layer, while a researcher's DuckDB session queries the results; the backfill, its runs and
+their materializations per partition are read back from PostgreSQL. An unreachable endpoint,
+a wrong password or a missing database fail within seconds, naming the endpoint, with the
+password in no message, log or stored event. (Dagster alone, given such an endpoint, retries
+for about ten seconds and then says "too many retries for DB connection", whatever the cause.)
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+import yaml
+from dagster._core.execution.backfill import BulkActionStatus
+from test_parallel_runs import REPOSITORY, request_backfill, start_daemon, write_workspace
+from test_storage import ask, open_reader  # a researcher's DuckDB session in another process
+from test_viewer import CONFIG, answer  # the viewer's small run config and scripted LLM
+
+from neuron_assets.defs.definitions import build_definitions
+from neuron_assets.defs.experiments import Experiment
+from neuron_assets.demo import UP_TO_SCORES, materialize_layers
+from neuron_assets.instance import InstanceStorageError, check_instance
+from neuron_assets.llm.llama_server import _free_port
+from neuron_assets.sampling.corpus import load_documents
+from neuron_assets.settings import Settings
+from neuron_assets.storage.store import ResultStore
+
+SQLITE_YAML = REPOSITORY / "dagster_home" / "dagster.yaml"
+POSTGRES_YAML = REPOSITORY / "dagster_home" / "postgres" / "dagster.yaml"
+N_DOCUMENTS = 40  # of the Lee corpus: enough excerpts for 3 neurons' top, random and calibration ones
+READER_QUERY = "SELECT count(*) || ' ' || count(DISTINCT run_id) FROM scores"  # rows, and runs that wrote them
+FAIL_WITHIN_S = 5  # an endpoint that cannot be used is named this soon
+WRONG_PASSWORD = "pw-wrong-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server():
+    from postgres_server import PostgresServer, Unavailable
+
+    running = PostgresServer()
+    try:
+        running.start()
+    except Unavailable as error:
+        running.stop()
+        pytest.skip(f"no PostgreSQL server for the shared-instance tests: {error}")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def postgres_home(tmp_path):
+    """A DAGSTER_HOME holding the repository's PostgreSQL dagster.yaml (local artifacts go beside it)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(POSTGRES_YAML, home / "dagster.yaml")
+    return home
+
+
+def set_environment(monkeypatch, variables: dict[str, str]) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_postgres_instance_is_the_default_one_with_its_storage_from_the_environment(monkeypatch):
+    sqlite, postgres = (yaml.safe_load(path.read_text()) for path in (SQLITE_YAML, POSTGRES_YAML))
+    assert "storage" not in sqlite and check_instance(SQLITE_YAML.parent) == []  # the default: SQLite files
+    assert {key: value for key, value in postgres.items() if key != "storage"} == sqlite
+    fields = postgres["storage"]["postgres"]["postgres_db"]
+    connection = {name: value for name, value in fields.items() if name not in ("scheme", "params")}
+    assert set(connection) == {"hostname", "port", "db_name", "username", "password"}
+    assert all(set(value) == {"env"} for value in connection.values()), "a connection field is written in the file"
+    for name in ("HOST", "PORT", "DB", "USER", "PASSWORD"):
+        monkeypatch.delenv(f"DAGSTER_POSTGRES_{name}", raising=False)
+    monkeypatch.setenv("DAGSTER_POSTGRES_HOST", "db.example")
+    with pytest.raises(InstanceStorageError) as unset:
+        check_instance(POSTGRES_YAML.parent)
+    assert str(unset.value) == (
+        f"the PostgreSQL storage in {POSTGRES_YAML} reads DAGSTER_POSTGRES_DB, DAGSTER_POSTGRES_PASSWORD, "
+        "DAGSTER_POSTGRES_PORT, DAGSTER_POSTGRES_USER from the environment, and those are not set here"
+    )
+
+
+UNUSABLE = {  # what is changed in the server's environment, and what the error says of it
+    "unreachable port": (lambda: {"port": _free_port()}, 'is unreachable (connection to server at "127.0.0.1", port'),
+    "wrong password": (lambda: {"password": WRONG_PASSWORD}, "refused the credentials"),
+    "missing database": (lambda: {"db": "no_such_db"}, "has no such database"),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE)
+def test_an_endpoint_that_cannot_be_used_is_named_within_seconds_without_the_password(
+    server, postgres_home, monkeypatch, case
+):
+    change, problem = UNUSABLE[case]
+    change = change()
+    variables = server.environment(**change)
+    set_environment(monkeypatch, variables)
+    started = time.monotonic()
+    with pytest.raises(InstanceStorageError) as error:
+        check_instance(postgres_home)
+    took = time.monotonic() - started
+    message = str(error.value)
+    endpoint = f"{server.host}:{variables['DAGSTER_POSTGRES_PORT']}/{variables['DAGSTER_POSTGRES_DB']}"
+    assert message.startswith(f"the Dagster instance's PostgreSQL at {endpoint} (user '{server.user}') "), message
+    assert problem in message
+    assert took < FAIL_WITHIN_S
+    assert variables["DAGSTER_POSTGRES_PASSWORD"] not in message and server.password not in message
+
+
+def test_make_demo_on_a_wrong_password_ends_in_seconds_naming_the_endpoint_and_writes_nothing(
+    server, postgres_home, tmp_path
+):
+    """``make demo DAGSTER_HOME=$PWD/dagster_home/postgres`` with a wrong password (the demo's
+    recipe, ``python -W ignore -m neuron_assets.demo``): it stops before loading anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEURON_ASSETS_", "DAGSTER_"))}
+    env.update(server.environment(password=WRONG_PASSWORD), DAGSTER_HOME=str(postgres_home))
+    env["NEURON_ASSETS_DATA_DIR"] = str(tmp_path / "data")
+    tables_before = rows_holding(server, "")
+    started = time.monotonic()
+    demo = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "neuron_assets.demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - started
+    output = demo.stdout + demo.stderr
+    assert demo.returncode == 1 and "Traceback" not in output, output
+    assert f"PostgreSQL at {server.host}:{server.port}/{server.database} (user '{server.user}') refused" in output
+    assert took < 30, f"{took:.0f} s, most of it importing"  # Dagster alone would retry for 10 s more
+    assert WRONG_PASSWORD not in output and server.password not in output
+    assert not (tmp_path / "data").exists() and sorted(p.name for p in postgres_home.iterdir()) == ["dagster.yaml"]
+    assert rows_holding(server, "") == tables_before  # no table of the instance's database gained or lost a row
+
+
+def small_corpus(folder: Path) -> Path:
+    folder.mkdir()
+    documents = load_documents("lee")["text"].head(N_DOCUMENTS).to_list()
+    (folder / "lee_head.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))
+    return folder
+
+
+def rows_holding(server, text: str) -> dict[str, int]:
+    """Per table of the instance's database, the rows whose text holds ``text`` (all rows for "")."""
+    connection = server.connect()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        found = {}
+        for (table,) in cursor.fetchall():
+            cursor.execute(f'SELECT count(*) FROM "{table}" AS row WHERE row::text LIKE %s', (f"%{text}%",))
+            found[table] = cursor.fetchone()[0]
+        return found
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_on(
+    server, postgres_home, tmp_path, monkeypatch
+):
+    """Layers 0-1 first, in this process; then a backfill of their LLM stages, one run per layer
+    (NEURON_ASSETS_LLM_LAYERS_PER_RUN=1, the two at once), launched by a real ``dagster-daemon``:
+    the daemon, its runs and this process share the instance only through PostgreSQL. A DuckDB
+    session opened on the results before the backfill queries them throughout: it never fails,
+    and every answer counts every score once, as the backfill's runs replace each layer's file."""
+    from gpt2_tokenizer import MissingRanks, save_tiny_gpt2
+    from scripted_openai import ScriptedOpenAI
+
+    try:
+        save_tiny_gpt2(tmp_path / "gpt2")
+    except MissingRanks as error:
+        pytest.fail(str(error), pytrace=False)
+    model, data_dir = str(tmp_path / "gpt2"), tmp_path / "data"
+    experiment = Experiment(model)
+    config = experiment.run_config(
+        {"ops": {**CONFIG["ops"], "documents": {"config": {"source": str(small_corpus(tmp_path / "corpus"))}}}}
+    )
+    set_environment(monkeypatch, server.environment())
+    with ScriptedOpenAI(answer) as llm:
+        settings = Settings((model,), data_dir, llm.url, "x", "y", llm_layers_per_run=1)
+        defs = build_definitions(settings)
+        with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
+            first = materialize_layers(defs, 0, 1, config, instance, UP_TO_SCORES, experiment)
+        assert first.success
+        store = ResultStore(data_dir)
+        n_scores = query(store, "SELECT count(*) FROM scores")[0][0]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_ASSETS_")}
+        env.update(
+            DAGSTER_HOME=str(postgres_home),
+            NEURON_ASSETS_SUBJECT_MODEL=model,
+            NEURON_ASSETS_DATA_DIR=str(data_dir),
+            NEURON_ASSETS_LLM_BASE_URL=llm.url,
+            NEURON_ASSETS_EXPLAINER_MODEL="x",
+            NEURON_ASSETS_SIMULATOR_MODEL="y",
+            NEURON_ASSETS_LLM_LAYERS_PER_RUN="1",
+            PYTHONWARNINGS="ignore",
+        )
+        llm_stages = experiment.selection(*UP_TO_SCORES) & dg.AssetSelection.key_prefixes(
+            [experiment.slug, experiment.variant]
+        )
+        keys = sorted(llm_stages.resolve(defs.resolve_asset_graph()), key=lambda key: key.to_user_string())
+        reader = open_reader(store)
+        log_path = tmp_path / "daemon.log"
+        log = log_path.open("w")
+        daemon = start_daemon(write_workspace(tmp_path / "workspace.yaml"), env, log)
+        answers = [ask(reader, READER_QUERY)]
+        try:
+            with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
+                backfill_id = request_backfill(instance, defs, ["layer-0", "layer-1"], llm_stages, config)
+                deadline = time.monotonic() + 300
+                while instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:
+                    assert time.monotonic() < deadline and daemon.poll() is None, log_path.read_text()[-5000:]
+                    answers.append(ask(reader, READER_QUERY))
+                    time.sleep(0.5)
+                answers.append(ask(reader, READER_QUERY))
+                status = instance.get_backfill(backfill_id).status
+                runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+                latest = {
+                    (key, partition): instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+                    ).records[0]
+                    for key in keys
+                    for partition in ("layer-0", "layer-1")
+                }
+                materialized = {key: instance.get_materialized_partitions(key) for key in keys}
+                earlier = instance.get_run_record_by_id(first.run_id)
+        finally:
+            reader.kill()
+            reader.wait()
+            daemon.terminate()
+            daemon.wait(timeout=60)
+            log.close()
+    daemon_log = log_path.read_text()
+    assert status == BulkActionStatus.COMPLETED_SUCCESS, daemon_log[-5000:]
+
+    # the runs, one per layer, read back from PostgreSQL
+    assert all(run.dagster_run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    run_of = {partition_of(run.dagster_run.tags): run.dagster_run.run_id for run in runs}
+    assert sorted(run_of) == ["layer-0", "layer-1"] and len(runs) == 2, [r.dagster_run.tags for r in runs]
+    assert earlier.dagster_run.status == dg.DagsterRunStatus.SUCCESS  # the first run, kept beside them
+    # every LLM stage's latest materialization of each layer is from that layer's run
+    assert len(latest) == 2 * len(keys) and len(keys) >= 4
+    for (key, partition), record in latest.items():
+        assert record.run_id == run_of[partition], (key, partition)
+    assert all(partitions == {"layer-0", "layer-1"} for partitions in materialized.values())
+    # the same runs wrote the results the DuckDB views read
+    runs_in_results = dict(query(store, "SELECT layer, any_value(run_id) FROM scores GROUP BY layer"))
+    assert runs_in_results == {0: run_of["layer-0"], 1: run_of["layer-1"]}
+    assert query(store, "SELECT layer, count(DISTINCT run_id) FROM scores GROUP BY layer ORDER BY layer") == [
+        (0, 1),
+        (1, 1),
+    ]
+
+    # the reader answered every query, each time with every score once: from the first run's
+    # files, then from one file of each (one layer replaced), then from the backfill's two runs
+    assert len(answers) > 2 and answers[0] == f"{n_scores} 1" and answers[-1] == f"{n_scores} 2", answers
+    assert set(answers) <= {f"{n_scores} 1", f"{n_scores} 2"}, answers
+
+    # the password is in no row of the instance's database (runs, events, backfills), log or file
+    holding = rows_holding(server, server.password)
+    assert {"runs", "event_logs", "bulk_actions"} <= set(holding) and not any(holding.values()), holding
+    assert server.password not in daemon_log
+    for folder in (postgres_home, data_dir):
+        leaked = [p for p in folder.rglob("*") if p.is_file() and server.password.encode() in p.read_bytes()]
+        assert not leaked, leaked
+
+
+def partition_of(tags) -> str:
+    """The one layer a backfill run covers: its partition tag, or a range of one."""
+    if "dagster/partition" in tags:
+        return tags["dagster/partition"]
+    start, end = tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]
+    assert start == end, tags
+    return start
+
+
+def query(store: ResultStore, sql: str) -> list[tuple]:
+    with duckdb.connect(str(store.database), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
