@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 import dagster as dg
@@ -37,11 +39,33 @@ def with_defaults(resource: type[R], **defaults: Any) -> type[R]:
     return create_model(resource.__name__, __base__=resource, __module__=resource.__module__, **fields)
 
 
+# Subject models booted in this process, by (name, cache folder, device, weights' stamp): Dagster
+# makes a resource anew for every run, and several runs in one process (in-process execution,
+# make demo's steps, the tests) would each boot the same model again. A loaded model is only
+# ever read; steps that perturb it do so through hooks they remove.
+_LOADED: dict[tuple[Any, ...], Any] = {}
+_LOADING = threading.Lock()
+
+
+def _weights_stamp(name: str) -> tuple[tuple[str, int, int], ...]:
+    """A local folder's files with their sizes and modification times (a hub or packaged name: none),
+    so a model saved again under the same folder is booted again."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return ()
+    return tuple(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in sorted(folder.iterdir())
+        if entry.is_file()
+    )
+
+
 class SubjectModelResource(dg.ConfigurableResource):
     """The networks whose neurons we explain, each booted once per process when first used.
 
     Which model an asset needs is fixed by its experiment (the asset key's prefix); this
-    resource holds how models are loaded (device, weights cache) and keeps them loaded.
+    resource holds how models are loaded (device, weights cache); the loaded models are
+    kept for the process (``_LOADED``), shared by its runs.
     """
 
     device: str = Field(
@@ -51,17 +75,15 @@ class SubjectModelResource(dg.ConfigurableResource):
     )
     cache_dir: Optional[str] = None
 
-    _models: dict[str, Any] = PrivateAttr(default_factory=dict)
-
     def load(self, name: str) -> Any:
-        if name not in self._models:
-            from pathlib import Path
+        key = (name, self.cache_dir, self.device, _weights_stamp(name))
+        with _LOADING:
+            if key not in _LOADED:
+                from neuron_assets.recording.subject_model import load_subject_model
 
-            from neuron_assets.recording.subject_model import load_subject_model
-
-            cache = Path(self.cache_dir) if self.cache_dir else None
-            self._models[name] = load_subject_model(name, cache, self.device)
-        return self._models[name]
+                cache = Path(self.cache_dir) if self.cache_dir else None
+                _LOADED[key] = load_subject_model(name, cache, self.device)
+            return _LOADED[key]
 
     def load_for(self, name: str, excerpts: pl.DataFrame) -> Any:
         """Model ``name``, refused with a ``SubjectModelError`` when another model's tokenizer cut ``excerpts``."""
