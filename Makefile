@@ -153,7 +153,8 @@ bench-ablation: install
 bench-memory: install
 	$(PY) -W ignore -m neuron_assets.benches.recording_memory $(ARGS)
 
-# The LLM stage against its server's own speed, on the same prompts (ARGS="--lever '--n_batch 2048'").
+# First the cost per neuron by scorer (LLM calls and prompt tokens against all-at-once simulation; no model run),
+# then the LLM stage against its server's own speed, on the same prompts (ARGS="--lever '--n_batch 2048'").
 # It ends with a memory soak: 1,000 simulation calls on one server (ARGS="--soak 0" skips it).
 bench-llm: install
 	$(PY) -W ignore -m neuron_assets.benches.llm $(ARGS)

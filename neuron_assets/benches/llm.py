@@ -1,5 +1,10 @@
 """``make bench-llm``: the LLM stage against the speed of its server, on the packaged llama.cpp server.
 
+First, with no server and no model (counts, not timings): the cost per neuron by scorer
+(``scorer_cost``): LLM calls and prompt tokens of the detection, fuzzing and surprisal scorers
+and of the simulator modes, each against all-at-once simulation's, at the pipeline's default
+settings (``--cost-neurons 0`` skips it).
+
 In one run, on the same all-at-once simulator prompts (excerpts of the embedded corpus,
 64 whitespace tokens each), each way taking the excerpts one after another as the
 pipeline does (so a server that keeps the previous prompt's shared prefix can reuse it),
@@ -147,11 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lever", action="append", default=[], help="more llama_cpp.server arguments, quoted")
     parser.add_argument("--per-prompt", type=int, default=3, help="excerpts in one prompt for the batching lever")
     parser.add_argument("--soak", type=int, default=1000, help="simulation calls of the memory soak (0: none)")
-    from neuron_assets.benches import llm_soak
+    from neuron_assets.benches import llm_soak, scorer_cost
 
     llm_soak.arguments(parser)
+    scorer_cost.arguments(parser)
     args = parser.parse_args(argv)
-    print(f"CPU: {cpu_model()}")
+    if args.cost_neurons:  # its first line names the CPU
+        ways, pipeline_ways = scorer_cost.split_ways(args.cost_ways), scorer_cost.split_ways(args.cost_pipeline_ways)
+        print(scorer_cost.section(args.cost_neurons, ways, pipeline_ways), end="\n\n")
+    else:
+        print(f"CPU: {cpu_model()}")
     excerpts = word_excerpts(args.excerpts)
     settings = [(), *(tuple(shlex.split(lever)) for lever in args.lever)]
     print(f"{len(excerpts)} all-at-once prompts of 64-token excerpts per way; 2 explanations of 5 excerpts")
