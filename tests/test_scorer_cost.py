@@ -13,13 +13,14 @@ import re
 import pytest
 
 from neuron_assets.benches import scorer_cost
+from neuron_assets.benches.counting_server import PackagedTokenizer
 
 LENGTH = 8
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return scorer_cost.PackagedTokenizer()
+    return PackagedTokenizer()
 
 
 @pytest.fixture(scope="module")
