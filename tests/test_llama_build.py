@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,38 @@ def test_a_server_killed_after_start_up_is_reported_with_its_signal_and_log():
         os.kill(server.pid, signal.SIGKILL)
         with pytest.raises(LLMServerExited, match=r"exited \(signal 9, SIGKILL\).*\n.*fake llama.cpp server on port"):
             server.check_alive()
+
+
+def test_a_server_whose_parent_is_killed_outright_exits_instead_of_serving_on(tmp_path):
+    """The server's entry point calls ``exit_with_parent`` first: here a grandchild does, under a
+    parent that is then SIGKILLed, and the grandchild must be gone within seconds."""
+    pid_file = tmp_path / "server.pid"
+    grandchild = (
+        "import os, time; from neuron_assets.llm.llama_server import exit_with_parent; "
+        f"exit_with_parent(0.1); open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(60)"
+    process = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server = int(pid_file.read_text())
+    assert running(server)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while running(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(server)
+
+
+def running(pid):
+    """Whether ``pid`` is a live process (a zombie no one has reaped yet is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_cmake_arguments_are_read_as_the_features_they_turn_on_the_last_switch_winning():

@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -499,7 +500,26 @@ def _bound_prompt_cache() -> None:
     llama_cpp.LlamaRAMCache = BoundedRAMCache
 
 
+def exit_with_parent(interval_s: float = 0.5) -> threading.Thread:
+    """End this process soon after the one that started it is gone.
+
+    A pipeline process killed outright (SIGKILL, the out-of-memory killer) cannot stop its
+    server, which would go on holding its memory and computing requests no one waits for.
+    A thread polls the parent's pid, which changes when the process is re-parented."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 if __name__ == "__main__":
+    exit_with_parent()
     _prepare_build()
     _patch_llama()
     _bound_prompt_cache()
