@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 
 import numpy as np
@@ -155,6 +155,9 @@ class FoldState:
     n_tokens: int
 
 
+STATE_ARRAYS = tuple(f.name for f in fields(FoldState) if f.name != "n_tokens")  # as both folds name them
+
+
 def best_first(values: torch.Tensor, ids: torch.Tensor, dim: int) -> torch.Tensor:
     """The indexes along ``dim`` that put excerpts best first: highest value, then lowest id."""
     by_id = ids.argsort(dim=dim, stable=True)
@@ -247,20 +250,7 @@ class NumbaFold:
 
     def state(self) -> FoldState:
         """The live arrays (no copy)."""
-        return FoldState(
-            self.top_values,
-            self.top_ids,
-            self.top_acts,
-            self.random_acts,
-            self.total,
-            self.total_sq,
-            self.minimum,
-            self.maximum,
-            self.firing,
-            self.token_sums,
-            self.token_counts,
-            self.n_tokens,
-        )
+        return FoldState(*(getattr(self, name) for name in STATE_ARRAYS), n_tokens=self.n_tokens)
 
 
 def ranges(n: int, parts: int) -> list[tuple[int, int]]:

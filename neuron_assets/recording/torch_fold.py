@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuron_assets.recording.fold import EXPLANATION, SCORING, FoldState, best_first
+from neuron_assets.recording.fold import EXPLANATION, SCORING, STATE_ARRAYS, FoldState, best_first
 
 
 class TorchFold:
@@ -122,22 +122,7 @@ class TorchFold:
     def state(self) -> FoldState:
         """The state on the host: copied at the first read after a batch, then reused."""
         if self._host is None:
-            host = [
-                t.cpu().numpy()
-                for t in (
-                    self.top_values,
-                    self.top_ids,
-                    self.top_acts,
-                    self.random_acts,
-                    self.total,
-                    self.total_sq,
-                    self.minimum,
-                    self.maximum,
-                    self.firing,
-                    self.token_sums,
-                    self.token_counts,
-                )
-            ]
+            host = [getattr(self, name).cpu().numpy() for name in STATE_ARRAYS]
             self._host = FoldState(*host, n_tokens=self.n_tokens)
         return self._host
 
