@@ -158,6 +158,29 @@ class FoldState:
 STATE_ARRAYS = tuple(f.name for f in fields(FoldState) if f.name != "n_tokens")  # as both folds name them
 
 
+def state_layout(
+    n: int, n_random: int, top_k: int, excerpt_length: int, vocabulary_size: int
+) -> dict[str, tuple[tuple[int, ...], str, float]]:
+    """Each state array's shape, dtype name (numpy's and torch's alike) and starting value, in
+    ``STATE_ARRAYS`` order: both folds allocate from it. -inf marks a top-k slot never filled,
+    NaN a random excerpt not seen yet."""
+    layout = {
+        "top_values": ((2, n, top_k), "float32", -np.inf),
+        "top_ids": ((2, n, top_k), "int64", -1),
+        "top_acts": ((2, n, top_k, excerpt_length), "float32", 0.0),
+        "random_acts": ((n_random, n, excerpt_length), "float32", np.nan),
+        "total": ((n,), "float64", 0.0),
+        "total_sq": ((n,), "float64", 0.0),
+        "minimum": ((n,), "float32", np.inf),
+        "maximum": ((n,), "float32", -np.inf),
+        "firing": ((n,), "int64", 0),
+        "token_sums": ((vocabulary_size, n), "float64", 0.0),
+        "token_counts": ((vocabulary_size,), "int64", 0),
+    }
+    assert tuple(layout) == STATE_ARRAYS
+    return layout
+
+
 def best_first(values: torch.Tensor, ids: torch.Tensor, dim: int) -> torch.Tensor:
     """The indexes along ``dim`` that put excerpts best first: highest value, then lowest id."""
     by_id = ids.argsort(dim=dim, stable=True)
@@ -186,17 +209,9 @@ class NumbaFold:
         self._prefix = bool(torch.equal(neurons, torch.arange(n)))
         self._sign = np.float32(sign)
         self._random_slot = {e: i for i, e in enumerate(random_excerpt_ids)}
-        self.top_values = np.full((2, n, top_k), -np.inf, dtype=np.float32)
-        self.top_ids = np.full((2, n, top_k), -1, dtype=np.int64)
-        self.top_acts = np.zeros((2, n, top_k, excerpt_length), dtype=np.float32)
-        self.random_acts = np.full((len(self._random_slot), n, excerpt_length), np.nan, dtype=np.float32)
-        self.total = np.zeros(n, dtype=np.float64)
-        self.total_sq = np.zeros(n, dtype=np.float64)
-        self.minimum = np.full(n, np.inf, dtype=np.float32)
-        self.maximum = np.full(n, -np.inf, dtype=np.float32)
-        self.firing = np.zeros(n, dtype=np.int64)
-        self.token_sums = np.zeros((vocabulary_size, n), dtype=np.float64)
-        self.token_counts = np.zeros(vocabulary_size, dtype=np.int64)
+        layout = state_layout(n, len(self._random_slot), top_k, excerpt_length, vocabulary_size)
+        for name, (shape, dtype, start) in layout.items():
+            setattr(self, name, np.full(shape, start, dtype=dtype))
         self.n_tokens = 0
 
     def update(

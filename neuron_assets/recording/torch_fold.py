@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuron_assets.recording.fold import EXPLANATION, SCORING, STATE_ARRAYS, FoldState, best_first
+from neuron_assets.recording.fold import EXPLANATION, SCORING, STATE_ARRAYS, FoldState, best_first, state_layout
 
 
 class TorchFold:
@@ -48,18 +48,8 @@ class TorchFold:
         self._random_ids, self._random_slot = ids.sort()
         # State made in a hook (inference mode) must stay an ordinary tensor, updatable anywhere.
         with torch.inference_mode(False):
-            on = {"device": self.device}
-            self.top_values = torch.full((2, n, top_k), float("-inf"), dtype=torch.float32, **on)
-            self.top_ids = torch.full((2, n, top_k), -1, dtype=torch.long, **on)
-            self.top_acts = torch.zeros((2, n, top_k, excerpt_length), dtype=torch.float32, **on)
-            self.random_acts = torch.full((r, n, excerpt_length), float("nan"), dtype=torch.float32, **on)
-            self.total = torch.zeros(n, dtype=torch.float64, **on)
-            self.total_sq = torch.zeros(n, dtype=torch.float64, **on)
-            self.minimum = torch.full((n,), float("inf"), dtype=torch.float32, **on)
-            self.maximum = torch.full((n,), float("-inf"), dtype=torch.float32, **on)
-            self.firing = torch.zeros(n, dtype=torch.long, **on)
-            self.token_sums = torch.zeros((vocabulary_size, n), dtype=torch.float64, **on)
-            self.token_counts = torch.zeros(vocabulary_size, dtype=torch.long, **on)
+            for name, (shape, dtype, start) in state_layout(n, r, top_k, excerpt_length, vocabulary_size).items():
+                setattr(self, name, torch.full(shape, start, dtype=getattr(torch, dtype), device=self.device))
         self.n_tokens = 0
         self._host: FoldState | None = None
 
