@@ -195,11 +195,6 @@ def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_o
     with ScriptedOpenAI(answer) as llm:
         settings = Settings((model,), data_dir, llm.url, "x", "y", llm_layers_per_run=1)
         defs = build_definitions(settings)
-        with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
-            first = materialize_layers(defs, 0, 1, config, instance, UP_TO_SCORES, experiment)
-        assert first.success
-        store = ResultStore(data_dir)
-        n_scores = query(store, "SELECT count(*) FROM scores")[0][0]
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_ASSETS_")}
         env.update(
             DAGSTER_HOME=str(postgres_home),
@@ -215,12 +210,18 @@ def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_o
             [experiment.slug, experiment.variant]
         )
         keys = sorted(llm_stages.resolve(defs.resolve_asset_graph()), key=lambda key: key.to_user_string())
-        reader = open_reader(store)
         log_path = tmp_path / "daemon.log"
         log = log_path.open("w")
-        daemon = start_daemon(write_workspace(tmp_path / "workspace.yaml"), env, log)
-        answers = [ask(reader, READER_QUERY)]
+        daemon = start_daemon(write_workspace(tmp_path / "workspace.yaml"), env, log)  # it boots meanwhile
+        reader = None
         try:
+            with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
+                first = materialize_layers(defs, 0, 1, config, instance, UP_TO_SCORES, experiment)
+            assert first.success
+            store = ResultStore(data_dir)
+            n_scores = query(store, "SELECT count(*) FROM scores")[0][0]
+            reader = open_reader(store)
+            answers = [ask(reader, READER_QUERY)]
             with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
                 backfill_id = request_backfill(instance, defs, ["layer-0", "layer-1"], llm_stages, config)
                 deadline = time.monotonic() + 300
@@ -241,8 +242,9 @@ def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_o
                 materialized = {key: instance.get_materialized_partitions(key) for key in keys}
                 earlier = instance.get_run_record_by_id(first.run_id)
         finally:
-            reader.kill()
-            reader.wait()
+            if reader is not None:
+                reader.kill()
+                reader.wait()
             daemon.terminate()
             daemon.wait(timeout=60)
             log.close()
