@@ -11,6 +11,11 @@ Faults, by name:
 - ``truncated``: the real answer cut in half (text, log-probabilities), ``finish_reason`` "length";
 - ``ignore_format``: the answer of a model that ignores the requested format: chat replies
   become an apology, and echoed prompt log-probabilities predict prose instead of values.
+
+With ``replay``, the proxy keeps the server's successful reply to each request and answers
+the same request again (a retry, a re-run) with it, faults applied as before, without asking
+the server: a real server answering the same request twice does the same work twice for the
+same reply (the simulator asks at temperature 0, the explainer with a seed in each request).
 """
 
 from __future__ import annotations
@@ -43,13 +48,17 @@ APOLOGY = "I am sorry, but I cannot help with that request."
 
 
 class FaultProxy:
-    """Forwards ``/v1/...`` to ``upstream``; ``inject`` spoils the next requests to an endpoint."""
+    """Forwards ``/v1/...`` to ``upstream``; ``inject`` spoils the next requests to an endpoint;
+    with ``replay``, a request seen before gets the server's earlier reply (``replayed`` counts them)."""
 
-    def __init__(self, upstream: str, slow_s: float = 10.0) -> None:
+    def __init__(self, upstream: str, slow_s: float = 10.0, replay: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
         self.slow_s = slow_s
+        self.replay = replay
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
+        self.replayed = 0
+        self._replies: dict[tuple[str, bytes], tuple[int, bytes]] = {}  # (path, body): the server's 200 reply
         self._plan: dict[str, tuple[str, int | None]] = {}
         self._spared: dict[str, int] = {}  # requests per endpoint still to pass before the plan applies
         self._match: dict[str, Callable[[dict[str, Any]], bool]] = {}  # which requests the plan applies to
@@ -133,6 +142,19 @@ class FaultProxy:
         return fault
 
     def _upstream(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> tuple[int, bytes]:
+        key = (handler.path, body)
+        if self.replay and body is not None:
+            with self._lock:
+                if key in self._replies:
+                    self.replayed += 1
+                    return self._replies[key]
+        status, payload = self._ask_upstream(handler, body)
+        if self.replay and body is not None and status == 200:
+            with self._lock:
+                self._replies[key] = (status, payload)
+        return status, payload
+
+    def _ask_upstream(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> tuple[int, bytes]:
         request = urllib.request.Request(
             self.upstream + handler.path.removeprefix("/v1"),
             data=body,

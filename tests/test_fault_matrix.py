@@ -16,7 +16,6 @@ from neuron_assets.defs.definitions import build_definitions
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.demo import UP_TO_SCORES
 from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, packaged_gguf_path
-from neuron_assets.llm.process_memory import GIB
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.settings import Settings
 from neuron_assets.simulators.probes import ALIGNMENT_EXPLANATION, TEN_PROBE_TEXT
@@ -25,9 +24,9 @@ from neuron_assets.storage.store import ResultStore
 pytestmark = pytest.mark.slow
 EXP = Experiment(PACKAGED_SUBJECT_MODEL)  # the one subject model and variant these tests materialize
 TIMEOUT_S = 20  # the clean run's: its prompts reach the server for the first time
-# The transient faults' runs: the server's prompt cache answers their prompts in a few seconds,
-# so the "slow" fault's wait past the timeout is short.
-WARM_TIMEOUT_S = 10
+# The transient faults' runs send the clean run's requests again, which the proxy answers at
+# once from the server's replies then (replay), so the "slow" fault's wait past it is short.
+REPLAY_TIMEOUT_S = 5
 LLM_TABLES = ("explanations", "simulations", "scores")
 KEYS = {
     "explanations": ["layer", "neuron", "sample"],
@@ -102,12 +101,11 @@ def metadata(result, step, name):
 
 @pytest.fixture(scope="module")
 def proxy():
-    # Every run sends the server the same prompts, so its prompt cache (off by default) spares
-    # recomputing them; the faults are injected between the client and the server, which it does not
-    # touch. The cache holds a run's states (about 300 MB each), its memory limit room for them.
-    cache = {"cache_bytes": 4 * GIB, "memory_limit": 10 * GIB}
-    with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS, **cache) as server:
-        proxy = FaultProxy(server.base_url, slow_s=WARM_TIMEOUT_S + 2)
+    # The runs send the server the same requests again and again (the clean run's, then each
+    # json-mode one): the proxy asks it once and replays its reply (faults are applied after),
+    # since the server would compute the same reply each time (temperature 0, or a seed per request).
+    with LocalLlamaServer(packaged_gguf_path(), PACKAGED_MODEL_ALIAS) as server:
+        proxy = FaultProxy(server.base_url, slow_s=REPLAY_TIMEOUT_S + 2, replay=True)
         yield proxy
         proxy.close()
 
@@ -133,7 +131,7 @@ def test_a_transient_transport_fault_is_retried_and_the_run_completes(fault, pro
     for endpoint in ("chat/completions", "completions"):
         proxy.inject(fault, endpoint, times=1)
     injected = proxy.injected[fault]
-    result = materialize(proxy, results, LLM_TABLES, timeout_s=WARM_TIMEOUT_S)
+    result = materialize(proxy, results, LLM_TABLES, timeout_s=REPLAY_TIMEOUT_S)
     proxy.clear()
     assert result.success, error_text(result)
     assert proxy.injected[fault] - injected == 2  # met once by the explainer, once by the simulator
