@@ -15,7 +15,10 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 # swapped in, and the local server starts with it where the CPU offers AVX-512 and it really
 # runs (else the portable one). See neuron_assets/llm/llama_build.py. The multimodal library
 # (LLAVA_BUILD) is not built: nothing here serves images.
-LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' requirements.lock)
+# Every dependency's exact version, installed by `make install` (kept in .ci/ so the top level
+# holds only what the layout names).
+LOCK := .ci/requirements.lock
+LLAMA_CPP := $(shell grep -i '^llama[-_]cpp[-_]python==' $(LOCK))
 LLAMA_VERSION := $(lastword $(subst ==, ,$(LLAMA_CPP)))
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
@@ -24,7 +27,7 @@ LLAMA_AVX512_CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) -DGGML_AVX512=ON -DGGML_AVX512_VB
 LLAMA_VARIANTS := $(VENV)/llama-cpp-variants
 # Builds are kept outside the venv, in folders named after what they were built from, so a
 # new venv reuses them and a change of version or flags builds anew (the folder name says
-# both, so another edit of requirements.lock, such as a new package, rebuilds nothing). The
+# both, so another edit of the lock file, such as a new package, rebuilds nothing). The
 # source distribution is downloaded once, into a folder named after its version.
 build_dir = .wheels/$(shell echo '$(LLAMA_CPP) $(1)' | sha1sum | cut -c1-12)
 LLAMA_SDIST_DIR := .wheels/sdist-$(LLAMA_VERSION)
@@ -35,7 +38,7 @@ LLAMA_NATIVE_WHEELS := $(call build_dir,native)
 # For the tests only: GPT-2's real byte-level BPE, which openai-whisper ships as a data file
 # (whisper/assets/gpt2.tiktoken; tests/gpt2_tokenizer.py builds GPT-2's tokenizer from it, as no
 # test reaches a model hub). --no-deps and never imported: its own dependencies (torch's triton,
-# tiktoken, ...) are not needed to read one file. Not in requirements.lock, which is installed
+# tiktoken, ...) are not needed to read one file. Not in the lock file, which is installed
 # with its dependencies. A stamp of its own, so an existing venv gets it from `make install`.
 WHISPER_VERSION := 20250625
 TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
@@ -44,10 +47,10 @@ TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
 
 install: $(STAMP) $(TEST_ASSETS)
 
-$(STAMP): pyproject.toml requirements.lock $(LLAMA_WHEELS)/.built $(LLAMA_AVX512_CPU)/.built
+$(STAMP): pyproject.toml $(LOCK) $(LLAMA_WHEELS)/.built $(LLAMA_AVX512_CPU)/.built
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --find-links $(LLAMA_WHEELS) -r requirements.lock
+	$(PY) -m pip install --quiet --find-links $(LLAMA_WHEELS) -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/*.whl
 	rm -rf $(LLAMA_VARIANTS) && $(PY) -m pip install --quiet --no-deps --target $(LLAMA_VARIANTS)/avx512 $(LLAMA_WHEELS)/*.whl
 	for lib in $(LLAMA_VARIANTS)/avx512/llama_cpp/lib/libggml-cpu.so*; do cp $(LLAMA_AVX512_CPU)/libggml-cpu.so $$lib; done
