@@ -49,7 +49,7 @@ APOLOGY = "I am sorry, but I cannot help with that request."
 
 class FaultProxy:
     """Forwards ``/v1/...`` to ``upstream``; ``inject`` spoils the next requests to an endpoint;
-    with ``replay``, a request seen before gets the server's earlier reply (``replayed`` counts them)."""
+    with ``replay``, a request seen before gets the server's earlier reply."""
 
     def __init__(self, upstream: str, slow_s: float = 10.0, replay: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
@@ -57,7 +57,6 @@ class FaultProxy:
         self.replay = replay
         self.injected: Counter[str] = Counter()
         self.forwarded = 0
-        self.replayed = 0
         self._replies: dict[tuple[str, bytes], tuple[int, bytes]] = {}  # (path, body): the server's 200 reply
         self._plan: dict[str, tuple[str, int | None]] = {}
         self._spared: dict[str, int] = {}  # requests per endpoint still to pass before the plan applies
@@ -146,7 +145,6 @@ class FaultProxy:
         if self.replay and body is not None:
             with self._lock:
                 if key in self._replies:
-                    self.replayed += 1
                     return self._replies[key]
         status, payload = self._ask_upstream(handler, body)
         if self.replay and body is not None and status == 200:
