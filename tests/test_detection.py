@@ -14,7 +14,7 @@ from classifier_fakes import (
 )
 
 from neuron_assets.llm.client import CachingClient
-from neuron_assets.scorers.answers import AnswerError, answers_schema, parse_answers
+from neuron_assets.scorers.answers import AnswerError, answers_schema, balanced_batches, parse_answers
 from neuron_assets.scorers.detection import score_detection
 
 
@@ -43,23 +43,33 @@ def test_an_oracle_scores_balanced_accuracy_one():
     assert answers["answer"].to_list() == [int(a) for a in examples["activating"]]
 
 
-def test_one_call_per_batch_at_temperature_zero_and_the_last_batch_is_smaller():
+def test_one_call_per_batch_at_temperature_zero_in_batches_of_near_equal_size():
     client = fake_chat_client(oracle)
     answers, _ = score_detection(client, "m", "the word cat", synthetic_examples(4, 3), batch_size=3)
-    assert answers["batch"].to_list() == [0, 0, 0, 1, 1, 1, 2]
+    assert answers["batch"].to_list() == [0, 0, 0, 1, 1, 2, 2]  # 3 + 2 + 2, never a lone example
     assert answers["prompt_tokens"].to_list() == [11] * 7  # each call's reported prompt, on each of its rows
-    assert [len(asked_texts(call)) for call in client.calls] == [3, 3, 1]
+    assert [len(asked_texts(call)) for call in client.calls] == [3, 2, 2]
     assert all(call["temperature"] == 0.0 for call in client.calls)
     assert all("response_format" not in call and "logprobs" not in call for call in client.calls)
 
 
 def test_the_reply_is_held_to_n_integers_0_or_1_where_the_backend_takes_a_schema():
     client = fake_chat_client(oracle, json_schema_format="json_schema")
-    score_detection(client, "m", "the word cat", synthetic_examples(3, 3), batch_size=4)
+    score_detection(client, "m", "the word cat", synthetic_examples(4, 3), batch_size=4)
     formats = [call["response_format"] for call in client.calls]
     assert formats[0] == {"type": "json_schema", "json_schema": {"name": "answers", "schema": answers_schema(4)}}
-    assert formats[1]["json_schema"]["schema"]["maxItems"] == 2
+    assert formats[1]["json_schema"]["schema"]["maxItems"] == 3
     assert answers_schema(2)["items"] == {"type": "integer", "enum": [0, 1]}
+
+
+@pytest.mark.parametrize(
+    ("n_rows", "batch_size", "lengths"),
+    [(11, 5, [4, 4, 3]), (10, 5, [5, 5]), (6, 5, [3, 3]), (1, 5, [1]), (0, 5, []), (7, 1, [1] * 7)],
+)
+def test_rows_are_cut_into_the_fewest_batches_whose_sizes_differ_by_at_most_one(n_rows, batch_size, lengths):
+    batches = balanced_batches(n_rows, batch_size)
+    assert [length for _, length in batches] == lengths
+    assert [start for start, _ in batches] == [sum(lengths[:i]) for i in range(len(lengths))]
 
 
 def test_a_client_answering_at_random_scores_about_one_half():

@@ -29,7 +29,7 @@ from neuron_assets.llm.errors import ReplyFormatError
 from neuron_assets.llm.json_schema import schema_request
 from neuron_assets.simulators.modes.base import TOP_LOGPROBS, json_array, reported_prompt_tokens
 
-BATCH_SIZE = 5  # examples per call
+BATCH_SIZE = 5  # most examples per call
 ANSWER_COLUMNS = {"answer": pl.Int64, "probability": pl.Float64, "batch": pl.Int64, "prompt_tokens": pl.Int64}
 ITEM = re.compile(r"[^\s,\[\]]+")  # one element of a flat JSON array of numbers or short strings
 
@@ -127,6 +127,16 @@ def read_answers(
     return [answer for answer, _ in parsed], probabilities
 
 
+def balanced_batches(n_rows: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, length) of ``ceil(n_rows / batch_size)`` consecutive batches whose lengths differ by at most one."""
+    n_batches = -(-n_rows // batch_size)
+    if n_batches == 0:
+        return []
+    base, extra = divmod(n_rows, n_batches)
+    lengths = [base + 1] * extra + [base] * (n_batches - extra)
+    return list(zip(itertools.accumulate([0, *lengths[:-1]]), lengths, strict=True))
+
+
 def ask_in_batches(
     client: Any,
     model: str,
@@ -136,8 +146,11 @@ def ask_in_batches(
     batch_size: int = BATCH_SIZE,
     use_logprobs: bool = False,
 ) -> pl.DataFrame:
-    """``examples`` with ``ANSWER_COLUMNS`` added: one chat call per ``batch_size`` consecutive rows.
+    """``examples`` with ``ANSWER_COLUMNS`` added: one chat call per batch of consecutive rows.
 
+    The rows are cut into as few batches of at most ``batch_size`` as hold them, of sizes that
+    differ by at most one (11 rows at 5 are 4 + 4 + 3, not 5 + 5 + 1): small models answer a
+    lone example with several answers (Qwen2.5-Coder 0.5B and 1.5B on the puzzles did).
     ``messages(batch)`` writes a batch's prompt from its rows, numbering them in order.
     ``answer`` is 1, 0 or null (the reply gave that example no answer); ``probability`` is its
     probability of "yes" (null without ``use_logprobs``); ``batch`` the call's index;
@@ -147,9 +160,8 @@ def ask_in_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     columns: dict[str, list[Any]] = {name: [] for name in ANSWER_COLUMNS}
-    for number, start in enumerate(range(0, examples.height, batch_size)):
-        batch = examples.slice(start, batch_size)
-        n = batch.height
+    for number, (start, n) in enumerate(balanced_batches(examples.height, batch_size)):
+        batch = examples.slice(start, n)
 
         def read(response: dict[str, Any], n: int = n) -> tuple[list[int | None], list[float | None]]:
             return read_answers(response, n, use_logprobs=use_logprobs, model=model)
