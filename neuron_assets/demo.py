@@ -15,7 +15,7 @@ import dagster as dg
 
 from neuron_assets.defs.experiments import Experiment
 from neuron_assets.defs.partitions import layer_key
-from neuron_assets.instance import instance_for_command
+from neuron_assets.instance import instance_for_command, results_for_command
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.storage.store import ResultStore
 
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from neuron_assets.settings import Settings
 
     settings = Settings.from_environment()
+    store = results_for_command(settings)
     experiment = Experiment(
         settings.subject_model, args.variant or settings.variants[0], viewer_url=settings.viewer_url
     )
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if not result.success:
         print("the demo run failed; see the errors above", file=sys.stderr)
         return 1
-    print_results(ResultStore(settings.data_dir), args.first_layer, args.last_layer, experiment)
+    print_results(store, args.first_layer, args.last_layer, experiment)
     return 0
 
 
@@ -128,7 +129,6 @@ def print_results(
     store: ResultStore, first_layer: int, last_layer: int, experiment: Experiment = Experiment(PACKAGED_SUBJECT_MODEL)
 ) -> None:
     """The scored neurons of the demo's layers beside their baselines and controls, read back from the DuckDB views."""
-    import duckdb
 
     from neuron_assets.storage.store import sql_string
 
@@ -137,7 +137,7 @@ def print_results(
         f"AND subject_model = {sql_string(experiment.subject_model)} "
         f"AND variant = {sql_string(experiment.variant)}"
     )
-    with duckdb.connect(str(store.database), read_only=True) as connection:
+    with store.connect() as connection:
         neurons = connection.sql(
             "SELECT layer, neuron, explanation, round(top_and_random_score, 3) AS explanation_score, "
             "best_baseline, round(best_baseline_score, 3) AS best_baseline_score, "
@@ -187,10 +187,17 @@ def print_results(
             print(ablation.pl().to_pandas().to_string(index=False))
     database = str(store.database)
     print(f"\nNeuron viewer (make view): {experiment.viewer}/")
-    print(f"Results database: {database}")
-    print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")
-    print(f"  duckdb -readonly {shell_quote(database)} {shell_quote(EXAMPLE_QUERY)}")
-    python = f"import duckdb; duckdb.connect({database!r}, read_only=True).sql({EXAMPLE_QUERY!r}).show()"
+    print(f"Results database: {database}" + (f" (its views read {store.location})" if store.remote else ""))
+    if store.remote:  # the views need the bucket's filesystem registered, which this project's store does
+        print("Example query, with Python from this project's venv (the same AWS variables set):")
+        python = (
+            "from neuron_assets.settings import Settings; "
+            f"Settings.from_environment().result_store().connect().sql({EXAMPLE_QUERY!r}).show()"
+        )
+    else:
+        print("Example query, with the duckdb CLI (2.0) or with Python from this project's venv:")
+        print(f"  duckdb -readonly {shell_quote(database)} {shell_quote(EXAMPLE_QUERY)}")
+        python = f"import duckdb; duckdb.connect({database!r}, read_only=True).sql({EXAMPLE_QUERY!r}).show()"
     print(f"  .venv/bin/python -c {shell_quote(python)}")
 
 

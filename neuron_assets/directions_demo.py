@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from neuron_assets.instance import instance_for_command
+from neuron_assets.instance import instance_for_command, results_for_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,16 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     instance = instance_for_command()
 
-    import duckdb
     import polars as pl
 
     from neuron_assets.defs.definitions import defs
     from neuron_assets.defs.experiments import Experiment
     from neuron_assets.demo import materialize_layers
     from neuron_assets.settings import Settings
-    from neuron_assets.storage.store import ResultStore, sql_string
+    from neuron_assets.storage.store import sql_string
 
     settings = Settings.from_environment()
+    store = results_for_command(settings)
     experiment = Experiment(
         settings.subject_model, args.variant or settings.variants[0], viewer_url=settings.viewer_url
     )
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=70, tbl_width_chars=200):
         print("\nMean top-and-random lookup-table score with 95% intervals (normal approximation):")
         print(comparison)
-        with duckdb.connect(str(ResultStore(settings.data_dir).database), read_only=True) as connection:
+        with store.connect() as connection:
             where = (
                 f"layer = {int(args.layer)} AND subject_model = {sql_string(experiment.subject_model)} "
                 f"AND variant = {sql_string(experiment.variant)}"

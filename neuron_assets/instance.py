@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import dagster as dg
 
+    from neuron_assets.settings import Settings
+    from neuron_assets.storage.store import ResultStore
+
 CONNECT_TIMEOUT_S = 5  # where the configuration's params give no connect_timeout
 
 
@@ -173,6 +176,17 @@ def instance_for_command() -> dg.DagsterInstance:
     except InstanceStorageError as error:
         raise SystemExit(str(error)) from None
     return dg.DagsterInstance.get()
+
+
+def results_for_command(settings: Settings) -> ResultStore:
+    """The settings' result store for a command-line entry point: a bucket that cannot be used
+    (unreachable, credentials refused, missing) ends the command with its message, before any run."""
+    from neuron_assets.storage.object_store import ObjectStoreError
+
+    try:
+        return settings.result_store()
+    except ObjectStoreError as error:
+        raise SystemExit(str(error)) from None
 
 
 def main() -> int:

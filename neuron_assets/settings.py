@@ -14,7 +14,8 @@ from pathlib import Path
 
 from neuron_assets.recording.subject_model import PACKAGED_SUBJECT_MODEL
 from neuron_assets.storage.layout import check_variant, model_slug
-from neuron_assets.storage.store import DEFAULT_VARIANT
+from neuron_assets.storage.object_store import is_object_store
+from neuron_assets.storage.store import DEFAULT_VARIANT, ResultStore
 from neuron_assets.variants import VariantSettings, combine, read_variants_file
 from neuron_assets.viewer import DEFAULT_URL as VIEWER_URL
 
@@ -24,10 +25,12 @@ class Settings:
     """``subject_models``: one or more (comma-separated in the environment), each with its own
     assets and layer partitions; ``variants``: named configurations of the LLM stages, each
     with its own LLM-stage assets, so results of each stay side by side; ``variant_settings``:
-    the settings a variants file gives some of them (the others have the default settings)."""
+    the settings a variants file gives some of them (the others have the default settings);
+    ``data_dir``: a local folder, or ``s3://bucket/prefix`` (kept as written), with ``local_dir``
+    the local folder for what cannot live in a bucket (see ``storage.store``)."""
 
     subject_models: tuple[str, ...]
-    data_dir: Path
+    data_dir: Path | str
     llm_base_url: str | None
     explainer_model: str | None
     simulator_model: str | None
@@ -37,6 +40,7 @@ class Settings:
     recording_layers_per_run: int | None = None  # None: one forward pass records every layer of a backfill
     device: str = "auto"  # the subject models' torch device: auto (a CUDA GPU if torch sees one), cpu, cuda[:N]
     variant_settings: tuple[VariantSettings, ...] = ()
+    local_dir: Path | None = None  # None: the data dir, or data/s3/<bucket>/<prefix> for a bucket
 
     def __post_init__(self) -> None:
         if not self.subject_models or not self.variants:
@@ -63,6 +67,10 @@ class Settings:
         """The first subject model: the one ``make demo`` materializes."""
         return self.subject_models[0]
 
+    def result_store(self) -> ResultStore:
+        """The results of ``data_dir`` (a bucket's is checked once here: reachable, credentials taken)."""
+        return ResultStore(self.data_dir, self.local_dir)
+
     def settings_of(self, variant: str) -> VariantSettings:
         """``variant``'s settings: from the variants file, or the default settings."""
         return next((v for v in self.variant_settings if v.name == variant), VariantSettings(variant))
@@ -73,7 +81,8 @@ class Settings:
         variants, variant_settings = _variants(env)
         return cls(
             subject_models=_names(env.get("NEURON_ASSETS_SUBJECT_MODEL", PACKAGED_SUBJECT_MODEL)),
-            data_dir=Path(env.get("NEURON_ASSETS_DATA_DIR", "data")).resolve(),
+            data_dir=_data_dir(env.get("NEURON_ASSETS_DATA_DIR", "data")),
+            local_dir=Path(env["NEURON_ASSETS_LOCAL_DIR"]).resolve() if env.get("NEURON_ASSETS_LOCAL_DIR") else None,
             llm_base_url=env.get("NEURON_ASSETS_LLM_BASE_URL") or None,
             explainer_model=env.get("NEURON_ASSETS_EXPLAINER_MODEL") or None,
             simulator_model=env.get("NEURON_ASSETS_SIMULATOR_MODEL") or None,
@@ -84,6 +93,11 @@ class Settings:
             recording_layers_per_run=_positive(env, "NEURON_ASSETS_RECORDING_LAYERS_PER_RUN"),
             device=env.get("NEURON_ASSETS_DEVICE", "auto").strip() or "auto",
         )
+
+
+def _data_dir(text: str) -> Path | str:
+    """A bucket's URL as written, a folder resolved against the working directory."""
+    return text.strip() if is_object_store(text.strip()) else Path(text).resolve()
 
 
 def _positive(env: os._Environ[str], name: str) -> int | None:

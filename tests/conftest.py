@@ -5,3 +5,31 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def seaweedfs():
+    """One real S3-compatible server (SeaweedFS) for the tests that store results in a bucket;
+    they skip, saying why, where it cannot be found or started."""
+    from seaweedfs_server import SeaweedServer, Unavailable
+
+    server = SeaweedServer()
+    try:
+        server.start()
+    except Unavailable as error:
+        server.__exit__(None, None, None)
+        pytest.skip(f"no S3-compatible server for the object-storage tests: {error}")
+    yield server
+    server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def bucket(seaweedfs, monkeypatch, request):
+    """A fresh bucket named after the test, with the server's AWS variables set for it."""
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    seaweedfs.make_bucket(name)
+    for variable, value in seaweedfs.environment().items():
+        monkeypatch.setenv(variable, value)
+    return name

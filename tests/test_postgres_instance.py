@@ -5,7 +5,8 @@ One real PostgreSQL server serves the file (``tests/postgres_server.py``: the di
 binaries, initdb in a temporary folder, a free port, a user with a password); where none can
 be found or started, the tests that need it skip saying why. A real ``dagster-daemon`` runs a
 backfill of layers 0-1 of a tiny GPT-2 with the scripted LLM into that instance, one run per
-layer, while a researcher's DuckDB session queries the results; the backfill, its runs and
+layer, its results in an S3 bucket (a real SeaweedFS server, ``tests/seaweedfs_server.py``),
+while a researcher's DuckDB session queries the results; the backfill, its runs and
 their materializations per partition are read back from PostgreSQL. An unreachable endpoint,
 a wrong password or a missing database fail within seconds, naming the endpoint, with the
 password in no message, log or stored event. (Dagster alone, given such an endpoint, retries
@@ -21,7 +22,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 import yaml
 from dagster._core.execution.backfill import BulkActionStatus
@@ -171,14 +171,16 @@ def rows_holding(server, text: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_on(
-    server, postgres_home, tmp_path, monkeypatch
+def test_a_daemons_backfill_is_recorded_in_postgres_and_a_bucket_while_a_duckdb_reader_goes_on(
+    server, postgres_home, bucket, seaweedfs, tmp_path, monkeypatch
 ):
-    """Layers 0-1 first, in this process; then a backfill of their LLM stages, one run per layer
+    """A lab's setup: the instance on PostgreSQL, the results in an S3 bucket (SeaweedFS).
+    Layers 0-1 first, in this process; then a backfill of their LLM stages, one run per layer
     (NEURON_ASSETS_LLM_LAYERS_PER_RUN=1, the two at once), launched by a real ``dagster-daemon``:
-    the daemon, its runs and this process share the instance only through PostgreSQL. A DuckDB
-    session opened on the results before the backfill queries them throughout: it never fails,
-    and every answer counts every score once, as the backfill's runs replace each layer's file."""
+    the daemon, its runs and this process share the instance only through PostgreSQL and the
+    results only through the bucket. A DuckDB session opened on the results before the backfill
+    queries them throughout: it never fails, and every answer counts every score once, as the
+    backfill's runs replace each layer's object."""
     from gpt2_tokenizer import MissingRanks, save_tiny_gpt2
     from scripted_openai import ScriptedOpenAI
 
@@ -186,20 +188,21 @@ def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_o
         save_tiny_gpt2(tmp_path / "gpt2")
     except MissingRanks as error:
         pytest.fail(str(error), pytrace=False)
-    model, data_dir = str(tmp_path / "gpt2"), tmp_path / "data"
+    model, data_dir, local_dir = str(tmp_path / "gpt2"), f"s3://{bucket}/lab", tmp_path / "local"
     experiment = Experiment(model)
     config = experiment.run_config(
         {"ops": {**CONFIG["ops"], "documents": {"config": {"source": str(small_corpus(tmp_path / "corpus"))}}}}
     )
     set_environment(monkeypatch, server.environment())
     with ScriptedOpenAI(answer) as llm:
-        settings = Settings((model,), data_dir, llm.url, "x", "y", llm_layers_per_run=1)
+        settings = Settings((model,), data_dir, llm.url, "x", "y", llm_layers_per_run=1, local_dir=local_dir)
         defs = build_definitions(settings)
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_ASSETS_")}
         env.update(
             DAGSTER_HOME=str(postgres_home),
             NEURON_ASSETS_SUBJECT_MODEL=model,
-            NEURON_ASSETS_DATA_DIR=str(data_dir),
+            NEURON_ASSETS_DATA_DIR=data_dir,
+            NEURON_ASSETS_LOCAL_DIR=str(local_dir),
             NEURON_ASSETS_LLM_BASE_URL=llm.url,
             NEURON_ASSETS_EXPLAINER_MODEL="x",
             NEURON_ASSETS_SIMULATOR_MODEL="y",
@@ -218,7 +221,7 @@ def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_o
             with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
                 first = materialize_layers(defs, 0, 1, config, instance, UP_TO_SCORES, experiment)
             assert first.success
-            store = ResultStore(data_dir)
+            store = ResultStore(data_dir, local_dir)
             n_scores = query(store, "SELECT count(*) FROM scores")[0][0]
             reader = open_reader(store)
             answers = [ask(reader, READER_QUERY)]
@@ -274,13 +277,22 @@ def test_a_daemons_backfill_is_recorded_in_postgres_while_a_duckdb_reader_goes_o
     assert len(answers) > 2 and answers[0] == f"{n_scores} 1" and answers[-1] == f"{n_scores} 2", answers
     assert set(answers) <= {f"{n_scores} 1", f"{n_scores} 2"}, answers
 
-    # the password is in no row of the instance's database (runs, events, backfills), log or file
-    holding = rows_holding(server, server.password)
-    assert {"runs", "event_logs", "bulk_actions"} <= set(holding) and not any(holding.values()), holding
-    assert server.password not in daemon_log
-    for folder in (postgres_home, data_dir):
-        leaked = [p for p in folder.rglob("*") if p.is_file() and server.password.encode() in p.read_bytes()]
-        assert not leaked, leaked
+    # every result is in the bucket; only the views' database and the response cache are local
+    assert {path.name for path in local_dir.iterdir()} == {"results.duckdb", "llm_cache"}
+    assert store.fs.find(f"{bucket}/lab/scores") == [
+        f"{bucket}/lab/scores/{experiment.slug}/{experiment.variant}/{layer}.parquet" for layer in (0, 1)
+    ]
+
+    # neither the password nor the S3 secret is in any row of the instance's database (runs,
+    # events, backfills), the daemon's log, a local file or an object of the bucket
+    for secret in (server.password, seaweedfs.secret):
+        holding = rows_holding(server, secret)
+        assert {"runs", "event_logs", "bulk_actions"} <= set(holding) and not any(holding.values()), holding
+        assert secret not in daemon_log
+        for folder in (postgres_home, local_dir):
+            leaked = [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+            assert not leaked, leaked
+        assert not [key for key in store.fs.find(bucket) if secret.encode() in store.fs.cat_file(key)]
 
 
 def partition_of(tags) -> str:
@@ -293,5 +305,5 @@ def partition_of(tags) -> str:
 
 
 def query(store: ResultStore, sql: str) -> list[tuple]:
-    with duckdb.connect(str(store.database), read_only=True) as connection:
+    with store.connect() as connection:
         return connection.execute(sql).fetchall()

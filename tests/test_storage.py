@@ -48,7 +48,7 @@ def documents(n: int) -> pl.DataFrame:
 
 
 def count(store: ResultStore, sql: str) -> int:
-    with duckdb.connect(str(store.database), read_only=True) as connection:
+    with store.connect() as connection:
         return connection.execute(sql).fetchone()[0]
 
 
@@ -203,8 +203,9 @@ def open_reader(store: ResultStore) -> subprocess.Popen:
     """Another process with the database open read-only; each line on its stdin runs one count."""
     code = textwrap.dedent(
         f"""
-        import duckdb, sys
-        c = duckdb.connect({str(store.database)!r}, read_only=True)
+        import sys
+        from neuron_assets.storage.store import ResultStore
+        c = ResultStore({store.location!r}, {str(store.root)!r}).connect()
         for line in sys.stdin:
             print(c.execute(line).fetchone()[0], flush=True)
         """

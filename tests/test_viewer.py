@@ -142,6 +142,31 @@ def test_a_layer_index_lists_that_layers_neurons_and_links_every_stored_layer(st
     assert "variant default, layer 0</small>" in html and html.count(">the first half of the text</td>") == 3
 
 
+def test_the_same_results_in_a_bucket_give_the_same_pages_views_and_demo_printout(store, bucket, tmp_path, capsys):
+    """Results on object storage (NEURON_ASSETS_DATA_DIR=s3://...): the run's files copied to a
+    SeaweedFS bucket, read back by the viewer, the DuckDB views and make demo's printout."""
+    from neuron_assets.demo import print_results
+
+    in_bucket = ResultStore(f"s3://{bucket}/copy", local_dir=tmp_path)
+    for path in store.root.rglob("*.parquet"):
+        if "llm_cache" not in path.parts:
+            in_bucket.fs.put_file(str(path), f"{bucket}/copy/{path.relative_to(store.root).as_posix()}")
+    assert in_bucket.refresh_views()
+    pages = (f"/{DEFAULT.slug}/default/", f"/{DEFAULT.slug}/default/layer-0/", f"/{OTHER.slug}/other/")
+    data, neurons = neuron_pages(store)
+    pages += (f"/{DEFAULT.slug}/default/layer-0/neuron-{neurons['neuron'][0]}",)
+    for page in pages:
+        assert render(ViewerData(in_bucket), page) == render(ViewerData(store), page), page
+    sql = "SELECT * FROM neuron_scores ORDER BY ALL"
+    with store.connect() as local, in_bucket.connect() as remote:
+        assert remote.sql(sql).fetchall() == local.sql(sql).fetchall()
+    printed = []
+    for results in (store, in_bucket):
+        print_results(results, 0, 0, DEFAULT)
+        printed.append(capsys.readouterr().out.split("\nNeuron viewer")[0])
+    assert printed[0] == printed[1] and "Per neuron" in printed[0]
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [

@@ -72,7 +72,9 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
             if hasattr(domain, "build_variant_assets")
             for a in domain.build_variant_assets(experiment)
         ]
-    results = ResultStoreResource(data_dir=str(settings.data_dir))
+    results = ResultStoreResource(
+        data_dir=str(settings.data_dir), local_dir=str(settings.local_dir) if settings.local_dir else None
+    )
     urls = [url.strip() for url in (settings.llm_base_url or "").split(",") if url.strip()]
     llm = {
         "base_url": urls[0] if urls else None,

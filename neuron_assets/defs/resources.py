@@ -102,19 +102,20 @@ class ResultStoreResource(dg.ConfigurableResource):
     """Where results live: Parquet files per table, experiment and partition, views in results.duckdb."""
 
     data_dir: str
+    local_dir: str | None = None  # for a bucket: where results.duckdb and the response cache live
 
-    _migrated: bool = PrivateAttr(default=False)
+    _store: Any = PrivateAttr(default=None)
 
     def store(self) -> Any:
-        """The store, with results of the layout before experiments moved to their place the first
-        time this resource opens it (nothing writes that layout any more)."""
+        """The store, opened once per resource (a bucket is checked then); results of the layout
+        before experiments are moved to their place the first time (nothing writes it any more)."""
         from neuron_assets.storage.store import ResultStore
 
-        store = ResultStore(self.data_dir)
-        if not self._migrated:
+        if self._store is None:
+            store = ResultStore(self.data_dir, self.local_dir)
             store.migrate_old_layout()
-            self._migrated = True
-        return store
+            self._store = store
+        return self._store
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -126,7 +127,7 @@ class LLMResource(dg.ConfigurableResource):
     models (``base_urls``): calls spread over them, at most ``per_server_concurrency`` at a
     time on each, and one that goes down rests while the others carry on. The API key is read from
     the environment variable named by ``api_key_env`` at call time and stored nowhere.
-    Responses are cached under the results folder (``llm_cache/``), so re-materializing
+    Responses are cached in the results folder's local folder (``llm_cache/``), so re-materializing
     unchanged work makes no LLM call.
     """
 

@@ -13,7 +13,7 @@ import sys
 
 import dagster as dg
 
-from neuron_assets.instance import instance_for_command
+from neuron_assets.instance import instance_for_command, results_for_command
 from neuron_assets.puzzles.evaluation import chance_of_at_least
 from neuron_assets.puzzles.puzzle_file import OUR_PUZZLES
 
@@ -34,12 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     scorer_only = args.scorer_only or "simulation" not in scorers
     instance = instance_for_command()
 
-    import duckdb
-
     from neuron_assets.defs.definitions import defs
     from neuron_assets.settings import Settings
-    from neuron_assets.storage.store import ResultStore
 
+    store = results_for_command(Settings.from_environment())
     selection = [dg.AssetKey("puzzle_scores")] + ([] if scorer_only else [dg.AssetKey("puzzle_explanations")])
     config = {"path": args.path, "mode": args.mode, "scorers": scorers}
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
@@ -52,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = [str(e.step_failure_data.error.message) for e in result.all_events if e.is_step_failure]
         print("the puzzle run failed:\n" + "\n".join(errors), file=sys.stderr)
         return 1
-    store = ResultStore(Settings.from_environment().data_dir)
-    with duckdb.connect(str(store.database), read_only=True) as db:
+    with store.connect() as db:
         print("Scorer test: the true explanation's rank among the candidates (1 = the scorer picked it)")
         print(
             db.sql(

@@ -11,18 +11,34 @@ temporary file, then rename), which makes a re-run replace rows instead of addin
 and leaves the previous file whole if a run fails. ``results.duckdb`` holds only views
 over ``<table>/*.parquet`` (and the statements that define them), so new partitions show
 up in an open session without any write to the database file.
+
+The tables can live on S3-compatible object storage instead (``s3://bucket/prefix``, see
+``storage.object_store``): each partition is then one object, uploaded whole from memory, which
+S3 makes visible all at once or not at all, so a reader never sees half of one. The DuckDB file
+cannot live in a bucket: it stays in a local folder (``local_dir``), beside the response cache,
+and its views read the bucket through the filesystem ``connect`` registers.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import IO, Any
 
 import polars as pl
 
+from neuron_assets.storage.object_store import (
+    SCHEME,
+    check_bucket,
+    filesystem,
+    is_object_store,
+    split_location,
+    upload_object,
+)
 from neuron_assets.storage.schemas import MODEL_TABLES, TABLES, validate
 
 # The top-level sql/ folder, read as package data: neuron_assets/sql links to it in a checkout
@@ -46,10 +62,28 @@ OLDER_FILES_MEAN = {
 
 
 class ResultStore:
-    """Reads and writes validated tables under ``root``; ``root/results.duckdb`` holds the views."""
+    """Reads and writes validated tables under ``root``: a local folder, or ``s3://bucket/prefix``.
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).resolve()
+    ``root`` (a ``Path``) is the local folder: the tables', or for a bucket the one that holds
+    ``results.duckdb`` and the response cache (``local_dir``; by default
+    ``data/s3/<bucket>/<prefix>`` under the working directory). ``location`` is where the
+    tables are, as DuckDB reads it.
+    """
+
+    def __init__(self, root: str | Path, local_dir: str | Path | None = None) -> None:
+        self.remote = is_object_store(root)
+        if self.remote:
+            bucket, key_prefix = split_location(str(root))
+            self._base = f"{bucket}/{key_prefix}".rstrip("/")  # the filesystem's key of the tables' folder
+            self.location = SCHEME + self._base
+            self.fs = filesystem()
+            check_bucket(self.fs, self.location)
+            self._etags: dict[str, str] = {}  # object key -> its ETag at the last listing
+            self._columns_of: dict[tuple[str, str | None], frozenset[str]] = {}  # (key, ETag) -> columns
+            self.root = Path(local_dir or Path("data", "s3", bucket, key_prefix)).resolve()
+        else:
+            self.root = Path(root).resolve()
+            self.location = self.root.as_posix()
         if "?" in str(self.root):
             raise ValueError(
                 f"{self.root} cannot hold results: DuckDB reads '?' in a database path as the start of "
@@ -60,13 +94,42 @@ class ResultStore:
     def database(self) -> Path:
         return self.root / "results.duckdb"
 
+    def connect(self, read_only: bool = True) -> Any:
+        """A DuckDB connection to ``results.duckdb`` whose views can read the tables (for a bucket,
+        its filesystem registered: a connection without it cannot read them)."""
+        import duckdb
+
+        connection = duckdb.connect(str(self.database), read_only=read_only)
+        if self.remote:
+            connection.register_filesystem(self.fs)
+        return connection
+
     def path(self, table: str, partition: str | None = None, prefix: Sequence[str] = ()) -> Path:
-        """``<table>/<prefix...>/<partition>.parquet``; ``prefix`` is the asset key's (subject model, variant)."""
+        """``<table>/<prefix...>/<partition>.parquet``; ``prefix`` is the asset key's (subject model, variant).
+        A local store's only: a bucket's objects have ``url``."""
+        if self.remote:
+            raise ValueError(f"{self.location} is object storage: its files have URLs (ResultStore.url), not paths")
         return self.root.joinpath(table, *prefix, f"{partition if partition is not None else UNPARTITIONED}.parquet")
 
-    def write(self, table: str, frame: pl.DataFrame, partition: str | None = None, prefix: Sequence[str] = ()) -> Path:
-        """Validate, then atomically replace the table's file for this partition."""
+    def url(self, table: str, partition: str | None = None, prefix: Sequence[str] = ()) -> str:
+        """Where the partition's file is, as DuckDB and the run's metadata name it."""
+        if not self.remote:
+            return self.path(table, partition, prefix).as_posix()
+        return SCHEME + self._key(table, partition, prefix)
+
+    def _key(self, table: str, partition: str | None, prefix: Sequence[str]) -> str:
+        return "/".join(
+            [self._base, table, *prefix, f"{partition if partition is not None else UNPARTITIONED}.parquet"]
+        )
+
+    def write(self, table: str, frame: pl.DataFrame, partition: str | None = None, prefix: Sequence[str] = ()) -> str:
+        """Validate, then atomically replace the table's file for this partition; returns its ``url``."""
         frame = validate(table, frame)
+        if self.remote:
+            buffer = io.BytesIO()
+            frame.write_parquet(buffer)
+            upload_object(self.fs, self._key(table, partition, prefix), buffer.getvalue())
+            return self.url(table, partition, prefix)
         target = self.path(table, partition, prefix)
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
@@ -78,37 +141,78 @@ class ResultStore:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-        return target
+        return target.as_posix()
 
     def read(self, table: str, partitions: list[str] | None = None, prefix: Sequence[str] = ()) -> pl.DataFrame:
         """Read (and validate) the given partitions, or the unpartitioned file when ``None``."""
-        paths = [self.path(table, p, prefix) for p in (partitions if partitions is not None else [None])]
-        missing = [str(p) for p in paths if not p.exists()]
+        wanted = partitions if partitions is not None else [None]
+        stored = set(self.partitions(table, prefix))
+        missing = [self.url(table, p, prefix) for p in wanted if (p if p is not None else UNPARTITIONED) not in stored]
         if missing:
             raise FileNotFoundError(f"table {table!r} has not been materialized: missing {missing}")
         columns = set(TABLES[table].to_schema().columns)
         frames = []
-        for path in paths:
-            absent = columns - parquet_columns(path)
+        for partition in wanted:
+            source = self._source(table, partition, prefix)
+            absent = columns - parquet_columns(source)
             if absent - set(OLDER_FILES_MEAN):
                 raise ValueError(
-                    f"{path} was written by an older version of neuron-assets (no column "
-                    f"{', '.join(sorted(absent - set(OLDER_FILES_MEAN)))}); "
-                    f"materialize partition {path.stem} of {table!r} again"
+                    f"{self.url(table, partition, prefix)} was written by an older version of neuron-assets (no "
+                    f"column {', '.join(sorted(absent - set(OLDER_FILES_MEAN)))}); "
+                    f"materialize partition {partition or UNPARTITIONED} of {table!r} again"
                 )
-            frame = pl.read_parquet(path, glob=False)
+            if isinstance(source, io.BytesIO):
+                source.seek(0)
+            frame = pl.read_parquet(source, glob=False)
             types = {c: TABLES[table].to_schema().columns[c].dtype.type for c in absent}
             frames.append(
                 frame.with_columns(pl.lit(OLDER_FILES_MEAN[c], dtype=types[c]).alias(c) for c in sorted(absent))
             )
         return validate(table, pl.concat([f.select(frames[0].columns) for f in frames], how="vertical"))
 
+    def _source(self, table: str, partition: str | None, prefix: Sequence[str]) -> Path | io.BytesIO:
+        """What polars reads a partition from: its local path, or its object's bytes (fetched once)."""
+        if not self.remote:
+            return self.path(table, partition, prefix)
+        return io.BytesIO(self.fs.cat_file(self._key(table, partition, prefix)))
+
     def partitions(self, table: str, prefix: Sequence[str] = ()) -> list[str]:
-        return sorted(p.stem for p in self.root.joinpath(table, *prefix).glob("*.parquet"))
+        if not self.remote:
+            return sorted(p.stem for p in self.root.joinpath(table, *prefix).glob("*.parquet"))
+        folder = "/".join([self._base, table, *prefix])
+        try:
+            names = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(name.rsplit("/", 1)[-1].removesuffix(".parquet") for name in names if name.endswith(".parquet"))
+
+    def folders(self, table: str) -> list[tuple[str, ...]]:
+        """Each prefix (subject model folder, and variant for an LLM stage) that holds a file of ``table``."""
+        return sorted({tuple(Path(name).parent.parts) for name in self._files(table)})
 
     def has_results(self, table: str) -> bool:
         """Whether any experiment has a file of ``table``."""
-        return next((self.root / table).glob("**/*.parquet"), None) is not None
+        return bool(self._files(table))
+
+    def _files(self, table: str) -> list[str]:
+        """Every Parquet file of ``table``, relative to its folder (``model/variant/3.parquet``)."""
+        if not self.remote:
+            folder = self.root / table
+            return [p.relative_to(folder).as_posix() for p in folder.glob("**/*.parquet")]
+        return self._files_by_table().get(table, [])
+
+    def _files_by_table(self) -> dict[str, list[str]]:
+        """Every Parquet file of every table, relative to the table's folder. For a bucket this is
+        one listing of the whole prefix (each object's ETag kept, to know its columns unchanged)."""
+        if not self.remote:
+            return {table: files for table in TABLES if (files := self._files(table))}
+        found: dict[str, list[str]] = {}
+        for key, entry in self.fs.find(self._base, detail=True).items():
+            table, _, name = key.removeprefix(self._base + "/").partition("/")
+            if name.endswith(".parquet") and table in TABLES:
+                found.setdefault(table, []).append(name)
+                self._etags[key] = str(entry.get("ETag") or entry.get("LastModified"))
+        return found
 
     def migrate_old_layout(self) -> list[Path]:
         """Move files of the layout before experiments (``<table>/<layer>.parquet``) to their place.
@@ -120,6 +224,8 @@ class ResultStore:
         """
         from neuron_assets.storage.layout import model_slug, prefix
 
+        if self.remote:
+            return []  # that layout was never written to a bucket
         old = [p for table in MODEL_TABLES for p in sorted((self.root / table).glob("*.parquet"))]
         if not old:
             return []
@@ -169,12 +275,14 @@ class ResultStore:
         once every relation it reads exists. Paths reach SQL only as escaped literals.
         """
         definitions: dict[str, str] = {}
+        stored = self._files_by_table()
         for table in TABLES:
-            if self.has_results(table):
-                files = sql_string(escape_glob((self.root / table).as_posix()) + "/**/*.parquet")
+            if stored.get(table):
+                files = sql_string(escape_glob(f"{self.location}/{table}") + "/**/*.parquet")
+                absent = self._absent_columns(table, stored[table])
                 definitions[table] = (
                     f"CREATE OR REPLACE VIEW {sql_identifier(table)} AS "
-                    f"SELECT *{self._absent_columns(table)} FROM read_parquet({files}, union_by_name = true)"
+                    f"SELECT *{absent} FROM read_parquet({files}, union_by_name = true)"
                 )
         statements = view_statements()
         names = [*TABLES, *(name for name, _ in statements)]
@@ -193,7 +301,6 @@ class ResultStore:
         Raises ``duckdb.IOException`` when something changed but another process holds the
         database file; the data is on disk then and existing views already read it.
         """
-        import duckdb
 
         wanted, in_force = self.view_definitions(), self._views_in_force()
         changed: list[str] = []  # a view is rewritten when it, or anything it reads, changed
@@ -203,7 +310,7 @@ class ResultStore:
         if not changed:
             return []
         self.root.mkdir(parents=True, exist_ok=True)
-        with duckdb.connect(str(self.database)) as connection:
+        with self.connect(read_only=False) as connection:
             connection.execute(
                 f"CREATE TABLE IF NOT EXISTS {VIEWS_TABLE} (name VARCHAR PRIMARY KEY, statement VARCHAR)"
             )
@@ -220,12 +327,12 @@ class ResultStore:
         if not self.database.exists():
             return {}
         try:
-            with duckdb.connect(str(self.database), read_only=True) as connection:
+            with self.connect() as connection:
                 return dict(connection.execute(f"SELECT name, statement FROM {VIEWS_TABLE}").fetchall())
         except (duckdb.IOException, duckdb.CatalogException):
             return {}  # locked by a writer, or written before views were tracked: rewrite
 
-    def _absent_columns(self, table: str) -> str:
+    def _absent_columns(self, table: str, names: list[str]) -> str:
         """``, NULL AS col`` for each column of the table's model that no stored partition has.
 
         Partitions written by an older version lack newer columns; the view still offers
@@ -233,8 +340,16 @@ class ResultStore:
         derived views and queries keep working.
         """
         present: set[str] = set()
-        for path in (self.root / table).glob("**/*.parquet"):
-            present.update(parquet_columns(path))
+        for name in names:
+            if self.remote:
+                key = f"{self._base}/{table}/{name}"
+                known = self._columns_of.get((key, self._etags.get(key)))
+                if known is None:
+                    with self.fs.open(key, "rb") as file:  # reads the footer only
+                        known = self._columns_of[(key, self._etags.get(key))] = frozenset(parquet_columns(file))
+                present.update(known)
+            else:
+                present.update(parquet_columns(self.root / table / name))
         columns = TABLES[table].to_schema().columns
         return "".join(
             f", {'NULL' if OLDER_FILES_MEAN.get(c) is None else sql_string(OLDER_FILES_MEAN[c])} AS {sql_identifier(c)}"
@@ -243,9 +358,11 @@ class ResultStore:
         )
 
 
-def parquet_columns(path: Path) -> set[str]:
-    """The column names of a Parquet file (its path taken literally, never as a glob)."""
-    return set(pl.scan_parquet(path, glob=False).collect_schema().names())
+def parquet_columns(source: Path | IO[bytes]) -> set[str]:
+    """The column names of a Parquet file (a path taken literally, never as a glob, or an open file)."""
+    if isinstance(source, Path):
+        return set(pl.scan_parquet(source, glob=False).collect_schema().names())
+    return set(pl.read_parquet_schema(source))
 
 
 def sql_string(text: str) -> str:

@@ -36,16 +36,7 @@ class ViewerData:
 
     def experiments(self) -> list[ExperimentFolder]:
         """Every (subject model folder, variant) with stored scores."""
-        scores = self.store.root / "scores"
-        return (
-            sorted(
-                ExperimentFolder(variant.parent.name, variant.name)
-                for variant in scores.glob("*/*")
-                if variant.is_dir() and any(variant.glob("*.parquet"))
-            )
-            if scores.is_dir()
-            else []
-        )
+        return sorted(ExperimentFolder(*folder) for folder in self.store.folders("scores") if len(folder) == 2)
 
     def table(self, table: str, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
         """``table``'s rows of the experiment (all stored layers unless ``layers``); a ``ViewerError`` when none."""

@@ -80,24 +80,32 @@ def handler_for(data: ViewerData) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(data_dir: Path, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """A server for ``data_dir`` bound to ``host:port`` (port 0: any free one); call ``serve_forever``."""
-    store = ResultStore(data_dir)
+def serve(
+    data_dir: Path | str, port: int = DEFAULT_PORT, host: str = "127.0.0.1", local_dir: Path | None = None
+) -> ThreadingHTTPServer:
+    """A server for ``data_dir`` (a folder or ``s3://bucket/prefix``) bound to ``host:port`` (port 0:
+    any free one); call ``serve_forever``."""
+    store = ResultStore(data_dir, local_dir)
     store.migrate_old_layout()
     return ThreadingHTTPServer((host, port), handler_for(ViewerData(store)))
 
 
 def main(argv: list[str] | None = None) -> int:
     from neuron_assets.settings import Settings
+    from neuron_assets.storage.object_store import ObjectStoreError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--data-dir", type=Path, default=None, help="results folder (default: NEURON_ASSETS_DATA_DIR or data)"
+        "--data-dir", default=None, help="results folder or s3:// URL (default: NEURON_ASSETS_DATA_DIR or data)"
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
-    data_dir = args.data_dir or Settings.from_environment().data_dir
-    server = serve(data_dir, args.port)
+    settings = Settings.from_environment()
+    data_dir = args.data_dir or settings.data_dir
+    try:
+        server = serve(data_dir, args.port, local_dir=settings.local_dir)
+    except ObjectStoreError as error:
+        raise SystemExit(str(error)) from None
     print(f"neuron viewer for {data_dir} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops it)")
     try:
         server.serve_forever()
