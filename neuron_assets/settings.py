@@ -41,6 +41,7 @@ class Settings:
     device: str = "auto"  # the subject models' torch device: auto (a CUDA GPU if torch sees one), cpu, cuda[:N]
     variant_settings: tuple[VariantSettings, ...] = ()
     local_dir: Path | None = None  # None: the data dir, or data/s3/<bucket>/<prefix> for a bucket
+    dask_scheduler: str | None = None  # a Dask scheduler's address: each step runs on its workers
 
     def __post_init__(self) -> None:
         if not self.subject_models or not self.variants:
@@ -92,6 +93,7 @@ class Settings:
             llm_layers_per_run=_positive(env, "NEURON_ASSETS_LLM_LAYERS_PER_RUN"),
             recording_layers_per_run=_positive(env, "NEURON_ASSETS_RECORDING_LAYERS_PER_RUN"),
             device=env.get("NEURON_ASSETS_DEVICE", "auto").strip() or "auto",
+            dask_scheduler=env.get("NEURON_ASSETS_DASK_SCHEDULER", "").strip() or None,
         )
 
 

@@ -110,14 +110,14 @@ def gpt2_tokenizer():
     return tokenizer
 
 
-def save_tiny_gpt2(folder: Path, seed: int = 0):
-    """A tiny random GPT-2 (2 layers, width 32) with GPT-2's real tokenizer, saved as a local model folder."""
+def save_tiny_gpt2(folder: Path, seed: int = 0, n_layers: int = 2):
+    """A tiny random GPT-2 (``n_layers`` layers, width 32) with GPT-2's real tokenizer, saved as a model folder."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = gpt2_tokenizer()
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    config = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=128, n_embd=32, n_layer=n_layers, n_head=2)
     model = GPT2LMHeadModel(config).eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

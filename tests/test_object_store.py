@@ -14,7 +14,7 @@ import time
 
 import polars as pl
 import pytest
-from test_storage import ask, count, documents, open_reader, scores
+from test_storage import count, documents, scores
 
 from neuron_assets.storage.object_store import ObjectStoreError
 from neuron_assets.storage.store import ResultStore
@@ -44,22 +44,6 @@ def test_a_bucket_holds_the_tables_and_the_local_views_read_them(bucket, seaweed
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == ["results.duckdb"]
     held = (tmp_path / "local" / "results.duckdb").read_bytes()
     assert seaweedfs.secret.encode() not in held and seaweedfs.key.encode() not in held
-
-
-def test_a_reader_open_during_writes_sees_each_row_once(bucket, tmp_path):
-    store = ResultStore(f"s3://{bucket}", local_dir=tmp_path)
-    store.write("scores", scores(0, 2), "0")
-    store.refresh_views()
-    reader = open_reader(store)  # another process, as a researcher's session
-    try:
-        assert ask(reader, "SELECT count(*) FROM scores") == "2"
-        store.write("scores", scores(1, 3), "1")  # a new partition appears without a refresh
-        assert ask(reader, "SELECT count(*) FROM scores") == "5"
-        store.write("scores", scores(1, 3, run="run-2"), "1")
-        assert ask(reader, "SELECT count(*) || ' ' || count(DISTINCT run_id) FROM scores") == "5 2"
-    finally:
-        reader.kill()
-        reader.wait()
 
 
 def test_a_server_killed_mid_upload_leaves_the_earlier_object_and_the_rerun_completes(

@@ -13,11 +13,13 @@ password in no message, log or stored event. (Dagster alone, given such an endpo
 for about ten seconds and then says "too many retries for DB connection", whatever the cause.)
 """
 
+import collections
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +46,8 @@ N_DOCUMENTS = 40  # of the Lee corpus: enough excerpts for 3 neurons' top, rando
 READER_QUERY = "SELECT count(*) || ' ' || count(DISTINCT run_id) FROM scores"  # rows, and runs that wrote them
 FAIL_WITHIN_S = 5  # an endpoint that cannot be used is named this soon
 WRONG_PASSWORD = "pw-wrong-0123456789"
+LAYERS = ["layer-0", "layer-1", "layer-2", "layer-3"]
+SIMULATION_DELAY_S = 0.4  # per simulation call until a worker is killed: its step lasts a few seconds
 
 
 @pytest.fixture(scope="module")
@@ -171,30 +175,49 @@ def rows_holding(server, text: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_a_daemons_backfill_is_recorded_in_postgres_and_a_bucket_while_a_duckdb_reader_goes_on(
+def test_a_labs_setup_backfills_on_dask_workers_into_postgres_and_a_bucket_while_a_reader_goes_on(
     server, postgres_home, bucket, seaweedfs, tmp_path, monkeypatch
 ):
-    """A lab's setup: the instance on PostgreSQL, the results in an S3 bucket (SeaweedFS).
-    Layers 0-1 first, in this process; then a backfill of their LLM stages, one run per layer
-    (NEURON_ASSETS_LLM_LAYERS_PER_RUN=1, the two at once), launched by a real ``dagster-daemon``:
-    the daemon, its runs and this process share the instance only through PostgreSQL and the
-    results only through the bucket. A DuckDB session opened on the results before the backfill
-    queries them throughout: it never fails, and every answer counts every score once, as the
-    backfill's runs replace each layer's object."""
+    """A lab's setup: the instance on PostgreSQL, the results in an S3 bucket (SeaweedFS), the
+    steps on a Dask cluster's workers. Layers 0-3 first, in this process; then a backfill of
+    their LLM stages, one run per layer (NEURON_ASSETS_LLM_LAYERS_PER_RUN=1), launched by a real
+    ``dagster-daemon``, each step a task on one of two ``dask worker`` processes
+    (NEURON_ASSETS_DASK_SCHEDULER). The daemon, its runs, the workers and this process share the
+    instance only through PostgreSQL and the results only through the bucket; the workers keep
+    their own local folder (response cache, views), as on other machines. The worker running the
+    first run's simulations is killed half-way through them: that step runs again on the other
+    worker. A DuckDB session opened on the results before the backfill queries them throughout:
+    it never fails, and every answer counts every score once, as the runs replace each layer."""
+    from dask_cluster import DaskCluster, kill_the_worker_running, step_events
     from gpt2_tokenizer import MissingRanks, save_tiny_gpt2
     from scripted_openai import ScriptedOpenAI
 
     try:
-        save_tiny_gpt2(tmp_path / "gpt2")
+        save_tiny_gpt2(tmp_path / "gpt2", n_layers=len(LAYERS))
     except MissingRanks as error:
         pytest.fail(str(error), pytrace=False)
     model, data_dir, local_dir = str(tmp_path / "gpt2"), f"s3://{bucket}/lab", tmp_path / "local"
     experiment = Experiment(model)
-    config = experiment.run_config(
-        {"ops": {**CONFIG["ops"], "documents": {"config": {"source": str(small_corpus(tmp_path / "corpus"))}}}}
-    )
+    ops = {**CONFIG["ops"], "documents": {"config": {"source": str(small_corpus(tmp_path / "corpus"))}}}
+    ops["activation_records"] = {"config": {**ops["activation_records"]["config"], "n_random": 8}}  # 4 layers' worth
+    config = experiment.run_config({"ops": ops})
+    instance_yaml = yaml.safe_load(POSTGRES_YAML.read_text())
+    del instance_yaml["run_queue"]  # one run at a time (Dask knows a task by job and step name), dequeued each second
+    instance_yaml["run_coordinator"] = {
+        "module": "dagster.core.run_coordinator",
+        "class": "QueuedRunCoordinator",
+        "config": {"max_concurrent_runs": 1, "dequeue_interval_seconds": 1},
+    }
+    (postgres_home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     set_environment(monkeypatch, server.environment())
-    with ScriptedOpenAI(answer) as llm:
+    slow = threading.Event()  # set from the backfill's start until a worker has been killed
+
+    def answer_slowly_while_a_worker_is_to_be_killed(body):
+        if body["messages"][-1]["content"].startswith("Explanation: ") and slow.is_set():
+            time.sleep(SIMULATION_DELAY_S)
+        return answer(body)
+
+    with ScriptedOpenAI(answer_slowly_while_a_worker_is_to_be_killed) as llm:
         settings = Settings((model,), data_dir, llm.url, "x", "y", llm_layers_per_run=1, local_dir=local_dir)
         defs = build_definitions(settings)
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_ASSETS_")}
@@ -202,7 +225,7 @@ def test_a_daemons_backfill_is_recorded_in_postgres_and_a_bucket_while_a_duckdb_
             DAGSTER_HOME=str(postgres_home),
             NEURON_ASSETS_SUBJECT_MODEL=model,
             NEURON_ASSETS_DATA_DIR=data_dir,
-            NEURON_ASSETS_LOCAL_DIR=str(local_dir),
+            NEURON_ASSETS_LOCAL_DIR=str(tmp_path / "worker_local"),
             NEURON_ASSETS_LLM_BASE_URL=llm.url,
             NEURON_ASSETS_EXPLAINER_MODEL="x",
             NEURON_ASSETS_SIMULATOR_MODEL="y",
@@ -213,34 +236,44 @@ def test_a_daemons_backfill_is_recorded_in_postgres_and_a_bucket_while_a_duckdb_
             [experiment.slug, experiment.variant]
         )
         keys = sorted(llm_stages.resolve(defs.resolve_asset_graph()), key=lambda key: key.to_user_string())
+        cluster = DaskCluster(tmp_path, env, ["worker-a", "worker-b"])  # they start meanwhile
+        env["NEURON_ASSETS_DASK_SCHEDULER"] = cluster.address
         log_path = tmp_path / "daemon.log"
         log = log_path.open("w")
         daemon = start_daemon(write_workspace(tmp_path / "workspace.yaml"), env, log)  # it boots meanwhile
-        reader = None
+        reader, kill, workers = None, None, {}
+        joined = threading.Thread(target=lambda: workers.update(cluster.wait_for_workers(2)))
+        joined.start()  # the workers join and import the code location while the first run records
         try:
             with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
-                first = materialize_layers(defs, 0, 1, config, instance, UP_TO_SCORES, experiment)
+                first = materialize_layers(defs, 0, len(LAYERS) - 1, config, instance, UP_TO_SCORES, experiment)
             assert first.success
             store = ResultStore(data_dir, local_dir)
             n_scores = query(store, "SELECT count(*) FROM scores")[0][0]
             reader = open_reader(store)
             answers = [ask(reader, READER_QUERY)]
+            joined.join()
+            assert len(workers) == 2, cluster.logs()
             with dg.DagsterInstance.from_config(str(postgres_home)) as instance:
-                backfill_id = request_backfill(instance, defs, ["layer-0", "layer-1"], llm_stages, config)
+                slow.set()
+                backfill_id = request_backfill(instance, defs, LAYERS, llm_stages, config)
                 deadline = time.monotonic() + 300
                 while instance.get_backfill(backfill_id).status == BulkActionStatus.REQUESTED:
                     assert time.monotonic() < deadline and daemon.poll() is None, log_path.read_text()[-5000:]
                     answers.append(ask(reader, READER_QUERY))
-                    time.sleep(0.5)
+                    if kill is None and (kill := kill_the_worker_running(instance, "simulations", workers)):
+                        slow.clear()
+                    time.sleep(0.3)
                 answers.append(ask(reader, READER_QUERY))
                 status = instance.get_backfill(backfill_id).status
                 runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+                steps = {run.dagster_run.run_id: step_events(instance, run.dagster_run.run_id) for run in runs}
                 latest = {
                     (key, partition): instance.fetch_materializations(
                         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
                     ).records[0]
                     for key in keys
-                    for partition in ("layer-0", "layer-1")
+                    for partition in LAYERS
                 }
                 materialized = {key: instance.get_materialized_partitions(key) for key in keys}
                 earlier = instance.get_run_record_by_id(first.run_id)
@@ -251,36 +284,66 @@ def test_a_daemons_backfill_is_recorded_in_postgres_and_a_bucket_while_a_duckdb_
             daemon.terminate()
             daemon.wait(timeout=60)
             log.close()
+            cluster.stop()
     daemon_log = log_path.read_text()
     assert status == BulkActionStatus.COMPLETED_SUCCESS, daemon_log[-5000:]
 
     # the runs, one per layer, read back from PostgreSQL
     assert all(run.dagster_run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
     run_of = {partition_of(run.dagster_run.tags): run.dagster_run.run_id for run in runs}
-    assert sorted(run_of) == ["layer-0", "layer-1"] and len(runs) == 2, [r.dagster_run.tags for r in runs]
+    assert sorted(run_of) == LAYERS and len(runs) == len(LAYERS), [r.dagster_run.tags for r in runs]
     assert earlier.dagster_run.status == dg.DagsterRunStatus.SUCCESS  # the first run, kept beside them
     # every LLM stage's latest materialization of each layer is from that layer's run
-    assert len(latest) == 2 * len(keys) and len(keys) >= 4
+    assert len(latest) == len(LAYERS) * len(keys) and len(keys) >= 4
     for (key, partition), record in latest.items():
         assert record.run_id == run_of[partition], (key, partition)
-    assert all(partitions == {"layer-0", "layer-1"} for partitions in materialized.values())
-    # the same runs wrote the results the DuckDB views read
-    runs_in_results = dict(query(store, "SELECT layer, any_value(run_id) FROM scores GROUP BY layer"))
-    assert runs_in_results == {0: run_of["layer-0"], 1: run_of["layer-1"]}
-    assert query(store, "SELECT layer, count(DISTINCT run_id) FROM scores GROUP BY layer ORDER BY layer") == [
-        (0, 1),
-        (1, 1),
-    ]
+    assert all(partitions == set(LAYERS) for partitions in materialized.values())
 
-    # the reader answered every query, each time with every score once: from the first run's
-    # files, then from one file of each (one layer replaced), then from the backfill's two runs
-    assert len(answers) > 2 and answers[0] == f"{n_scores} 1" and answers[-1] == f"{n_scores} 2", answers
-    assert set(answers) <= {f"{n_scores} 1", f"{n_scores} 2"}, answers
+    # every step ran on a Dask worker, none in its run's own process; the killed worker's step
+    # had started there and succeeded on the other one
+    worker_of = {pid: name for name, pid in workers.items()}
+    succeeded_on = {
+        (run_id, step): worker_of.get(pid, f"pid {pid}")
+        for run_id, events in steps.items()
+        for step, kind, pid in events
+        if kind == "STEP_SUCCESS"
+    }
+    assert len(succeeded_on) == len(LAYERS) * len(keys) and set(succeeded_on.values()) <= set(workers), succeeded_on
+    assert kill is not None, "no worker was seen running a simulations step"
+    killed_run, killed_worker = kill
+    [killed_step] = [
+        step for step, kind, _ in steps[killed_run] if kind == "STEP_START" and step.endswith("simulations")
+    ][:1]
+    starts = [worker_of[pid] for step, kind, pid in steps[killed_run] if step == killed_step and kind == "STEP_START"]
+    assert starts[0] == killed_worker and succeeded_on[(killed_run, killed_step)] != killed_worker, starts
+    started_on = collections.Counter(
+        worker_of[pid] for events in steps.values() for _, kind, pid in events if kind == "STEP_START"
+    )
+    print(f"step starts per worker: {dict(started_on)}, successes: {dict(collections.Counter(succeeded_on.values()))}")
+
+    # the same runs wrote the results the DuckDB views read, each row once
+    runs_in_results = dict(query(store, "SELECT layer, any_value(run_id) FROM scores GROUP BY layer"))
+    assert runs_in_results == {int(layer.split("-")[1]): run_of[layer] for layer in LAYERS}
+    assert query(store, "SELECT count(DISTINCT run_id) = 1 FROM scores GROUP BY layer") == [(True,)] * len(LAYERS)
+    key = "layer, neuron, polarity, sample, method, scoring_set"
+    assert query(store, f"SELECT count(*) FROM (SELECT {key} FROM scores GROUP BY ALL HAVING count(*) > 1)") == [(0,)]
+
+    # the reader counted every score once in every answer: from the first run's files, then with
+    # one more layer replaced after each run of the backfill (up to 1 + 3 runs' rows), then from
+    # the backfill's runs alone. A query may fail only where an object it had opened was replaced
+    # before it was read (s3fs will not mix two versions of an object); it never sees half of one.
+    failed = [a for a in answers if a.startswith("error: ")]
+    assert all("no longer exists" in a for a in failed), failed
+    counted = [a for a in answers if a not in failed]
+    assert len(counted) > 2 and counted[0] == f"{n_scores} 1" and counted[-1] == f"{n_scores} {len(LAYERS)}"
+    runs_seen = [int(a.split()[1]) for a in counted]
+    assert {a.split()[0] for a in counted} == {str(n_scores)} and runs_seen == sorted(runs_seen), answers
+    print(f"reader: {len(counted)} answers, {len(failed)} queries failed on a replaced object")
 
     # every result is in the bucket; only the views' database and the response cache are local
     assert {path.name for path in local_dir.iterdir()} == {"results.duckdb", "llm_cache"}
     assert store.fs.find(f"{bucket}/lab/scores") == [
-        f"{bucket}/lab/scores/{experiment.slug}/{experiment.variant}/{layer}.parquet" for layer in (0, 1)
+        f"{bucket}/lab/scores/{experiment.slug}/{experiment.variant}/{layer}.parquet" for layer in range(len(LAYERS))
     ]
 
     # neither the password nor the S3 secret is in any row of the instance's database (runs,
@@ -289,7 +352,7 @@ def test_a_daemons_backfill_is_recorded_in_postgres_and_a_bucket_while_a_duckdb_
         holding = rows_holding(server, secret)
         assert {"runs", "event_logs", "bulk_actions"} <= set(holding) and not any(holding.values()), holding
         assert secret not in daemon_log
-        for folder in (postgres_home, local_dir):
+        for folder in (postgres_home, local_dir, tmp_path / "worker_local"):
             leaked = [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
             assert not leaked, leaked
         assert not [key for key in store.fs.find(bucket) if secret.encode() in store.fs.cat_file(key)]

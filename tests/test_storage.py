@@ -200,14 +200,18 @@ def test_views_only_cover_tables_that_have_data(tmp_path):
 
 
 def open_reader(store: ResultStore) -> subprocess.Popen:
-    """Another process with the database open read-only; each line on its stdin runs one count."""
+    """Another process with the database open read-only; each line on its stdin runs one count,
+    answered with its value or, where the query fails, ``error: <the error's first line>``."""
     code = textwrap.dedent(
         f"""
         import sys
         from neuron_assets.storage.store import ResultStore
         c = ResultStore({store.location!r}, {str(store.root)!r}).connect()
         for line in sys.stdin:
-            print(c.execute(line).fetchone()[0], flush=True)
+            try:
+                print(c.execute(line).fetchone()[0], flush=True)
+            except Exception as error:
+                print("error: " + " ".join(str(error).split()), flush=True)
         """
     )
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

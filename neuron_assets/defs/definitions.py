@@ -100,8 +100,21 @@ def build_definitions(settings: Settings, **llm_options: Any) -> dg.Definitions:
             "llm": with_defaults(LLMResource, **llm)(results=results),
             **variant_llms,
         },
-        executor=dg.in_process_executor,
+        executor=executor(settings),
     )
+
+
+def executor(settings: Settings) -> dg.ExecutorDefinition:
+    """Where a run's steps execute: in the run's own process (the default: its steps share one
+    loaded subject model and one LLM client), or, given ``dask_scheduler``, each step as a task on
+    that Dask cluster's workers (dagster-dask), which re-runs a step whose worker died on another.
+    Dask knows a task by its job and step name, so two runs of one job must not run at once on
+    one cluster (``run_queue.max_concurrent_runs: 1``)."""
+    if settings.dask_scheduler is None:
+        return dg.in_process_executor
+    from dagster_dask import dask_executor
+
+    return dask_executor.configured({"cluster": {"existing": {"address": settings.dask_scheduler}}})
 
 
 defs = build_definitions(Settings.from_environment())

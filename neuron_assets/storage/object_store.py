@@ -45,7 +45,11 @@ def endpoint() -> str:
 
 def filesystem() -> Any:
     """An ``s3fs`` filesystem configured from the environment, with no listing cache (a reader
-    must see partitions other processes wrote a moment ago) and short connection timeouts."""
+    must see partitions other processes wrote a moment ago) and short connection timeouts.
+
+    An object replaced while a reader holds it open cannot be read on: s3fs pins the version it
+    opened and raises ``FileExpired`` rather than mix two. Files are fetched whole at their first
+    read, so that can only happen between opening an object and that one GET."""
     import s3fs
 
     url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
@@ -53,6 +57,7 @@ def filesystem() -> Any:
         endpoint_url=url,
         use_listings_cache=False,
         skip_instance_cache=True,
+        default_cache_type="all",  # a file opened by DuckDB is fetched in one GET: one version, read at once
         config_kwargs={
             "connect_timeout": CONNECT_TIMEOUT_S,
             "read_timeout": READ_TIMEOUT_S,

@@ -345,7 +345,7 @@ class ResultStore:
                 key = f"{self._base}/{table}/{name}"
                 known = self._columns_of.get((key, self._etags.get(key)))
                 if known is None:
-                    with self.fs.open(key, "rb") as file:  # reads the footer only
+                    with self.fs.open(key, "rb", cache_type="readahead") as file:  # reads the footer only
                         known = self._columns_of[(key, self._etags.get(key))] = frozenset(parquet_columns(file))
                 present.update(known)
             else:
