@@ -43,7 +43,7 @@ LLAMA_NATIVE_WHEELS := $(call build_dir,native)
 WHISPER_VERSION := 20250625
 TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
 
-.PHONY: install demo ablation directions puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo ablation directions puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-storage bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP) $(TEST_ASSETS)
 
@@ -165,6 +165,10 @@ bench-llm: install
 # Bytes the response cache keeps per simulated excerpt: the old one-file-per-request layout vs the compact store.
 bench-cache: install
 	$(PY) -W ignore -m neuron_assets.benches.cache_size $(ARGS)
+
+# One run of 4 layers on SQLite vs PostgreSQL and local files vs an S3 bucket (the tests' real servers).
+bench-storage: install
+	$(PY) -W ignore tests/storage_timing.py
 
 # The simulator modes side by side on the local llama.cpp server: costs, speed-up, agreement.
 bench-modes: install
