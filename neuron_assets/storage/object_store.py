@@ -38,9 +38,14 @@ def split_location(location: str) -> tuple[str, str]:
     return bucket, key_prefix.strip("/")
 
 
+def endpoint_url() -> str | None:
+    """The S3-compatible server named in the environment (None: AWS's own endpoints)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def endpoint() -> str:
-    """The S3 endpoint botocore will use, as it reads it from the environment (for messages)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3 (no endpoint set)"
+    """The endpoint, for messages."""
+    return endpoint_url() or "AWS S3 (no endpoint set)"
 
 
 def filesystem() -> Any:
@@ -52,9 +57,8 @@ def filesystem() -> Any:
     read, so that can only happen between opening an object and that one GET."""
     import s3fs
 
-    url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     return s3fs.S3FileSystem(
-        endpoint_url=url,
+        endpoint_url=endpoint_url(),
         use_listings_cache=False,
         skip_instance_cache=True,
         default_cache_type="all",  # a file opened by DuckDB is fetched in one GET: one version, read at once
@@ -80,12 +84,14 @@ def check_bucket(fs: Any, location: str) -> None:
         raise ObjectStoreError(
             f"{where} refused the credentials ({error}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         ) from None
-    except (botocore.exceptions.BotoCoreError, OSError) as error:
-        if isinstance(error, botocore.exceptions.NoCredentialsError):
-            raise ObjectStoreError(
-                f"{where} needs credentials, and none are set: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            ) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise ObjectStoreError(
+            f"{where} needs credentials, and none are set: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        ) from None
+    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as error:
         raise ObjectStoreError(f"{where} is unreachable ({type(error).__name__}: {error})") from None
+    except (botocore.exceptions.BotoCoreError, OSError) as error:  # e.g. a bucket name the server refuses
+        raise ObjectStoreError(f"{where} refused the request ({type(error).__name__}: {error})") from None
 
 
 def upload_object(fs: Any, key: str, data: bytes) -> None:
