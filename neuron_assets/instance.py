@@ -10,7 +10,8 @@ raises an error naming the endpoint (host, port, database, user) and what is wro
 server is unreachable, refused the credentials, or has no such database. The password
 appears nowhere: not in the error, not in a log line.
 
-``python -m neuron_assets.instance`` runs the check and says which instance it found;
+``python -m neuron_assets.instance`` runs the check and says which instance it found (and,
+with ``NEURON_ASSETS_DASK_SCHEDULER`` set, how many workers that scheduler has, or why none);
 ``make dev`` runs it before ``dagster dev``, and ``make demo`` (and the other commands
 that record runs in ``DAGSTER_HOME``) through ``instance_for_command``.
 """
@@ -203,6 +204,16 @@ def main() -> int:
         print(f"the Dagster instance in {home}: PostgreSQL at {', '.join(map(str, endpoints))}, connected")
     else:
         print(f"the Dagster instance in {home} has no PostgreSQL storage to check (the default: SQLite files there)")
+    scheduler = os.environ.get("NEURON_ASSETS_DASK_SCHEDULER", "").strip()
+    if scheduler:
+        from neuron_assets.workers import WorkersError, check_workers
+
+        try:
+            n_workers = check_workers(scheduler)
+        except WorkersError as error:
+            print(error, file=sys.stderr)
+            return 1
+        print(f"the Dask scheduler at {scheduler}: {n_workers} worker{'s' if n_workers != 1 else ''}")
     return 0
 
 

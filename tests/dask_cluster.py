@@ -32,7 +32,11 @@ class DaskCluster:
         self.processes: dict[str, subprocess.Popen] = {}
         self._start("scheduler", ["dask_scheduler", "--host", "127.0.0.1", "--port", str(port)])
         for name in workers:
-            self._start(name, ["dask_worker", self.address, "--name", name, "--nthreads", "1", "--no-nanny"])
+            self.add_worker(name)
+
+    def add_worker(self, name: str) -> None:
+        """Start one more worker process, named ``name``."""
+        self._start(name, ["dask_worker", self.address, "--name", name, "--nthreads", "1", "--no-nanny"])
 
     def _start(self, name: str, arguments: list[str]) -> None:
         log = (self.folder / f"{name}.log").open("w")
