@@ -199,7 +199,8 @@ class ResultStore:
         if not self.remote:
             folder = self.root / table
             return [p.relative_to(folder).as_posix() for p in folder.glob("**/*.parquet")]
-        return self._files_by_table().get(table, [])
+        folder = f"{self._base}/{table}"  # this table's objects only, not the whole prefix
+        return [key.removeprefix(folder + "/") for key in self.fs.find(folder) if key.endswith(".parquet")]
 
     def _files_by_table(self) -> dict[str, list[str]]:
         """Every Parquet file of every table, relative to the table's folder. For a bucket this is
