@@ -19,10 +19,10 @@ def seaweedfs():
     try:
         server.start()
     except Unavailable as error:
-        server.__exit__(None, None, None)
+        server.close()
         pytest.skip(f"no S3-compatible server for the object-storage tests: {error}")
     yield server
-    server.__exit__(None, None, None)
+    server.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -60,12 +59,16 @@ class SeaweedServer:
         try:
             self.start()
         except BaseException:
-            self.stop()
+            self.close()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.kill()  # its data goes with the folder: no need to wait for a clean stop
+        self.close()
+
+    def close(self) -> None:
+        """Kill the server and delete its data: nothing of it is kept, so no clean stop is waited for."""
+        self.kill()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def start(self, timeout: float = 60) -> None:
@@ -146,16 +149,6 @@ class SeaweedServer:
             self.volumes_before = self.volumes()
             self.process.kill()
             self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
     def log(self) -> str:
         path = self.folder / "server.log"
