@@ -45,6 +45,9 @@ from neuron_assets.storage.schemas import MODEL_TABLES, TABLES, validate
 # (and so in the editable install), and a wheel holds a copy of its files.
 SQL = files("neuron_assets") / "sql"
 UNPARTITIONED = "all"
+# Rows per Parquet row group: small enough that a query for one neuron (the viewer's neuron page)
+# reads a few groups of a layer's file, by their min/max statistics, instead of the whole file.
+ROW_GROUP_ROWS = 8_192
 VIEWS_TABLE = "neuron_assets_views"  # the view statements in force, to refresh only what changed
 # Columns added after results were first stored, with the value every older row has: all
 # results before the negative side was recorded are of the positive side, all results
@@ -127,7 +130,7 @@ class ResultStore:
         frame = validate(table, frame)
         if self.remote:
             buffer = io.BytesIO()
-            frame.write_parquet(buffer)
+            frame.write_parquet(buffer, row_group_size=ROW_GROUP_ROWS)
             upload_object(self.fs, self._key(table, partition, prefix), buffer.getvalue())
             return self.url(table, partition, prefix)
         target = self.path(table, partition, prefix)
@@ -135,7 +138,7 @@ class ResultStore:
         handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
         os.close(handle)
         try:
-            frame.write_parquet(temporary)
+            frame.write_parquet(temporary, row_group_size=ROW_GROUP_ROWS)
             os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
             os.replace(temporary, target)
         except BaseException:
@@ -169,6 +172,54 @@ class ResultStore:
                 frame.with_columns(pl.lit(OLDER_FILES_MEAN[c], dtype=types[c]).alias(c) for c in sorted(absent))
             )
         return validate(table, pl.concat([f.select(frames[0].columns) for f in frames], how="vertical"))
+
+    def scan(self, table: str, partitions: Sequence[str | None], prefix: Sequence[str] = ()) -> str:
+        """SQL for ``table``'s given partitions (``None``: the unpartitioned file) as one relation, for a
+        connection from ``query_connection``: DuckDB then reads only the columns a query names, and
+        skips the row groups its filters rule out."""
+        urls = ", ".join(sql_string(escape_glob(self.url(table, p, prefix))) for p in partitions)
+        return f"read_parquet([{urls}], union_by_name = true)"
+
+    def query_connection(self) -> Any:
+        """An in-memory DuckDB connection that can read the tables (never ``results.duckdb``, which
+        a run may be writing views into)."""
+        import duckdb
+
+        connection = duckdb.connect()
+        if self.remote:
+            connection.register_filesystem(self.fs)
+        return connection
+
+    def select(
+        self,
+        table: str,
+        partitions: Sequence[str | None],
+        prefix: Sequence[str] = (),
+        where: str = "true",
+        parameters: Sequence[Any] = (),
+        columns: Sequence[str] | None = None,
+    ) -> pl.DataFrame:
+        """The rows of ``table``'s partitions that the SQL condition ``where`` keeps (values as ``?``
+        ``parameters``), all columns or ``columns``, validated against the table's model: DuckDB reads
+        only those columns, and only the row groups the condition can match."""
+        model = TABLES[table].to_schema()
+        wanted = list(model.columns) if columns is None else list(columns)
+        with self.query_connection() as connection:
+            present = set(connection.sql(f"SELECT * FROM {self.scan(table, partitions, prefix)} LIMIT 0").columns)
+            absent = [c for c in wanted if c not in present]
+            if set(absent) - set(OLDER_FILES_MEAN):
+                raise ValueError(
+                    f"{table!r} of {'/'.join(prefix)} was written by an older version of neuron-assets (no column "
+                    f"{', '.join(sorted(set(absent) - set(OLDER_FILES_MEAN)))}); materialize it again"
+                )
+            # what older files lack, as the value their rows mean (see OLDER_FILES_MEAN)
+            selected = ", ".join(sql_identifier(c) if c in present else f"NULL AS {sql_identifier(c)}" for c in wanted)
+            frame = connection.sql(
+                f"SELECT {selected} FROM {self.scan(table, partitions, prefix)} WHERE {where}", params=list(parameters)
+            ).pl()
+        types = {c: model.columns[c].dtype.type for c in absent}
+        frame = frame.with_columns(pl.lit(OLDER_FILES_MEAN[c], dtype=types[c]).alias(c) for c in absent)
+        return model.select_columns(wanted).validate(frame)
 
     def _source(self, table: str, partition: str | None, prefix: Sequence[str]) -> Path | io.BytesIO:
         """What polars reads a partition from: its local path, or its object's bytes (fetched once)."""
@@ -254,7 +305,7 @@ class ResultStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".migrating")
             os.close(handle)
-            frame.write_parquet(temporary)
+            frame.write_parquet(temporary, row_group_size=ROW_GROUP_ROWS)
             os.chmod(temporary, 0o644)  # as write() leaves results: shared
             os.replace(temporary, target)
             path.unlink(missing_ok=True)
