@@ -1,0 +1,1 @@
+"""Synthetic result sets: values drawn from a seeded generator, shaped like the pipeline's tables."""
