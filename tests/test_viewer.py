@@ -22,6 +22,7 @@ from neuron_assets.settings import Settings
 from neuron_assets.storage.store import ResultStore
 from neuron_assets.viewer.data import ExperimentFolder as Shown
 from neuron_assets.viewer.data import ViewerData, ViewerError
+from neuron_assets.viewer.index_query import IndexQuery
 from neuron_assets.viewer.server import render, serve
 
 pytestmark = pytest.mark.slow
@@ -123,7 +124,7 @@ def test_the_scores_asset_metadata_links_its_preview_to_the_viewer_and_carries_t
 def neuron_pages(store):
     data = ViewerData(store)
     shown = Shown(DEFAULT.slug, "default")
-    neurons = data.neurons(shown, data.table("scores", shown))
+    neurons = data.index(shown, None, IndexQuery()).rows
     return data, neurons
 
 
@@ -220,15 +221,20 @@ def test_in_a_browser_the_index_sorts_by_a_score_and_searches_explanations(store
     assert page.locator("svg").count() >= 3
     header = page.locator("#neurons th", has_text="lookup_table").first
     column = header.evaluate("th => th.cellIndex")
-    header.click()  # first click: highest first
+    header.locator("a").click()  # first click: highest first
+    page.wait_for_url("**sort=lookup_table**")
     shown = [float(v) if v else None for v in rows.evaluate_all(f"rs => rs.map(r => r.cells[{column}].dataset.value)")]
     defined = [v for v in shown if v is not None]
     assert defined == sorted(defined, reverse=True) and shown[: len(defined)] == defined
     page.screenshot(path=str(screenshots / "index.png"), full_page=True)
     page.fill("#search", "no such explanation")
-    assert page.locator("#neurons tbody tr:visible").count() == 0
+    page.press("#search", "Enter")
+    page.wait_for_url("**q=no+such+explanation**")
+    assert rows.count() == 0 and page.locator("#matching").inner_text() == "0"
     page.fill("#search", "first half")
-    assert page.locator("#neurons tbody tr:visible").count() == 3
+    page.press("#search", "Enter")
+    page.wait_for_url("**q=first+half**")
+    assert rows.count() == 3
 
 
 def test_in_a_browser_a_neuron_page_shows_its_explanation_and_colours_every_firing_token(

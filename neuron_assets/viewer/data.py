@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from neuron_assets.storage.layout import VARIANT_TABLES, prefix
-from neuron_assets.storage.store import ResultStore
+from neuron_assets.storage.store import UNPARTITIONED, ResultStore
+from neuron_assets.viewer.index_query import IndexPage, IndexQuery, query_index
 
 BASELINES = ("lookup_table", "weight_based", "lookup_explanation", "next_token_explanation", "control")
 
@@ -65,64 +66,70 @@ class ViewerData:
         folders = prefix(experiment.model, experiment.variant, "scores")
         return sorted(int(p) for p in self.store.partitions("scores", folders))
 
-    def neurons(
-        self, experiment: ExperimentFolder, scores: pl.DataFrame, layers: list[int] | None = None
+    def index(self, experiment: ExperimentFolder, layers: list[int] | None, query: IndexQuery) -> IndexPage:
+        """The index page ``query`` asks for, over the experiment's stored layers (or ``layers``)."""
+        stored = [str(layer) for layer in self.layers(experiment)]
+        wanted = stored if layers is None else [str(layer) for layer in layers if str(layer) in stored]
+        if not wanted:
+            self.table("scores", experiment, layers)  # raises the ViewerError naming what is missing
+        return query_index(self.store, experiment.model, experiment.variant, wanted, query)
+
+    def comparisons(self, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
+        """``method_comparisons`` of the layers (one row per layer, method and scoring set: small)."""
+        return self.table("method_comparisons", experiment, layers)
+
+    def rows(
+        self,
+        table: str,
+        experiment: ExperimentFolder,
+        layers: list[int] | None,
+        where: str,
+        parameters: list,
+        columns: list[str] | None = None,
     ) -> pl.DataFrame:
-        """One row per neuron side in ``scores`` (the experiment's, of ``layers``): its explanation
-        (``explanation_text``), each method's score (samples averaged; a column per method,
-        top-and-random, and ``<method> (random-only)``), its max activation."""
-        per_method = (
-            scores.group_by("layer", "neuron", "polarity", "method", "scoring_set")
-            .agg(pl.col("correlation").mean())
-            .with_columns(
-                column=pl.when(pl.col("scoring_set") == "top_and_random")
-                .then(pl.col("method"))
-                .otherwise(pl.col("method") + " (random-only)")
-            )
-            .pivot(on="column", index=["layer", "neuron", "polarity"], values="correlation")
-        )
-        explanations = (
-            self.table("explanations", experiment, layers)
-            .filter((pl.col("method") == "explanation") & (pl.col("sample") == 0))
-            .select("layer", "neuron", "polarity", pl.col("explanation").alias("explanation_text"))
-        )
-        stats = self.table("neuron_stats", experiment, layers).select(
-            "layer", "neuron", "polarity", "max", "frac_firing"
-        )
-        return (
-            per_method.join(explanations, on=["layer", "neuron", "polarity"], how="left")
-            .join(stats, on=["layer", "neuron", "polarity"], how="left")
-            .sort("layer", "neuron", pl.col("polarity"), descending=[False, False, True])
-        )
+        """The rows of ``table`` that ``where`` keeps, read from the files of ``layers`` only (``None``:
+        the unpartitioned table); a ``ViewerError`` when the table has nothing stored there."""
+        folders = prefix(experiment.model, experiment.variant, table)
+        stored = self.store.partitions(table, folders)
+        wanted = [UNPARTITIONED] if layers is None else [str(layer) for layer in layers]
+        if not set(wanted) <= set(stored):
+            self.table(table, experiment, layers)  # raises the ViewerError naming what is missing
+        partitions = [None if p == UNPARTITIONED else p for p in wanted]
+        return self.store.select(table, partitions, folders, where, parameters, columns)
 
     def neuron(self, experiment: ExperimentFolder, layer: int, neuron: int, polarity: str) -> dict[str, pl.DataFrame]:
         """Everything the neuron page shows, as frames keyed by what they are."""
         self.check_experiment(experiment)
-        key = (pl.col("neuron") == neuron) & (pl.col("polarity") == polarity)
-        recorded = self.table("neuron_stats", experiment, [layer])
-        stats = recorded.filter(key)
+        side, key = "neuron = ? AND polarity = ?", [neuron, polarity]
+        stats = self.rows("neuron_stats", experiment, [layer], side, key)
         if stats.is_empty():
-            sides = recorded.select("neuron", "polarity").unique().sort("neuron", "polarity").rows()
+            stats_of = prefix(experiment.model, experiment.variant, "neuron_stats")
+            with self.store.query_connection() as connection:
+                sides = connection.execute(
+                    f"SELECT DISTINCT neuron, polarity FROM {self.store.scan('neuron_stats', [str(layer)], stats_of)} "
+                    "ORDER BY ALL LIMIT 20"
+                ).fetchall()
             raise ViewerError(
                 f"neuron {neuron} ({polarity}) of layer {layer} was not recorded "
                 f"for subject model {experiment.model!r}; "
-                f"recorded: {', '.join(f'{n} ({p})' for n, p in sides)}"
+                f"recorded: {', '.join(f'{n} ({p})' for n, p in sides)}{', ...' if len(sides) == 20 else ''}"
             )
-        excerpts = self.table("excerpts", experiment).select("excerpt_id", "tokens")
-        records = self.table("activation_records", experiment, [layer]).filter(key).join(excerpts, on="excerpt_id")
-        scores = self.table("scores", experiment, [layer]).filter(key)
-        explanations = self.table("explanations", experiment, [layer]).filter(key)
-        simulations = (
-            self.table("simulations", experiment, [layer])
-            .filter(
-                key
-                & (pl.col("method") == "explanation")
-                & (pl.col("sample") == 0)
-                & pl.col("excerpt_kind").is_in(["top", "random"])
-            )
-            .join(excerpts, on="excerpt_id")
+        records = self.rows("activation_records", experiment, [layer], side, key)
+        scores = self.rows("scores", experiment, [layer], side, key)
+        explanations = self.rows("explanations", experiment, [layer], side, key)
+        simulations = self.rows(
+            "simulations",
+            experiment,
+            [layer],
+            f"{side} AND method = 'explanation' AND sample = 0 AND excerpt_kind IN ('top', 'random')",
+            key,
         )
-        other_sides = recorded.filter((pl.col("neuron") == neuron) & (pl.col("polarity") != polarity))[
+        shown = sorted(set(records["excerpt_id"].to_list()) | set(simulations["excerpt_id"].to_list()))
+        in_list = f"excerpt_id IN ({', '.join('?' * len(shown))})" if shown else "false"
+        excerpts = self.rows("excerpts", experiment, None, in_list, shown, ["excerpt_id", "tokens"])
+        records = records.join(excerpts, on="excerpt_id")
+        simulations = simulations.join(excerpts, on="excerpt_id")
+        other_sides = self.rows("neuron_stats", experiment, [layer], "neuron = ? AND polarity != ?", key)[
             "polarity"
         ].to_list()
         return {

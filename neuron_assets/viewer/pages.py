@@ -1,7 +1,7 @@
 """The viewer's HTML: an index per subject model and variant, a page per neuron, an error page.
 
-Pages are self-contained (inline CSS, inline script, inline SVG): they work offline and
-load nothing from elsewhere.
+Pages are self-contained (inline CSS and SVG, no script): they work offline and load nothing
+from elsewhere. The index sorts, searches, filters and pages on the server (``index_query``).
 """
 
 from __future__ import annotations
@@ -12,13 +12,17 @@ import polars as pl
 
 from neuron_assets.viewer import plots
 from neuron_assets.viewer.data import BASELINES, ExperimentFolder
+from neuron_assets.viewer.index_query import SCORE_COLUMNS, VERDICTS, IndexPage, IndexQuery
+
+METHOD_FILTERS = list(dict.fromkeys(method for method, _ in SCORE_COLUMNS.values()))
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th[data-sort] { cursor: pointer; background: #f3f3f3; }
-th[data-sort]:hover { background: #e6e6e6; }
+th[data-column] { background: #f3f3f3; }
+th[data-column] a { color: inherit; text-decoration: none; display: block; }
+.pager, form { font-size: 13px; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .excerpt { font-family: monospace; font-size: 13px; line-height: 1.9; margin: 2px 0 10px 0; white-space: pre-wrap; }
 .tok { border-radius: 2px; }
@@ -28,41 +32,11 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 nav { margin-bottom: 1em; font-size: 13px; }
 """
 
-SORT_SCRIPT = """
-document.querySelectorAll('th[data-sort]').forEach(function (th) {
-  th.addEventListener('click', function () {
-    var table = th.closest('table'), body = table.tBodies[0], index = th.cellIndex;
-    var descending = th.dataset.order !== 'desc';
-    th.dataset.order = descending ? 'desc' : 'asc';
-    var rows = Array.from(body.rows);
-    rows.sort(function (a, b) {
-      var x = a.cells[index].dataset.value, y = b.cells[index].dataset.value;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      if (x === '' && y === '') return 0;
-      if (x === '') return 1;
-      if (y === '') return -1;
-      var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-      return descending ? -order : order;
-    });
-    rows.forEach(function (row) { body.appendChild(row); });
-  });
-});
-var search = document.getElementById('search');
-if (search) {
-  search.addEventListener('input', function () {
-    var needle = search.value.toLowerCase();
-    document.querySelectorAll('#neurons tbody tr').forEach(function (row) {
-      row.hidden = needle && row.dataset.explanation.indexOf(needle) === -1;
-    });
-  });
-}
-"""
-
 
 def page(title: str, body: str) -> str:
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{STYLE}</style></head>\n<body>\n{body}\n<script>{SORT_SCRIPT}</script>\n</body></html>\n"
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 
 
@@ -96,51 +70,107 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _options(name: str, choices: dict[str, str], chosen: str | None, everything: str) -> str:
+    options = [f'<option value="">{escape(everything)}</option>'] + [
+        f'<option value="{escape(value)}"{" selected" if value == chosen else ""}>{escape(label)}</option>'
+        for value, label in choices.items()
+    ]
+    return f'<select name="{name}" id="{name}">{"".join(options)}</select>'
+
+
 def index(
     experiment: ExperimentFolder,
-    neurons: pl.DataFrame,
-    scores: pl.DataFrame,
+    found: IndexPage,
     comparisons: pl.DataFrame,
     all_layers: list[int],
-    layers: list[int] | None = None,
+    layers: list[int] | None,
+    query: IndexQuery,
 ) -> str:
-    """Neurons sortable by every score column and searchable by explanation, with the layer plots;
-    all stored layers, or only ``layers``."""
-    methods = [c for c in ["explanation", "explanation (random-only)", *BASELINES] if c in neurons.columns]
+    """One page of neurons (``found``), with links that sort the whole index by any column, the
+    search and filter form, the pager, and the layer plots; all stored layers, or only ``layers``."""
+    columns = [*found.score_columns, "max"]
+    titles = {"max": "max activation"}
+
+    def heading(name: str) -> str:
+        descending = name in SCORE_COLUMNS or name == "max"
+        if query.sort == name:
+            descending, arrow = not query.descending, " ▼" if query.descending else " ▲"
+        else:
+            arrow = ""
+        href = query.url(sort=name, descending=descending, page=1)
+        title = escape(titles.get(name, name))
+        return f'<th data-column="{escape(name)}"><a href="{escape(href)}">{title}{arrow}</a></th>'
+
     header = "".join(
-        f"<th data-sort>{escape(name)}</th>"
-        for name in ["layer", "neuron", "polarity", "explanation", *methods, "max activation"]
+        [heading("layer"), heading("neuron"), "<th>polarity</th>", "<th>explanation</th>", "<th>verdict</th>"]
+        + [heading(name) for name in columns]
     )
     rows = []
-    for r in neurons.iter_rows(named=True):
+    for r in found.rows.iter_rows(named=True):
         text = r["explanation_text"] or ""
         cells = [
-            f'<td class="num" data-value="{r["layer"]}">{r["layer"]}</td>',
-            f'<td class="num" data-value="{r["neuron"]}">'
-            f'<a href="{neuron_href(experiment, r["layer"], r["neuron"], r["polarity"])}">'
+            f'<td class="num">{r["layer"]}</td>',
+            f'<td class="num"><a href="{neuron_href(experiment, r["layer"], r["neuron"], r["polarity"])}">'
             f"{r['neuron']}</a></td>",
-            f'<td data-value="{r["polarity"]}">{r["polarity"]}</td>',
-            f'<td data-value="{escape(text)}">{escape(text)}</td>',
-            *(f'<td class="num" data-value="{_number(r[m])}">{_number(r[m])}</td>' for m in methods),
-            f'<td class="num" data-value="{_number(r["max"])}">{_number(r["max"])}</td>',
+            f"<td>{r['polarity']}</td>",
+            f'<td class="explanation">{escape(text)}</td>',
+            f'<td class="verdict">{escape(VERDICTS[r["verdict"]])}</td>',
+            *(f'<td class="num" data-value="{_number(r[c])}">{_number(r[c])}</td>' for c in columns),
         ]
-        rows.append(f'<tr data-explanation="{escape(text.lower())}">{"".join(cells)}</tr>')
-    figures = [plots.layer_means(comparisons), plots.score_distributions(scores)]
-    figures += [plots.explanation_vs(scores, m) for m in BASELINES if m in set(scores["method"].to_list())]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    drawn = found.plot_scores.select("layer", "neuron", "polarity").n_unique()
+    figures = [plots.layer_means(comparisons), plots.score_distributions(found.plot_scores)]
+    figures += [
+        plots.explanation_vs(found.plot_scores, m) for m in BASELINES if m in set(found.plot_scores["method"].to_list())
+    ]
     home = f"/{escape(experiment.model)}/{escape(experiment.variant)}/"
     layer_links = " ".join(
         f'<a href="{home}layer-{layer}/">{layer}</a>' if layers != [layer] else f"<b>{layer}</b>"
         for layer in all_layers
     )
     which = "all layers" if layers is None else f"layer {', '.join(map(str, layers))}"
+
+    def pager(top: bool) -> str:  # ids on the top one only (ids are unique in a page)
+        ids = (lambda name: f' id="{name}"') if top else (lambda name: "")
+        previous = (
+            f'<a{ids("previous")} href="{escape(query.url(page=query.page - 1))}">previous</a>'
+            if query.page > 1
+            else ""
+        )
+        following = (
+            f'<a{ids("next")} href="{escape(query.url(page=query.page + 1))}">next</a>'
+            if query.page < found.pages
+            else ""
+        )
+        return (
+            f'<p class="pager">{previous} <span{ids("position")}>page {query.page} of {found.pages}: '
+            f"<span{ids('matching')}>{found.matching:,}</span> of {found.total:,} neuron sides</span> {following}</p>"
+        )
+
+    form = (
+        f'<form id="filters" method="get"><input id="search" name="q" type="search" value="{escape(query.search)}" '
+        f'placeholder="search explanations" size="40"> '
+        + _options("verdict", VERDICTS, query.verdict, "any verdict")
+        + " "
+        + _options("method", {m: f"scored by {m}" for m in METHOD_FILTERS}, query.method, "any method")
+        + " "
+        + _options("polarity", {"positive": "positive side", "negative": "negative side"}, query.polarity, "both sides")
+        + (f'<input type="hidden" name="sort" value="{escape(query.sort)}">' if query.sort != "layer" else "")
+        + (f'<input type="hidden" name="order" value="{"desc" if query.descending else "asc"}">')
+        + ' <button type="submit">show</button></form>'
+    )
     body = (
         f'<nav><a href="/">all results</a> · <a href="{home}">all layers</a> · layer: {layer_links}</nav>'
         f"<h1>{escape(experiment.model)} <small>variant {escape(experiment.variant)}, {which}</small></h1>"
         f'<div class="plots">{"".join(figures)}</div>'
+        f'<p class="caption">Per-neuron plots draw {drawn:,} of the {found.matching:,} matching neuron sides'
+        f"{' (a fixed subset)' if drawn < found.matching else ''}.</p>"
         f"<h2>Neurons</h2><p>Scores are top-and-random correlations (samples averaged) unless marked random-only; "
-        f"click a column to sort.</p>"
-        f'<p><input id="search" type="search" placeholder="search explanations" size="40"></p>'
+        f"a column's name sorts every matching neuron by it. The verdict compares the explanation's score "
+        f"with the best token baseline's and the control's on this neuron alone.</p>"
+        f"{form}{pager(top=True)}"
         f'<table id="neurons"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f"{pager(top=False)}"
     )
     return page(f"{experiment.model} / {experiment.variant}", body)
 

@@ -4,7 +4,8 @@ Pages are rendered from the stored Parquet files at each request, so a page show
 running backfill has written so far. Routes:
 
 - ``/``: every subject model and variant with scores;
-- ``/<model>/<variant>/``: the neuron index with the layer plots (``.../layer-<L>/``: one layer's);
+- ``/<model>/<variant>/``: the neuron index with the layer plots (``.../layer-<L>/``: one layer's),
+  one page of neurons at a time (``?q=&verdict=&method=&polarity=&sort=&order=&page=``);
 - ``/<model>/<variant>/layer-<L>/neuron-<N>[-negative]``: one neuron (side).
 """
 
@@ -17,31 +18,34 @@ import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from neuron_assets.storage.store import ResultStore
 from neuron_assets.viewer import DEFAULT_PORT, pages
 from neuron_assets.viewer.data import ExperimentFolder, ViewerData, ViewerError
+from neuron_assets.viewer.index_query import IndexQuery, IndexQueryError
 
 _NAME = r"[a-z][a-z0-9_]*"
 _INDEX = re.compile(rf"/({_NAME})/({_NAME})(?:/layer-(\d+))?/?")
 _NEURON = re.compile(rf"/({_NAME})/({_NAME})/layer-(\d+)/neuron-(\d+)(-negative)?")
 
 
-def render(data: ViewerData, path: str) -> str:
-    """The page for ``path``; a ``ViewerError`` for anything that is not a stored result."""
+def render(data: ViewerData, path: str, query: str = "") -> str:
+    """The page for ``path`` and its URL ``query`` string (the index's search, filters, order and
+    page); a ``ViewerError`` for anything that is not a stored result or a parameter it cannot take."""
     if path in ("", "/"):
         return pages.home(data.experiments())
     if match := _INDEX.fullmatch(path):
         model, variant, layer = match.groups()
         experiment, layers = ExperimentFolder(model, variant), None if layer is None else [int(layer)]
         data.check_experiment(experiment)
-        scores, comparisons = (
-            data.table("scores", experiment, layers),
-            data.table("method_comparisons", experiment, layers),
-        )
-        neurons = data.neurons(experiment, scores, layers)
-        return pages.index(experiment, neurons, scores, comparisons, data.layers(experiment), layers)
+        try:
+            asked = IndexQuery.from_parameters(parse_qs(query))
+        except IndexQueryError as error:
+            raise ViewerError(str(error)) from None
+        found = data.index(experiment, layers, asked)
+        comparisons = data.comparisons(experiment, layers)
+        return pages.index(experiment, found, comparisons, data.layers(experiment), layers, asked)
     if match := _NEURON.fullmatch(path):
         model, variant, layer, neuron, negative = match.groups()
         experiment, polarity = ExperimentFolder(model, variant), "negative" if negative else "positive"
@@ -56,9 +60,9 @@ def render(data: ViewerData, path: str) -> str:
 def handler_for(data: ViewerData) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server name)
-            path = unquote(urlsplit(self.path).path)
+            address = urlsplit(self.path)
             try:
-                status, html = HTTPStatus.OK, render(data, path)
+                status, html = HTTPStatus.OK, render(data, unquote(address.path), address.query)
             except ViewerError as error:
                 status, html = HTTPStatus.NOT_FOUND, pages.error_page(str(error))
             except Exception as error:  # a bad file, a schema error: say what, keep the trace for the terminal
