@@ -43,7 +43,7 @@ LLAMA_NATIVE_WHEELS := $(call build_dir,native)
 WHISPER_VERSION := 20250625
 TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
 
-.PHONY: install demo ablation directions puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-storage bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo ablation directions puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-storage bench-viewer study-results bench-modes bench-puzzles bench-llama-build clean-results
 
 install: $(STAMP) $(TEST_ASSETS)
 
@@ -169,6 +169,15 @@ bench-cache: install
 # One run of 4 layers on SQLite vs PostgreSQL and local files vs an S3 bucket (the tests' real servers).
 bench-storage: install
 	$(PY) -W ignore tests/storage_timing.py
+
+# A synthetic result set of the study's size (48 layers x 6,400 neurons; ARGS="--token-layers 2" writes the
+# per-token tables, about 0.6 GB a layer, for the first 2 layers only) in data/study.
+study-results: install
+	$(PY) -W ignore -m neuron_assets.synthetic.results $(ARGS)
+
+# The viewer's index, search and neuron page and the README's queries on that set (written first if absent).
+bench-viewer: install
+	$(PY) -W ignore -m neuron_assets.benches.viewer $(ARGS)
 
 # The simulator modes side by side on the local llama.cpp server: costs, speed-up, agreement.
 bench-modes: install
