@@ -2,7 +2,8 @@
 
 It lists one model, has no completions endpoint (404) and answers chat requests without
 log-probabilities, so ``auto`` simulation resolves to json; ``answer(request_body)`` writes
-every chat reply.
+every chat reply. ``props``, where given, is what ``GET /props`` answers, as llama.cpp's server
+does (``{"total_slots": N}``); without it every GET lists the models.
 """
 
 import json
@@ -12,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ScriptedOpenAI:
-    def __init__(self, answer: Callable[[dict], str]) -> None:
+    def __init__(self, answer: Callable[[dict], str], props: dict | None = None) -> None:
         calls = self.calls = []
 
         class Handler(BaseHTTPRequestHandler):
@@ -20,6 +21,8 @@ class ScriptedOpenAI:
                 pass
 
             def do_GET(self):  # the client's reachability check lists the models
+                if props is not None and self.path == "/props":
+                    return self._send(200, props)
                 self._send(
                     200,
                     {

@@ -325,7 +325,7 @@ def test_a_cached_reply_the_check_now_rejects_is_asked_again_and_replaced(server
 class CountingServer:
     """A scripted server that answers after ``delay_s``, counting the requests it holds at once."""
 
-    def __init__(self, delay_s=0.05):
+    def __init__(self, delay_s=0.05, props=None):
         from scripted_openai import ScriptedOpenAI
 
         self.in_flight = self.most_in_flight = self.answered = 0
@@ -343,7 +343,7 @@ class CountingServer:
                 self.answered += 1
             return body["messages"][-1]["content"].upper()
 
-        self.scripted = ScriptedOpenAI(answer)
+        self.scripted = ScriptedOpenAI(answer, props)
         self.url = self.scripted.url
 
     def stop(self):
@@ -432,6 +432,48 @@ def test_an_llm_resource_with_one_server_down_at_the_start_uses_the_others(tmp_p
         assert llm.server_metadata()["llm_server_1"].endswith("3 calls, 0 failed")
     finally:
         live.stop()
+
+
+@pytest.mark.parametrize(
+    ("props", "configured", "most"),
+    [
+        ({"total_slots": 2}, None, 2),  # llama.cpp's server with --parallel 2
+        (None, None, 6),  # a server that reports no slots (vLLM, OpenAI): the caller's threads are the limit
+        ({"total_slots": 2}, 3, 3),  # a configured per-server limit wins over the report
+        ({"total_slots": "four"}, None, 6),  # a report that is no count is ignored
+    ],
+)
+def test_an_llm_resource_holds_each_server_to_the_slots_it_reports(tmp_path, props, configured, most):
+    from neuron_assets.defs.resources import LLMResource, ResultStoreResource
+
+    server = CountingServer(delay_s=0.1, props=props)
+    try:
+        llm = LLMResource(
+            results=ResultStoreResource(data_dir=str(tmp_path)),
+            base_url=server.url,
+            per_server_concurrency=configured,
+            explainer_model="x",
+            simulator_model="y",
+            cache=False,
+        )
+        assert ask_all(llm.client(), 12, concurrency=6) == [f"Q{i}" for i in range(12)]
+    finally:
+        server.stop()
+    assert server.most_in_flight == most
+    reported = props == {"total_slots": 2} and not configured
+    assert llm.server_metadata().get("llm_server_0", "").endswith("2 slots reported") == reported
+
+
+def test_slots_are_read_from_llama_cpps_props_and_nothing_else():
+    from neuron_assets.llm.server_pool import reported_slots
+
+    assert reported_slots("http://127.0.0.1:9/v1", timeout_s=1) is None  # nothing listening
+    for props, slots in (({"total_slots": 4}, 4), ({"total_slots": 0}, None), ({"total_slots": True}, None)):
+        server = CountingServer(props=props)
+        try:
+            assert reported_slots(server.url) == slots
+        finally:
+            server.stop()
 
 
 def test_a_cache_row_keeps_what_readers_use_and_what_the_call_says_to_keep(tmp_path):

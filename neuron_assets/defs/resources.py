@@ -137,7 +137,9 @@ class LLMResource(dg.ConfigurableResource):
         default_factory=list, description="more servers beside base_url, serving the same models"
     )
     per_server_concurrency: Optional[int] = Field(
-        default=None, description="requests in flight per server (none: no limit)"
+        default=None,
+        description="requests in flight per server (none: the slots a server reports, as llama.cpp's does, "
+        "and no limit on one that reports none)",
     )
     backend_name: Optional[str] = Field(
         default=None,
@@ -211,7 +213,7 @@ class LLMResource(dg.ConfigurableResource):
         reached start resting, and only when none can be reached is that an error."""
         import openai
 
-        from neuron_assets.llm.server_pool import Server, ServerPool
+        from neuron_assets.llm.server_pool import Server, ServerPool, reported_slots
 
         urls = self.urls()
         if not urls:
@@ -239,6 +241,9 @@ class LLMResource(dg.ConfigurableResource):
             except openai.APIConnectionError as error:
                 unreachable[server.url] = str(error)
                 pool.failed(server)
+            else:
+                if self.per_server_concurrency is None:
+                    server.slots = reported_slots(server.url)
         if len(unreachable) == len(servers):
             if len(servers) == 1:
                 ((url, error),) = unreachable.items()
@@ -248,10 +253,11 @@ class LLMResource(dg.ConfigurableResource):
         return pool
 
     def server_metadata(self) -> dict[str, str]:
-        """For asset metadata: calls per server when there are several, and which local llama.cpp
-        build serves and why faster ones were passed over."""
+        """For asset metadata: calls per server when there are several or one reported its slots, and
+        which local llama.cpp build serves and why faster ones were passed over."""
         local = {"local_llama_build": self._server.describe_build()} if self._server is not None else {}
-        several = self._pool.describe() if self._pool is not None and len(self._pool.servers) > 1 else {}
+        servers = self._pool.servers if self._pool is not None else []
+        several = self._pool.describe() if len(servers) > 1 or any(s.slots for s in servers) else {}
         return {**several, **local}
 
     def model_names(self) -> tuple[str, str]:

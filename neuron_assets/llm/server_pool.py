@@ -1,15 +1,19 @@
 """Several OpenAI-compatible servers serving the same models, behind one LLM client.
 
 ``ServerPool.server()`` lends the least busy server that is up for one request, at most
-``per_server`` requests at a time on each. A server reported ``failed`` (it could not be
-reached or answered 5xx) rests a while and gets no request while another is up, so a server
-that goes down mid-run only slows the run.
+``per_server`` requests at a time on each (where that is not set, the slots the server
+reports: llama.cpp's own server says how many requests it batches, ``reported_slots``).
+A server reported ``failed`` (it could not be reached or answered 5xx) rests a while and
+gets no request while another is up, so a server that goes down mid-run only slows the run.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ class Server:
 
     url: str
     client: Any  # an openai.OpenAI with max_retries=0
+    slots: int | None = None  # requests the server itself takes at once, where it says (reported_slots)
     in_flight: int = 0
     resting_until: float = 0.0
     calls: int = 0
@@ -83,7 +88,7 @@ class ServerPool:
 
     def _choose(self) -> Server | None:
         now = time.monotonic()
-        free = [s for s in self.servers if self.per_server is None or s.in_flight < self.per_server]
+        free = [s for s in self.servers if (limit := self.per_server or s.slots) is None or s.in_flight < limit]
         up = [s for s in free if s.resting_until <= now]
         if up:
             return min(up, key=lambda s: (s.in_flight, s.calls))
@@ -93,4 +98,23 @@ class ServerPool:
 
     def describe(self) -> dict[str, str]:
         """Calls and failures per server, for asset metadata."""
-        return {f"llm_server_{i}": f"{s.url}: {s.calls} calls, {s.failures} failed" for i, s in enumerate(self.servers)}
+        return {
+            f"llm_server_{i}": f"{s.url}: {s.calls} calls, {s.failures} failed"
+            + (f", {s.slots} slots reported" if s.slots else "")
+            for i, s in enumerate(self.servers)
+        }
+
+
+def reported_slots(url: str, timeout_s: float = 5.0) -> int | None:
+    """The requests an OpenAI-compatible server at ``url`` (``.../v1``) says it serves at once:
+    llama.cpp's server answers ``GET /props`` with ``total_slots`` (its ``--parallel``). None
+    where the server says nothing of the kind (vLLM, OpenAI, llama-cpp-python's server), cannot
+    be asked, or answers something else: the caller's own limit holds there."""
+    root = url.rstrip("/").removesuffix("/v1")
+    try:
+        with urllib.request.urlopen(f"{root}/props", timeout=timeout_s) as response:
+            props = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    slots = props.get("total_slots") if isinstance(props, dict) else None
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots >= 1 else None
