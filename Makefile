@@ -34,6 +34,7 @@ LLAMA_SDIST_DIR := .wheels/sdist-$(LLAMA_VERSION)
 LLAMA_WHEELS := $(call build_dir,$(LLAMA_CMAKE_ARGS))
 LLAMA_AVX512_CPU := $(call build_dir,ggml-cpu $(LLAMA_AVX512_CMAKE_ARGS))
 LLAMA_NATIVE_WHEELS := $(call build_dir,native)
+LLAMA_SERVER := $(call build_dir,llama-server $(LLAMA_CMAKE_ARGS))
 
 # For the tests only: GPT-2's real byte-level BPE, which openai-whisper ships as a data file
 # (whisper/assets/gpt2.tiktoken; tests/gpt2_tokenizer.py builds GPT-2's tokenizer from it, as no
@@ -43,7 +44,7 @@ LLAMA_NATIVE_WHEELS := $(call build_dir,native)
 WHISPER_VERSION := 20250625
 TEST_ASSETS := $(VENV)/.openai-whisper-$(WHISPER_VERSION)
 
-.PHONY: install demo ablation directions puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-storage bench-viewer study-results bench-modes bench-puzzles bench-llama-build clean-results
+.PHONY: install demo ablation directions puzzles test test-fast lint view dev bench bench-ablation bench-memory bench-llm bench-cache bench-storage bench-viewer study-results bench-modes bench-puzzles bench-llama-build llama-server clean-results
 
 install: $(STAMP) $(TEST_ASSETS)
 
@@ -90,6 +91,27 @@ $(LLAMA_AVX512_CPU)/.built: $(LLAMA_SDIST_DIR)/.downloaded
 	cmake --build $(dir $@)build --target ggml-cpu > $(dir $@)build.log
 	cp -L $$(find $(dir $@)build -name libggml-cpu.so) $(dir $@)libggml-cpu.so
 	strip $(dir $@)libggml-cpu.so  # as the wheel's install strips its libraries
+	rm -rf $(dir $@)src $(dir $@)build
+	touch $@
+
+# llama.cpp's own HTTP server (llama-server: continuous batching over --parallel slots), built from
+# the llama.cpp source that llama-cpp-python's sdist vendors, with the portable flags above (no
+# -march=native, no AMX), so it runs on every host the wheel runs on. About 9 minutes on 2 cores.
+# Not the local default (docs/llm-servers.md says why); make bench-llm measures it where it is built.
+llama-server: $(LLAMA_SERVER)/.built
+	@echo "llama.cpp's server: $(LLAMA_SERVER)/llama-server"
+
+$(LLAMA_SERVER)/.built: $(LLAMA_SDIST_DIR)/.downloaded
+	@command -v cmake >/dev/null || { echo "cmake is needed to build llama.cpp's server: apt-get install cmake"; exit 1; }
+	rm -rf $(dir $@) && mkdir -p $(dir $@)src
+	tar -xzf $(LLAMA_SDIST_DIR)/*.tar.gz -C $(dir $@)src --strip-components=1
+	cmake -S $(dir $@)src/vendor/llama.cpp -B $(dir $@)build -DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) \
+		-DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+		> $(dir $@)configure.log
+	cmake --build $(dir $@)build --target llama-server > $(dir $@)build.log
+	cp $(dir $@)build/bin/llama-server $(dir $@)llama-server
+	strip $(dir $@)llama-server
 	rm -rf $(dir $@)src $(dir $@)build
 	touch $@
 
@@ -160,7 +182,7 @@ bench-memory: install
 # then the LLM stage against its server's own speed, on the same prompts (ARGS="--lever '--n_batch 2048'").
 # It ends with a memory soak: 1,000 simulation calls on one server (ARGS="--soak 0" skips it).
 bench-llm: install
-	$(PY) -W ignore -m neuron_assets.benches.llm $(ARGS)
+	$(PY) -W ignore -m neuron_assets.benches.llm --llama-server $(LLAMA_SERVER)/llama-server $(ARGS)
 
 # Bytes the response cache keeps per simulated excerpt: the old one-file-per-request layout vs the compact store.
 bench-cache: install

@@ -1,5 +1,9 @@
 """``make bench-llm``: the LLM stage against the speed of its server, on the packaged llama.cpp server.
 
+Where llama.cpp's own server is built (``make llama-server``; the Makefile passes
+``--llama-server``), it is measured first against the local server on explainer requests
+(``llama_server_batching``; ``--only-llama-server`` stops there).
+
 First, with no server and no model (counts, not timings): the cost per neuron by scorer
 (``scorer_cost``): LLM calls and prompt tokens of the detection, fuzzing and surprisal scorers
 and of the simulator modes, each against all-at-once simulation's, at the pipeline's default
@@ -152,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lever", action="append", default=[], help="more llama_cpp.server arguments, quoted")
     parser.add_argument("--per-prompt", type=int, default=3, help="excerpts in one prompt for the batching lever")
     parser.add_argument("--soak", type=int, default=1000, help="simulation calls of the memory soak (0: none)")
-    from neuron_assets.benches import llm_soak, scorer_cost
+    parser.add_argument(
+        "--llama-server", type=Path, default=None, help="llama.cpp's server binary (make llama-server) to measure"
+    )
+    parser.add_argument("--server-requests", type=int, default=24, help="explainer requests per llama-server way")
+    parser.add_argument("--parallel", type=int, default=4, help="llama-server's slots, and the concurrency beside 1")
+    parser.add_argument("--only-llama-server", action="store_true", help="measure llama.cpp's server alone")
+    from neuron_assets.benches import llama_server_batching, llm_soak, scorer_cost
 
     llm_soak.arguments(parser)
     scorer_cost.arguments(parser)
@@ -162,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         print(scorer_cost.section(args.cost_neurons, ways, pipeline_ways), end="\n\n")
     else:
         print(f"CPU: {cpu_model()}")
+    if args.llama_server is None or not args.llama_server.is_file():
+        print("llama.cpp's own server is not built (make llama-server): it is not measured")
+    else:
+        print(f"llama.cpp's own server, {args.llama_server}, against the local server:")
+        llama_server_batching.compare(args.llama_server, args.server_requests, args.parallel)
+    if args.only_llama_server:
+        return 0
     excerpts = word_excerpts(args.excerpts)
     settings = [(), *(tuple(shlex.split(lever)) for lever in args.lever)]
     print(f"{len(excerpts)} all-at-once prompts of 64-token excerpts per way; 2 explanations of 5 excerpts")
