@@ -165,3 +165,18 @@ def test_in_a_browser_the_index_pages_searches_and_leads_to_a_neuron(store, trut
         page.wait_for_url(f"**/layer-{layer}/neuron-{neuron}")
         assert page.locator("h1").inner_text() == f"layer {layer} neuron {neuron}"
         browser.close()
+
+
+def test_the_index_keeps_its_aggregate_only_until_a_run_replaces_a_score_file(tmp_path):
+    store = ResultStore(tmp_path / "data")
+    shape = StudyShape(layers=2, neurons=40, token_layers=0, excerpts=100)
+    write_study_results(store, shape, log=lambda _: None)
+    data = ViewerData(store)
+    best = data.index(SHOWN, None, IndexQuery(sort="explanation", descending=True)).rows
+    assert (best["layer"][0], best["neuron"][0]) != (1, 7)
+    folder = [SHOWN.model, SHOWN.variant]
+    scores = store.read("scores", ["1"], folder)
+    rescored = pl.when((pl.col("neuron") == 7) & (pl.col("method") == "explanation")).then(1.0)
+    store.write("scores", scores.with_columns(correlation=rescored.otherwise("correlation")), "1", folder)
+    best = data.index(SHOWN, None, IndexQuery(sort="explanation", descending=True)).rows
+    assert (best["layer"][0], best["neuron"][0], best["explanation"][0]) == (1, 7, 1.0)

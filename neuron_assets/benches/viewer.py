@@ -2,9 +2,11 @@
 
 Writes the synthetic set first where ``--data-dir`` holds none (``make study-results``: 48
 layers x 6,400 neurons by default; ``--token-layers`` limits the per-token tables, about
-0.6 GB a layer, to the first layers). Then, in one process, each measure is run once cold
-(the first read of its files) and ``--rounds`` times warm, and the median warm time is
-printed beside the cold one:
+0.6 GB a layer, to the first layers). Then, in one process, each page is rendered once by a
+new viewer (nothing kept from an earlier request; the files may be in the OS's cache) and
+``--rounds`` times by one viewer (which keeps the index's per-neuron aggregate while the
+score files are unchanged), the median of those printed beside the first; each query
+likewise, once and ``--rounds`` times:
 
 - the index: page 1 of every layer, page 100 sorted by the explanation's score, a search of
   every explanation, a verdict filter, one layer's page;
@@ -30,14 +32,15 @@ from neuron_assets.viewer.server import render
 README_QUERIES = 4
 
 
-def _times(run: Callable[[], object], rounds: int) -> tuple[float, float, object]:
+def _times(first: Callable[[], object], again: Callable[[], object], rounds: int) -> tuple[float, float, object]:
+    """Seconds of ``first`` once, the median seconds of ``again`` over ``rounds``, and ``first``'s result."""
     started = time.perf_counter()
-    result = run()
+    result = first()
     cold = time.perf_counter() - started
     warm = []
     for _ in range(rounds):
         started = time.perf_counter()
-        run()
+        again()
         warm.append(time.perf_counter() - started)
     return cold, statistics.median(warm), result
 
@@ -65,10 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     model, variant = shape.model_folder, shape.variant
     data = ViewerData(store)
     stored = data.layers(next(e for e in data.experiments() if (e.model, e.variant) == (model, variant)))
-    token_layers = store.partitions("activation_records", [model])
+    token_layers = sorted(store.partitions("activation_records", [model]), key=int)
     print(
-        f"set: {store.location}, {len(stored)} layers with scores, per-token tables for layers "
-        f"{', '.join(token_layers)}; {_size(store.root) / 1e9:.2f} GB of Parquet"
+        f"set: {store.location}, {len(stored)} layers with scores, per-token tables for {len(token_layers)} "
+        f"layers ({token_layers[0]}-{token_layers[-1]}); {_size(store.root) / 1e9:.2f} GB of Parquet"
     )
     index = f"/{model}/{variant}/"
     pages = {
@@ -79,14 +82,19 @@ def main(argv: list[str] | None = None) -> None:
         "index, one layer": (f"{index}layer-{stored[-1]}/", ""),
         "neuron page": (f"{index}layer-{token_layers[0]}/neuron-{args.neurons // 2}", ""),
     }
-    print(f"\n| measure | cold s | warm s (median of {args.rounds}) | result |\n|---|---:|---:|---|")
+    print(f"\n| measure | new viewer s | same viewer s (median of {args.rounds}) | result |\n|---|---:|---:|---|")
     for name, (path, query) in pages.items():
-        cold, warm, html = _times(lambda path=path, query=query: render(data, path, query), args.rounds)
+        cold, warm, html = _times(
+            lambda path=path, query=query: render(ViewerData(store), path, query),  # a new viewer: nothing kept
+            lambda path=path, query=query: render(data, path, query),
+            args.rounds,
+        )
         print(f"| {name} | {cold:.3f} | {warm:.3f} | {len(html) / 1e3:.0f} kB of HTML |")
     with store.connect() as connection:
         for statement in sql_statements("examples.sql")[:README_QUERIES]:
             first_line = " ".join(statement.split())[:60]
-            cold, warm, rows = _times(lambda s=statement: connection.execute(s).fetchall(), args.rounds)
+            run = lambda s=statement: connection.execute(s).fetchall()  # noqa: E731
+            cold, warm, rows = _times(run, run, args.rounds)
             print(f"| `{first_line}…` | {cold:.3f} | {warm:.3f} | {len(rows):,} rows |")
 
 

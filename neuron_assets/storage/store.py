@@ -180,6 +180,15 @@ class ResultStore:
         urls = ", ".join(sql_string(escape_glob(self.url(table, p, prefix))) for p in partitions)
         return f"read_parquet([{urls}], union_by_name = true)"
 
+    def signature(self, table: str, partitions: Sequence[str | None], prefix: Sequence[str] = ()) -> tuple:
+        """What changes when any of the partitions' files is replaced: size and modification time of
+        each local file, the ETag of each object (one listing of the table's folder)."""
+        if not self.remote:
+            stats = [self.path(table, p, prefix).stat() for p in partitions]
+            return tuple((s.st_size, s.st_mtime_ns, s.st_ino) for s in stats)
+        listing = {entry["name"]: entry for entry in self.fs.ls("/".join([self._base, table, *prefix]), detail=True)}
+        return tuple(str(listing[self._key(table, p, prefix)].get("ETag")) for p in partitions)
+
     def query_connection(self) -> Any:
         """An in-memory DuckDB connection that can read the tables (never ``results.duckdb``, which
         a run may be writing views into)."""

@@ -6,14 +6,16 @@ Every lookup that finds nothing raises a ``ViewerError`` whose message the page 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import polars as pl
 
 from neuron_assets.storage.layout import VARIANT_TABLES, prefix
 from neuron_assets.storage.store import UNPARTITIONED, ResultStore
-from neuron_assets.viewer.index_query import IndexPage, IndexQuery, query_index
+from neuron_assets.viewer.index_query import IndexPage, IndexQuery, neuron_sides, query_index
 
+SIDES_KEPT = 16  # aggregates kept (one per experiment and layer selection viewed); 25 MB each at 307,200 sides
 BASELINES = ("lookup_table", "weight_based", "lookup_explanation", "next_token_explanation", "control")
 
 
@@ -34,6 +36,10 @@ class ViewerData:
 
     def __init__(self, store: ResultStore) -> None:
         self.store = store
+        # (experiment, layers) -> (the files' signature, neuron_sides): paging and sorting reuse the
+        # aggregate of the scores until a run replaces one of its files (the server serves threads)
+        self._sides: dict[tuple[ExperimentFolder, tuple[str, ...]], tuple[tuple, pl.DataFrame]] = {}
+        self._lock = threading.Lock()
 
     def experiments(self) -> list[ExperimentFolder]:
         """Every (subject model folder, variant) with stored scores."""
@@ -72,7 +78,28 @@ class ViewerData:
         wanted = stored if layers is None else [str(layer) for layer in layers if str(layer) in stored]
         if not wanted:
             self.table("scores", experiment, layers)  # raises the ViewerError naming what is missing
-        return query_index(self.store, experiment.model, experiment.variant, wanted, query)
+        return query_index(
+            self.store, experiment.model, experiment.variant, wanted, query, self._neuron_sides(experiment, wanted)
+        )
+
+    def _neuron_sides(self, experiment: ExperimentFolder, layers: list[str]) -> pl.DataFrame:
+        """``neuron_sides`` of the layers, kept while their ``scores`` and ``neuron_stats`` files are unchanged."""
+        folders = [prefix(experiment.model, experiment.variant, t) for t in ("scores", "neuron_stats")]
+        stored_stats = set(self.store.partitions("neuron_stats", folders[1]))
+        signature = self.store.signature("scores", layers, folders[0]) + self.store.signature(
+            "neuron_stats", [layer for layer in layers if layer in stored_stats], folders[1]
+        )
+        key = (experiment, tuple(layers))
+        with self._lock:
+            kept = self._sides.get(key)
+        if kept is not None and kept[0] == signature:
+            return kept[1]
+        sides = neuron_sides(self.store, experiment.model, experiment.variant, layers)
+        with self._lock:
+            if len(self._sides) >= SIDES_KEPT:
+                self._sides.pop(next(iter(self._sides)))
+            self._sides[key] = (signature, sides)
+        return sides
 
     def comparisons(self, experiment: ExperimentFolder, layers: list[int] | None = None) -> pl.DataFrame:
         """``method_comparisons`` of the layers (one row per layer, method and scoring set: small)."""

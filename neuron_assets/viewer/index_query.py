@@ -148,24 +148,50 @@ def _verdict_sql() -> str:
     )
 
 
-def query_index(
-    store: ResultStore, model: str, variant: str, layers: list[str], query: IndexQuery, page_size: int = PAGE_SIZE
-) -> IndexPage:
-    """The page ``query`` asks for of the experiment's neuron sides in ``layers`` (stored partitions)."""
+KEYS = "layer, neuron, polarity"
+
+
+def neuron_sides(store: ResultStore, model: str, variant: str, layers: list[str]) -> pl.DataFrame:
+    """One row per neuron side of ``layers`` (stored partitions): a column per score (samples
+    averaged), the maximum activation and the verdict. Every index page filters, sorts and pages
+    this; it depends only on the ``scores`` and ``neuron_stats`` files, so a caller may keep it
+    while they are unchanged (``ResultStore.signature``)."""
     scores = store.scan("scores", layers, prefix(model, variant, "scores"))
-    stats = store.scan("neuron_stats", layers, prefix(model, variant, "neuron_stats"))
+    stats_of = prefix(model, variant, "neuron_stats")
+    recorded = [layer for layer in layers if layer in set(store.partitions("neuron_stats", stats_of))]
+    stats = (
+        f"(SELECT {KEYS}, max FROM {store.scan('neuron_stats', recorded, stats_of)})"
+        if recorded
+        else "(SELECT NULL::BIGINT AS layer, NULL::BIGINT AS neuron, NULL::VARCHAR AS polarity, NULL::DOUBLE AS max)"
+    )
+    with store.query_connection() as connection:
+        return connection.sql(
+            f"""WITH per_method AS (
+                SELECT {KEYS}, method, scoring_set, avg(correlation) AS score FROM {scores} GROUP BY ALL
+            ), pivoted AS (SELECT {KEYS}, {_score_columns_sql()} FROM per_method GROUP BY ALL)
+            SELECT p.*, s.max, {_verdict_sql()} AS verdict
+            FROM pivoted p LEFT JOIN {stats} s USING ({KEYS})"""
+        ).pl()
+
+
+def query_index(
+    store: ResultStore,
+    model: str,
+    variant: str,
+    layers: list[str],
+    query: IndexQuery,
+    sides: pl.DataFrame | None = None,
+    page_size: int = PAGE_SIZE,
+) -> IndexPage:
+    """The page ``query`` asks for of the experiment's neuron sides in ``layers`` (stored partitions),
+    from ``sides`` (``neuron_sides`` of those layers; computed here when not given)."""
+    if sides is None:
+        sides = neuron_sides(store, model, variant, layers)
     explanations_of = prefix(model, variant, "explanations")
     explained = [layer for layer in layers if layer in set(store.partitions("explanations", explanations_of))]
-    keys = "layer, neuron, polarity"
+    keys = KEYS
     with store.query_connection() as connection:
-        connection.execute(
-            f"""CREATE TEMP TABLE sides AS
-            WITH per_method AS (
-                SELECT {keys}, method, scoring_set, avg(correlation) AS score FROM {scores} GROUP BY ALL
-            ), pivoted AS (SELECT {keys}, {_score_columns_sql()} FROM per_method GROUP BY ALL)
-            SELECT p.*, s.max, {_verdict_sql()} AS verdict
-            FROM pivoted p LEFT JOIN (SELECT {keys}, max FROM {stats}) s USING ({keys})"""
-        )
+        connection.register("sides", sides)
         ((total,),) = connection.execute("SELECT count(*) FROM sides").fetchall()
         (present,) = connection.execute(
             "SELECT " + ", ".join(f"count({sql_identifier(c)})" for c in SCORE_COLUMNS) + " FROM sides"
@@ -184,7 +210,7 @@ def query_index(
         source = "sides"
         if query.search:
             if not explained:
-                return IndexPage(pl.DataFrame(), 0, total, score_columns, pl.DataFrame())
+                return IndexPage(sides.clear(), 0, total, score_columns, _as_scores(pl.DataFrame()))
             texts = store.scan("explanations", explained, explanations_of)
             source = (
                 f"sides SEMI JOIN (SELECT {keys} FROM {texts} WHERE method = 'explanation' AND sample = 0 "
