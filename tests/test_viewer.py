@@ -7,7 +7,6 @@ no llama.cpp server. The browser tests drive Debian's Chromium with Playwright.
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import dagster as dg
@@ -23,10 +22,9 @@ from neuron_assets.storage.store import ResultStore
 from neuron_assets.viewer.data import ExperimentFolder as Shown
 from neuron_assets.viewer.data import ViewerData, ViewerError
 from neuron_assets.viewer.index_query import IndexQuery
-from neuron_assets.viewer.server import render, serve
+from neuron_assets.viewer.server import render
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 DEFAULT, OTHER = Experiment(PACKAGED_SUBJECT_MODEL), Experiment(PACKAGED_SUBJECT_MODEL, "other")
 CONFIG = {
     "ops": {
@@ -186,23 +184,10 @@ def test_a_page_for_results_that_do_not_exist_says_what_is_missing(store, path, 
 
 @pytest.fixture(scope="module")
 def viewer(store):
-    server = serve(store.root, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    from viewer_server import serving
 
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (make test does where it can)")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: make install")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+    with serving(store.root) as url:
+        yield url
 
 
 @pytest.fixture

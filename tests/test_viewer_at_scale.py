@@ -6,9 +6,6 @@ The set is the study's shape cut to 3 layers x 400 neurons (1,200 neuron sides, 
 the answers span layers and pages; ``make bench-viewer`` measures the full 48 x 6,400.
 """
 
-import threading
-from pathlib import Path
-
 import polars as pl
 import pytest
 
@@ -16,12 +13,11 @@ from neuron_assets.storage.store import ResultStore
 from neuron_assets.synthetic.results import StudyShape, write_study_results
 from neuron_assets.viewer.data import ExperimentFolder, ViewerData, ViewerError
 from neuron_assets.viewer.index_query import PAGE_SIZE, IndexQuery
-from neuron_assets.viewer.server import render, serve
+from neuron_assets.viewer.server import render
 
 SHAPE = StudyShape(layers=3, neurons=400, token_layers=1, excerpts=4_000)
 SHOWN = ExperimentFolder(SHAPE.model_folder, SHAPE.variant)
 INDEX = f"/{SHOWN.model}/{SHOWN.variant}/"
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -128,43 +124,36 @@ def test_a_neuron_page_of_a_study_sized_layer_reads_that_neurons_rows(store):
 
 @pytest.fixture(scope="module")
 def viewer(store):
-    server = serve(store.root, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    from viewer_server import serving
+
+    with serving(store.root) as url:
+        yield url
 
 
 @pytest.mark.slow
-def test_in_a_browser_the_index_pages_searches_and_leads_to_a_neuron(store, truth, viewer):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (make test does where it can)")
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: make install")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(f"{viewer}{INDEX}")
-        rows = page.locator("#neurons tbody tr")
-        assert rows.count() == PAGE_SIZE and page.locator("#matching").inner_text() == "1,200"
-        page.locator("#next").click()
-        page.wait_for_url("**page=2**")
-        assert "page 2 of 24" in page.locator("#position").inner_text()
-        assert rows.first.locator("td").nth(1).inner_text() == "50"
-        page.fill("#search", "music")
-        page.select_option("#verdict", "beats_control")
-        page.locator("#filters button").click()
-        page.wait_for_url("**q=music**")
-        expected = truth.filter(pl.col("text").str.contains("music") & (pl.col("verdict") == "beats_control"))
-        assert page.locator("#matching").inner_text() == f"{len(expected):,}"
-        assert rows.count() == min(len(expected), PAGE_SIZE) > 0
-        assert all("music" in text for text in page.locator("#neurons td.explanation").all_inner_texts())
-        first = rows.first.locator("td a").first
-        layer, neuron = rows.first.locator("td").nth(0).inner_text(), first.inner_text()
-        first.click()
-        page.wait_for_url(f"**/layer-{layer}/neuron-{neuron}")
-        assert page.locator("h1").inner_text() == f"layer {layer} neuron {neuron}"
-        browser.close()
+def test_in_a_browser_the_index_pages_searches_and_leads_to_a_neuron(store, truth, viewer, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(f"{viewer}{INDEX}")
+    rows = page.locator("#neurons tbody tr")
+    assert rows.count() == PAGE_SIZE and page.locator("#matching").inner_text() == "1,200"
+    page.locator("#next").click()
+    page.wait_for_url("**page=2**")
+    assert "page 2 of 24" in page.locator("#position").inner_text()
+    assert rows.first.locator("td").nth(1).inner_text() == "50"
+    page.fill("#search", "music")
+    page.select_option("#verdict", "beats_control")
+    page.locator("#filters button").click()
+    page.wait_for_url("**q=music**")
+    expected = truth.filter(pl.col("text").str.contains("music") & (pl.col("verdict") == "beats_control"))
+    assert page.locator("#matching").inner_text() == f"{len(expected):,}"
+    assert rows.count() == min(len(expected), PAGE_SIZE) > 0
+    assert all("music" in text for text in page.locator("#neurons td.explanation").all_inner_texts())
+    first = rows.first.locator("td a").first
+    layer, neuron = rows.first.locator("td").nth(0).inner_text(), first.inner_text()
+    first.click()
+    page.wait_for_url(f"**/layer-{layer}/neuron-{neuron}")
+    assert page.locator("h1").inner_text() == f"layer {layer} neuron {neuron}"
+    page.close()
 
 
 def test_the_index_keeps_its_aggregate_only_until_a_run_replaces_a_score_file(tmp_path):
