@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from neuron_assets.storage.layout import prefix
+from neuron_assets.storage.layout import model_slug, prefix
 from neuron_assets.storage.store import ResultStore
 
 TOPICS = (
@@ -57,12 +58,11 @@ class StudyShape:
 
     @property
     def model_folder(self) -> str:
-        from neuron_assets.storage.layout import model_slug
-
         return model_slug(self.subject_model)
 
 
 def explanation_texts(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` explanations, each a frame around a topic, so a search for either finds a known share."""
     topics = rng.integers(len(TOPICS), size=n)
     frames = rng.integers(len(FRAMES), size=n)
     return [FRAMES[f].format(TOPICS[t]) for f, t in zip(frames.tolist(), topics.tolist(), strict=True)]
@@ -336,7 +336,7 @@ def llm_tables(shape: StudyShape, layer: int, rng: np.random.Generator) -> dict[
     }
 
 
-def write_study_results(store: ResultStore, shape: StudyShape, log=print) -> dict[str, int]:
+def write_study_results(store: ResultStore, shape: StudyShape, log: Callable[[str], object] = print) -> dict[str, int]:
     """Write the synthetic set into ``store``; returns the rows written per table. Each layer's
     values come from their own seeded generator, so a layer is the same whatever else is written."""
     rows: dict[str, int] = {}
