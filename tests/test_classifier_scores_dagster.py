@@ -135,6 +135,20 @@ def test_the_oracle_scores_each_neurons_own_explanations_one_and_the_control_nea
             assert n_examples - n_activating == 5 and n_activating >= 5
 
 
+def test_a_neuron_page_of_the_viewer_shows_every_scorers_result(scored):
+    from neuron_assets.viewer.data import ViewerData
+    from neuron_assets.viewer.server import render
+
+    _, store, _, experiment = scored
+    html = render(ViewerData(store), f"/{experiment.slug}/{experiment.variant}/layer-0/neuron-3")
+    table = html.split('<table id="scorers">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>(\w+)</td><td>(\w+)</td><td class=\"num\">0</td><td class=\"num\">([\d.]*)</td>", table)
+    assert {(scorer, method) for scorer, method, _ in rows} == {
+        (s, m) for s in ("detection", "fuzzing") for m in ("control", "explanation", "lookup_explanation")
+    }
+    assert all(accuracy == "1.000" for _, method, accuracy in rows if method != "control")
+
+
 def test_each_score_keeps_the_scoring_pool_excerpts_it_asked_about_with_their_truth_and_answers(scored):
     _, store, _, _ = scored
     rows = query(

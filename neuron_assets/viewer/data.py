@@ -12,10 +12,16 @@ from dataclasses import dataclass
 import polars as pl
 
 from neuron_assets.storage.layout import VARIANT_TABLES, prefix
+from neuron_assets.storage.schemas import TABLES, polars_schema
 from neuron_assets.storage.store import UNPARTITIONED, ResultStore
 from neuron_assets.viewer.index_query import IndexPage, IndexQuery, neuron_sides, query_index
 
 SIDES_KEPT = 16  # aggregates kept (one per experiment and layer selection viewed); 25 MB each at 307,200 sides
+# What the neuron page shows of the other scorers (detection, fuzzing, surprisal), when run.
+CLASSIFIER_COLUMNS = [
+    "method", "sample", "scorer", "balanced_accuracy", "auroc", "n_examples", "n_activating", "n_unanswered",
+    "scorer_model",
+]  # fmt: skip
 BASELINES = ("lookup_table", "weight_based", "lookup_explanation", "next_token_explanation", "control")
 
 
@@ -159,7 +165,14 @@ class ViewerData:
         other_sides = self.rows("neuron_stats", experiment, [layer], "neuron = ? AND polarity != ?", key)[
             "polarity"
         ].to_list()
+        classifier_of = prefix(experiment.model, experiment.variant, "classifier_scores")
+        classified = (
+            self.rows("classifier_scores", experiment, [layer], side, key, CLASSIFIER_COLUMNS)
+            if str(layer) in self.store.partitions("classifier_scores", classifier_of)
+            else pl.DataFrame(schema=polars_schema(TABLES["classifier_scores"], CLASSIFIER_COLUMNS))
+        )
         return {
+            "classifier_scores": classified,
             "stats": stats,
             "records": records,
             "scores": scores,

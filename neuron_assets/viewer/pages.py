@@ -194,6 +194,24 @@ def tokens_html(tokens: list[str], values: list[float | None], scale: float, lab
     return f'<div class="excerpt"><span class="label">{escape(label)}</span>{"".join(spans)}</div>'
 
 
+def _scorers_table(scores: pl.DataFrame) -> str:
+    """The other scorers' results of a neuron side (detection, fuzzing, surprisal), or nothing when none ran."""
+    if scores.is_empty():
+        return ""
+    rows = "".join(
+        f'<tr><td>{escape(r["scorer"])}</td><td>{escape(r["method"])}</td><td class="num">{r["sample"]}</td>'
+        f'<td class="num">{_number(r["balanced_accuracy"])}</td><td class="num">{_number(r["auroc"])}</td>'
+        f'<td class="num">{r["n_activating"]} of {r["n_examples"]}</td><td class="num">{r["n_unanswered"]}</td>'
+        f"<td>{escape(r['scorer_model'])}</td></tr>"
+        for r in scores.sort("scorer", "method", "sample").iter_rows(named=True)
+    )
+    return (
+        '<h2>Other scorers</h2><table id="scorers"><thead><tr><th>scorer</th><th>method</th><th>sample</th>'
+        "<th>balanced accuracy</th><th>AUROC</th><th>activating examples</th><th>unanswered</th><th>scorer model</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def neuron_page(
     experiment: ExperimentFolder, layer: int, neuron: int, polarity: str, parts: dict[str, pl.DataFrame]
 ) -> str:
@@ -266,6 +284,7 @@ def neuron_page(
             if baseline_rows
             else ""
         )
+        + _scorers_table(parts["classifier_scores"])
         + f'<h2>Neuron statistics</h2><table id="stats">{stat_rows}</table>'
         f"<h2>Scoring excerpts: true activation and the explanation's simulation</h2>"
         f"<p>True activations are coloured on the neuron's maximum ({stats['max']:.3g}), simulations on 0-10.</p>"
