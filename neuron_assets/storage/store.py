@@ -39,7 +39,7 @@ from neuron_assets.storage.object_store import (
     split_location,
     upload_object,
 )
-from neuron_assets.storage.schemas import MODEL_TABLES, TABLES, validate
+from neuron_assets.storage.schemas import MODEL_TABLES, TABLES, polars_schema, validate
 
 # The top-level sql/ folder, read as package data: neuron_assets/sql links to it in a checkout
 # (and so in the editable install), and a wheel holds a copy of its files.
@@ -174,11 +174,21 @@ class ResultStore:
         return validate(table, pl.concat([f.select(frames[0].columns) for f in frames], how="vertical"))
 
     def scan(self, table: str, partitions: Sequence[str | None], prefix: Sequence[str] = ()) -> str:
-        """SQL for ``table``'s given partitions (``None``: the unpartitioned file) as one relation, for a
-        connection from ``query_connection``: DuckDB then reads only the columns a query names, and
-        skips the row groups its filters rule out."""
+        """SQL for ``table``'s given partitions (``None``: the unpartitioned file) as one relation with
+        every column of its model, for a connection from ``query_connection``: DuckDB then reads only
+        the columns a query names, and skips the row groups its filters rule out. A column that older
+        files lack holds the value their rows mean (``OLDER_FILES_MEAN``), as in the views; one with
+        no such value is a ``ValueError`` saying to materialize the files again."""
+        names = ["/".join([*prefix, f"{p if p is not None else UNPARTITIONED}.parquet"]) for p in partitions]
+        present = self._present_columns(table, names)
+        lacking = sorted(set(TABLES[table].to_schema().columns) - present - set(OLDER_FILES_MEAN))
+        if lacking:
+            raise ValueError(
+                f"{table!r} of {'/'.join(prefix)} was written by an older version of neuron-assets (no column "
+                f"{', '.join(lacking)}); materialize it again"
+            )
         urls = ", ".join(sql_string(escape_glob(self.url(table, p, prefix))) for p in partitions)
-        return f"read_parquet([{urls}], union_by_name = true)"
+        return f"(SELECT *{self._defaults_sql(table, present)} FROM read_parquet([{urls}], union_by_name = true))"
 
     def signature(self, table: str, partitions: Sequence[str | None], prefix: Sequence[str] = ()) -> tuple:
         """What changes when any of the partitions' files is replaced: size and modification time of
@@ -213,21 +223,13 @@ class ResultStore:
         only those columns, and only the row groups the condition can match."""
         model = TABLES[table].to_schema()
         wanted = list(model.columns) if columns is None else list(columns)
+        selected = ", ".join(sql_identifier(c) for c in wanted)
         with self.query_connection() as connection:
-            present = set(connection.sql(f"SELECT * FROM {self.scan(table, partitions, prefix)} LIMIT 0").columns)
-            absent = [c for c in wanted if c not in present]
-            if set(absent) - set(OLDER_FILES_MEAN):
-                raise ValueError(
-                    f"{table!r} of {'/'.join(prefix)} was written by an older version of neuron-assets (no column "
-                    f"{', '.join(sorted(set(absent) - set(OLDER_FILES_MEAN)))}); materialize it again"
-                )
-            # what older files lack, as the value their rows mean (see OLDER_FILES_MEAN)
-            selected = ", ".join(sql_identifier(c) if c in present else f"NULL AS {sql_identifier(c)}" for c in wanted)
             frame = connection.sql(
                 f"SELECT {selected} FROM {self.scan(table, partitions, prefix)} WHERE {where}", params=list(parameters)
             ).pl()
-        types = {c: model.columns[c].dtype.type for c in absent}
-        frame = frame.with_columns(pl.lit(OLDER_FILES_MEAN[c], dtype=types[c]).alias(c) for c in absent)
+        types = polars_schema(TABLES[table], wanted)  # a default of NULL comes back untyped
+        frame = frame.with_columns(pl.col(c).cast(types[c]) for c in wanted if frame.schema[c] == pl.Null)
         return model.select_columns(wanted).validate(frame)
 
     def _source(self, table: str, partition: str | None, prefix: Sequence[str]) -> Path | io.BytesIO:
@@ -400,17 +402,29 @@ class ResultStore:
         every column (NULL there, or the value older rows mean: ``OLDER_FILES_MEAN``), so the
         derived views and queries keep working.
         """
+        return self._defaults_sql(table, self._present_columns(table, names))
+
+    def _present_columns(self, table: str, names: list[str]) -> set[str]:
+        """The columns any of ``table``'s files ``names`` (relative to its folder) has, from their footers.
+        An object's are kept by its ETag where the last listing gave one (``_files_by_table``)."""
         present: set[str] = set()
         for name in names:
             if self.remote:
                 key = f"{self._base}/{table}/{name}"
-                known = self._columns_of.get((key, self._etags.get(key)))
+                etag = self._etags.get(key)
+                known = self._columns_of.get((key, etag)) if etag is not None else None
                 if known is None:
                     with self.fs.open(key, "rb", cache_type="readahead") as file:  # reads the footer only
-                        known = self._columns_of[(key, self._etags.get(key))] = frozenset(parquet_columns(file))
+                        known = frozenset(parquet_columns(file))
+                    if etag is not None:
+                        self._columns_of[(key, etag)] = known
                 present.update(known)
             else:
                 present.update(parquet_columns(self.root / table / name))
+        return present
+
+    def _defaults_sql(self, table: str, present: set[str]) -> str:
+        """``, <value> AS col`` for each column of the table's model not in ``present``."""
         columns = TABLES[table].to_schema().columns
         return "".join(
             f", {'NULL' if OLDER_FILES_MEAN.get(c) is None else sql_string(OLDER_FILES_MEAN[c])} AS {sql_identifier(c)}"
