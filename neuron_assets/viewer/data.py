@@ -57,11 +57,7 @@ class ViewerData:
         stored = self.store.partitions(table, folders)
         wanted = stored if layers is None else [str(layer) for layer in layers if str(layer) in stored]
         if not wanted:
-            where = f"subject model {experiment.model!r}" + (
-                f", variant {experiment.variant!r}" if table in VARIANT_TABLES else ""
-            )
-            layer_text = "" if layers is None else f" for layer {', '.join(map(str, layers))}"
-            raise ViewerError(f"no {table} stored for {where}{layer_text}: materialize them first")
+            raise _missing(table, experiment, layers)
         return self.store.read(table, wanted, folders)
 
     def check_experiment(self, experiment: ExperimentFolder) -> None:
@@ -83,7 +79,7 @@ class ViewerData:
         stored = [str(layer) for layer in self.layers(experiment)]
         wanted = stored if layers is None else [str(layer) for layer in layers if str(layer) in stored]
         if not wanted:
-            self.table("scores", experiment, layers)  # raises the ViewerError naming what is missing
+            raise _missing("scores", experiment, layers)
         return query_index(
             self.store, experiment.model, experiment.variant, wanted, query, self._neuron_sides(experiment, wanted)
         )
@@ -92,15 +88,16 @@ class ViewerData:
         """``neuron_sides`` of the layers, kept while their ``scores`` and ``neuron_stats`` files are unchanged."""
         folders = [prefix(experiment.model, experiment.variant, t) for t in ("scores", "neuron_stats")]
         stored_stats = set(self.store.partitions("neuron_stats", folders[1]))
+        recorded = [layer for layer in layers if layer in stored_stats]
         signature = self.store.signature("scores", layers, folders[0]) + self.store.signature(
-            "neuron_stats", [layer for layer in layers if layer in stored_stats], folders[1]
+            "neuron_stats", recorded, folders[1]
         )
         key = (experiment, tuple(layers))
         with self._lock:
             kept = self._sides.get(key)
         if kept is not None and kept[0] == signature:
             return kept[1]
-        sides = neuron_sides(self.store, experiment.model, experiment.variant, layers)
+        sides = neuron_sides(self.store, experiment.model, experiment.variant, layers, recorded)
         with self._lock:
             if len(self._sides) >= SIDES_KEPT:
                 self._sides.pop(next(iter(self._sides)))
@@ -126,7 +123,7 @@ class ViewerData:
         stored = self.store.partitions(table, folders)
         wanted = [UNPARTITIONED] if layers is None else [str(layer) for layer in layers]
         if not set(wanted) <= set(stored):
-            self.table(table, experiment, layers)  # raises the ViewerError naming what is missing
+            raise _missing(table, experiment, layers)
         partitions = [None if p == UNPARTITIONED else p for p in wanted]
         return self.store.select(table, partitions, folders, where, parameters, columns)
 
@@ -134,7 +131,8 @@ class ViewerData:
         """Everything the neuron page shows, as frames keyed by what they are."""
         self.check_experiment(experiment)
         side, key = "neuron = ? AND polarity = ?", [neuron, polarity]
-        stats = self.rows("neuron_stats", experiment, [layer], side, key)
+        both_sides = self.rows("neuron_stats", experiment, [layer], "neuron = ?", [neuron])
+        stats = both_sides.filter(pl.col("polarity") == polarity)
         if stats.is_empty():
             stats_of = prefix(experiment.model, experiment.variant, "neuron_stats")
             with self.store.query_connection() as connection:
@@ -162,9 +160,7 @@ class ViewerData:
         excerpts = self.rows("excerpts", experiment, None, in_list, shown, ["excerpt_id", "tokens"])
         records = records.join(excerpts, on="excerpt_id")
         simulations = simulations.join(excerpts, on="excerpt_id")
-        other_sides = self.rows("neuron_stats", experiment, [layer], "neuron = ? AND polarity != ?", key)[
-            "polarity"
-        ].to_list()
+        other_sides = both_sides.filter(pl.col("polarity") != polarity)["polarity"].to_list()
         classifier_of = prefix(experiment.model, experiment.variant, "classifier_scores")
         classified = (
             self.rows("classifier_scores", experiment, [layer], side, key, CLASSIFIER_COLUMNS)
@@ -180,3 +176,12 @@ class ViewerData:
             "simulations": simulations,
             "other_sides": pl.DataFrame({"polarity": other_sides}, schema={"polarity": pl.String}),
         }
+
+
+def _missing(table: str, experiment: ExperimentFolder, layers: list[int] | None) -> ViewerError:
+    """The error for a table with nothing stored for the experiment (in ``layers``): what to materialize."""
+    where = f"subject model {experiment.model!r}" + (
+        f", variant {experiment.variant!r}" if table in VARIANT_TABLES else ""
+    )
+    layer_text = "" if layers is None else f" for layer {', '.join(map(str, layers))}"
+    return ViewerError(f"no {table} stored for {where}{layer_text}: materialize them first")

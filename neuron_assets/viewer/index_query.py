@@ -151,14 +151,13 @@ def _verdict_sql() -> str:
 KEYS = "layer, neuron, polarity"
 
 
-def neuron_sides(store: ResultStore, model: str, variant: str, layers: list[str]) -> pl.DataFrame:
-    """One row per neuron side of ``layers`` (stored partitions): a column per score (samples
-    averaged), the maximum activation and the verdict. Every index page filters, sorts and pages
-    this; it depends only on the ``scores`` and ``neuron_stats`` files, so a caller may keep it
-    while they are unchanged (``ResultStore.signature``)."""
+def neuron_sides(store: ResultStore, model: str, variant: str, layers: list[str], recorded: list[str]) -> pl.DataFrame:
+    """One row per neuron side of ``layers`` (partitions with scores): a column per score (samples
+    averaged), the maximum activation (from ``neuron_stats`` of the ``recorded`` ones) and the
+    verdict. Every index page filters, sorts and pages this; it depends only on those files, so a
+    caller may keep it while they are unchanged (``ResultStore.signature``)."""
     scores = store.scan("scores", layers, prefix(model, variant, "scores"))
     stats_of = prefix(model, variant, "neuron_stats")
-    recorded = [layer for layer in layers if layer in set(store.partitions("neuron_stats", stats_of))]
     stats = (
         f"(SELECT {KEYS}, max FROM {store.scan('neuron_stats', recorded, stats_of)})"
         if recorded
@@ -180,13 +179,11 @@ def query_index(
     variant: str,
     layers: list[str],
     query: IndexQuery,
-    sides: pl.DataFrame | None = None,
+    sides: pl.DataFrame,
     page_size: int = PAGE_SIZE,
 ) -> IndexPage:
     """The page ``query`` asks for of the experiment's neuron sides in ``layers`` (stored partitions),
-    from ``sides`` (``neuron_sides`` of those layers; computed here when not given)."""
-    if sides is None:
-        sides = neuron_sides(store, model, variant, layers)
+    from ``sides`` (``neuron_sides`` of those layers)."""
     explanations_of = prefix(model, variant, "explanations")
     explained = [layer for layer in layers if layer in set(store.partitions("explanations", explanations_of))]
     keys = KEYS
