@@ -24,7 +24,14 @@ from typing import Any
 import openai
 
 from neuron_assets.benches.cache_size import word_excerpts
-from neuron_assets.llm.llama_server import PACKAGED_MODEL_ALIAS, LocalLlamaServer, _free_port, packaged_gguf_path
+from neuron_assets.llm.llama_server import (
+    PACKAGED_MODEL_ALIAS,
+    LocalLlamaServer,
+    _free_port,
+    packaged_gguf_path,
+    stop_process,
+)
+from neuron_assets.llm.process_memory import peak_resident_bytes
 from neuron_assets.llm.server_pool import reported_slots
 from neuron_assets.prompts.templates import Record, explainer_messages, simulator_prompt
 
@@ -62,20 +69,7 @@ class LlamaCppServer(AbstractContextManager):
         raise RuntimeError(f"llama-server did not answer /health within 120 s: {' '.join(self.command)}")
 
     def __exit__(self, *exc_info: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def peak_resident_mib(pid: int) -> float:
-    """The process's peak resident memory (VmHWM) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        stop_process(self.process)
 
 
 def explainer_requests(n: int) -> list[list[dict[str, Any]]]:
@@ -150,7 +144,8 @@ def compare(binary: Path, n_requests: int, parallel: int) -> None:
             send(server.base_url, warm_up, 1)
             wall, answers[(name, concurrency)], tokens = send(server.base_url, asked, concurrency)
             slots, echo = reported_slots(server.base_url), echoes_prompt_logprobs(server.base_url)
-            memory = peak_resident_mib(server.pid)
+            peak = peak_resident_bytes(server.pid)
+            memory = peak / 2**20 if peak is not None else float("nan")
         print(
             f"| {name} | {concurrency} | {wall:.1f} | {len(asked) / wall:.3f} | {tokens / wall:.1f} | {memory:.0f} | "
             f"{slots or '-'} | {'yes' if echo else 'no'} |"

@@ -283,13 +283,8 @@ class LocalLlamaServer:
     def __exit__(self, *exc_info: object) -> None:
         if self.memory is not None:
             self.memory.stop()
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop_process(self._process)
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
 
@@ -318,6 +313,17 @@ def _describe_exit(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"exit status {code}"
+
+
+def stop_process(process: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
+    """Ask a server process to end (SIGTERM), and kill it when it has not within ``grace_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _free_port() -> int:

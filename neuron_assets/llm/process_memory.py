@@ -38,10 +38,20 @@ def format_gib(n_bytes: int | None) -> str:
 
 def resident_bytes(pid: int) -> int | None:
     """The process's resident memory (``VmRSS``), or None once it is gone."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def peak_resident_bytes(pid: int) -> int | None:
+    """The process's peak resident memory so far (``VmHWM``), or None once it is gone."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A memory field of ``/proc/<pid>/status`` in bytes, or None once the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
